@@ -1,0 +1,280 @@
+//! The cloud side: validates a [`Batch`] against the session's state and
+//! reconstructs every reading, or says exactly why it cannot.
+
+use lockstep_proto::v1::Batch;
+use prost::Message;
+
+use crate::catalog::{Catalog, PositionChannels, Signal};
+use crate::encoder::{angle_turn, residual};
+use crate::state::{Frame, FrameSource, Outcome, SessionState};
+use crate::vin::{Vin, VinError};
+
+/// Why a batch was not accepted. Each variant is a distinct outcome the
+/// server maps to its own answer; see [`DecodeError::resync_required`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not a valid `lockstep.v1.Batch` (400).
+    #[error("malformed batch: {0}")]
+    Malformed(String),
+    /// The VIN is not 17 valid characters (422).
+    #[error("invalid vehicle_vin: {0}")]
+    Vin(#[from] VinError),
+    /// Edge and cloud use different signal catalogs (409).
+    #[error("catalog mismatch: the server uses catalog {expected:016x}, the batch was encoded with {got:016x}")]
+    CatalogMismatch { expected: u64, got: u64 },
+    /// No state for this session and the batch does not start with a keyframe (409).
+    #[error("unknown session {session_id:016x} and the batch does not start with a keyframe")]
+    UnknownSession { session_id: u64 },
+    /// Readings are missing between the last accepted one and this batch (409).
+    #[error("gap: expected sequence number {expected}, the batch starts at {got}")]
+    Gap { expected: u64, got: u64 },
+    /// The batch starts before the next expected reading but ends after it (409).
+    #[error("overlap: expected sequence number {expected}, the batch starts at {got} and goes past it")]
+    Overlap { expected: u64, got: u64 },
+    /// The predictor states of edge and cloud differ (409).
+    #[error("state checksum mismatch after sequence number {seq}: edge {edge:08x}, cloud {cloud:08x}")]
+    ChecksumMismatch { seq: u64, edge: u32, cloud: u32 },
+}
+
+impl DecodeError {
+    /// The edge must send a keyframe (HTTP 409 with `"resync_required": true`).
+    pub fn resync_required(&self) -> bool {
+        matches!(self, Self::CatalogMismatch { .. } | Self::UnknownSession { .. } | Self::Gap { .. } | Self::Overlap { .. } | Self::ChecksumMismatch { .. })
+    }
+}
+
+/// A parsed batch whose header has been checked; look up its session's
+/// state with [`Self::vin`] and [`Self::session_id`], then [`Self::decode`].
+#[derive(Debug, Clone)]
+pub struct CheckedBatch {
+    vin: Vin,
+    batch: Batch,
+}
+
+/// The result of decoding a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchOutcome {
+    /// New readings, and the state after them (commit it with the readings).
+    Fresh { readings: Vec<DecodedReading>, state: SessionState },
+    /// Every reading was already accepted: acknowledge again, store nothing.
+    Duplicate,
+}
+
+/// One reconstructed reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedReading {
+    pub seq: u64,
+    pub timestamp_ms: i64,
+    pub keyframe: bool,
+    /// Bit i set = channel i was transmitted (else reconstructed or null).
+    pub transmitted: u64,
+    /// Per channel, in the signal's unit; `None` = null.
+    pub values: Vec<Option<f64>>,
+}
+
+impl CheckedBatch {
+    /// Parses and checks a batch: structure, VIN, catalog.
+    pub fn parse(catalog: &Catalog, bytes: &[u8]) -> Result<Self, DecodeError> {
+        let batch = Batch::decode(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+        Self::check(catalog, batch)
+    }
+
+    /// Checks an already parsed batch.
+    pub fn check(catalog: &Catalog, batch: Batch) -> Result<Self, DecodeError> {
+        let vin = Vin::parse(&batch.vehicle_vin)?;
+        if batch.catalog_hash != catalog.hash() {
+            return Err(DecodeError::CatalogMismatch { expected: catalog.hash(), got: batch.catalog_hash });
+        }
+        let n = batch.count as usize;
+        let bad = |m: String| Err(DecodeError::Malformed(m));
+        if n == 0 {
+            return bad("count is 0".into());
+        }
+        if batch.session_id == 0 {
+            return bad("session_id is 0".into());
+        }
+        if batch.first_seq.checked_add(n as u64).is_none() {
+            return bad("sequence numbers overflow".into());
+        }
+        if batch.timestamp_dod.len() != n - 1 {
+            return bad(format!("{} timestamp deltas for {n} readings (want {})", batch.timestamp_dod.len(), n - 1));
+        }
+        if batch.transmitted.len() != n {
+            return bad(format!("{} transmitted masks for {n} readings", batch.transmitted.len()));
+        }
+        if !batch.nulls.is_empty() && batch.nulls.len() != n {
+            return bad(format!("{} null masks for {n} readings", batch.nulls.len()));
+        }
+        let channels = catalog.len();
+        let all = if channels == 64 { u64::MAX } else { (1u64 << channels) - 1 };
+        if batch.transmitted.iter().chain(&batch.nulls).any(|m| m & !all != 0) {
+            return bad(format!("a mask names a channel beyond the catalog's {channels}"));
+        }
+        if batch.keyframes.windows(2).any(|w| w[0] >= w[1]) || batch.keyframes.last().is_some_and(|&k| k as usize >= n) {
+            return bad("keyframe indices are not ascending within the batch".into());
+        }
+        Ok(Self { vin, batch })
+    }
+
+    pub fn vin(&self) -> &Vin {
+        &self.vin
+    }
+
+    pub fn session_id(&self) -> u64 {
+        self.batch.session_id
+    }
+
+    pub fn first_seq(&self) -> u64 {
+        self.batch.first_seq
+    }
+
+    /// Sequence number of the last reading.
+    pub fn last_seq(&self) -> u64 {
+        self.batch.first_seq + u64::from(self.batch.count) - 1
+    }
+
+    pub fn len(&self) -> usize {
+        self.batch.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.count == 0
+    }
+
+    pub fn starts_with_keyframe(&self) -> bool {
+        self.batch.keyframes.first() == Some(&0)
+    }
+
+    /// Reconstructs the batch against `state` (the session's state, `None`
+    /// if the server has none). Pure: the caller commits the returned state
+    /// together with the readings.
+    pub fn decode(&self, catalog: &Catalog, state: Option<&SessionState>) -> Result<BatchOutcome, DecodeError> {
+        let b = &self.batch;
+        let mut state = match state {
+            Some(s) if self.last_seq() < s.next_seq() => return Ok(BatchOutcome::Duplicate),
+            Some(s) if b.first_seq == s.next_seq() || self.starts_with_keyframe() && b.first_seq > s.next_seq() => s.clone(),
+            Some(s) if b.first_seq > s.next_seq() => return Err(DecodeError::Gap { expected: s.next_seq(), got: b.first_seq }),
+            Some(s) => return Err(DecodeError::Overlap { expected: s.next_seq(), got: b.first_seq }),
+            None if self.starts_with_keyframe() => SessionState::new(catalog, b.first_seq),
+            None => return Err(DecodeError::UnknownSession { session_id: b.session_id }),
+        };
+        if state.next_seq() != b.first_seq {
+            // A keyframe after a gap: the missing readings are lost for good.
+            state = SessionState::new(catalog, b.first_seq);
+        }
+        let mut wire = Wire { values: &b.values, pos: 0, transmitted: 0, nulls: 0 };
+        let mut keyframes = b.keyframes.iter().peekable();
+        let mut ts = b.first_timestamp_ms;
+        let mut dt = 0i64;
+        let mut readings = Vec::with_capacity(b.count as usize);
+        for i in 0..b.count as usize {
+            if i > 0 {
+                dt = dt.wrapping_add(b.timestamp_dod[i - 1]);
+                ts = ts.wrapping_add(dt);
+            }
+            let keyframe = keyframes.next_if(|&&k| k as usize == i).is_some();
+            wire.transmitted = b.transmitted[i];
+            wire.nulls = b.nulls.get(i).copied().unwrap_or(0);
+            let frame = state.step(catalog, ts, keyframe, &mut wire).map_err(|e| e.at(b.first_seq + i as u64))?;
+            readings.push(dequantise(catalog, frame));
+        }
+        if wire.pos != b.values.len() {
+            return Err(DecodeError::Malformed(format!("{} values left over after the last reading", b.values.len() - wire.pos)));
+        }
+        if let Some(edge) = b.state_checksum {
+            let cloud = state.checksum();
+            if edge != cloud {
+                return Err(DecodeError::ChecksumMismatch { seq: self.last_seq(), edge, cloud });
+            }
+        }
+        Ok(BatchOutcome::Fresh { readings, state })
+    }
+}
+
+fn dequantise(catalog: &Catalog, f: Frame) -> DecodedReading {
+    let values = f.values.iter().zip(catalog.signals()).map(|(v, s)| v.map(|q| s.dequantise(q))).collect();
+    DecodedReading { seq: f.seq, timestamp_ms: f.timestamp_ms, keyframe: f.keyframe, transmitted: f.transmitted, values }
+}
+
+/// The decoder's [`FrameSource`]: reads masks and values off the wire.
+struct Wire<'a> {
+    values: &'a [i64],
+    pos: usize,
+    transmitted: u64,
+    nulls: u64,
+}
+
+/// A reading the wire cannot describe; located by [`WireError::at`].
+enum WireError {
+    Short,
+    NoPrediction(usize),
+    Conflict(usize),
+}
+
+impl WireError {
+    fn at(self, seq: u64) -> DecodeError {
+        match self {
+            Self::Short => DecodeError::Malformed(format!("values end inside reading {seq}")),
+            Self::Conflict(ch) => DecodeError::Malformed(format!("reading {seq}: channel {ch} is both null and transmitted")),
+            // The edge predicted a value the cloud cannot: the states differ.
+            Self::NoPrediction(ch) => DecodeError::ChecksumMismatch { seq, edge: 0, cloud: ch as u32 },
+        }
+    }
+}
+
+impl Wire<'_> {
+    fn next(&mut self) -> Result<i64, WireError> {
+        let v = *self.values.get(self.pos).ok_or(WireError::Short)?;
+        self.pos += 1;
+        Ok(v)
+    }
+
+    fn flags(&self, ch: usize) -> Result<(bool, bool), WireError> {
+        let tx = self.transmitted & (1 << ch) != 0;
+        let null = self.nulls & (1 << ch) != 0;
+        if tx && null {
+            return Err(WireError::Conflict(ch));
+        }
+        Ok((tx, null))
+    }
+}
+
+impl FrameSource for Wire<'_> {
+    type Error = WireError;
+
+    fn scalar(&mut self, ch: usize, sig: &Signal, pred: Option<i64>, _force: bool) -> Result<Outcome, WireError> {
+        match (self.flags(ch)?, pred) {
+            ((_, true), _) => Ok(Outcome::Null),
+            ((false, _), None) => Err(WireError::NoPrediction(ch)),
+            ((false, _), Some(_)) => Ok(Outcome::Predicted),
+            ((true, _), None) => Ok(Outcome::Sent(self.next()?)),
+            ((true, _), Some(p)) => {
+                let r = self.next()?;
+                Ok(Outcome::Sent(match angle_turn(sig) {
+                    Some(t) => (p.wrapping_add(r)).rem_euclid(t),
+                    None => p.wrapping_add(r),
+                }))
+            }
+        }
+    }
+
+    fn position(&mut self, pc: PositionChannels, _tol_mm: i64, pred: Option<(i64, i64)>, _force: bool) -> Result<(Outcome, i64), WireError> {
+        let (tx, null) = self.flags(pc.lat)?;
+        if self.flags(pc.lon)? != (tx, null) {
+            return Err(WireError::Conflict(pc.lon));
+        }
+        match (tx, null, pred) {
+            (_, true, _) => Ok((Outcome::Null, 0)),
+            (false, _, None) => Err(WireError::NoPrediction(pc.lat)),
+            (false, _, Some(_)) => Ok((Outcome::Predicted, 0)),
+            (true, _, p) => {
+                let (a, b) = (self.next()?, self.next()?);
+                let (la, lo) = p.map_or((a, b), |(pa, pb)| (pa.wrapping_add(a), pb.wrapping_add(b)));
+                Ok((Outcome::Sent(la), lo))
+            }
+        }
+    }
+}
+
+// Keeps `residual` and the decoder's inverse next to each other in review.
+const _: fn(i64, i64, Option<i64>) -> i64 = residual;

@@ -1,0 +1,235 @@
+//! The edge side: decides per reading and channel what to transmit and packs
+//! readings into [`Batch`]es.
+
+use std::sync::Arc;
+
+use lockstep_proto::v1::Batch;
+
+use crate::catalog::{Catalog, Model, PositionChannels, Signal};
+use crate::fixed::dist2_mm;
+use crate::state::{Frame, FrameSource, Outcome, SessionState};
+use crate::vin::Vin;
+
+/// One reading as measured: a value (or none) per catalog channel.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub timestamp_ms: i64,
+    /// Indexed by channel; `None` (or NaN) = not measured.
+    pub values: Vec<Option<f64>>,
+}
+
+/// Encoder settings that need not match between edge and cloud.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncoderConfig {
+    /// A keyframe at least this often (reading time, ms); 0 = only the first.
+    pub keyframe_interval_ms: i64,
+    /// Put the state checksum in every batch.
+    pub checksum: bool,
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self { keyframe_interval_ms: 300_000, checksum: true }
+    }
+}
+
+/// Encodes one vehicle session.
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    catalog: Arc<Catalog>,
+    vin: Vin,
+    session_id: u64,
+    config: EncoderConfig,
+    state: SessionState,
+    keyframe_due: bool,
+    last_keyframe_ts: i64,
+    pending: Pending,
+}
+
+/// The readings encoded since the last [`Encoder::take_batch`].
+#[derive(Debug, Clone, Default)]
+struct Pending {
+    first_seq: u64,
+    first_ts: i64,
+    prev_ts: i64,
+    prev_dt: i64,
+    count: u32,
+    timestamp_dod: Vec<i64>,
+    transmitted: Vec<u64>,
+    nulls: Vec<u64>,
+    any_null: bool,
+    values: Vec<i64>,
+    keyframes: Vec<u32>,
+}
+
+impl Encoder {
+    /// A new session: `session_id` must be random and non-zero; its first
+    /// reading is a keyframe with sequence number 0.
+    pub fn new(catalog: Arc<Catalog>, vin: Vin, session_id: u64, config: EncoderConfig) -> Self {
+        let state = SessionState::new(&catalog, 0);
+        Self { catalog, vin, session_id, config, state, keyframe_due: true, last_keyframe_ts: 0, pending: Pending::default() }
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    pub fn vin(&self) -> &Vin {
+        &self.vin
+    }
+
+    pub fn session_id(&self) -> u64 {
+        self.session_id
+    }
+
+    /// Sequence number of the next reading.
+    pub fn next_seq(&self) -> u64 {
+        self.state.next_seq()
+    }
+
+    /// The predictor state after the last encoded reading.
+    pub fn state(&self) -> &SessionState {
+        &self.state
+    }
+
+    /// The next reading is a keyframe (the server asked for a resync).
+    pub fn request_keyframe(&mut self) {
+        self.keyframe_due = true;
+    }
+
+    /// Rewinds to `seq`, dropping pending readings: the next reading gets
+    /// `seq` and is a keyframe. Used to re-send unacknowledged readings
+    /// after the server asked for a resync.
+    pub fn rewind(&mut self, seq: u64) {
+        self.pending = Pending::default();
+        self.state.set_next_seq(seq);
+        self.keyframe_due = true;
+    }
+
+    /// Readings waiting for [`Self::take_batch`].
+    pub fn pending(&self) -> usize {
+        self.pending.count as usize
+    }
+
+    /// Encodes one reading; returns what the cloud will reconstruct.
+    pub fn push(&mut self, reading: &Reading) -> Frame {
+        let ts = reading.timestamp_ms;
+        let keyframe = self.keyframe_due || (self.config.keyframe_interval_ms > 0 && ts - self.last_keyframe_ts >= self.config.keyframe_interval_ms);
+        if keyframe {
+            self.keyframe_due = false;
+            self.last_keyframe_ts = ts;
+        }
+        let p = &mut self.pending;
+        if p.count == 0 {
+            p.first_seq = self.state.next_seq();
+            p.first_ts = ts;
+            p.prev_dt = 0;
+        } else {
+            let dt = ts - p.prev_ts;
+            p.timestamp_dod.push(dt - p.prev_dt);
+            p.prev_dt = dt;
+        }
+        p.prev_ts = ts;
+        if keyframe {
+            p.keyframes.push(p.count);
+        }
+        let mut src = Actual { reading, values: &mut p.values };
+        let Ok(frame) = self.state.step(&self.catalog, ts, keyframe, &mut src);
+        p.transmitted.push(frame.transmitted);
+        p.nulls.push(frame.nulls);
+        p.any_null |= frame.nulls != 0;
+        p.count += 1;
+        frame
+    }
+
+    /// Packs the pending readings into a batch (`None` if there are none).
+    pub fn take_batch(&mut self) -> Option<Batch> {
+        if self.pending.count == 0 {
+            return None;
+        }
+        let p = std::mem::take(&mut self.pending);
+        Some(Batch {
+            vehicle_vin: self.vin.to_string(),
+            session_id: self.session_id,
+            catalog_hash: self.catalog.hash(),
+            first_seq: p.first_seq,
+            count: p.count,
+            first_timestamp_ms: p.first_ts,
+            timestamp_dod: p.timestamp_dod,
+            transmitted: p.transmitted,
+            nulls: if p.any_null { p.nulls } else { Vec::new() },
+            values: p.values,
+            keyframes: p.keyframes,
+            state_checksum: self.config.checksum.then(|| self.state.checksum()),
+        })
+    }
+}
+
+/// The encoder's [`FrameSource`]: compares actual values with predictions
+/// and writes what it transmits.
+struct Actual<'a> {
+    reading: &'a Reading,
+    values: &'a mut Vec<i64>,
+}
+
+impl Actual<'_> {
+    fn actual(&self, ch: usize) -> Option<f64> {
+        self.reading.values.get(ch).copied().flatten().filter(|v| v.is_finite())
+    }
+}
+
+impl FrameSource for Actual<'_> {
+    type Error = std::convert::Infallible;
+
+    fn scalar(&mut self, ch: usize, sig: &Signal, pred: Option<i64>, force: bool) -> Result<Outcome, Self::Error> {
+        let Some(v) = self.actual(ch) else { return Ok(Outcome::Null) };
+        let mut q = sig.quantise(v);
+        let turn = angle_turn(sig);
+        if let Some(t) = turn {
+            q = q.rem_euclid(t);
+        }
+        let wire = match pred {
+            None => q,
+            Some(p) => {
+                let r = residual(q, p, turn);
+                if !force && r.abs() <= sig.tolerance_q {
+                    return Ok(Outcome::Predicted);
+                }
+                r
+            }
+        };
+        self.values.push(wire);
+        Ok(Outcome::Sent(q))
+    }
+
+    fn position(&mut self, pc: PositionChannels, tol_mm: i64, pred: Option<(i64, i64)>, force: bool) -> Result<(Outcome, i64), Self::Error> {
+        let cat_q = |v: f64| (v * 1e7).round() as i64;
+        let (Some(la), Some(lo)) = (self.actual(pc.lat), self.actual(pc.lon)) else { return Ok((Outcome::Null, 0)) };
+        let q = (cat_q(la), cat_q(lo));
+        match pred {
+            None => self.values.extend([q.0, q.1]),
+            Some(p) => {
+                let tol = i128::from(tol_mm);
+                if !force && dist2_mm(p, q) <= tol * tol {
+                    return Ok((Outcome::Predicted, 0));
+                }
+                self.values.extend([q.0 - p.0, q.1 - p.1]);
+            }
+        }
+        Ok((Outcome::Sent(q.0), q.1))
+    }
+}
+
+/// Quanta in a full turn for an angle channel.
+pub(crate) fn angle_turn(sig: &Signal) -> Option<i64> {
+    (sig.model == Model::Angle).then(|| 360 * 10i64.pow((-sig.quantum_exp) as u32))
+}
+
+/// `actual - pred`, wrapped into `[-turn/2, turn/2)` for angles.
+pub(crate) fn residual(actual: i64, pred: i64, turn: Option<i64>) -> i64 {
+    let r = actual - pred;
+    match turn {
+        Some(t) => (r + t / 2).rem_euclid(t) - t / 2,
+        None => r,
+    }
+}
