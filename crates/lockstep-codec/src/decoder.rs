@@ -5,8 +5,8 @@ use lockstep_proto::v1::Batch;
 use prost::Message;
 
 use crate::catalog::{Catalog, PositionChannels, Signal};
-use crate::encoder::{angle_turn, residual};
-use crate::state::{Frame, FrameSource, Outcome, SessionState};
+use crate::encoder::angle_turn;
+use crate::state::{Ask, Frame, FrameSource, Outcome, SessionState};
 use crate::vin::{Vin, VinError};
 
 /// Why a batch was not accepted. Each variant is a distinct outcome the
@@ -242,8 +242,8 @@ impl Wire<'_> {
 impl FrameSource for Wire<'_> {
     type Error = WireError;
 
-    fn scalar(&mut self, ch: usize, sig: &Signal, pred: Option<i64>, _force: bool) -> Result<Outcome, WireError> {
-        match (self.flags(ch)?, pred) {
+    fn scalar(&mut self, ch: usize, sig: &Signal, ask: Ask<i64>) -> Result<Outcome, WireError> {
+        match (self.flags(ch)?, ask.pred) {
             ((_, true), _) => Ok(Outcome::Null),
             ((false, _), None) => Err(WireError::NoPrediction(ch)),
             ((false, _), Some(_)) => Ok(Outcome::Predicted),
@@ -258,7 +258,8 @@ impl FrameSource for Wire<'_> {
         }
     }
 
-    fn position(&mut self, pc: PositionChannels, _tol_mm: i64, pred: Option<(i64, i64)>, _force: bool) -> Result<(Outcome, i64), WireError> {
+    fn position(&mut self, pc: PositionChannels, _tol_mm: i64, ask: Ask<(i64, i64)>) -> Result<(Outcome, i64), WireError> {
+        let pred = ask.pred;
         let (tx, null) = self.flags(pc.lat)?;
         if self.flags(pc.lon)? != (tx, null) {
             return Err(WireError::Conflict(pc.lon));
@@ -275,6 +276,3 @@ impl FrameSource for Wire<'_> {
         }
     }
 }
-
-// Keeps `residual` and the decoder's inverse next to each other in review.
-const _: fn(i64, i64, Option<i64>) -> i64 = residual;

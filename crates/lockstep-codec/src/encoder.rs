@@ -6,8 +6,8 @@ use std::sync::Arc;
 use lockstep_proto::v1::Batch;
 
 use crate::catalog::{Catalog, Model, PositionChannels, Signal};
-use crate::fixed::dist2_mm;
-use crate::state::{Frame, FrameSource, Outcome, SessionState};
+use crate::fixed::{cos_lat_q30, dist2_mm, lat_q_to_mm, lon_q_to_mm, mm_to_lat_q, mm_to_lon_q};
+use crate::state::{Ask, Frame, FrameSource, Outcome, SessionState};
 use crate::vin::Vin;
 
 /// One reading as measured: a value (or none) per catalog channel.
@@ -17,6 +17,9 @@ pub struct Reading {
     /// Indexed by channel; `None` (or NaN) = not measured.
     pub values: Vec<Option<f64>>,
 }
+
+/// How many future readings [`Encoder::push_with_lookahead`] looks at.
+pub const LOOKAHEAD: usize = 120;
 
 /// Encoder settings that need not match between edge and cloud.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,6 +116,16 @@ impl Encoder {
 
     /// Encodes one reading; returns what the cloud will reconstruct.
     pub fn push(&mut self, reading: &Reading) -> Frame {
+        self.push_with_lookahead(reading, &[])
+    }
+
+    /// Like [`Self::push`], with the readings that will follow this one
+    /// (as many as the caller has; up to [`LOOKAHEAD`] are used). Where a
+    /// transmitted value will be held, the encoder sends the middle of the
+    /// range the next readings span instead of the reading itself — still
+    /// within tolerance of it, and held for longer. The cloud decodes it like
+    /// any other value; the error bound is unchanged.
+    pub fn push_with_lookahead(&mut self, reading: &Reading, future: &[Reading]) -> Frame {
         let ts = reading.timestamp_ms;
         let keyframe = self.keyframe_due || (self.config.keyframe_interval_ms > 0 && ts - self.last_keyframe_ts >= self.config.keyframe_interval_ms);
         if keyframe {
@@ -133,7 +146,7 @@ impl Encoder {
         if keyframe {
             p.keyframes.push(p.count);
         }
-        let mut src = Actual { reading, values: &mut p.values };
+        let mut src = Actual { reading, future: &future[..future.len().min(LOOKAHEAD)], values: &mut p.values };
         let Ok(frame) = self.state.step(&self.catalog, ts, keyframe, &mut src);
         p.transmitted.push(frame.transmitted);
         p.nulls.push(frame.nulls);
@@ -169,52 +182,107 @@ impl Encoder {
 /// and writes what it transmits.
 struct Actual<'a> {
     reading: &'a Reading,
+    future: &'a [Reading],
     values: &'a mut Vec<i64>,
 }
 
+fn value_of(r: &Reading, ch: usize) -> Option<f64> {
+    r.values.get(ch).copied().flatten().filter(|v| v.is_finite())
+}
+
 impl Actual<'_> {
-    fn actual(&self, ch: usize) -> Option<f64> {
-        self.reading.values.get(ch).copied().flatten().filter(|v| v.is_finite())
+    /// The quantised future values of `ch`, up to the first missing one.
+    fn future(&self, ch: usize, sig: &Signal) -> impl Iterator<Item = i64> + '_ {
+        let sig = sig.clone();
+        self.future.iter().map_while(move |r| value_of(r, ch).map(|v| sig.quantise(v)))
     }
+
+    /// The value to send for `q` when it will be held: the middle of the
+    /// longest run of coming values that fit in one tolerance band around it.
+    fn held_value(&self, ch: usize, sig: &Signal, q: i64, turn: Option<i64>) -> i64 {
+        let tol = sig.tolerance_q;
+        let (mut lo, mut hi) = (q, q);
+        for x in self.future(ch, sig) {
+            // Angles are unwrapped next to `q`.
+            let x = q + residual(x, q, turn);
+            let (l, h) = (lo.min(x), hi.max(x));
+            if h - l > 2 * tol {
+                break;
+            }
+            (lo, hi) = (l, h);
+        }
+        let mid = lo + (hi - lo) / 2;
+        let mid = turn.map_or(mid, |t| mid.rem_euclid(t));
+        if residual(mid, q, turn).abs() <= tol { mid } else { q }
+    }
+
+    /// The 2-D version of [`Self::held_value`]: the centre of the longest run
+    /// of coming positions whose bounding box has a diagonal within 2·tol.
+    fn held_position(&self, pc: PositionChannels, tol_mm: i64, q: (i64, i64)) -> (i64, i64) {
+        let cos = cos_lat_q30(q.0);
+        let (mut x0, mut x1, mut y0, mut y1) = (0i128, 0i128, 0i128, 0i128);
+        let lim = 4 * i128::from(tol_mm) * i128::from(tol_mm);
+        for r in self.future {
+            let (Some(la), Some(lo)) = (value_of(r, pc.lat), value_of(r, pc.lon)) else { break };
+            let x = lon_q_to_mm(quantise_deg(lo) - q.1, cos);
+            let y = lat_q_to_mm(quantise_deg(la) - q.0);
+            let (a, b, c, d) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+            if (b - a) * (b - a) + (d - c) * (d - c) > lim {
+                break;
+            }
+            (x0, x1, y0, y1) = (a, b, c, d);
+        }
+        let centre = (q.0 + mm_to_lat_q(((y0 + y1) / 2) as i64), q.1 + mm_to_lon_q(((x0 + x1) / 2) as i64, cos));
+        let tol = i128::from(tol_mm);
+        if dist2_mm(q, centre) <= tol * tol { centre } else { q }
+    }
+}
+
+/// Latitude or longitude in 1e-7 degrees.
+fn quantise_deg(v: f64) -> i64 {
+    (v * 1e7).round() as i64
 }
 
 impl FrameSource for Actual<'_> {
     type Error = std::convert::Infallible;
 
-    fn scalar(&mut self, ch: usize, sig: &Signal, pred: Option<i64>, force: bool) -> Result<Outcome, Self::Error> {
-        let Some(v) = self.actual(ch) else { return Ok(Outcome::Null) };
-        let mut q = sig.quantise(v);
+    fn scalar(&mut self, ch: usize, sig: &Signal, ask: Ask<i64>) -> Result<Outcome, Self::Error> {
+        let Some(v) = value_of(self.reading, ch) else { return Ok(Outcome::Null) };
         let turn = angle_turn(sig);
+        let mut q = sig.quantise(v);
         if let Some(t) = turn {
             q = q.rem_euclid(t);
         }
-        let wire = match pred {
-            None => q,
-            Some(p) => {
-                let r = residual(q, p, turn);
-                if !force && r.abs() <= sig.tolerance_q {
-                    return Ok(Outcome::Predicted);
-                }
-                r
+        if let Some(p) = ask.pred {
+            if !ask.force && residual(q, p, turn).abs() <= sig.tolerance_q {
+                return Ok(Outcome::Predicted);
             }
-        };
-        self.values.push(wire);
+        }
+        if ask.holds && !self.future.is_empty() {
+            q = self.held_value(ch, sig, q, turn);
+        }
+        self.values.push(match ask.pred {
+            None => q,
+            Some(p) => residual(q, p, turn),
+        });
         Ok(Outcome::Sent(q))
     }
 
-    fn position(&mut self, pc: PositionChannels, tol_mm: i64, pred: Option<(i64, i64)>, force: bool) -> Result<(Outcome, i64), Self::Error> {
-        let cat_q = |v: f64| (v * 1e7).round() as i64;
-        let (Some(la), Some(lo)) = (self.actual(pc.lat), self.actual(pc.lon)) else { return Ok((Outcome::Null, 0)) };
-        let q = (cat_q(la), cat_q(lo));
-        match pred {
-            None => self.values.extend([q.0, q.1]),
-            Some(p) => {
-                let tol = i128::from(tol_mm);
-                if !force && dist2_mm(p, q) <= tol * tol {
-                    return Ok((Outcome::Predicted, 0));
-                }
-                self.values.extend([q.0 - p.0, q.1 - p.1]);
+    fn position(&mut self, pc: PositionChannels, tol_mm: i64, ask: Ask<(i64, i64)>) -> Result<(Outcome, i64), Self::Error> {
+        let (Some(la), Some(lo)) = (value_of(self.reading, pc.lat), value_of(self.reading, pc.lon)) else { return Ok((Outcome::Null, 0)) };
+        let mut q = (quantise_deg(la), quantise_deg(lo));
+        let tol = i128::from(tol_mm);
+        if let Some(p) = ask.pred {
+            if !ask.force && dist2_mm(q, p) <= tol * tol {
+                return Ok((Outcome::Predicted, 0));
             }
+        }
+        if ask.holds && !self.future.is_empty() {
+            q = self.held_position(pc, tol_mm, q);
+        }
+        match ask.pred {
+            None => self.values.extend([q.0, q.1]),
+            Some(p) => self.values.extend([q.0 - p.0, q.1 - p.1]),
         }
         Ok((Outcome::Sent(q.0), q.1))
     }

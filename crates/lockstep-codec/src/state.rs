@@ -61,15 +61,26 @@ pub enum Outcome {
     Sent(i64),
 }
 
+/// What the engine knows about a channel before its value is decided.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ask<P> {
+    /// `None` when there is nothing to predict from.
+    pub pred: Option<P>,
+    /// It must be transmitted (max silence).
+    pub force: bool,
+    /// After a transmission the next prediction holds the sent value, so the
+    /// edge may choose the value to send (see `Encoder::push_with_lookahead`).
+    pub holds: bool,
+}
+
 /// Where channel values come from: the actual reading (encoder) or the wire (decoder).
 pub(crate) trait FrameSource {
     type Error;
-    /// A scalar channel; `pred` is `None` when there is nothing to predict
-    /// from, `force` when it must be transmitted (max silence).
-    fn scalar(&mut self, ch: usize, sig: &Signal, pred: Option<i64>, force: bool) -> Result<Outcome, Self::Error>;
+    /// A scalar channel.
+    fn scalar(&mut self, ch: usize, sig: &Signal, ask: Ask<i64>) -> Result<Outcome, Self::Error>;
     /// The position pair; an `Outcome::Sent` carries the latitude, the
     /// longitude is returned in the second element.
-    fn position(&mut self, pc: PositionChannels, tol_mm: i64, pred: Option<(i64, i64)>, force: bool) -> Result<(Outcome, i64), Self::Error>;
+    fn position(&mut self, pc: PositionChannels, tol_mm: i64, ask: Ask<(i64, i64)>) -> Result<(Outcome, i64), Self::Error>;
 }
 
 /// The result of one reading, in quanta per channel.
@@ -138,8 +149,8 @@ impl SessionState {
                     let pc = catalog.position().expect("validated catalog");
                     let (hold, dr, _) = self.position_candidates(&values, pc, ts);
                     let pred = if self.position.choice == 0 { hold } else { dr };
-                    let force = self.silent_too_long(i, sig, ts);
-                    match src.position(pc, sig.tolerance_q, pred, force)? {
+                    let ask = Ask { pred, force: self.silent_too_long(i, sig, ts), holds: self.position.choice == 0 };
+                    match src.position(pc, sig.tolerance_q, ask)? {
                         (Outcome::Null, _) => nulls |= (1 << pc.lat) | (1 << pc.lon),
                         (Outcome::Predicted, _) => {
                             let (la, lo) = pred.expect("a source predicts only what has a prediction");
@@ -155,8 +166,13 @@ impl SessionState {
                 }
                 _ => {
                     let pred = self.predict(i, sig, ts);
-                    let force = self.silent_too_long(i, sig, ts);
-                    match src.scalar(i, sig, pred, force)? {
+                    let holds = match sig.model {
+                        Model::Hold | Model::Angle => true,
+                        Model::Adaptive => self.channels[i].choice == 0,
+                        _ => false,
+                    };
+                    let ask = Ask { pred, force: self.silent_too_long(i, sig, ts), holds };
+                    match src.scalar(i, sig, ask)? {
                         Outcome::Null => nulls |= 1 << i,
                         Outcome::Predicted => values[i] = Some(pred.expect("a source predicts only what has a prediction")),
                         Outcome::Sent(v) => {

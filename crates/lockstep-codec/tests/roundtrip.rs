@@ -47,8 +47,10 @@ fn drive() -> impl Strategy<Value = Vec<Reading>> {
 fn encode(readings: &[Reading], batch: usize, config: EncoderConfig) -> (Encoder, Vec<Batch>) {
     let mut enc = Encoder::new(catalog(), Vin::parse(VIN).unwrap(), 0xfeed, config);
     let mut out = Vec::new();
-    for r in readings {
-        enc.push(r);
+    for (i, r) in readings.iter().enumerate() {
+        // Lookahead on odd batch sizes, so both paths are exercised.
+        let future = if batch % 2 == 1 { &readings[i + 1..] } else { &[][..] };
+        enc.push_with_lookahead(r, future);
         if enc.pending() >= batch {
             out.extend(enc.take_batch());
         }
