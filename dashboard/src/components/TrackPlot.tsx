@@ -1,0 +1,83 @@
+// A map-free position track: longitude across, latitude up (scaled by cos(latitude) so shapes
+// are not stretched), same markers as the charts.
+
+import { useEffect, useRef } from 'react';
+import { track, type DashboardState } from '../store';
+import { VEHICLE_COLORS } from '../format';
+
+interface Props {
+  state: DashboardState;
+  version: number;
+  vins: string[];
+}
+
+const HEIGHT = 220;
+
+export function TrackPlot({ state, version, vins }: Props) {
+  const canvas = useRef<HTMLCanvasElement>(null);
+  const tracks = vins.map((vin) => track(state, vin));
+  const points = tracks.reduce((n, t) => n + t.length, 0);
+
+  useEffect(() => {
+    const c = canvas.current;
+    if (!c) return;
+    const dpr = window.devicePixelRatio || 1;
+    const width = c.parentElement ? c.parentElement.clientWidth : 300;
+    c.width = Math.round(width * dpr);
+    c.height = Math.round(HEIGHT * dpr);
+    c.style.width = `${width}px`;
+    c.style.height = `${HEIGHT}px`;
+    const ctx = c.getContext('2d');
+    if (!ctx) return;
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    ctx.clearRect(0, 0, width, HEIGHT);
+    const all = tracks.flat();
+    if (all.length === 0) {
+      ctx.fillStyle = '#888';
+      ctx.font = '13px system-ui, sans-serif';
+      ctx.fillText('no position data yet', 12, 24);
+      return;
+    }
+    let minLat = Infinity, maxLat = -Infinity, minLon = Infinity, maxLon = -Infinity;
+    for (const p of all) {
+      minLat = Math.min(minLat, p.lat);
+      maxLat = Math.max(maxLat, p.lat);
+      minLon = Math.min(minLon, p.lon);
+      maxLon = Math.max(maxLon, p.lon);
+    }
+    const k = Math.cos((((minLat + maxLat) / 2) * Math.PI) / 180);
+    const spanX = Math.max((maxLon - minLon) * k, 1e-6);
+    const spanY = Math.max(maxLat - minLat, 1e-6);
+    const pad = 12;
+    const scale = Math.min((width - 2 * pad) / spanX, (HEIGHT - 2 * pad) / spanY);
+    const ox = (width - spanX * scale) / 2;
+    const oy = (HEIGHT - spanY * scale) / 2;
+    const X = (lon: number) => ox + (lon - minLon) * k * scale;
+    const Y = (lat: number) => HEIGHT - (oy + (lat - minLat) * scale);
+    tracks.forEach((t, i) => {
+      const color = VEHICLE_COLORS[i % VEHICLE_COLORS.length];
+      ctx.strokeStyle = color;
+      ctx.lineWidth = 1;
+      ctx.beginPath();
+      t.forEach((p, j) => (j === 0 ? ctx.moveTo(X(p.lon), Y(p.lat)) : ctx.lineTo(X(p.lon), Y(p.lat))));
+      ctx.stroke();
+      for (const p of t) {
+        ctx.beginPath();
+        ctx.arc(X(p.lon), Y(p.lat), 2.75, 0, 2 * Math.PI);
+        ctx.fillStyle = p.transmitted ? color : '#ffffff';
+        ctx.fill();
+        ctx.lineWidth = 1.25;
+        ctx.stroke();
+      }
+    });
+  });
+
+  return (
+    <div className="chart track" data-signal="position" data-points={points} data-version={version}>
+      <div className="chart-title">
+        <strong>position</strong> <span className="muted">lat / lon track</span>
+      </div>
+      <canvas ref={canvas} />
+    </div>
+  );
+}

@@ -1,0 +1,147 @@
+// Wire shapes of the lockstep-server WebSocket and HTTP API (see the shared contract), plus a
+// tolerant parser: the page must survive a server that adds fields or sends something odd.
+
+/** The signals the default catalog carries, in channel order. */
+export const SIGNALS = ['speed', 'battery', 'power', 'heading', 'latitude', 'longitude', 'altitude'] as const;
+export type Signal = (typeof SIGNALS)[number];
+
+export const SIGNAL_UNITS: Record<Signal, string> = {
+  speed: 'km/h',
+  battery: '%',
+  power: 'kW',
+  heading: 'deg',
+  latitude: 'deg',
+  longitude: 'deg',
+  altitude: 'm',
+};
+
+/** One committed reading as the server broadcasts it (`telemetry`, and each element of `history`). */
+export interface TelemetryReading {
+  timestamp: number;
+  vehicle_vin: string;
+  speed?: number | null;
+  battery?: number | null;
+  power?: number | null;
+  heading?: number | null;
+  latitude?: number | null;
+  longitude?: number | null;
+  altitude?: number | null;
+  /** Fields whose value travelled on the wire. */
+  transmitted?: string[];
+  /** Fields the server reconstructed with the shared predictor. */
+  predicted_fields?: string[];
+  session_id?: string;
+  seq?: number;
+}
+
+export interface VehicleStats {
+  readings: number;
+  fields_total: number;
+  fields_transmitted: number;
+  fields_skipped: number;
+  bytes_received: number;
+  compression_ratio: number;
+}
+
+export interface CompressionStats {
+  total_readings: number;
+  transmitted_readings: number;
+  skipped_readings: number;
+  compression_ratio: number;
+  bytes_received?: number;
+  vehicles?: Record<string, VehicleStats>;
+}
+
+export type LogLevel = 'info' | 'warn' | 'error';
+
+export interface LogEntry {
+  level: LogLevel;
+  source: string;
+  message: string;
+  timestamp: number;
+}
+
+/** Same shape as `GET /logger/status`. */
+export interface LoggerStatus {
+  running: boolean;
+  pid: number | null;
+  started_at_ms: number | null;
+  last_exit_code: number | null;
+  last_run_s: number | null;
+}
+
+/** `GET /api/vehicles` element. */
+export interface VehicleSummary {
+  vin: string;
+  first_seen_ms: number;
+  last_seen_ms: number;
+  readings: number;
+}
+
+/** Body of `POST /logger/start` and of the WS `start_logger` message. */
+export interface LoggerStartRequest {
+  vehicles?: number;
+  rate?: number;
+  duration_s?: number;
+  replay?: string[];
+  format?: 'twizy' | 'cycling' | 'csv';
+  speed?: number;
+}
+
+export type ServerMessage =
+  | { type: 'history'; data: TelemetryReading[] }
+  | { type: 'telemetry'; data: TelemetryReading }
+  | { type: 'compression_stats'; data: CompressionStats }
+  | { type: 'log'; data: LogEntry }
+  | { type: 'logger'; data: LoggerStatus }
+  | { type: 'lagged'; data: { dropped: number } };
+
+export type ClientMessage =
+  | { type: 'subscribe'; vins: string[] }
+  | ({ type: 'start_logger' } & LoggerStartRequest)
+  | { type: 'stop_logger' };
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+function isReading(v: unknown): v is TelemetryReading {
+  return isObject(v) && typeof v.timestamp === 'number' && typeof v.vehicle_vin === 'string';
+}
+
+/**
+ * Parses one text frame. Returns `null` for anything that is not a known, well-formed message
+ * (unknown types are ignored so a newer server does not break an older page).
+ */
+export function parseServerMessage(text: string): ServerMessage | null {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (!isObject(raw) || typeof raw.type !== 'string') return null;
+  const data = raw.data;
+  switch (raw.type) {
+    case 'history':
+      return Array.isArray(data) ? { type: 'history', data: data.filter(isReading) } : null;
+    case 'telemetry':
+      return isReading(data) ? { type: 'telemetry', data } : null;
+    case 'compression_stats':
+      return isObject(data) && typeof data.total_readings === 'number'
+        ? { type: 'compression_stats', data: data as unknown as CompressionStats }
+        : null;
+    case 'log':
+      return isObject(data) && typeof data.message === 'string'
+        ? { type: 'log', data: data as unknown as LogEntry }
+        : null;
+    case 'logger':
+      return isObject(data) && typeof data.running === 'boolean'
+        ? { type: 'logger', data: data as unknown as LoggerStatus }
+        : null;
+    case 'lagged':
+      return isObject(data) && typeof data.dropped === 'number'
+        ? { type: 'lagged', data: { dropped: data.dropped } }
+        : null;
+    default:
+      return null;
+  }
+}

@@ -1,0 +1,437 @@
+// Dashboard state and the reducer that applies server messages and UI actions to it.
+//
+// Plain TypeScript with no DOM or React so the unit tests drive it directly. The state is
+// mutated in place (bounded column buffers per vehicle; 50 vehicles at 10 Hz would otherwise
+// allocate a lot) and every change bumps `version`, which React watches through `Store`.
+
+import {
+  SIGNALS,
+  type CompressionStats,
+  type LogEntry,
+  type LogLevel,
+  type LoggerStatus,
+  type ServerMessage,
+  type Signal,
+  type TelemetryReading,
+  type VehicleStats,
+  type VehicleSummary,
+} from './protocol';
+
+/** Points kept per vehicle; older ones fall off the front. */
+export const MAX_POINTS = 600;
+/** Log lines kept. */
+export const MAX_LOG = 300;
+/** At most this many vehicles are drawn in the charts at once. */
+export const MAX_CHARTED = 4;
+
+export type ConnectionPhase = 'connecting' | 'connected' | 'reconnecting';
+
+/** One vehicle's recent readings, as parallel columns (index i = i-th kept reading). */
+export interface VehicleState {
+  vin: string;
+  /** Reading timestamps (ms since the epoch, the vehicle's clock). */
+  t: number[];
+  /** Value per signal; `null` where the field was null (absent) in the reading. */
+  values: Record<Signal, (number | null)[]>;
+  /** Whether the value travelled on the wire (true) or was reconstructed by the predictor (false). */
+  transmitted: Record<Signal, boolean[]>;
+  /** Newest reading timestamp known, from telemetry or from `GET /api/vehicles`. */
+  lastSeenMs: number | null;
+  /** Page clock (Date.now()) when the last reading for this vehicle arrived. */
+  lastReceivedAt: number | null;
+  /** Readings received by this page (not bounded). */
+  received: number;
+  /** Readings the server has stored for this vehicle (`GET /api/vehicles`). */
+  storedReadings: number | null;
+  sessionId: string | null;
+  lastSeq: number | null;
+  stats: VehicleStats | null;
+}
+
+export interface DashboardState {
+  connection: {
+    phase: ConnectionPhase;
+    /** Consecutive failed attempts since the last successful connection. */
+    attempt: number;
+    /** Delay before the next attempt while reconnecting. */
+    retryInMs: number | null;
+    /** Number of successful connections so far. */
+    connects: number;
+  };
+  vehicles: Map<string, VehicleState>;
+  /** Vehicles the page is subscribed to; empty means all. */
+  selected: string[];
+  stats: CompressionStats | null;
+  /** Compression statistics updates received. */
+  statsUpdates: number;
+  logs: LogEntry[];
+  logger: LoggerStatus | null;
+  loggerError: string | null;
+  loggerBusy: boolean;
+  lagged: { events: number; dropped: number };
+  /** Readings in the last `history` message, or null before one arrived. */
+  historyReadings: number | null;
+  version: number;
+}
+
+export type Action =
+  | { kind: 'message'; msg: ServerMessage; now: number }
+  | { kind: 'connection'; phase: ConnectionPhase; attempt: number; retryInMs: number | null }
+  | { kind: 'select'; vins: string[] }
+  | { kind: 'vehicles'; list: VehicleSummary[] }
+  | { kind: 'logger_status'; status: LoggerStatus }
+  | { kind: 'logger_request'; busy: boolean; error: string | null }
+  | { kind: 'local_log'; level: LogLevel; message: string; now: number };
+
+export function initialState(): DashboardState {
+  return {
+    connection: { phase: 'connecting', attempt: 0, retryInMs: null, connects: 0 },
+    vehicles: new Map(),
+    selected: [],
+    stats: null,
+    statsUpdates: 0,
+    logs: [],
+    logger: null,
+    loggerError: null,
+    loggerBusy: false,
+    lagged: { events: 0, dropped: 0 },
+    historyReadings: null,
+    version: 0,
+  };
+}
+
+function emptyVehicle(vin: string): VehicleState {
+  const values = {} as Record<Signal, (number | null)[]>;
+  const transmitted = {} as Record<Signal, boolean[]>;
+  for (const s of SIGNALS) {
+    values[s] = [];
+    transmitted[s] = [];
+  }
+  return {
+    vin,
+    t: [],
+    values,
+    transmitted,
+    lastSeenMs: null,
+    lastReceivedAt: null,
+    received: 0,
+    storedReadings: null,
+    sessionId: null,
+    lastSeq: null,
+    stats: null,
+  };
+}
+
+function vehicle(state: DashboardState, vin: string): VehicleState {
+  let v = state.vehicles.get(vin);
+  if (!v) {
+    v = emptyVehicle(vin);
+    state.vehicles.set(vin, v);
+  }
+  return v;
+}
+
+function clearPoints(v: VehicleState): void {
+  v.t.length = 0;
+  for (const s of SIGNALS) {
+    v.values[s].length = 0;
+    v.transmitted[s].length = 0;
+  }
+}
+
+/**
+ * Which fields of a reading were transmitted. Uses `transmitted` when present; otherwise every
+ * non-null field not listed in `predicted_fields` counts as transmitted (the honest default for
+ * a reading that says nothing).
+ */
+export function transmittedSet(r: TelemetryReading): Set<string> {
+  if (Array.isArray(r.transmitted)) return new Set(r.transmitted);
+  const predicted = new Set(Array.isArray(r.predicted_fields) ? r.predicted_fields : []);
+  return new Set(SIGNALS.filter((s) => r[s] != null && !predicted.has(s)));
+}
+
+/**
+ * Appends one reading to its vehicle's buffer. Returns false when it was dropped as already
+ * seen: the same session with a seq not above the last one, or (without session information,
+ * or while applying `history`) a timestamp not after the newest kept one. A live reading from a
+ * different session that goes back in time (a replay started again) restarts the buffer.
+ */
+export function applyReading(state: DashboardState, r: TelemetryReading, now: number, fromHistory: boolean): boolean {
+  const v = vehicle(state, r.vehicle_vin);
+  const lastT = v.t.length ? v.t[v.t.length - 1] : null;
+  const session = typeof r.session_id === 'string' ? r.session_id : null;
+  const seq = typeof r.seq === 'number' ? r.seq : null;
+  if (session !== null && seq !== null && session === v.sessionId && v.lastSeq !== null && seq <= v.lastSeq) {
+    return false;
+  }
+  if (lastT !== null && r.timestamp <= lastT) {
+    const newSession = !fromHistory && session !== null && v.sessionId !== null && session !== v.sessionId;
+    if (!newSession) return false;
+    clearPoints(v);
+  }
+  const tx = transmittedSet(r);
+  v.t.push(r.timestamp);
+  for (const s of SIGNALS) {
+    const value = r[s];
+    v.values[s].push(typeof value === 'number' ? value : null);
+    v.transmitted[s].push(tx.has(s));
+  }
+  if (v.t.length > MAX_POINTS) {
+    const drop = v.t.length - MAX_POINTS;
+    v.t.splice(0, drop);
+    for (const s of SIGNALS) {
+      v.values[s].splice(0, drop);
+      v.transmitted[s].splice(0, drop);
+    }
+  }
+  v.lastSeenMs = Math.max(v.lastSeenMs ?? r.timestamp, r.timestamp);
+  v.lastReceivedAt = now;
+  v.received += 1;
+  if (session !== null) v.sessionId = session;
+  if (seq !== null) v.lastSeq = seq;
+  return true;
+}
+
+function pushLog(state: DashboardState, entry: LogEntry): void {
+  state.logs.push(entry);
+  if (state.logs.length > MAX_LOG) state.logs.splice(0, state.logs.length - MAX_LOG);
+}
+
+function applyMessage(state: DashboardState, msg: ServerMessage, now: number): void {
+  switch (msg.type) {
+    case 'history': {
+      for (const r of msg.data) applyReading(state, r, now, true);
+      state.historyReadings = msg.data.length;
+      break;
+    }
+    case 'telemetry':
+      applyReading(state, msg.data, now, false);
+      break;
+    case 'compression_stats':
+      state.stats = msg.data;
+      state.statsUpdates += 1;
+      for (const [vin, s] of Object.entries(msg.data.vehicles ?? {})) vehicle(state, vin).stats = s;
+      break;
+    case 'log':
+      pushLog(state, msg.data);
+      break;
+    case 'logger':
+      state.logger = msg.data;
+      state.loggerBusy = false;
+      break;
+    case 'lagged':
+      state.lagged.events += 1;
+      state.lagged.dropped += msg.data.dropped;
+      pushLog(state, {
+        level: 'warn',
+        source: 'dashboard',
+        message: `The server dropped ${msg.data.dropped} message(s) for this page because it fell behind; charts may have gaps.`,
+        timestamp: now,
+      });
+      break;
+  }
+}
+
+/** Applies an action to the state in place and bumps `version`. */
+export function reduce(state: DashboardState, action: Action): void {
+  switch (action.kind) {
+    case 'message':
+      applyMessage(state, action.msg, action.now);
+      break;
+    case 'connection':
+      if (action.phase === 'connected' && state.connection.phase !== 'connected') state.connection.connects += 1;
+      state.connection.phase = action.phase;
+      state.connection.attempt = action.attempt;
+      state.connection.retryInMs = action.retryInMs;
+      break;
+    case 'select':
+      state.selected = [...new Set(action.vins)].sort();
+      break;
+    case 'vehicles':
+      for (const s of action.list) {
+        const v = vehicle(state, s.vin);
+        v.storedReadings = s.readings;
+        v.lastSeenMs = Math.max(v.lastSeenMs ?? s.last_seen_ms, s.last_seen_ms);
+      }
+      break;
+    case 'logger_status':
+      state.logger = action.status;
+      break;
+    case 'logger_request':
+      state.loggerBusy = action.busy;
+      state.loggerError = action.error;
+      break;
+    case 'local_log':
+      pushLog(state, { level: action.level, source: 'dashboard', message: action.message, timestamp: action.now });
+      break;
+  }
+  state.version += 1;
+}
+
+// ---- derived views -------------------------------------------------------------------------
+
+/** Vehicles sorted by VIN (stable order for 50 rows). */
+export function vehicleList(state: DashboardState): VehicleState[] {
+  return [...state.vehicles.values()].sort((a, b) => (a.vin < b.vin ? -1 : a.vin > b.vin ? 1 : 0));
+}
+
+/**
+ * The vehicles drawn in the charts: the selected ones (at most MAX_CHARTED), or, when watching
+ * all, the first vehicle (by VIN) that has points.
+ */
+export function chartedVins(state: DashboardState): string[] {
+  if (state.selected.length > 0) return state.selected.slice(0, MAX_CHARTED);
+  const first = vehicleList(state).find((v) => v.t.length > 0);
+  return first ? [first.vin] : [];
+}
+
+/** Per charted vehicle: the full reconstructed line, transmitted points only, reconstructed points only. */
+export interface VinSeries {
+  vin: string;
+  line: (number | null)[];
+  transmitted: (number | null)[];
+  reconstructed: (number | null)[];
+}
+
+/** uPlot-ready columns for one signal: x in seconds, one triple of series per vehicle. */
+export interface ChartData {
+  x: number[];
+  series: VinSeries[];
+  transmittedCount: number;
+  reconstructedCount: number;
+}
+
+export function chartData(state: DashboardState, signal: Signal, vins: string[]): ChartData {
+  const vs = vins.map((vin) => state.vehicles.get(vin)).filter((v): v is VehicleState => v !== undefined);
+  // Union of timestamps; with one vehicle this is just its own column.
+  const times = vs.length === 1 ? vs[0].t : [...new Set(vs.flatMap((v) => v.t))].sort((a, b) => a - b);
+  const index = new Map<number, number>();
+  times.forEach((t, i) => index.set(t, i));
+  let transmittedCount = 0;
+  let reconstructedCount = 0;
+  const series = vs.map((v) => {
+    const n = times.length;
+    const line: (number | null)[] = new Array(n).fill(null);
+    const tx: (number | null)[] = new Array(n).fill(null);
+    const rec: (number | null)[] = new Array(n).fill(null);
+    const values = v.values[signal];
+    const sent = v.transmitted[signal];
+    for (let i = 0; i < v.t.length; i++) {
+      const j = index.get(v.t[i])!;
+      const value = values[i];
+      line[j] = value;
+      if (value === null) continue;
+      if (sent[i]) {
+        tx[j] = value;
+        transmittedCount += 1;
+      } else {
+        rec[j] = value;
+        reconstructedCount += 1;
+      }
+    }
+    return { vin: v.vin, line, transmitted: tx, reconstructed: rec };
+  });
+  return { x: times.map((t) => t / 1000), series, transmittedCount, reconstructedCount };
+}
+
+/** A position track: lat/lon pairs with the transmitted flag of the latitude field. */
+export interface TrackPoint {
+  lat: number;
+  lon: number;
+  transmitted: boolean;
+}
+
+export function track(state: DashboardState, vin: string): TrackPoint[] {
+  const v = state.vehicles.get(vin);
+  if (!v) return [];
+  const out: TrackPoint[] = [];
+  for (let i = 0; i < v.t.length; i++) {
+    const lat = v.values.latitude[i];
+    const lon = v.values.longitude[i];
+    if (lat === null || lon === null) continue;
+    out.push({ lat, lon, transmitted: v.transmitted.latitude[i] || v.transmitted.longitude[i] });
+  }
+  return out;
+}
+
+/**
+ * Wire bytes a reading would take uncompressed, for the "bytes saved" estimate: every non-null
+ * field as an 8-byte double plus a 25-byte header (17-character VIN + 8-byte timestamp).
+ */
+export const RAW_BYTES_PER_FIELD = 8;
+export const RAW_BYTES_PER_READING = 25;
+
+export interface StatsView {
+  fieldsTotal: number;
+  fieldsTransmitted: number;
+  fieldsSkipped: number;
+  /** Skipped fields as a percentage of all non-null fields (0..100), null with no data. */
+  skippedPct: number | null;
+  bytesReceived: number | null;
+  /** Estimated raw size minus received bytes (never negative), null when unknown. */
+  bytesSaved: number | null;
+}
+
+function view(total: number, transmitted: number, skipped: number, readings: number | null, bytes: number | null): StatsView {
+  const raw = readings === null ? null : readings * RAW_BYTES_PER_READING + total * RAW_BYTES_PER_FIELD;
+  return {
+    fieldsTotal: total,
+    fieldsTransmitted: transmitted,
+    fieldsSkipped: skipped,
+    skippedPct: total > 0 ? (100 * skipped) / total : null,
+    bytesReceived: bytes,
+    bytesSaved: raw !== null && bytes !== null ? Math.max(0, raw - bytes) : null,
+  };
+}
+
+export function overallStats(stats: CompressionStats | null): StatsView | null {
+  if (!stats) return null;
+  const perVehicle = Object.values(stats.vehicles ?? {});
+  const readings = perVehicle.length ? perVehicle.reduce((n, v) => n + v.readings, 0) : null;
+  return view(
+    stats.total_readings,
+    stats.transmitted_readings,
+    stats.skipped_readings,
+    readings,
+    typeof stats.bytes_received === 'number' ? stats.bytes_received : null,
+  );
+}
+
+export function vehicleStats(s: VehicleStats | null): StatsView | null {
+  if (!s) return null;
+  return view(s.fields_total, s.fields_transmitted, s.fields_skipped, s.readings, s.bytes_received);
+}
+
+// ---- store ---------------------------------------------------------------------------------
+
+type Listener = () => void;
+
+/**
+ * Holds the state and tells listeners about changes. `schedule` batches notifications (the page
+ * passes requestAnimationFrame so 50 vehicles at 10 Hz re-render at most once a frame; tests
+ * pass a synchronous call).
+ */
+export class Store {
+  readonly state: DashboardState = initialState();
+  private listeners = new Set<Listener>();
+  private pending = false;
+
+  constructor(private schedule: (fn: () => void) => void = (fn) => fn()) {}
+
+  dispatch = (action: Action): void => {
+    reduce(this.state, action);
+    if (this.pending) return;
+    this.pending = true;
+    this.schedule(() => {
+      this.pending = false;
+      for (const l of this.listeners) l();
+    });
+  };
+
+  subscribe = (listener: Listener): (() => void) => {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  };
+
+  getVersion = (): number => this.state.version;
+}

@@ -1,0 +1,128 @@
+import { describe, expect, it } from 'vitest';
+import { DashboardClient, type FetchLike } from '../src/client';
+import { FakeSocket, FakeTimers } from './fakes';
+import { reading, VIN_A, VIN_B } from './fixtures';
+
+interface Call {
+  url: string;
+  method: string;
+  body?: string;
+}
+
+function setup(routes: Record<string, { status: number; body: unknown }> = {}) {
+  const sockets: FakeSocket[] = [];
+  const calls: Call[] = [];
+  const intervals: (() => void)[] = [];
+  const fetch: FetchLike = async (url, init) => {
+    calls.push({ url, method: init?.method ?? 'GET', body: init?.body });
+    const r = routes[url] ?? { status: 404, body: { status: 'error', error: 'not found' } };
+    return { ok: r.status >= 200 && r.status < 300, status: r.status, json: async () => r.body };
+  };
+  const client = new DashboardClient({
+    wsUrl: 'ws://h/ws',
+    createSocket: (u) => {
+      const s = new FakeSocket(u);
+      sockets.push(s);
+      return s;
+    },
+    timers: new FakeTimers(),
+    random: () => 0.5,
+    fetch,
+    now: () => 1234,
+    setInterval: (fn) => {
+      intervals.push(fn);
+      return intervals.length;
+    },
+    clearInterval: () => {},
+  });
+  return { client, sockets, calls, intervals };
+}
+
+const flush = () => new Promise((r) => setTimeout(r, 0));
+const sentOf = (s: FakeSocket) => s.sent.map((x) => JSON.parse(x));
+
+describe('DashboardClient', () => {
+  it('on connect loads logger status and the vehicle list; messages reach the store', async () => {
+    const t = setup({
+      '/logger/status': { status: 200, body: { running: false, pid: null, started_at_ms: null, last_exit_code: null, last_run_s: null } },
+      '/api/vehicles': { status: 200, body: [{ vin: VIN_B, first_seen_ms: 1, last_seen_ms: 2, readings: 3 }] },
+    });
+    t.client.start();
+    t.sockets[0].open();
+    t.sockets[0].receive({ type: 'history', data: [reading(VIN_A, 1000)] });
+    await flush();
+    const s = t.client.store.state;
+    expect(s.connection.phase).toBe('connected');
+    expect(s.logger?.running).toBe(false);
+    expect(s.historyReadings).toBe(1);
+    expect([...s.vehicles.keys()].sort()).toEqual([VIN_A, VIN_B]);
+    expect(s.vehicles.get(VIN_A)!.lastReceivedAt).toBe(1234);
+    // No subscription was chosen: nothing is sent (the server defaults to all).
+    expect(t.sockets[0].sent).toEqual([]);
+  });
+
+  it('subscribe: choosing vehicles sends the set; it is re-sent after a reconnect', async () => {
+    const t = setup();
+    t.client.start();
+    t.sockets[0].open();
+    t.client.toggle(VIN_B);
+    t.client.toggle(VIN_A);
+    expect(sentOf(t.sockets[0])).toEqual([
+      { type: 'subscribe', vins: [VIN_B] },
+      { type: 'subscribe', vins: [VIN_A, VIN_B] },
+    ]);
+    t.client.toggle(VIN_B);
+    t.client.select([]);
+    expect(sentOf(t.sockets[0]).slice(2)).toEqual([
+      { type: 'subscribe', vins: [VIN_A] },
+      { type: 'subscribe', vins: [] },
+    ]);
+    t.client.select([VIN_B]);
+    t.sockets[0].drop();
+    // Selection made while disconnected is kept and sent on the next open.
+    t.client.select([VIN_A]);
+    expect(t.client.store.state.connection.phase).toBe('reconnecting');
+    (t.client.connection as unknown as { timers: FakeTimers }).timers.fire();
+    t.sockets[1].open();
+    expect(sentOf(t.sockets[1])).toEqual([{ type: 'subscribe', vins: [VIN_A] }]);
+  });
+
+  it('start and stop call the HTTP endpoints and refresh the status', async () => {
+    const t = setup({
+      '/logger/start': { status: 200, body: { status: 'started', pid: 7 } },
+      '/logger/stop': { status: 200, body: { status: 'stopped', exit_code: 0 } },
+      '/logger/status': { status: 200, body: { running: true, pid: 7, started_at_ms: 1, last_exit_code: null, last_run_s: null } },
+    });
+    expect(await t.client.startLogger({ vehicles: 3, rate: 5 })).toBe(true);
+    expect(t.calls[0]).toEqual({ url: '/logger/start', method: 'POST', body: JSON.stringify({ vehicles: 3, rate: 5 }) });
+    expect(t.client.store.state.logger?.pid).toBe(7);
+    expect(t.client.store.state.loggerBusy).toBe(false);
+    expect(await t.client.stopLogger()).toBe(true);
+    expect(t.calls.find((c) => c.url === '/logger/stop')?.method).toBe('POST');
+  });
+
+  it('a refused start shows the server’s sentence and logs it', async () => {
+    const t = setup({ '/logger/start': { status: 403, body: { status: 'error', error: 'The logger can only be controlled from loopback.' } } });
+    expect(await t.client.startLogger({ vehicles: 1, rate: 1 })).toBe(false);
+    const s = t.client.store.state;
+    expect(s.loggerError).toBe('The logger can only be controlled from loopback.');
+    expect(s.logs.at(-1)?.level).toBe('error');
+    const t2 = setup({ '/logger/start': { status: 409, body: { status: 'already_running', pid: 9 } } });
+    await t2.client.startLogger({});
+    expect(t2.client.store.state.loggerError).toContain('already running');
+  });
+
+  it('polls the vehicle list only while connected', async () => {
+    const t = setup({ '/api/vehicles': { status: 200, body: [] } });
+    t.client.start();
+    expect(t.intervals).toHaveLength(1);
+    t.intervals[0]();
+    expect(t.calls).toHaveLength(0);
+    t.sockets[0].open();
+    await flush();
+    const before = t.calls.filter((c) => c.url === '/api/vehicles').length;
+    t.intervals[0]();
+    await flush();
+    expect(t.calls.filter((c) => c.url === '/api/vehicles').length).toBe(before + 1);
+  });
+});
