@@ -1,0 +1,256 @@
+//! Runs a fleet — simulated vehicles or replayed drives — through the sender,
+//! after first delivering what an earlier run left in the spool.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use lockstep_codec::{Reading, Vin};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::sender::{
+    Pace, ReadingSource, Session, Shared, Stats, drain_spool, run_seed, run_session,
+};
+use crate::sim::{Vehicle, replay_vin};
+use crate::sources::{RepairReport, Trip};
+
+/// What to send.
+pub enum Fleet {
+    /// `vehicles` simulated vehicles at `rate_hz`, for `duration_s` (None = until stopped).
+    Simulate {
+        vehicles: usize,
+        rate_hz: f64,
+        duration_s: Option<f64>,
+        seed: u64,
+    },
+    /// One vehicle per recorded drive. `retime` shifts each drive so its first
+    /// reading is stamped now (the recorded spacing is kept).
+    Replay { trips: Vec<Trip>, retime: bool },
+}
+
+impl Fleet {
+    /// Readings the run will produce, if finite (for the progress bar).
+    pub fn total_readings(&self) -> Option<u64> {
+        match self {
+            Fleet::Simulate {
+                vehicles,
+                rate_hz,
+                duration_s,
+                ..
+            } => duration_s.map(|d| (*vehicles as f64 * (d * rate_hz).ceil()) as u64),
+            Fleet::Replay { trips, .. } => {
+                Some(trips.iter().map(|t| t.readings.len() as u64).sum())
+            }
+        }
+    }
+}
+
+/// What a run did, printed at exit.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub vehicles: usize,
+    /// This run's readings.
+    pub stats: Stats,
+    /// Batches of earlier runs delivered from the spool first.
+    pub recovered: Stats,
+    pub repairs: Option<RepairReport>,
+    /// Replays that resumed after a cursor: (file, readings skipped).
+    pub resumed: Vec<(String, usize)>,
+    pub spool_left: usize,
+    pub spool_dir: String,
+    pub elapsed: Duration,
+    pub seed_wire: bool,
+    pub cancelled: bool,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.stats;
+        let form = if self.seed_wire {
+            "seed wire form"
+        } else {
+            "lockstep batches"
+        };
+        writeln!(
+            f,
+            "lockstep-edge summary ({form}, {:.1} s{}):",
+            self.elapsed.as_secs_f64(),
+            if self.cancelled {
+                ", stopped by signal"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(f, "  vehicles: {}", self.vehicles)?;
+        writeln!(
+            f,
+            "  readings: {} produced, {} acknowledged",
+            s.readings, s.readings_acked
+        )?;
+        writeln!(
+            f,
+            "  fields: {} non-null, {} transmitted, {:.1} % skipped",
+            s.fields,
+            s.fields_transmitted,
+            s.skipped_fraction() * 100.0
+        )?;
+        let per = if s.readings_acked > 0 {
+            s.bytes_acked as f64 / s.readings_acked as f64
+        } else {
+            0.0
+        };
+        writeln!(
+            f,
+            "  sent: {} requests acknowledged, {} body bytes ({per:.2} bytes/reading); {} bytes posted incl. retries",
+            s.acked, s.bytes_acked, s.bytes_posted
+        )?;
+        writeln!(
+            f,
+            "  retries: {}, resyncs: {}, duplicates acknowledged: {}, rejected: {}",
+            s.retries, s.resyncs, s.duplicates, s.rejected
+        )?;
+        if self.recovered.acked > 0
+            || self.recovered.left_spooled > 0
+            || self.recovered.rejected > 0
+        {
+            let r = &self.recovered;
+            writeln!(
+                f,
+                "  from an earlier run's spool: {} batches ({} readings) delivered, {} retries, {} resyncs, {} rejected",
+                r.acked, r.readings_acked, r.retries, r.resyncs, r.rejected
+            )?;
+        }
+        for (file, n) in &self.resumed {
+            writeln!(
+                f,
+                "  resumed {file} after {n} readings already spooled by an earlier run"
+            )?;
+        }
+        if let Some(rep) = &self.repairs {
+            writeln!(f, "  input repairs: {rep}")?;
+        }
+        write!(
+            f,
+            "  spool: {} batch(es) left in {}",
+            self.spool_left, self.spool_dir
+        )?;
+        if self.spool_left > 0 {
+            write!(f, " (sent first on the next start)")?;
+        }
+        Ok(())
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs `fleet`; `asap` ignores recorded pace, else readings are due at
+/// recorded pace divided by `speed`.
+pub async fn run(shared: Shared, fleet: Fleet, asap: bool, speed: f64) -> Result<Summary> {
+    let started = Instant::now();
+    let mut summary = Summary {
+        spool_dir: shared.spool.dir().display().to_string(),
+        seed_wire: shared.config.seed_wire,
+        ..Default::default()
+    };
+    summary.recovered = drain_spool(&shared).await?;
+
+    let mut plans: Vec<(Vin, ReadingSource, Pace)> = Vec::new();
+    let start = Instant::now();
+    let pace_from = |first_ts: i64| {
+        if asap {
+            Pace::Asap
+        } else {
+            Pace::Scaled {
+                start,
+                first_ts,
+                speed,
+            }
+        }
+    };
+    match fleet {
+        Fleet::Simulate {
+            vehicles,
+            rate_hz,
+            duration_s,
+            seed,
+        } => {
+            let dt_ms = (1000.0 / rate_hz).round().max(1.0) as i64;
+            let t0 = now_ms();
+            let count = duration_s.map(|d| (d * rate_hz).ceil() as usize);
+            for i in 0..vehicles {
+                let mut v = Vehicle::new(seed, i, t0, dt_ms);
+                let vin = v.vin.clone();
+                let it = std::iter::from_fn(move || Some(v.next_reading()));
+                let src: ReadingSource = match count {
+                    Some(c) => Box::new(it.take(c)),
+                    None => Box::new(it),
+                };
+                plans.push((vin, src, pace_from(t0)));
+            }
+        }
+        Fleet::Replay { trips, retime } => {
+            let mut repairs = RepairReport::default();
+            for trip in trips {
+                repairs.merge(&trip.repairs);
+                let vin = replay_vin(&trip.name);
+                let mut readings: Vec<Reading> = trip.readings;
+                if shared.config.resume_cursor
+                    && !shared.config.seed_wire
+                    && let Some(c) = shared.spool.cursor(vin.as_str())
+                {
+                    let skip = readings.iter().take_while(|r| r.timestamp_ms <= c).count();
+                    if skip > 0 {
+                        tracing::info!(file = %trip.name, skipped = skip, "Resuming a replay after the readings an earlier run already spooled.");
+                        summary.resumed.push((trip.name.clone(), skip));
+                        readings.drain(..skip);
+                    }
+                }
+                let Some(first_ts) = readings.first().map(|r| r.timestamp_ms) else {
+                    shared.spool.clear_cursor(vin.as_str());
+                    continue;
+                };
+                if retime {
+                    let shift = now_ms() - first_ts;
+                    readings.iter_mut().for_each(|r| r.timestamp_ms += shift);
+                }
+                let first_ts = readings[0].timestamp_ms;
+                plans.push((vin, Box::new(readings.into_iter()), pace_from(first_ts)));
+            }
+            summary.repairs = Some(repairs);
+        }
+    }
+    summary.vehicles = plans.len();
+
+    let mut set = JoinSet::new();
+    for (vin, src, pace) in plans {
+        if shared.config.seed_wire {
+            set.spawn(run_seed(shared.clone(), vin, src, pace));
+        } else {
+            let session = Session::new(shared.catalog.clone(), vin);
+            set.spawn(run_session(shared.clone(), session, Some(src), pace));
+        }
+    }
+    let mut first_err = None;
+    while let Some(res) = set.join_next().await {
+        match res.context("a vehicle task panicked").and_then(|r| r) {
+            Ok(s) => summary.stats.merge(&s),
+            Err(e) => {
+                // A fatal error (catalog mismatch, spool I/O): stop everyone, keep their spools.
+                shared.cancel.cancel();
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    summary.cancelled = shared.cancel.is_cancelled();
+    summary.spool_left = shared.spool.count();
+    summary.elapsed = started.elapsed();
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
