@@ -447,6 +447,16 @@ impl Session {
     }
 }
 
+/// Cuts the open batch into the spool and, for replays, moves the cursor past it.
+fn cut_marking(session: &mut Session, spool: &Spool, cursor: bool) -> Result<()> {
+    let last_ts = session.open.last().map(|r| r.timestamp_ms);
+    session.cut(spool)?;
+    if let (true, Some(ts)) = (cursor, last_ts) {
+        spool.set_cursor(session.vin().as_str(), ts)?;
+    }
+    Ok(())
+}
+
 type Inflight = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
 async fn maybe(f: &mut Option<Inflight>) -> Reply {
@@ -480,6 +490,8 @@ pub async fn run_session(
     let mut deadline: Option<Instant> = None;
     let mut backoff = Backoff::new(cfg.backoff_base, cfg.backoff_max);
     let mut finished_source = source.is_none();
+    // Only a session that replays a source moves (and finally clears) the replay cursor.
+    let cursor = cfg.resume_cursor && source.is_some();
     let mut resyncs_in_a_row = 0u32;
     loop {
         // Start sending the front batch when nothing is in flight and no retry is pending.
@@ -512,7 +524,7 @@ pub async fn run_session(
                 deadline = Some(Instant::now() + cfg.grace);
                 source = None;
                 finished_source = true;
-                session.cut(spool)?;
+                cut_marking(&mut session, spool, cursor)?;
             }
             _ = sleep_opt(deadline) => break,
             reply = maybe(&mut inflight) => {
@@ -557,38 +569,28 @@ pub async fn run_session(
             _ = sleep_opt(next_due) => {
                 let s = source.as_mut().expect("due only with a source");
                 let r = s.next().expect("peeked");
-                let ts = r.timestamp_ms;
                 session.push(r);
                 if let Some(p) = &shared.progress {
                     p.inc(1);
                 }
                 let exhausted = s.peek().is_none();
                 if session.open.len() >= cfg.max_batch_readings || exhausted {
-                    session.cut(spool)?;
-                    if cfg.resume_cursor {
-                        spool.set_cursor(&vin, ts)?;
-                    }
+                    cut_marking(&mut session, spool, cursor)?;
                 }
                 if exhausted {
                     source = None;
                     finished_source = true;
                 }
             }
-            _ = sleep_opt(cut_at) => {
-                let last_ts = session.open.last().map(|r| r.timestamp_ms);
-                session.cut(spool)?;
-                if let (true, Some(ts)) = (cfg.resume_cursor, last_ts) {
-                    spool.set_cursor(&vin, ts)?;
-                }
-            }
+            _ = sleep_opt(cut_at) => cut_marking(&mut session, spool, cursor)?,
             _ = sleep_opt(retry_at) => {}
         }
     }
     // Cancelled with a batch still open (cut failed earlier or readings after cut): spool it.
     if !session.open.is_empty() {
-        session.cut(spool)?;
+        cut_marking(&mut session, spool, cursor)?;
     }
-    if cfg.resume_cursor && session.is_idle() && deadline.is_none() {
+    if cursor && session.is_idle() && deadline.is_none() {
         spool.clear_cursor(&vin);
     }
     session.stats.left_spooled = session.unacked.len() as u64;
