@@ -6,6 +6,9 @@
 //   npm run e2e                     real server: LOCKSTEP_SERVER_BIN (default ../target/debug/lockstep-server)
 //                                   with LOCKSTEP_EDGE_BIN (default ../target/debug/lockstep-edge)
 //   E2E_TARGET=mock npm run e2e     the same steps against scripts/mock-server.mjs
+//   E2E_PAGE=proxy npm run e2e      serve the page with `vite preview` (proxying /ws, /api, /logger,
+//                                   /status to the server) instead of from the server's own `/` —
+//                                   for a server binary built before the dashboard route was wired
 //   CHROMIUM=/path/to/chromium      another browser binary (default /usr/bin/chromium)
 //
 // Every wait is on a condition with a deadline; nothing sleeps for a fixed time.
@@ -87,6 +90,24 @@ function startServer(port, workDir) {
   return child;
 }
 
+/** `vite preview` of dist/ on its own port, proxying the API to the server (see vite.config.ts). */
+function startPreview(port, serverBase, workDir) {
+  const logPath = join(workDir, 'preview.log');
+  const out = createWriteStream(logPath);
+  const vite = join(dashboardDir, 'node_modules', 'vite', 'bin', 'vite.js');
+  step(`serving the page with vite preview on port ${port}, proxying to ${serverBase}`);
+  const child = spawn(process.execPath, [vite, 'preview', '--port', String(port), '--strictPort', '--host', '127.0.0.1'], {
+    cwd: dashboardDir,
+    env: { ...process.env, LOCKSTEP_DEV_TARGET: serverBase },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  child.stdout.pipe(out);
+  child.stderr.pipe(out);
+  child.exited = new Promise((res) => child.on('exit', (code, signal) => res({ code, signal })));
+  child.logPath = logPath;
+  return child;
+}
+
 async function stopServer(child) {
   if (!child || child.exitCode !== null || child.signalCode !== null) return;
   child.kill('SIGTERM');
@@ -98,6 +119,8 @@ async function main() {
   const workDir = mkdtempSync(join(tmpdir(), 'lockstep-e2e-'));
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
+  let pageBase = base;
+  let preview;
   let server;
   let browser;
   const pageErrors = [];
@@ -112,6 +135,13 @@ async function main() {
       return r.ok;
     }, 60_000, 200);
     step('server is up');
+    if (process.env.E2E_PAGE === 'proxy') {
+      if (!existsSync(join(dashboardDir, 'dist', 'index.html'))) throw new Error('dist/ is missing: run `npm run build` first');
+      const previewPort = await freePort();
+      preview = startPreview(previewPort, base, workDir);
+      pageBase = `http://127.0.0.1:${previewPort}`;
+      await waitFor('vite preview to answer', async () => (await fetch(`${pageBase}/`)).ok, 30_000, 200);
+    }
 
     browser = await chromium.launch({
       executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
@@ -124,7 +154,7 @@ async function main() {
     });
     page.setDefaultTimeout(STEP_TIMEOUT);
 
-    const res = await page.goto(`${base}/`);
+    const res = await page.goto(`${pageBase}/`);
     if (!res || !res.ok()) throw new Error(`GET / answered ${res && res.status()}`);
     const title = await page.title();
     if (!/Lockstep/.test(title)) throw new Error(`unexpected page title ${JSON.stringify(title)} (is the real dashboard embedded, not the placeholder?)`);
@@ -204,6 +234,7 @@ async function main() {
     process.exitCode = 1;
   } finally {
     if (browser) await browser.close().catch(() => {});
+    await stopServer(preview);
     await stopServer(server);
     if (!process.env.E2E_KEEP_TMP) rmSync(workDir, { recursive: true, force: true });
   }

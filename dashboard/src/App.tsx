@@ -155,7 +155,7 @@ function VehicleTable({ client, state, now, charted }: { client: DashboardClient
                     {v.vin}
                   </td>
                   <td title={v.lastSeenMs === null ? '' : `last reading ${new Date(v.lastSeenMs).toISOString()}`}>
-                    {formatAge(v.lastReceivedAt ?? v.lastSeenMs, now)}
+                    {formatAge(lastSeen(v.lastReceivedAt, v.lastSeenMs), now)}
                   </td>
                   <td>{v.t.length}</td>
                   <td>{formatPct(sv?.skippedPct)}</td>
@@ -169,12 +169,18 @@ function VehicleTable({ client, state, now, charted }: { client: DashboardClient
   );
 }
 
+/** The newer of "this page received a reading" and "the server saw a reading" (vehicle clock). */
+function lastSeen(received: number | null, seen: number | null): number | null {
+  if (received === null) return seen;
+  if (seen === null) return received;
+  return Math.max(received, seen);
+}
+
 function StatsRows({ s }: { s: StatsView }) {
   return (
     <>
       <td>{s.fieldsTotal}</td>
       <td>{s.fieldsTransmitted}</td>
-      <td>{s.fieldsSkipped}</td>
       <td className="strong">{formatPct(s.skippedPct)}</td>
       <td>{formatBytes(s.bytesReceived)}</td>
       <td>{formatBytes(s.bytesSaved)}</td>
@@ -197,7 +203,6 @@ function StatsPanel({ state, charted }: { state: DashboardState; charted: string
             <th>fields</th>
             <th>sent</th>
             <th>skipped</th>
-            <th>skipped %</th>
             <th>bytes in</th>
             <th title={'estimated against raw readings: 8 B per field + 25 B per reading'}>bytes saved*</th>
           </tr>
@@ -209,7 +214,7 @@ function StatsPanel({ state, charted }: { state: DashboardState; charted: string
           </tr>
           {rows.map((v) => (
             <tr key={v.vin}>
-              <td className="mono">{v.vin.slice(-8)}</td>
+              <td className="mono" title={v.vin}>…{v.vin.slice(-6)}</td>
               <StatsRows s={vehicleStats(v.stats)!} />
             </tr>
           ))}
@@ -298,6 +303,22 @@ function LoggerPanel({ client, state }: { client: DashboardClient; state: Dashbo
         </button>
       </div>
       {state.loggerError && <p className="error" data-testid="logger-error">{state.loggerError}</p>}
+      <details className="small">
+        <summary>admin token</summary>
+        <p className="muted">
+          Only needed when this page is not opened from the server's own machine (the server accepts logger commands from
+          loopback, or with <code>LOCKSTEP_ADMIN_TOKEN</code>). Kept in this tab only.
+        </p>
+        <input
+          type="password"
+          autoComplete="off"
+          defaultValue={sessionStorage.getItem('lockstep-admin-token') ?? ''}
+          onChange={(e) => {
+            sessionStorage.setItem('lockstep-admin-token', e.target.value);
+            client.setAdminToken(e.target.value);
+          }}
+        />
+      </details>
     </div>
   );
 }

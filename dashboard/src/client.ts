@@ -37,6 +37,8 @@ export class DashboardClient {
   readonly connection: Connection;
   private readonly now: () => number;
   private poll: unknown = null;
+  /** Sent as `Authorization: Bearer …` on logger calls; only needed when not on loopback. */
+  private adminToken = '';
 
   constructor(
     private readonly opts: ClientOptions,
@@ -86,6 +88,10 @@ export class DashboardClient {
     this.select([...sel]);
   }
 
+  setAdminToken(token: string): void {
+    this.adminToken = token.trim();
+  }
+
   async startLogger(req: LoggerStartRequest): Promise<boolean> {
     return this.loggerCall('/logger/start', req);
   }
@@ -129,7 +135,10 @@ export class DashboardClient {
     try {
       const res = await this.opts.fetch(`${this.opts.httpBase ?? ''}${path}`, {
         method: 'POST',
-        headers: { 'content-type': 'application/json' },
+        headers: {
+          'content-type': 'application/json',
+          ...(this.adminToken ? { authorization: `Bearer ${this.adminToken}` } : {}),
+        },
         body: body === undefined ? undefined : JSON.stringify(body),
       });
       let payload: unknown = null;

@@ -15,6 +15,7 @@ const client = new DashboardClient(
   },
   new Store((fn) => requestAnimationFrame(fn)),
 );
+client.setAdminToken(sessionStorage.getItem('lockstep-admin-token') ?? '');
 client.start();
 // Handy in the browser console and for the end-to-end test.
 (window as unknown as { lockstep: DashboardClient }).lockstep = client;

@@ -407,9 +407,9 @@ export function vehicleStats(s: VehicleStats | null): StatsView | null {
 type Listener = () => void;
 
 /**
- * Holds the state and tells listeners about changes. `schedule` batches notifications (the page
- * passes requestAnimationFrame so 50 vehicles at 10 Hz re-render at most once a frame; tests
- * pass a synchronous call).
+ * Holds the state and tells listeners about changes. `schedule` batches the notifications for
+ * server messages (the page passes requestAnimationFrame so 50 vehicles at 10 Hz re-render at
+ * most once a frame; tests pass a synchronous call); other actions notify at once.
  */
 export class Store {
   readonly state: DashboardState = initialState();
@@ -420,6 +420,11 @@ export class Store {
 
   dispatch = (action: Action): void => {
     reduce(this.state, action);
+    if (action.kind !== 'message') {
+      // User actions and connection changes show at once (a checkbox must not lag a frame).
+      this.notify();
+      return;
+    }
     if (this.pending) return;
     this.pending = true;
     this.schedule(() => {
@@ -427,6 +432,10 @@ export class Store {
       for (const l of this.listeners) l();
     });
   };
+
+  private notify(): void {
+    for (const l of this.listeners) l();
+  }
 
   subscribe = (listener: Listener): (() => void) => {
     this.listeners.add(listener);

@@ -7,6 +7,7 @@ interface Call {
   url: string;
   method: string;
   body?: string;
+  headers?: Record<string, string>;
 }
 
 function setup(routes: Record<string, { status: number; body: unknown }> = {}) {
@@ -14,7 +15,7 @@ function setup(routes: Record<string, { status: number; body: unknown }> = {}) {
   const calls: Call[] = [];
   const intervals: (() => void)[] = [];
   const fetch: FetchLike = async (url, init) => {
-    calls.push({ url, method: init?.method ?? 'GET', body: init?.body });
+    calls.push({ url, method: init?.method ?? 'GET', body: init?.body, headers: init?.headers });
     const r = routes[url] ?? { status: 404, body: { status: 'error', error: 'not found' } };
     return { ok: r.status >= 200 && r.status < 300, status: r.status, json: async () => r.body };
   };
@@ -94,11 +95,19 @@ describe('DashboardClient', () => {
       '/logger/status': { status: 200, body: { running: true, pid: 7, started_at_ms: 1, last_exit_code: null, last_run_s: null } },
     });
     expect(await t.client.startLogger({ vehicles: 3, rate: 5 })).toBe(true);
-    expect(t.calls[0]).toEqual({ url: '/logger/start', method: 'POST', body: JSON.stringify({ vehicles: 3, rate: 5 }) });
+    expect(t.calls[0]).toMatchObject({ url: '/logger/start', method: 'POST', body: JSON.stringify({ vehicles: 3, rate: 5 }) });
+    expect(t.calls[0].headers?.authorization).toBeUndefined();
     expect(t.client.store.state.logger?.pid).toBe(7);
     expect(t.client.store.state.loggerBusy).toBe(false);
     expect(await t.client.stopLogger()).toBe(true);
     expect(t.calls.find((c) => c.url === '/logger/stop')?.method).toBe('POST');
+  });
+
+  it('sends the admin token as a bearer token when one is set', async () => {
+    const t = setup({ '/logger/stop': { status: 200, body: { status: 'not_running' } } });
+    t.client.setAdminToken('  s3cret ');
+    await t.client.stopLogger();
+    expect(t.calls[0].headers?.authorization).toBe('Bearer s3cret');
   });
 
   it('a refused start shows the server’s sentence and logs it', async () => {
