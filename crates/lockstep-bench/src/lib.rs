@@ -1,0 +1,449 @@
+//! `lockstep-bench`: a load generator and benchmark harness for
+//! `lockstep-server`, speaking the real wire forms (seed protobuf, one
+//! reading per POST; lockstep batches) and the real WebSocket feed, on
+//! loopback only.
+//!
+//! One run: (start a server on a fresh store) → connect idle WebSocket
+//! clients and subscribers → drive the HTTP load → let deliveries settle →
+//! count the rows committed in the store → measure the raw storage limit on
+//! the same table → stop the server, drop its database → print the table and
+//! write the JSON. Server CPU and RSS come from `/proc`.
+
+pub mod cli;
+pub mod fleet;
+pub mod http;
+pub mod load;
+pub mod procfs;
+pub mod report;
+pub mod spawn;
+pub mod store;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use lockstep_codec::Catalog;
+
+pub use cli::{Args, Form, StoreKind};
+use report::{
+    CpuReport, IdleReport, Latency, LoadReport, Machine, ProcReport, Report, ServerInfo, WsReport,
+};
+use spawn::Spawned;
+use store::StoreAccess;
+
+/// Runs one benchmark, prints the table, writes the JSON; the report is returned too.
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    if args.url.is_none() && args.spawn.is_none() {
+        bail!("pass --spawn (start a server) or --url URL (drive a running one)");
+    }
+    if !(args.duration > 0.0 && args.duration <= 3600.0) && args.count.is_none() {
+        bail!("--duration must be in (0, 3600] seconds");
+    }
+    if args.request_timeout <= 0.0 || args.rate < 0.0 {
+        bail!("--request-timeout must be positive and --rate not negative");
+    }
+    let needed = u64::from(args.connections)
+        + u64::from(args.ws_clients)
+        + u64::from(args.idle_ws_clients)
+        + 256;
+    let fd_limit = spawn::raise_fd_limit(needed);
+
+    let spawned = match &args.spawn {
+        Some(p) => {
+            let bin = if p.as_os_str().is_empty() {
+                spawn::default_binary()?
+            } else {
+                p.clone()
+            };
+            Some(
+                Spawned::start(
+                    bin,
+                    args.store,
+                    &args.pg_admin_url,
+                    &args.server_env,
+                    args.keep,
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
+    let (addr, pid, store, url) = match &spawned {
+        Some(s) => (
+            s.addr,
+            Some(s.pid),
+            Some(s.store.clone()),
+            format!("http://{}", s.addr),
+        ),
+        None => {
+            let url = args.url.clone().unwrap_or_default();
+            let addr = spawn::loopback_addr(&url)?;
+            let store = args
+                .database_url
+                .as_deref()
+                .map(StoreAccess::from_url)
+                .transpose()?;
+            (addr, args.server_pid, store, url)
+        }
+    };
+    let ctx = Ctx {
+        addr,
+        pid,
+        store,
+        url,
+        fd_limit,
+        binary: spawned.as_ref().map(|s| s.binary.clone()),
+    };
+    let result = tokio::select! {
+        r = measure(&args, &ctx) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    let exit = match spawned {
+        Some(s) => {
+            let tail = if result.is_err() {
+                s.log_tail(15)
+            } else {
+                String::new()
+            };
+            let st = s.stop().await;
+            if !tail.is_empty() {
+                eprintln!("--- server log (last lines) ---\n{tail}");
+            }
+            Some(st)
+        }
+        None => None,
+    };
+    let mut report = result?;
+    report.server.exit = exit;
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+struct Ctx {
+    addr: SocketAddr,
+    pid: Option<u32>,
+    store: Option<StoreAccess>,
+    url: String,
+    fd_limit: spawn::FdLimit,
+    binary: Option<PathBuf>,
+}
+
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0).then(|| a / b)
+}
+
+async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
+    let started_unix_ms = load::unix_ms();
+    let loadavg_start = procfs::loadavg();
+    let pid = ctx.pid;
+    let rss = || pid.and_then(procfs::rss_kib);
+    // Let a freshly started server finish its start-up allocations.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_idle = rss();
+
+    let rows_before = match &ctx.store {
+        Some(s) => Some(store::count_rows(s).await?),
+        None => None,
+    };
+
+    // 1. Mostly idle WebSocket clients, subscribed to a VIN nobody sends.
+    let idle_deadline = Duration::from_secs(30 + u64::from(args.idle_ws_clients) / 200);
+    let idle = if args.idle_ws_clients > 0 {
+        let spec = |_| ws::ClientSpec {
+            vins: Some(vec![fleet::IDLE_VIN.to_owned()]),
+            timed: false,
+        };
+        Some(
+            ws::Group::connect(
+                ctx.addr,
+                u64::from(args.idle_ws_clients),
+                spec,
+                256,
+                idle_deadline,
+            )
+            .await,
+        )
+    } else {
+        None
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_after_idle = rss();
+
+    // 2. Subscribers.
+    let vins: Vec<String> = (0..u64::from(args.vehicles))
+        .map(|i| fleet::vin_of(args.vin_offset + i))
+        .collect();
+    let subs = if args.ws_clients > 0 {
+        let every = u64::from(args.ws_latency_every);
+        let per_vehicle = args.ws_per_vehicle;
+        let vins = vins.clone();
+        let spec = move |i: u64| ws::ClientSpec {
+            vins: per_vehicle.then(|| vec![vins[(i % vins.len() as u64) as usize].clone()]),
+            timed: i.is_multiple_of(every),
+        };
+        let g = ws::Group::connect(
+            ctx.addr,
+            u64::from(args.ws_clients),
+            spec,
+            256,
+            Duration::from_secs(60),
+        )
+        .await;
+        // Let the server apply the subscriptions before the first reading.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Some(g)
+    } else {
+        None
+    };
+    let rss_after_ws = rss();
+
+    // 3. The load.
+    let catalog = Arc::new(Catalog::default_v1());
+    let vehicles: Vec<fleet::Vehicle> = (0..args.vehicles as usize)
+        .map(|i| {
+            fleet::Vehicle::new(
+                i,
+                args.vin_offset + i as u64,
+                args.form,
+                catalog.clone(),
+                args.seed,
+            )
+        })
+        .collect();
+    let timeout = Duration::from_secs_f64(args.request_timeout);
+    let start = Instant::now();
+    let run_for = if args.count.is_some() {
+        Duration::from_secs(3600)
+    } else {
+        Duration::from_secs_f64(args.duration)
+    };
+    let plan = load::Plan {
+        addr: ctx.addr,
+        form: args.form,
+        batch: args.batch,
+        connections: args.connections.min(args.vehicles),
+        deadline: args.count.is_none().then(|| start + run_for),
+        count: args.count,
+        rate: args.rate,
+        timeout,
+        hard_stop: start + run_for + Duration::from_secs(5),
+    };
+    let cpu0 = (
+        pid.and_then(procfs::cpu_seconds),
+        procfs::postgres_cpu_seconds(),
+        procfs::self_cpu_seconds(),
+    );
+    let sampler = pid.map(procfs::RssSampler::start);
+    let out = load::run(plan, vehicles).await;
+    let window_s = match (out.first_send, out.last_ack) {
+        (Some(a), Some(b)) if b > a => (b - a).as_secs_f64(),
+        _ => start.elapsed().as_secs_f64(),
+    };
+
+    // 4. Deliveries still in flight.
+    let per_vehicle_acked: Vec<u64> = out.vehicles.iter().map(|v| v.acked).collect();
+    let expected = if args.ws_clients == 0 {
+        0
+    } else if args.ws_per_vehicle {
+        (0..u64::from(args.ws_clients))
+            .map(|i| per_vehicle_acked[(i % per_vehicle_acked.len() as u64) as usize])
+            .sum()
+    } else {
+        out.readings_acked * u64::from(args.ws_clients)
+    };
+    if let Some(g) = &subs {
+        g.settle(expected, Duration::from_secs(1), Duration::from_secs(10))
+            .await;
+    }
+    let cpu1 = (
+        pid.and_then(procfs::cpu_seconds),
+        procfs::postgres_cpu_seconds(),
+        procfs::self_cpu_seconds(),
+    );
+    let rss_peak = match sampler {
+        Some(s) => Some(s.finish().await),
+        None => None,
+    };
+    let loadavg_end = procfs::loadavg();
+
+    let mut errors = out.errors.clone();
+    let mut add_err = |k: &str, v: u64| {
+        if v > 0 {
+            *errors.entry(k.to_owned()).or_default() += v;
+        }
+    };
+    use std::sync::atomic::Ordering::Relaxed;
+    let ws_report = match subs {
+        Some(g) => {
+            let (clients, timed) = (
+                g.requested,
+                g.requested.div_ceil(u64::from(args.ws_latency_every)),
+            );
+            let (c, hist, negative, _open) = g.stop().await;
+            let delivered = c.telemetry.load(Relaxed);
+            add_err("ws_connect", c.connect_errors.load(Relaxed));
+            add_err("ws_closed_early", c.closed_early.load(Relaxed));
+            WsReport {
+                clients,
+                per_vehicle: args.ws_per_vehicle,
+                connected: c.connected.load(Relaxed),
+                connect_errors: c.connect_errors.load(Relaxed),
+                timed_clients: timed,
+                delivered,
+                expected,
+                fraction_delivered: ratio(delivered as f64, expected as f64),
+                msgs_per_s: delivered as f64 / window_s,
+                latency_ms: Latency::from_us(&hist),
+                negative_latency: negative,
+                lagged_msgs: c.lagged_msgs.load(Relaxed),
+                lagged_dropped: c.lagged_dropped.load(Relaxed),
+                closed_early: c.closed_early.load(Relaxed),
+            }
+        }
+        None => WsReport::default(),
+    };
+    let idle_report = match idle {
+        Some(g) => {
+            let (requested, connect_s) = (g.requested, g.connect_seconds);
+            let (c, _, _, open) = g.stop().await;
+            let connected = c.connected.load(Relaxed);
+            add_err("idle_ws_connect", c.connect_errors.load(Relaxed));
+            add_err("idle_ws_closed_early", c.closed_early.load(Relaxed));
+            let per_client = match (rss_idle, rss_after_idle) {
+                (Some(a), Some(b)) if connected > 0 => {
+                    Some((b as f64 - a as f64) / connected as f64)
+                }
+                _ => None,
+            };
+            IdleReport {
+                requested,
+                connected,
+                connect_errors: c.connect_errors.load(Relaxed),
+                connect_s,
+                open_at_end: open,
+                closed_early: c.closed_early.load(Relaxed),
+                msgs_received: c.history.load(Relaxed)
+                    + c.telemetry.load(Relaxed)
+                    + c.other.load(Relaxed),
+                server_rss_before_kib: rss_idle,
+                server_rss_after_kib: rss_after_idle,
+                server_kib_per_client: per_client,
+            }
+        }
+        None => IdleReport::default(),
+    };
+    let rss_end = rss();
+    let vm_hwm = pid.and_then(|p| procfs::status_kib(p, "VmHWM"));
+
+    // 5. Committed rows, server status, raw limit.
+    let committed = match (&ctx.store, rows_before) {
+        (Some(s), Some(b)) => Some(store::count_rows(s).await?.saturating_sub(b)),
+        _ => None,
+    };
+    let readings = committed.unwrap_or(out.readings_acked);
+    let server_status = match http::get_json(ctx.addr, "/status", Duration::from_secs(5)).await {
+        Ok((_, v)) => v,
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    };
+    let readings_per_s = readings as f64 / window_s;
+    let raw_limit = match (&ctx.store, args.no_raw_limit) {
+        (Some(s), false) if readings > 0 => Some(
+            store::raw_limit(s, readings.max(1000))
+                .await
+                .context("raw storage limit")?,
+        ),
+        _ => None,
+    };
+    let ingest_over_raw = raw_limit
+        .as_ref()
+        .and_then(|r| ratio(readings_per_s, r.rows_per_s));
+
+    let per_reading = |cpu: Option<f64>| cpu.and_then(|c| ratio(c * 1e6, readings as f64));
+    let server_cpu = cpu0.0.zip(cpu1.0).map(|(a, b)| b - a);
+    let pg_cpu = matches!(ctx.store, Some(StoreAccess::Postgres(_))).then_some(cpu1.1 - cpu0.1);
+    let bench_cpu = Some(cpu1.2 - cpu0.2);
+    let errors_total = errors.values().sum();
+    Ok(Report {
+        label: args.label.clone(),
+        started_unix_ms,
+        machine: Machine {
+            nproc: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0),
+            mem_total_mib: procfs::mem_total_mib(),
+            loadavg_start,
+            loadavg_end,
+        },
+        config: args.clone(),
+        server: ServerInfo {
+            spawned: args.spawn.is_some(),
+            binary: ctx.binary.as_ref().map(|b| b.display().to_string()),
+            pid,
+            url: ctx.url.clone(),
+            store: ctx.store.as_ref().map(|s| s.kind().to_owned()),
+            exit: None,
+        },
+        fd_limit: ctx.fd_limit.clone(),
+        load: LoadReport {
+            form: format!("{:?}", args.form).to_lowercase(),
+            readings_per_request: args.readings_per_request(),
+            vehicles: args.vehicles,
+            connections: args.connections.min(args.vehicles),
+            rate_offered: (args.rate > 0.0).then_some(args.rate),
+            window_s,
+            requests_ok: out.requests_ok,
+            readings_sent: out.readings_sent,
+            readings_acked: out.readings_acked,
+            readings_committed: committed,
+            readings_per_s,
+            readings_per_s_acked: out.readings_acked as f64 / window_s,
+            requests_per_s: out.requests_ok as f64 / window_s,
+            bytes_sent: out.bytes_sent,
+            bytes_per_reading: ratio(out.bytes_sent as f64, out.readings_sent as f64)
+                .unwrap_or(0.0),
+            fields_total: out.fields_total,
+            fields_transmitted: out.fields_transmitted,
+            skipped_fraction: ratio(
+                (out.fields_total - out.fields_transmitted) as f64,
+                out.fields_total as f64,
+            )
+            .unwrap_or(0.0),
+            timestamps_clamped: out.vehicles.iter().map(|v| v.clamped).sum(),
+            retries: out.retries,
+        },
+        ack_latency_ms: Latency::from_us(&out.ack_us),
+        errors,
+        errors_total,
+        ws: ws_report,
+        idle_ws: idle_report,
+        server_proc: ProcReport {
+            cpu_s: server_cpu,
+            cpu_us_per_reading: per_reading(server_cpu),
+            cpu_pct_of_core: server_cpu.map(|c| 100.0 * c / window_s),
+            rss_idle_kib: rss_idle,
+            rss_after_ws_kib: rss_after_ws,
+            rss_peak_kib: rss_peak,
+            vm_hwm_kib: vm_hwm,
+            rss_end_kib: rss_end,
+        },
+        postgres_proc: CpuReport {
+            cpu_s: pg_cpu,
+            cpu_us_per_reading: per_reading(pg_cpu),
+        },
+        bench_proc: CpuReport {
+            cpu_s: bench_cpu,
+            cpu_us_per_reading: per_reading(bench_cpu),
+        },
+        raw_limit,
+        ingest_over_raw,
+        server_status,
+    })
+}

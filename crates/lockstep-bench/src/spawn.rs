@@ -1,0 +1,390 @@
+//! Starting and stopping a `lockstep-server` for one run: a free loopback
+//! port, a fresh store (SQLite file in a temporary directory, or a uniquely
+//! named PostgreSQL database that is dropped after), its log in a file, and
+//! `/status` polled until it answers. Also raises this process's open-file
+//! limit, which the child inherits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+use tokio::process::{Child, Command};
+
+use crate::cli::StoreKind;
+use crate::store::{StoreAccess, redact};
+
+/// The open-file limit before and after raising it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FdLimit {
+    pub needed: u64,
+    pub soft_before: Option<u64>,
+    pub hard_before: Option<u64>,
+    pub soft_after: Option<u64>,
+    pub hard_after: Option<u64>,
+    pub note: String,
+}
+
+/// Raises `RLIMIT_NOFILE` so `needed` descriptors fit: the soft limit up to
+/// the hard one, and the hard one too where the process may (root). Children
+/// started after this inherit the limit.
+pub fn raise_fd_limit(needed: u64) -> FdLimit {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let before = getrlimit(Resource::Nofile);
+    let fits = |l: Option<u64>| l.is_none_or(|v| v >= needed);
+    let mut note = if fits(before.current) {
+        "already sufficient".to_owned()
+    } else if fits(before.maximum) {
+        match setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(needed),
+                maximum: before.maximum,
+            },
+        ) {
+            Ok(()) => format!("raised the soft limit to {needed}"),
+            Err(e) => format!("could not raise the soft limit to {needed}: {e}"),
+        }
+    } else {
+        match setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(needed),
+                maximum: Some(needed),
+            },
+        ) {
+            Ok(()) => format!("raised the soft and hard limits to {needed}"),
+            Err(e) => {
+                let r = setrlimit(
+                    Resource::Nofile,
+                    Rlimit {
+                        current: before.maximum,
+                        maximum: before.maximum,
+                    },
+                );
+                format!(
+                    "could not raise the hard limit to {needed} ({e}); soft limit set to the hard limit ({r:?})"
+                )
+            }
+        }
+    };
+    let after = getrlimit(Resource::Nofile);
+    if !fits(after.current) {
+        note.push_str(&format!(
+            "; WARNING: {needed} descriptors needed, {:?} allowed: connections beyond it will fail",
+            after.current
+        ));
+    }
+    FdLimit {
+        needed,
+        soft_before: before.current,
+        hard_before: before.maximum,
+        soft_after: after.current,
+        hard_after: after.maximum,
+        note,
+    }
+}
+
+/// A running server started by the harness.
+pub struct Spawned {
+    child: Child,
+    pub pid: u32,
+    pub addr: SocketAddr,
+    pub binary: PathBuf,
+    pub store: StoreAccess,
+    pg_db: Option<(String, String)>,
+    dir: tempfile::TempDir,
+    keep: bool,
+}
+
+/// Default binary: `lockstep-server` beside this executable.
+pub fn default_binary() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("cannot find this executable's path")?;
+    let dir = me.parent().context("executable has no directory")?;
+    // Tests run from target/<profile>/deps; the binary is one level up.
+    for d in [dir, dir.parent().unwrap_or(dir)] {
+        let p = d.join("lockstep-server");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "lockstep-server not found next to {} (build it: cargo build -p lockstep-server, or pass --spawn PATH)",
+        me.display()
+    )
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// `postgres://…/postgres?x` with the database name replaced.
+fn with_database(admin_url: &str, db: &str) -> anyhow::Result<String> {
+    let (base, query) = admin_url
+        .split_once('?')
+        .map_or((admin_url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base
+        .find("://")
+        .context("--pg-admin-url must be a postgres:// URL")?
+        + 3;
+    let host_part = &base[scheme_end..];
+    let host_end = host_part.find('/').map_or(base.len(), |i| scheme_end + i);
+    let mut url = format!("{}/{db}", &base[..host_end]);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    Ok(url)
+}
+
+async fn admin(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(c)
+}
+
+impl Spawned {
+    /// Starts the server and waits for `/status` (at most 60 s).
+    pub async fn start(
+        binary: PathBuf,
+        store: StoreKind,
+        pg_admin_url: &str,
+        extra_env: &[String],
+        keep: bool,
+    ) -> anyhow::Result<Self> {
+        if !binary.is_file() {
+            bail!(
+                "{} does not exist (build it: cargo build -p lockstep-server)",
+                binary.display()
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("lockstep-bench-")
+            .tempdir()
+            .context("cannot create a temporary directory")?;
+        let (database_url, access, pg_db) = match store {
+            StoreKind::Sqlite => {
+                let p = dir.path().join("bench.db");
+                (
+                    format!("sqlite://{}", p.display()),
+                    StoreAccess::Sqlite(p),
+                    None,
+                )
+            }
+            StoreKind::Postgres => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(0);
+                let name = format!("lockstep_bench_{}_{nanos}", std::process::id());
+                admin(pg_admin_url)
+                    .await?
+                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .with_context(|| format!("CREATE DATABASE {name}"))?;
+                let url = with_database(pg_admin_url, &name)?;
+                (
+                    url.clone(),
+                    StoreAccess::Postgres(url),
+                    Some((pg_admin_url.to_owned(), name)),
+                )
+            }
+        };
+        let port = free_port()?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let log = std::fs::File::create(dir.path().join("server.log"))?;
+        let mut cmd = Command::new(&binary);
+        cmd.current_dir(dir.path())
+            .env("PORT", port.to_string())
+            .env("LOCKSTEP_HOST", "127.0.0.1")
+            .env("DATABASE_URL", &database_url)
+            .env("LOCKSTEP_DATA_DIR", dir.path())
+            .env(
+                "RUST_LOG",
+                std::env::var("LOCKSTEP_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        for kv in extra_env {
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("--server-env {kv:?} is not KEY=VALUE"))?;
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()));
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                drop_pg(&pg_db).await;
+                return Err(e);
+            }
+        };
+        let pid = child.id().context("the server exited at once")?;
+        let mut me = Self {
+            child,
+            pid,
+            addr,
+            binary,
+            store: access,
+            pg_db,
+            dir,
+            keep,
+        };
+        if let Err(e) = me.wait_ready(Duration::from_secs(60)).await {
+            let tail = me.log_tail(20);
+            me.stop().await;
+            bail!("{e:#}\n--- server log (last lines) ---\n{tail}");
+        }
+        Ok(me)
+    }
+
+    async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
+        let end = Instant::now() + within;
+        while Instant::now() < end {
+            if let Some(st) = self.child.try_wait()? {
+                bail!("lockstep-server exited during start-up ({st})");
+            }
+            if let Ok((s, _)) =
+                crate::http::get_json(self.addr, "/status", Duration::from_secs(2)).await
+                && s.is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("lockstep-server did not answer GET /status within {within:?}")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    /// The last `n` lines of the server's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let s = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// SIGTERM, up to 15 s for a graceful exit, then SIGKILL; drops the database
+    /// (unless --keep). Returns the exit status text.
+    pub async fn stop(mut self) -> String {
+        let status = if let Ok(Some(st)) = self.child.try_wait() {
+            format!("had already exited: {st}")
+        } else {
+            if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
+                Ok(Ok(st)) => st.to_string(),
+                _ => {
+                    let _ = self.child.kill().await;
+                    "killed after 15 s without exiting".to_owned()
+                }
+            }
+        };
+        if self.keep {
+            let dir = std::mem::replace(
+                &mut self.dir,
+                tempfile::tempdir().expect("temporary directory"),
+            );
+            let kept = dir.keep();
+            eprintln!(
+                "kept the server's directory {} and database {:?}",
+                kept.display(),
+                self.pg_db.as_ref().map(|d| &d.1)
+            );
+        } else {
+            drop_pg(&self.pg_db).await;
+        }
+        status
+    }
+}
+
+async fn drop_pg(db: &Option<(String, String)>) {
+    if let Some((admin_url, name)) = db {
+        match admin(admin_url).await {
+            Ok(c) => {
+                if let Err(e) = c
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+                {
+                    eprintln!("warning: could not drop database {name}: {e}");
+                }
+            }
+            Err(e) => eprintln!("warning: could not drop database {name}: {e:#}"),
+        }
+    }
+}
+
+/// Is this a loopback URL? Returns its socket address.
+pub fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("http://")
+        .context("--url must start with http://")?;
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+            (h, p.parse::<u16>().context("bad port in --url")?)
+        }
+        _ => (hostport, 80),
+    };
+    let ip: std::net::IpAddr = match host {
+        "localhost" => [127, 0, 0, 1].into(),
+        h => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .with_context(|| format!("--url host {h:?} is not an IP address or localhost"))?,
+    };
+    if !ip.is_loopback() {
+        bail!("--url must point at a loopback address (127.0.0.1, ::1, localhost); got {host}");
+    }
+    Ok(SocketAddr::new(ip, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x").unwrap(),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/p?sslmode=disable", "x").unwrap(),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://u@h", "x").unwrap(),
+            "postgres://u@h/x"
+        );
+    }
+
+    #[test]
+    fn only_loopback() {
+        assert_eq!(loopback_addr("http://127.0.0.1:8001").unwrap().port(), 8001);
+        assert!(loopback_addr("http://localhost:9/x").is_ok());
+        assert!(loopback_addr("http://10.0.0.1:8001").is_err());
+        assert!(loopback_addr("https://127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn fd_limit_is_reported() {
+        let l = raise_fd_limit(64);
+        assert!(l.soft_after.is_none_or(|v| v >= 64), "{l:?}");
+    }
+}
