@@ -1,1 +1,45 @@
-fn main() {}
+//! `lockstep-server`: reads `.env` and the settings, starts the [`App`],
+//! turns SIGINT/SIGTERM into a graceful shutdown.
+
+use clap::Parser;
+use lockstep_server::{App, Settings, app::shutdown_signal};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    // .env first: real environment variables win over it.
+    let dotenv = dotenvy::dotenv();
+    let settings = Settings::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if settings.log_format == "json" {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+    if let Err(e) = dotenv
+        && !e.not_found()
+    {
+        tracing::warn!(error = %e, "The .env file could not be read.");
+    }
+    match run(settings).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("lockstep-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let app = App::build(settings).await?;
+    let token = app.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        token.cancel();
+    });
+    app.run().await
+}

@@ -1,0 +1,472 @@
+//! Logger orchestration: a supervisor actor that starts `lockstep-edge` as a
+//! child process pointed at this server, streams every line it prints to the
+//! WebSocket (`{"type":"log","data":{"source":"logger",…}}`) and to tracing,
+//! and stops it with SIGTERM, then SIGKILL after a grace period — also when
+//! the server shuts down, so the child is never orphaned.
+//!
+//! The child runs in its own process group: a Ctrl-C in the server's
+//! terminal reaches only the server, which then stops the child in order.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Hub, Level};
+use crate::model::{envelope, now_ms};
+
+/// Options of `POST /logger/start` and `{"type":"start_logger"}`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct StartRequest {
+    /// Simulated vehicles (simulate mode; default 1).
+    pub vehicles: Option<u32>,
+    /// Readings per second per vehicle (default 1).
+    pub rate: Option<f64>,
+    /// Stop after this many seconds (default: run until stopped).
+    pub duration_s: Option<f64>,
+    /// Recorded files to replay (replay mode, with `format`).
+    pub replay: Option<Vec<String>>,
+    /// `twizy`, `cycling` or `csv`.
+    pub format: Option<String>,
+    /// Replay speed factor.
+    pub speed: Option<f64>,
+    /// Simulation seed.
+    pub seed: Option<u64>,
+}
+
+impl StartRequest {
+    /// The edge's command line (without the binary), or what is wrong.
+    pub fn args(&self, server_url: &str) -> Result<Vec<String>, String> {
+        let mut a = Vec::new();
+        let replay = self.replay.as_deref().unwrap_or_default();
+        if !replay.is_empty() {
+            if self.vehicles.is_some() || self.rate.is_some() || self.seed.is_some() {
+                return Err("give either replay files or vehicles/rate/seed, not both".into());
+            }
+            let format = self
+                .format
+                .as_deref()
+                .ok_or("replay needs a format: twizy, cycling or csv")?;
+            if !matches!(format, "twizy" | "cycling" | "csv") {
+                return Err(format!(
+                    "format {format:?} is not one of twizy, cycling, csv"
+                ));
+            }
+            if let Some(f) = replay.iter().find(|f| f.is_empty() || f.starts_with('-')) {
+                return Err(format!("replay file {f:?} is not a file name"));
+            }
+            a.extend(["replay".into(), "--format".into(), format.into()]);
+            a.extend(replay.iter().cloned());
+            if let Some(s) = self.speed {
+                if !(s.is_finite() && s > 0.0) {
+                    return Err("speed must be a positive number".into());
+                }
+                a.extend(["--speed".into(), s.to_string()]);
+            }
+        } else {
+            if self.format.is_some() || self.speed.is_some() {
+                return Err("format and speed apply to replay only; give replay files".into());
+            }
+            let vehicles = self.vehicles.unwrap_or(1);
+            if !(1..=10_000).contains(&vehicles) {
+                return Err("vehicles must be between 1 and 10000".into());
+            }
+            let rate = self.rate.unwrap_or(1.0);
+            if !(rate.is_finite() && rate > 0.0 && rate <= 1000.0) {
+                return Err("rate must be a number of readings per second in (0, 1000]".into());
+            }
+            a.extend([
+                "simulate".into(),
+                "--vehicles".into(),
+                vehicles.to_string(),
+                "--rate".into(),
+                rate.to_string(),
+            ]);
+            if let Some(k) = self.seed {
+                a.extend(["--seed".into(), k.to_string()]);
+            }
+        }
+        if let Some(d) = self.duration_s {
+            if !(d.is_finite() && d > 0.0) {
+                return Err("duration_s must be a positive number of seconds".into());
+            }
+            a.extend(["--duration".into(), d.to_string()]);
+        }
+        a.extend(["--server".into(), server_url.into()]);
+        Ok(a)
+    }
+}
+
+/// `GET /logger/status` and the `data` of `{"type":"logger"}`.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct LoggerStatus {
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub started_at_ms: Option<i64>,
+    pub last_exit_code: Option<i32>,
+    pub last_run_s: Option<f64>,
+}
+
+/// Result of a start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    Started { pid: u32 },
+    AlreadyRunning { pid: u32 },
+}
+
+/// Result of a stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    Stopped { exit_code: Option<i32> },
+    NotRunning,
+}
+
+/// Why a start failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LoggerError {
+    /// The options are invalid (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The logger cannot run here (503): binary missing, spawn failed, shutting down.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+enum Cmd {
+    Start(StartRequest, oneshot::Sender<Result<Started, LoggerError>>),
+    Stop(oneshot::Sender<Stopped>),
+}
+
+/// Cheap handle to the supervisor.
+#[derive(Clone)]
+pub struct LoggerHandle {
+    tx: mpsc::Sender<Cmd>,
+    status: Arc<Mutex<LoggerStatus>>,
+}
+
+impl LoggerHandle {
+    pub async fn start(&self, req: StartRequest) -> Result<Started, LoggerError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || LoggerError::Unavailable("the server is shutting down".into());
+        self.tx
+            .send(Cmd::Start(req, tx))
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    pub async fn stop(&self) -> Stopped {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Stop(tx)).await.is_err() {
+            return Stopped::NotRunning;
+        }
+        rx.await.unwrap_or(Stopped::NotRunning)
+    }
+
+    pub fn status(&self) -> LoggerStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Where and how to run the child.
+#[derive(Debug, Clone)]
+pub struct LoggerConfig {
+    /// `None` = `lockstep-edge` next to the current executable.
+    pub bin: Option<PathBuf>,
+    pub grace: Duration,
+    /// This server's URL, passed as `--server`.
+    pub server_url: String,
+}
+
+impl LoggerConfig {
+    fn binary(&self) -> Result<PathBuf, LoggerError> {
+        let path = match &self.bin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()
+                .map_err(|e| {
+                    LoggerError::Unavailable(format!("cannot locate the server binary: {e}"))
+                })?
+                .with_file_name("lockstep-edge"),
+        };
+        if !path.is_file() {
+            return Err(LoggerError::Unavailable(format!(
+                "the logger binary {} does not exist; build it (cargo build -p lockstep-edge) or set LOCKSTEP_EDGE_BIN",
+                path.display()
+            )));
+        }
+        Ok(path)
+    }
+}
+
+struct Running {
+    pid: u32,
+    started: Instant,
+    exit: oneshot::Receiver<Option<i32>>,
+}
+
+/// The supervisor actor.
+pub struct Supervisor {
+    rx: mpsc::Receiver<Cmd>,
+    status: Arc<Mutex<LoggerStatus>>,
+    hub: Arc<Hub>,
+    config: LoggerConfig,
+    running: Option<Running>,
+}
+
+impl Supervisor {
+    pub fn new(config: LoggerConfig, hub: Arc<Hub>) -> (Self, LoggerHandle) {
+        let (tx, rx) = mpsc::channel(16);
+        let status = Arc::new(Mutex::new(LoggerStatus::default()));
+        (
+            Self {
+                rx,
+                status: status.clone(),
+                hub,
+                config,
+                running: None,
+            },
+            LoggerHandle { tx, status },
+        )
+    }
+
+    /// Runs until `shutdown`; then stops the child (if any) and returns.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(Cmd::Start(req, reply)) => {
+                        let r = self.start(&req);
+                        let _ = reply.send(r);
+                    }
+                    Some(Cmd::Stop(reply)) => {
+                        let r = self.stop().await;
+                        let _ = reply.send(r);
+                    }
+                    None => break,
+                },
+                code = exited(&mut self.running) => {
+                    if let Some(r) = self.running.take() {
+                        self.finished(&r, code);
+                    }
+                }
+                () = shutdown.cancelled() => break,
+            }
+        }
+        if self.running.is_some() {
+            tracing::info!("Stopping the logger before shutdown.");
+            self.stop().await;
+        }
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut LoggerStatus)) {
+        let snapshot = {
+            let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut s);
+            s.clone()
+        };
+        self.hub.broadcast_text(envelope("logger", &snapshot));
+    }
+
+    fn start(&mut self, req: &StartRequest) -> Result<Started, LoggerError> {
+        if let Some(r) = &self.running {
+            return Ok(Started::AlreadyRunning { pid: r.pid });
+        }
+        let args = req
+            .args(&self.config.server_url)
+            .map_err(LoggerError::BadRequest)?;
+        let bin = self.config.binary()?;
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        let mut child = cmd.spawn().map_err(|e| {
+            LoggerError::Unavailable(format!("cannot start {}: {e}", bin.display()))
+        })?;
+        let pid = child.id().unwrap_or(0);
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(pump(out, "stdout", self.hub.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(pump(err, "stderr", self.hub.clone()));
+        }
+        let (exit_tx, exit_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let code = child.wait().await.ok().and_then(|s| s.code());
+            let _ = exit_tx.send(code);
+        });
+        let line = format!(
+            "Logger started (pid {pid}): {} {}",
+            bin.display(),
+            args.join(" ")
+        );
+        tracing::info!(pid, "{line}");
+        self.hub.log(Level::Info, "server", &line);
+        self.running = Some(Running {
+            pid,
+            started: Instant::now(),
+            exit: exit_rx,
+        });
+        self.set_status(|s| {
+            s.running = true;
+            s.pid = Some(pid);
+            s.started_at_ms = Some(now_ms());
+        });
+        Ok(Started::Started { pid })
+    }
+
+    async fn stop(&mut self) -> Stopped {
+        let Some(mut r) = self.running.take() else {
+            return Stopped::NotRunning;
+        };
+        signal(r.pid, rustix::process::Signal::TERM);
+        let code = match tokio::time::timeout(self.config.grace, &mut r.exit).await {
+            Ok(code) => code.unwrap_or(None),
+            Err(_) => {
+                tracing::warn!(pid = r.pid, "The logger ignored SIGTERM; sending SIGKILL.");
+                signal(r.pid, rustix::process::Signal::KILL);
+                (&mut r.exit).await.unwrap_or(None)
+            }
+        };
+        self.finished(&r, code);
+        Stopped::Stopped { exit_code: code }
+    }
+
+    fn finished(&self, r: &Running, code: Option<i32>) {
+        let run_s = r.started.elapsed().as_secs_f64();
+        let code_text = code.map_or_else(|| "by a signal".to_owned(), |c| format!("with code {c}"));
+        let line = format!(
+            "Logger (pid {}) exited {code_text} after {run_s:.1} s.",
+            r.pid
+        );
+        let level = if code == Some(0) {
+            Level::Info
+        } else {
+            Level::Warn
+        };
+        tracing::info!(pid = r.pid, exit_code = ?code, run_s, "{line}");
+        self.hub.log(level, "server", &line);
+        self.set_status(|s| {
+            s.running = false;
+            s.pid = None;
+            s.last_exit_code = code;
+            s.last_run_s = Some(run_s);
+        });
+    }
+}
+
+/// Resolves when the running child exits (never when none runs).
+async fn exited(running: &mut Option<Running>) -> Option<i32> {
+    match running {
+        Some(r) => (&mut r.exit).await.unwrap_or(None),
+        None => std::future::pending().await,
+    }
+}
+
+/// Signals the child's process group (the child and anything it started).
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    let Some(p) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    if let Err(e) = rustix::process::kill_process_group(p, sig) {
+        tracing::debug!(pid, error = %e, "Signalling the logger failed (it may have exited).");
+    }
+}
+
+/// Longest logger line forwarded, bytes.
+const MAX_LINE: usize = 4096;
+
+/// Forwards each line of a child stream to tracing and the hub.
+async fn pump(stream: impl AsyncRead + Unpin, name: &'static str, hub: Arc<Hub>) {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        buf.truncate(MAX_LINE);
+        let text = String::from_utf8_lossy(&buf);
+        let line = text.trim_end();
+        if line.is_empty() {
+            continue;
+        }
+        let level = if line.contains("ERROR") {
+            Level::Error
+        } else if line.contains("WARN") {
+            Level::Warn
+        } else {
+            Level::Info
+        };
+        tracing::info!(target: "lockstep_server::logger::child", stream = name, "{line}");
+        hub.log(level, "logger", line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines() {
+        let url = "http://127.0.0.1:1";
+        let sim = StartRequest {
+            vehicles: Some(3),
+            rate: Some(2.0),
+            duration_s: Some(5.0),
+            ..Default::default()
+        };
+        assert_eq!(
+            sim.args(url).unwrap().join(" "),
+            "simulate --vehicles 3 --rate 2 --duration 5 --server http://127.0.0.1:1"
+        );
+        let rep = StartRequest {
+            replay: Some(vec!["a.csv".into()]),
+            format: Some("csv".into()),
+            speed: Some(10.0),
+            ..Default::default()
+        };
+        assert_eq!(
+            rep.args(url).unwrap().join(" "),
+            "replay --format csv a.csv --speed 10 --server http://127.0.0.1:1"
+        );
+        assert!(
+            StartRequest {
+                vehicles: Some(0),
+                ..Default::default()
+            }
+            .args(url)
+            .is_err()
+        );
+        assert!(
+            StartRequest {
+                replay: Some(vec!["a".into()]),
+                ..Default::default()
+            }
+            .args(url)
+            .is_err()
+        );
+        assert!(
+            StartRequest {
+                rate: Some(f64::NAN),
+                ..Default::default()
+            }
+            .args(url)
+            .is_err()
+        );
+    }
+}

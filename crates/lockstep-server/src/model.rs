@@ -1,0 +1,213 @@
+//! Domain types shared by ingest, the writer, the store and the hub, and the
+//! JSON forms the WebSocket and REST clients read.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// The `telemetry_data` value columns, in catalog channel order. The server
+/// refuses to start with a catalog whose signal names differ.
+pub const COLUMNS: [&str; CHANNELS] = [
+    "speed",
+    "battery",
+    "power",
+    "heading",
+    "latitude",
+    "longitude",
+    "altitude",
+];
+/// Number of value columns.
+pub const CHANNELS: usize = 7;
+
+/// `session_id` of readings that arrived in the seed wire form.
+pub const SEED_SESSION: u64 = 0;
+
+/// One reconstructed reading as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryRow {
+    pub vin: Arc<str>,
+    /// Random per edge session; 0 for the seed form. Stored as the BIGINT with
+    /// the same 64 bits.
+    pub session_id: u64,
+    /// Sequence number within the session; the timestamp for the seed form.
+    pub seq: u64,
+    /// Unix epoch milliseconds, as sent.
+    pub ts_ms: i64,
+    /// Per column of [`COLUMNS`], in its unit; `None` = null.
+    pub values: [Option<f64>; CHANNELS],
+    /// Bit i set = channel i was transmitted (else reconstructed or null).
+    pub transmitted: u64,
+    pub keyframe: bool,
+}
+
+/// A session's codec state, committed with its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub vin: Arc<str>,
+    pub session_id: u64,
+    pub next_seq: u64,
+    pub state: Vec<u8>,
+}
+
+/// Counters of one request, added to the vehicle's row of the day.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    pub readings: u64,
+    pub fields_total: u64,
+    pub fields_transmitted: u64,
+    pub fields_skipped: u64,
+    pub bytes_received: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        self.readings += o.readings;
+        self.fields_total += o.fields_total;
+        self.fields_transmitted += o.fields_transmitted;
+        self.fields_skipped += o.fields_skipped;
+        self.bytes_received += o.bytes_received;
+    }
+
+    /// Skipped fields / non-null fields, 0..1.
+    pub fn ratio(&self) -> f64 {
+        ratio(self.fields_skipped, self.fields_total)
+    }
+
+    /// Counts one reading's fields: non-null values are either transmitted or skipped.
+    pub fn count_reading(&mut self, values: &[Option<f64>], transmitted: u64) {
+        self.readings += 1;
+        for (i, v) in values.iter().enumerate() {
+            if v.is_some() {
+                self.fields_total += 1;
+                if transmitted & (1 << i) != 0 {
+                    self.fields_transmitted += 1;
+                } else {
+                    self.fields_skipped += 1;
+                }
+            }
+        }
+    }
+}
+
+pub fn ratio(skipped: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        skipped as f64 / total as f64
+    }
+}
+
+/// Days since 1970-01-01 (UTC) of a Unix-ms instant.
+pub fn epoch_day(ms: i64) -> i32 {
+    ms.div_euclid(86_400_000) as i32
+}
+
+/// `YYYY-MM-DD` of an epoch day (proleptic Gregorian, H. Hinnant's civil_from_days).
+pub fn civil_date(day: i32) -> String {
+    let z = i64::from(day) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Wall clock, Unix ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A reading as WebSocket clients see it (`data` of `{"type":"telemetry"}` and
+/// the items of `history`).
+#[derive(Debug, Serialize)]
+pub struct ReadingJson<'a> {
+    pub timestamp: i64,
+    pub vehicle_vin: &'a str,
+    pub speed: Option<f64>,
+    pub battery: Option<f64>,
+    pub power: Option<f64>,
+    pub heading: Option<f64>,
+    pub latitude: Option<f64>,
+    pub longitude: Option<f64>,
+    pub altitude: Option<f64>,
+    pub transmitted: Vec<&'static str>,
+    pub predicted_fields: Vec<&'static str>,
+    pub session_id: String,
+    pub seq: u64,
+}
+
+impl<'a> From<&'a TelemetryRow> for ReadingJson<'a> {
+    fn from(r: &'a TelemetryRow) -> Self {
+        let v = r.values;
+        let mut transmitted = Vec::new();
+        let mut predicted_fields = Vec::new();
+        for (i, name) in COLUMNS.iter().enumerate() {
+            if r.transmitted & (1 << i) != 0 {
+                transmitted.push(*name);
+            } else if v[i].is_some() {
+                predicted_fields.push(*name);
+            }
+        }
+        Self {
+            timestamp: r.ts_ms,
+            vehicle_vin: &r.vin,
+            speed: v[0],
+            battery: v[1],
+            power: v[2],
+            heading: v[3],
+            latitude: v[4],
+            longitude: v[5],
+            altitude: v[6],
+            transmitted,
+            predicted_fields,
+            session_id: format!("{:016x}", r.session_id),
+            seq: r.seq,
+        }
+    }
+}
+
+/// `{"type": T, "data": D}`, serialised once.
+pub fn envelope<T: Serialize>(kind: &str, data: &T) -> String {
+    #[derive(Serialize)]
+    struct Envelope<'a, T> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        data: &'a T,
+    }
+    serde_json::to_string(&Envelope { kind, data })
+        .unwrap_or_else(|_| format!(r#"{{"type":"{kind}","data":null}}"#))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(epoch_day(1_709_251_200_000)), "2024-03-01");
+        assert_eq!(civil_date(-1), "1969-12-31");
+    }
+
+    #[test]
+    fn counters_split_fields() {
+        let mut c = Counters::default();
+        c.count_reading(&[Some(1.0), None, Some(2.0)], 0b001);
+        assert_eq!(
+            (
+                c.readings,
+                c.fields_total,
+                c.fields_transmitted,
+                c.fields_skipped
+            ),
+            (1, 2, 1, 1)
+        );
+        assert_eq!(c.ratio(), 0.5);
+    }
+}

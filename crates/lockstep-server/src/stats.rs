@@ -1,0 +1,137 @@
+//! Compression statistics in memory: lifetime totals per vehicle, loaded from
+//! the store at start and advanced by the writer once per committed batch
+//! (never per reading). Read by `/status`, `/api/vehicles`-free paths and the
+//! once-a-second `compression_stats` WebSocket message.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::model::{Counters, ratio};
+use crate::store::VehicleTotals;
+
+/// Lifetime statistics of all vehicles.
+#[derive(Default)]
+pub struct StatsBook {
+    vehicles: Mutex<BTreeMap<String, Counters>>,
+    /// Bumped on every change, so the broadcaster knows when to send.
+    version: AtomicU64,
+}
+
+/// `/status` → `compression_stats` (the seed's shape; "readings" are field values).
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct Summary {
+    pub total_readings: u64,
+    pub transmitted_readings: u64,
+    pub skipped_readings: u64,
+    pub compression_ratio: f64,
+}
+
+#[derive(Serialize)]
+struct VehicleJson {
+    readings: u64,
+    fields_total: u64,
+    fields_transmitted: u64,
+    fields_skipped: u64,
+    bytes_received: u64,
+    compression_ratio: f64,
+}
+
+#[derive(Serialize)]
+struct FullJson {
+    #[serde(flatten)]
+    summary: Summary,
+    bytes_received: u64,
+    vehicles: BTreeMap<String, VehicleJson>,
+}
+
+impl StatsBook {
+    pub fn load(totals: Vec<VehicleTotals>) -> Self {
+        let book = Self::default();
+        {
+            let mut v = book.lock();
+            for t in totals {
+                v.entry(t.vin).or_default().add(&t.counters);
+            }
+        }
+        book
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Counters>> {
+        self.vehicles.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds the committed counters of one batch.
+    pub fn add<'a>(&self, deltas: impl IntoIterator<Item = (&'a str, &'a Counters)>) {
+        let mut v = self.lock();
+        for (vin, c) in deltas {
+            match v.get_mut(vin) {
+                Some(t) => t.add(c),
+                None => {
+                    v.insert(vin.to_owned(), *c);
+                }
+            }
+        }
+        self.version.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Relaxed)
+    }
+
+    pub fn vehicles(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn total(v: &BTreeMap<String, Counters>) -> Counters {
+        v.values().fold(Counters::default(), |mut a, c| {
+            a.add(c);
+            a
+        })
+    }
+
+    pub fn summary(&self) -> Summary {
+        let t = Self::total(&self.lock());
+        Summary {
+            total_readings: t.fields_total,
+            transmitted_readings: t.fields_transmitted,
+            skipped_readings: t.fields_skipped,
+            compression_ratio: t.ratio(),
+        }
+    }
+
+    /// The `data` of a `compression_stats` WebSocket message.
+    pub fn to_json(&self) -> String {
+        let v = self.lock();
+        let t = Self::total(&v);
+        let full = FullJson {
+            summary: Summary {
+                total_readings: t.fields_total,
+                transmitted_readings: t.fields_transmitted,
+                skipped_readings: t.fields_skipped,
+                compression_ratio: t.ratio(),
+            },
+            bytes_received: t.bytes_received,
+            vehicles: v
+                .iter()
+                .map(|(vin, c)| {
+                    (
+                        vin.clone(),
+                        VehicleJson {
+                            readings: c.readings,
+                            fields_total: c.fields_total,
+                            fields_transmitted: c.fields_transmitted,
+                            fields_skipped: c.fields_skipped,
+                            bytes_received: c.bytes_received,
+                            compression_ratio: ratio(c.fields_skipped, c.fields_total),
+                        },
+                    )
+                })
+                .collect(),
+        };
+        drop(v);
+        crate::model::envelope("compression_stats", &full)
+    }
+}

@@ -1,0 +1,212 @@
+//! The batching writer: an actor that owns the store's write path.
+//!
+//! Request handlers [`WriterHandle::submit`] their decoded rows with a
+//! oneshot reply over a bounded channel (full = the handler waits: that is
+//! the back-pressure). The writer takes whatever is queued, up to a row cap,
+//! merges it into ONE [`WriteBatch`] (statistics summed per vehicle and day),
+//! commits, answers every waiter, and only then publishes the committed
+//! readings to the hub and advances the in-memory statistics.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Hub, HubEvent, Level};
+use crate::model::{Counters, SessionRecord, TelemetryRow, epoch_day, now_ms};
+use crate::stats::StatsBook;
+use crate::store::{StatsDelta, Store, StoreError, WriteBatch};
+
+/// What one request writes.
+pub struct WriteRequest {
+    pub vin: Arc<str>,
+    pub rows: Vec<TelemetryRow>,
+    pub session: SessionRecord,
+    pub counters: Counters,
+    /// Messages to publish once committed (empty when nobody listens).
+    pub events: Vec<HubEvent>,
+}
+
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+/// The store's health as last observed (writer results and pings).
+#[derive(Default)]
+pub struct Health {
+    unhealthy: AtomicBool,
+}
+
+impl Health {
+    pub fn healthy(&self) -> bool {
+        !self.unhealthy.load(Ordering::Relaxed)
+    }
+
+    /// Records an observation; returns true when the state changed.
+    pub fn set(&self, healthy: bool) -> bool {
+        self.unhealthy.swap(!healthy, Ordering::Relaxed) == healthy
+    }
+}
+
+/// Cheap handle to the writer.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<(WriteRequest, Reply)>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl WriterHandle {
+    /// Queues the request and waits until it is committed (or failed).
+    pub async fn submit(&self, req: WriteRequest) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let n = req.rows.len();
+        self.pending.fetch_add(n, Ordering::Relaxed);
+        if self.tx.send((req, tx)).await.is_err() {
+            self.pending.fetch_sub(n, Ordering::Relaxed);
+            return Err(StoreError::new("the server is shutting down"));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::new("the writer stopped before committing")))
+    }
+
+    /// Readings queued or being committed.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+}
+
+/// The writer actor.
+pub struct Writer {
+    rx: mpsc::Receiver<(WriteRequest, Reply)>,
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    stats: Arc<StatsBook>,
+    health: Arc<Health>,
+    pending: Arc<AtomicUsize>,
+    max_rows: usize,
+}
+
+impl Writer {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        stats: Arc<StatsBook>,
+        health: Arc<Health>,
+        queue: usize,
+        max_rows: usize,
+    ) -> (Self, WriterHandle) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let pending = Arc::new(AtomicUsize::new(0));
+        let w = Self {
+            rx,
+            store,
+            hub,
+            stats,
+            health,
+            pending: pending.clone(),
+            max_rows: max_rows.max(1),
+        };
+        (w, WriterHandle { tx, pending })
+    }
+
+    /// Runs until `stop`, then commits what is still queued and returns.
+    pub async fn run(mut self, stop: CancellationToken) {
+        loop {
+            let first = tokio::select! {
+                biased;
+                r = self.rx.recv() => match r {
+                    Some(r) => r,
+                    None => break,
+                },
+                () = stop.cancelled() => break,
+            };
+            let batch = self.gather(first);
+            self.commit(batch).await;
+        }
+        // Flush: refuse new requests, commit what was accepted into the queue.
+        self.rx.close();
+        while let Some(first) = self.rx.recv().await {
+            let batch = self.gather(first);
+            self.commit(batch).await;
+        }
+        tracing::debug!("The writer flushed its queue and stopped.");
+    }
+
+    fn gather(&mut self, first: (WriteRequest, Reply)) -> Vec<(WriteRequest, Reply)> {
+        let mut rows = first.0.rows.len();
+        let mut batch = vec![first];
+        while rows < self.max_rows {
+            match self.rx.try_recv() {
+                Ok(r) => {
+                    rows += r.0.rows.len();
+                    batch.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        batch
+    }
+
+    async fn commit(&self, requests: Vec<(WriteRequest, Reply)>) {
+        let now = now_ms();
+        let day = epoch_day(now);
+        let mut wb = WriteBatch::default();
+        let mut seen: HashMap<Arc<str>, ()> = HashMap::new();
+        let mut stats: HashMap<Arc<str>, Counters> = HashMap::new();
+        let mut sessions: HashMap<(Arc<str>, u64), SessionRecord> = HashMap::new();
+        let mut replies = Vec::with_capacity(requests.len());
+        let mut events = Vec::new();
+        let n_rows: usize = requests.iter().map(|(r, _)| r.rows.len()).sum();
+        wb.rows.reserve(n_rows);
+        for (r, reply) in requests {
+            if seen.insert(r.vin.clone(), ()).is_none() {
+                wb.vehicles.push((r.vin.clone(), now));
+            }
+            stats.entry(r.vin.clone()).or_default().add(&r.counters);
+            sessions.insert((r.vin.clone(), r.session.session_id), r.session);
+            wb.rows.extend(r.rows);
+            events.extend(r.events);
+            replies.push(reply);
+        }
+        wb.sessions = sessions.into_values().collect();
+        wb.stats = stats
+            .iter()
+            .map(|(vin, c)| StatsDelta {
+                vin: vin.clone(),
+                day,
+                counters: *c,
+            })
+            .collect();
+
+        let result = self.store.commit(wb).await;
+        self.pending.fetch_sub(n_rows, Ordering::Relaxed);
+        match &result {
+            Ok(()) => {
+                if self.health.set(true) {
+                    tracing::info!("The store accepts writes again.");
+                    self.hub
+                        .log(Level::Info, "server", "The store accepts writes again.");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rows = n_rows, "A batch could not be committed; its requests get 503.");
+                if self.health.set(false) {
+                    self.hub.log(
+                        Level::Error,
+                        "server",
+                        "The store is unavailable: ingest answers 503 until it returns.",
+                    );
+                }
+            }
+        }
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+        if result.is_ok() {
+            self.stats.add(stats.iter().map(|(vin, c)| (&**vin, c)));
+            for ev in events {
+                self.hub.publish(ev);
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! `GET /ws`: one task per client. It subscribes to the hub before reading
+//! history (so nothing committed in between is missed), sends
+//! `{"type":"history"}`, then forwards hub messages that pass the client's
+//! VIN filter. A reader task handles client messages (`subscribe`,
+//! `start_logger`, `stop_logger`). Every send races the shutdown token, so a
+//! stuck client can neither stall shutdown nor anyone else; on shutdown the
+//! client gets a Close frame (axum's graceful shutdown does not do that for
+//! upgraded connections).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::hub::{Level, lagged_json, log_json};
+use crate::logger::{StartRequest, Started, Stopped};
+use crate::model::{ReadingJson, envelope};
+
+/// Largest client message, bytes.
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// What clients may send.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMsg {
+    Subscribe {
+        #[serde(default)]
+        vins: Option<Vec<String>>,
+    },
+    StartLogger(StartRequest),
+    StopLogger,
+}
+
+/// From the reader task to the writer loop.
+enum Ctl {
+    Filter(HashSet<String>),
+    Send(String),
+}
+
+pub async fn ws_handler(
+    ws: WebSocketUpgrade,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    State(app): State<AppState>,
+) -> Response {
+    let admin = app.admin.allows(peer, &headers);
+    ws.max_message_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| {
+            let cancel = app.shutdown.clone();
+            let tracker = app.tasks.clone();
+            tracker.track_future(client(socket, app, admin, peer, cancel))
+        })
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// Sends unless shutdown comes first; `false` = stop serving this client.
+async fn send(sink: &mut Sink, msg: Message, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        r = sink.send(msg) => r.is_ok(),
+        () = cancel.cancelled() => false,
+    }
+}
+
+#[tracing::instrument(name = "ws_client", skip_all, fields(%peer))]
+async fn client(
+    socket: WebSocket,
+    app: AppState,
+    admin: bool,
+    peer: SocketAddr,
+    cancel: CancellationToken,
+) {
+    let _guard = app.hub.client();
+    let mut events = app.hub.subscribe();
+    let (mut sink, stream) = socket.split();
+    tracing::debug!("WebSocket client connected.");
+
+    let history = match app.store.recent(app.settings.history).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "History unavailable for a new WebSocket client.");
+            Vec::new()
+        }
+    };
+    let items: Vec<ReadingJson<'_>> = history.iter().map(ReadingJson::from).collect();
+    if !send(
+        &mut sink,
+        Message::Text(envelope("history", &items).into()),
+        &cancel,
+    )
+    .await
+    {
+        return close(sink).await;
+    }
+    drop(items);
+    drop(history);
+
+    let (ctl_tx, mut ctl_rx) = mpsc::channel::<Ctl>(16);
+    let reader = tokio::spawn(read_loop(
+        stream,
+        app.clone(),
+        admin,
+        ctl_tx,
+        cancel.clone(),
+    ));
+
+    let mut filter: HashSet<String> = HashSet::new();
+    loop {
+        let msg = tokio::select! {
+            () = cancel.cancelled() => break,
+            ctl = ctl_rx.recv() => match ctl {
+                None => break, // the client went away
+                Some(Ctl::Filter(f)) => { filter = f; continue; }
+                Some(Ctl::Send(text)) => Message::Text(text.into()),
+            },
+            ev = events.recv() => match ev {
+                Ok(ev) => {
+                    if let Some(vin) = &ev.vin && !filter.is_empty() && !filter.contains(&**vin) {
+                        continue;
+                    }
+                    Message::Text(ev.text)
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    app.hub.note_dropped(n);
+                    tracing::debug!(dropped = n, "A slow WebSocket client lost its oldest messages.");
+                    Message::Text(Utf8Bytes::from(lagged_json(n)))
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+        };
+        if !send(&mut sink, msg, &cancel).await {
+            break;
+        }
+    }
+    reader.abort();
+    close(sink).await;
+    tracing::debug!("WebSocket client done.");
+}
+
+/// Sends a Close frame (best effort, bounded in time) and drops the socket.
+async fn close(mut sink: Sink) {
+    let frame = CloseFrame {
+        code: close_code::AWAY,
+        reason: Utf8Bytes::from_static("server shutting down"),
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = sink.flush().await;
+    })
+    .await;
+}
+
+async fn read_loop(
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    app: AppState,
+    admin: bool,
+    ctl: mpsc::Sender<Ctl>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            () = cancel.cancelled() => return,
+            m = stream.next() => m,
+        };
+        let text = match msg {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(_)) => continue,
+        };
+        let reply = match serde_json::from_str::<ClientMsg>(&text) {
+            Err(e) => Some(log_json(
+                Level::Warn,
+                "server",
+                &format!("unrecognised client message: {e}"),
+            )),
+            Ok(ClientMsg::Subscribe { vins }) => {
+                let set: HashSet<String> = vins.unwrap_or_default().into_iter().collect();
+                if ctl.send(Ctl::Filter(set)).await.is_err() {
+                    return;
+                }
+                None
+            }
+            Ok(ClientMsg::StartLogger(_) | ClientMsg::StopLogger) if !admin => Some(log_json(
+                Level::Error,
+                "server",
+                "logger control refused: connect from loopback or send Authorization: Bearer <LOCKSTEP_ADMIN_TOKEN>",
+            )),
+            Ok(ClientMsg::StartLogger(req)) => Some(match app.logger.start(req).await {
+                Ok(Started::Started { pid }) => log_json(
+                    Level::Info,
+                    "server",
+                    &format!("logger started (pid {pid})"),
+                ),
+                Ok(Started::AlreadyRunning { pid }) => log_json(
+                    Level::Warn,
+                    "server",
+                    &format!("logger already running (pid {pid})"),
+                ),
+                Err(e) => log_json(Level::Error, "server", &format!("logger not started: {e}")),
+            }),
+            Ok(ClientMsg::StopLogger) => Some(match app.logger.stop().await {
+                Stopped::Stopped { exit_code } => log_json(
+                    Level::Info,
+                    "server",
+                    &format!(
+                        "logger stopped (exit code {})",
+                        exit_code.map_or("none".into(), |c| c.to_string())
+                    ),
+                ),
+                Stopped::NotRunning => log_json(Level::Info, "server", "logger not running"),
+            }),
+        };
+        if let Some(r) = reply
+            && ctl.send(Ctl::Send(r)).await.is_err()
+        {
+            return;
+        }
+    }
+}

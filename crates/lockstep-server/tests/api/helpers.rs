@@ -1,0 +1,428 @@
+//! `spawn_app()`, test databases, protobuf builders, a WebSocket client and
+//! condition waits with deadlines.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use lockstep_codec::{Catalog, Encoder, EncoderConfig, Reading, Vin};
+use lockstep_proto::Message as _;
+use lockstep_proto::v1::Batch;
+use lockstep_server::{App, Settings};
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const SEED: &str = "application/x-protobuf";
+pub const BATCH: &str = "application/x-lockstep-batch";
+
+/// Generates `mod $name { sqlite, postgres }` tests calling `$name(Backend)`.
+#[macro_export]
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::helpers::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database that exists for one test.
+pub enum TestDb {
+    Sqlite {
+        _dir: Arc<tempfile::TempDir>,
+        path: PathBuf,
+    },
+    Postgres {
+        name: String,
+    },
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let path = dir.path().join("lockstep.db");
+                TestDb::Sqlite {
+                    _dir: Arc::new(dir),
+                    path,
+                }
+            }
+            Backend::Postgres => {
+                let name = format!(
+                    "lockstep_test_{}_{}_{:08x}",
+                    std::process::id(),
+                    COUNTER.fetch_add(1, Ordering::Relaxed),
+                    rand::random::<u32>()
+                );
+                let c = pg_connect(PG_ADMIN).await;
+                c.batch_execute(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("CREATE DATABASE");
+                TestDb::Postgres { name }
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            TestDb::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
+            TestDb::Postgres { name } => format!("postgres://postgres@127.0.0.1:5432/{name}"),
+        }
+    }
+
+    /// Runs one SQL query and returns the rows as strings (NULL = None), via
+    /// the database's own client — not through the server.
+    pub async fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        match self {
+            TestDb::Sqlite { path, .. } => {
+                let conn = rusqlite::Connection::open(path).expect("open sqlite");
+                let mut st = conn.prepare(sql).expect("prepare");
+                let n = st.column_count();
+                st.query_map([], |r| {
+                    Ok((0..n)
+                        .map(|i| match r.get_ref(i).unwrap() {
+                            rusqlite::types::ValueRef::Null => None,
+                            rusqlite::types::ValueRef::Integer(v) => Some(v.to_string()),
+                            rusqlite::types::ValueRef::Real(v) => Some(v.to_string()),
+                            rusqlite::types::ValueRef::Text(t) => {
+                                Some(String::from_utf8_lossy(t).into_owned())
+                            }
+                            rusqlite::types::ValueRef::Blob(b) => {
+                                Some(format!("{} bytes", b.len()))
+                            }
+                        })
+                        .collect())
+                })
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+            }
+            TestDb::Postgres { .. } => {
+                let c = pg_connect(&self.url()).await;
+                // Text protocol: every value comes back as text.
+                let msgs = c.simple_query(sql).await.expect("query");
+                msgs.into_iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => {
+                            Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.query(sql).await[0][0]
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres { name } = self {
+            let name = name.clone();
+            // Drop runs in async context (and during unwinding): use a thread with its own runtime.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok((c, conn)) =
+                        tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
+                    {
+                        tokio::spawn(conn);
+                        let _ = c
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL must run at 127.0.0.1:5432 (user postgres, trust auth): {e}")
+        });
+    tokio::spawn(conn);
+    c
+}
+
+/// A running server.
+pub struct TestApp {
+    pub addr: String,
+    pub port: u16,
+    pub http: reqwest::Client,
+    pub db: Arc<TestDb>,
+    pub shutdown: CancellationToken,
+    pub handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub fn settings(db_url: &str, extra: &[&str]) -> Settings {
+    let mut args = vec![
+        "lockstep-server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--database-url",
+        db_url,
+        "--enable-supabase",
+        "false",
+    ];
+    args.extend_from_slice(extra);
+    Settings::parse_from(args)
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(Arc::new(TestDb::new(backend).await), &[]).await
+}
+
+/// Spawns a server on `db` with extra command-line flags.
+pub async fn spawn_app_with(db: Arc<TestDb>, extra: &[&str]) -> TestApp {
+    init_tracing();
+    let app = App::build(settings(&db.url(), extra))
+        .await
+        .expect("the server builds");
+    start(app, db).await
+}
+
+pub async fn start(app: App, db: Arc<TestDb>) -> TestApp {
+    let port = app.port();
+    let shutdown = app.shutdown_token();
+    let handle = tokio::spawn(app.run());
+    TestApp {
+        addr: format!("http://127.0.0.1:{port}"),
+        port,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap(),
+        db,
+        shutdown,
+        handle: Some(handle),
+    }
+}
+
+pub fn init_tracing() {
+    // Quiet unless RUST_LOG asks.
+    if let Ok(f) = std::env::var("RUST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(f)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+impl TestApp {
+    pub async fn post(&self, path: &str, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.addr))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post_seed(
+        &self,
+        r: &lockstep_proto::telemetry::TelemetryReading,
+    ) -> reqwest::Response {
+        self.post("/api/telemetry", SEED, r.encode_to_vec()).await
+    }
+
+    pub async fn post_batch(&self, b: &Batch) -> reqwest::Response {
+        self.post("/api/telemetry", BATCH, b.encode_to_vec()).await
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.addr))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    pub async fn status(&self) -> Value {
+        self.get_json("/status").await
+    }
+
+    /// Shuts down and waits for `run` to return.
+    pub async fn stop(mut self) -> Arc<TestDb> {
+        self.shutdown.cancel();
+        let h = self.handle.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(15), h)
+            .await
+            .expect("shutdown within 15 s")
+            .unwrap()
+            .unwrap();
+        self.db.clone()
+    }
+
+    pub async fn ws(&self) -> Ws {
+        Ws::connect(&format!("ws://127.0.0.1:{}/ws", self.port)).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Waits until `f` returns `Some`, polling, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A test WebSocket client.
+pub struct Ws {
+    pub stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+}
+
+impl Ws {
+    pub async fn connect(url: &str) -> Self {
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
+        Self { stream }
+    }
+
+    /// The next text message as JSON; panics after `timeout`.
+    pub async fn next_json(&mut self, timeout: Duration) -> Value {
+        loop {
+            let m = tokio::time::timeout(timeout, self.stream.next())
+                .await
+                .expect("a WebSocket message in time")
+                .expect("open")
+                .expect("ok");
+            if let Message::Text(t) = m {
+                return serde_json::from_str(&t).expect("json");
+            }
+        }
+    }
+
+    /// Reads until a message with `type` = `kind` satisfies `pred`.
+    pub async fn until(
+        &mut self,
+        timeout: Duration,
+        kind: &str,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let v = self.next_json(left.max(Duration::from_millis(1))).await;
+            if v["type"] == kind && pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.stream
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .expect("ws send");
+    }
+}
+
+pub fn catalog() -> Arc<Catalog> {
+    Arc::new(Catalog::default_v1())
+}
+
+/// Test VINs: valid, distinct.
+pub fn vin(n: u32) -> String {
+    format!("5YJ3E1EA{n:09}")
+}
+
+/// A plausible drive: speed ramps, battery drains, position moves.
+pub fn drive(k: usize, t0: i64) -> Reading {
+    let t = k as f64;
+    let speed = (40.0 + 30.0 * (t / 20.0).sin()).max(0.0);
+    let heading = (t * 1.5) % 360.0;
+    let lat = 48.85 + t * 1.0e-5;
+    let lon = 2.35 + t * 1.5e-5;
+    Reading {
+        timestamp_ms: t0 + k as i64 * 1000,
+        values: vec![
+            Some(speed),
+            Some(90.0 - t * 0.01),
+            Some(10.0 * (t / 7.0).cos()),
+            Some(heading),
+            Some(lat),
+            Some(lon),
+            Some(35.0 + (t / 30.0).sin()),
+        ],
+    }
+}
+
+/// An encoder for a new session of `vin`.
+pub fn encoder(vin: &str, session: u64) -> Encoder {
+    Encoder::new(
+        catalog(),
+        Vin::parse(vin).unwrap(),
+        session,
+        EncoderConfig::default(),
+    )
+}
+
+/// Encodes readings `range` of [`drive`] into one batch.
+pub fn batch(enc: &mut Encoder, range: std::ops::Range<usize>, t0: i64) -> Batch {
+    for k in range {
+        enc.push(&drive(k, t0));
+    }
+    enc.take_batch().expect("a batch")
+}

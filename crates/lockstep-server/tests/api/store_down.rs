@@ -1,0 +1,129 @@
+//! The store goes away (PostgreSQL behind a TCP proxy the test closes):
+//! ingest answers 503 + Retry-After and acknowledges nothing, `/status` is
+//! degraded, and both recover by themselves when the database returns.
+//! The machine's PostgreSQL is never touched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::helpers::*;
+
+/// A TCP proxy to PostgreSQL that can cut every connection and refuse new ones.
+struct Proxy {
+    port: u16,
+    open: watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(target: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (open, _) = watch::channel(true);
+        let state = open.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !*state.borrow() {
+                    continue; // dropped: the connection is refused
+                }
+                let mut closed = state.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = closed.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Self { port, open }
+    }
+
+    fn close(&self) {
+        self.open.send_replace(false);
+    }
+
+    fn reopen(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_gives_503_then_recovers() {
+    let db = Arc::new(TestDb::new(Backend::Postgres).await);
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let TestDb::Postgres { name } = &*db else {
+        unreachable!()
+    };
+    let url = format!("postgres://postgres@127.0.0.1:{}/{name}", proxy.port);
+    init_tracing();
+    let app = lockstep_server::App::build(settings(&url, &["--retry-after-s", "1"]))
+        .await
+        .expect("builds through the proxy");
+    let app = start(app, db.clone()).await;
+
+    let mut enc = encoder(&vin(40), 0x40);
+    let t0 = 1_764_000_000_000;
+    let b0 = batch(&mut enc, 0..20, t0);
+    let b1 = batch(&mut enc, 20..40, t0);
+    assert_eq!(app.post_batch(&b0).await.status(), 200);
+
+    proxy.close();
+    let resp = app.post_batch(&b1).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "error");
+    let seed = lockstep_proto::telemetry::TelemetryReading {
+        vehicle_vin: vin(41),
+        timestamp: t0,
+        speed: Some(1.0),
+        ..Default::default()
+    };
+    assert_eq!(
+        app.post_seed(&seed).await.status(),
+        503,
+        "a new vehicle's state cannot be loaded either"
+    );
+    let status = eventually(Duration::from_secs(10), "a degraded status", || async {
+        Some(app.status().await).filter(|s| s["status"] == "degraded")
+    })
+    .await;
+    assert_eq!(status["store"]["healthy"], false);
+    assert_eq!(status["store"]["kind"], "postgres");
+    assert_eq!(
+        app.http
+            .get(format!("{}/api/vehicles", app.addr))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM telemetry_data").await,
+        20,
+        "nothing acknowledged, nothing stored"
+    );
+
+    proxy.reopen();
+    // The edge retries the same batch: the failed attempt left the session state untouched.
+    eventually(Duration::from_secs(20), "ingest to recover", || async {
+        (app.post_batch(&b1).await.status() == 200).then_some(())
+    })
+    .await;
+    assert_eq!(app.post_seed(&seed).await.status(), 200);
+    eventually(Duration::from_secs(10), "a healthy status", || async {
+        (app.status().await["status"] == "healthy").then_some(())
+    })
+    .await;
+    assert_eq!(db.count("SELECT COUNT(*) FROM telemetry_data").await, 41);
+}

@@ -1,0 +1,197 @@
+//! WebSocket: history on connect, live telemetry after commit, statistics,
+//! the VIN filter, and isolation from a client that never reads.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::both_stores;
+use crate::helpers::*;
+
+both_stores!(history_then_live_telemetry_and_stats);
+
+const T0: i64 = 1_764_000_000_000;
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn history_then_live_telemetry_and_stats(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let v = vin(4);
+    let mut enc = encoder(&v, 0xabc);
+    assert_eq!(
+        app.post_batch(&batch(&mut enc, 0..5, T0)).await.status(),
+        200
+    );
+
+    let mut ws = app.ws().await;
+    let history = ws.next_json(WAIT).await;
+    assert_eq!(history["type"], "history");
+    let items = history["data"].as_array().unwrap();
+    assert_eq!(items.len(), 5);
+    assert_eq!(items[0]["seq"], 0, "oldest first");
+    assert_eq!(items[4]["seq"], 4);
+    assert_eq!(items[0]["vehicle_vin"], v.as_str());
+    assert_eq!(items[0]["timestamp"], T0);
+    assert_eq!(items[0]["session_id"], "0000000000000abc");
+    assert!(
+        items[0]["transmitted"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f == "speed")
+    );
+
+    assert_eq!(
+        app.post_batch(&batch(&mut enc, 5..8, T0)).await.status(),
+        200
+    );
+    let t = ws.until(WAIT, "telemetry", |_| true).await;
+    assert_eq!(t["data"]["seq"], 5);
+    assert_eq!(t["data"]["timestamp"], T0 + 5000);
+    for key in [
+        "speed",
+        "battery",
+        "power",
+        "heading",
+        "latitude",
+        "longitude",
+        "altitude",
+        "transmitted",
+        "predicted_fields",
+    ] {
+        assert!(t["data"].get(key).is_some(), "telemetry lacks {key}");
+    }
+    let t = ws.until(WAIT, "telemetry", |_| true).await;
+    assert_eq!(t["data"]["seq"], 6, "in order");
+
+    let s = ws.until(WAIT, "compression_stats", |_| true).await;
+    assert_eq!(s["data"]["vehicles"][&v]["readings"], 8);
+    assert!(s["data"]["total_readings"].as_u64().unwrap() > 0);
+    assert_eq!(app.status().await["ws_clients"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_filters_by_vin() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let (a, b) = (vin(10), vin(11));
+    let mut ws = app.ws().await;
+    assert_eq!(ws.next_json(WAIT).await["type"], "history");
+    ws.send_json(json!({"type": "subscribe", "vins": [a]}))
+        .await;
+    // Client messages are handled in order: once the answer to an unknown
+    // message arrives, the subscription is in force.
+    barrier(&mut ws).await;
+
+    let mut enc_a = encoder(&a, 1);
+    let mut enc_b = encoder(&b, 2);
+    assert_eq!(
+        app.post_batch(&batch(&mut enc_b, 0..20, T0)).await.status(),
+        200
+    );
+    assert_eq!(
+        app.post_batch(&batch(&mut enc_a, 0..20, T0)).await.status(),
+        200
+    );
+    for seq in 0..20u64 {
+        let m = ws.until(WAIT, "telemetry", |_| true).await;
+        assert_eq!(
+            m["data"]["vehicle_vin"],
+            a.as_str(),
+            "a telemetry message of an unsubscribed vehicle arrived"
+        );
+        assert_eq!(m["data"]["seq"], seq);
+    }
+
+    // Empty list = all vehicles again.
+    ws.send_json(json!({"type": "subscribe", "vins": []})).await;
+    barrier(&mut ws).await;
+    assert_eq!(
+        app.post_batch(&batch(&mut enc_b, 20..21, T0))
+            .await
+            .status(),
+        200
+    );
+    let m = ws.until(WAIT, "telemetry", |_| true).await;
+    assert_eq!(m["data"]["vehicle_vin"], b.as_str());
+}
+
+/// Sends an unknown message and waits for the server's answer to it.
+async fn barrier(ws: &mut Ws) {
+    ws.send_json(json!({"type": "dance"})).await;
+    let log = ws
+        .until(WAIT, "log", |m| {
+            m["data"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("unrecognised")
+        })
+        .await;
+    assert_eq!(log["data"]["level"], "warn");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_stalls_neither_ingest_nor_others() {
+    let db = std::sync::Arc::new(TestDb::new(Backend::Sqlite).await);
+    let app = spawn_app_with(db, &["--ws-queue", "64"]).await;
+    // The stuck client: a raw TCP socket with a tiny receive buffer that never reads.
+    let stuck = {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let tcp = sock
+            .connect(format!("127.0.0.1:{}", app.port).parse().unwrap())
+            .await
+            .unwrap();
+        let (ws, _) =
+            tokio_tungstenite::client_async(format!("ws://127.0.0.1:{}/ws", app.port), tcp)
+                .await
+                .unwrap();
+        ws
+    };
+    let mut good = app.ws().await;
+    assert_eq!(good.next_json(WAIT).await["type"], "history");
+    eventually(WAIT, "both clients registered", || async {
+        (app.status().await["ws_clients"] == 2).then_some(())
+    })
+    .await;
+
+    // ~3 MB of telemetry messages: far beyond the stuck client's buffers and queue.
+    let v = vin(20);
+    let mut enc = encoder(&v, 3);
+    let n = 10_000usize;
+    let started = Instant::now();
+    let mut reader = tokio::spawn(async move {
+        let mut last = 0u64;
+        let mut lagged = 0u64;
+        while last + 1 < n as u64 {
+            let m = good.next_json(WAIT).await;
+            match m["type"].as_str() {
+                Some("telemetry") => last = m["data"]["seq"].as_u64().unwrap(),
+                Some("lagged") => lagged += m["data"]["dropped"].as_u64().unwrap(),
+                _ => {}
+            }
+        }
+        (last, lagged)
+    });
+    for b in 0..(n / 500) {
+        let resp = app
+            .post_batch(&batch(&mut enc, b * 500..(b + 1) * 500, T0))
+            .await;
+        assert_eq!(resp.status(), 200);
+    }
+    let ingest = started.elapsed();
+    assert!(ingest < Duration::from_secs(30), "ingest took {ingest:?}");
+    let (last, _lagged) = tokio::time::timeout(WAIT, &mut reader)
+        .await
+        .expect("the reading client got the last reading in time")
+        .unwrap();
+    assert_eq!(last, n as u64 - 1);
+    let status = app.status().await;
+    assert!(
+        status["ws_dropped_messages"].as_u64().unwrap() > 0,
+        "the stuck client's queue overflowed: {status}"
+    );
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM telemetry_data").await,
+        n as i64
+    );
+    drop(stuck);
+}
