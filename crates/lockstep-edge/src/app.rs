@@ -77,7 +77,7 @@ impl fmt::Display for Summary {
             "lockstep-edge summary ({form}, {:.1} s{}):",
             self.elapsed.as_secs_f64(),
             if self.cancelled {
-                ", stopped by signal"
+                ", stopped before the end (signal or --duration)"
             } else {
                 ""
             }

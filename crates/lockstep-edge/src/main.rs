@@ -135,6 +135,10 @@ struct ReplayArgs {
     /// Start from the beginning even if the spool holds a cursor from an interrupted replay.
     #[arg(long)]
     no_resume: bool,
+    /// Stop after this many seconds (wall clock) as if signalled: flush, leave the rest
+    /// spooled; the next replay of the same files resumes where this one stopped.
+    #[arg(long, value_name = "S")]
+    duration: Option<f64>,
     #[command(flatten)]
     send: SendArgs,
 }
@@ -198,7 +202,7 @@ fn run(cli: Cli) -> Result<()> {
                 duration_s: a.duration,
                 seed: a.seed,
             };
-            send(a.send, fleet, a.as_fast_as_possible, 1.0, false)
+            send(a.send, fleet, a.as_fast_as_possible, 1.0, false, None)
         }
         Command::Replay(a) => {
             if a.speed.is_nan() || a.speed <= 0.0 {
@@ -212,7 +216,18 @@ fn run(cli: Cli) -> Result<()> {
                 trips,
                 retime: a.retime,
             };
-            send(a.send, fleet, a.as_fast_as_possible, a.speed, !a.no_resume)
+            let stop_after = a
+                .duration
+                .filter(|d| d.is_finite() && *d >= 0.0)
+                .map(Duration::from_secs_f64);
+            send(
+                a.send,
+                fleet,
+                a.as_fast_as_possible,
+                a.speed,
+                !a.no_resume,
+                stop_after,
+            )
         }
     }
 }
@@ -221,7 +236,14 @@ fn load_all(format: Format, files: &[PathBuf]) -> Result<Vec<sources::Trip>> {
     files.iter().map(|f| sources::load(format, f)).collect()
 }
 
-fn send(a: SendArgs, fleet: Fleet, asap: bool, speed: f64, resume: bool) -> Result<()> {
+fn send(
+    a: SendArgs,
+    fleet: Fleet,
+    asap: bool,
+    speed: f64,
+    resume: bool,
+    stop_after: Option<Duration>,
+) -> Result<()> {
     let config = SenderConfig {
         server: a.server,
         max_batch_readings: a.batch_readings.max(1),
@@ -255,6 +277,14 @@ fn send(a: SendArgs, fleet: Fleet, asap: bool, speed: f64, resume: bool) -> Resu
     rt.block_on(async move {
         let cancel = CancellationToken::new();
         tokio::spawn(stop_on_signal(cancel.clone()));
+        if let Some(d) = stop_after {
+            let c = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                tracing::info!("--duration reached: flushing what can be sent within the grace period; the rest stays spooled.");
+                c.cancel();
+            });
+        }
         let shared = Shared::new(config, Arc::new(Catalog::default_v1()), spool, cancel, progress.clone())?;
         tracing::info!(server = %shared.config.server, spool = %shared.spool.dir().display(), "Starting.");
         let summary = app::run(shared, fleet, asap, speed).await;

@@ -727,3 +727,103 @@ pub async fn drain_spool(shared: &Shared) -> Result<Stats> {
     }
     Ok(stats)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::Vehicle;
+    use lockstep_codec::{BatchOutcome, CheckedBatch};
+
+    fn session_with_batches(spool: &Spool) -> (Session, Vec<Reading>) {
+        let catalog = Arc::new(Catalog::default_v1());
+        let mut v = Vehicle::new(3, 0, 1_000_000, 1000);
+        let mut s = Session::with_id(catalog, v.vin.clone(), 77);
+        let readings: Vec<Reading> = (0..55).map(|_| v.next_reading()).collect();
+        for (i, r) in readings.iter().enumerate() {
+            s.push(r.clone());
+            if i % 10 == 9 {
+                s.cut(spool).unwrap();
+            }
+        }
+        (s, readings)
+    }
+
+    /// Decodes the session's unacknowledged batches from scratch (a server without state).
+    fn decode_all(s: &Session) -> Vec<(u64, i64)> {
+        let catalog = Catalog::default_v1();
+        let mut state = None;
+        let mut out = Vec::new();
+        for b in &s.unacked {
+            let cb = CheckedBatch::parse(&catalog, &b.body).unwrap();
+            match cb.decode(&catalog, state.as_ref()).unwrap() {
+                BatchOutcome::Fresh {
+                    readings,
+                    state: st,
+                } => {
+                    out.extend(readings.iter().map(|r| (r.seq, r.timestamp_ms)));
+                    state = Some(st);
+                }
+                BatchOutcome::Duplicate => panic!("duplicate"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn resync_restarts_from_the_first_unacknowledged_reading_with_a_keyframe() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let (mut s, readings) = session_with_batches(&spool);
+        assert_eq!((s.unacked(), s.open.len(), spool.count()), (5, 5, 5));
+        s.acked(&spool).unwrap();
+        s.acked(&spool).unwrap();
+        assert_eq!(spool.count(), 3);
+
+        assert_eq!(s.resync(&spool, None).unwrap(), 20);
+        assert_eq!(
+            s.unacked
+                .iter()
+                .map(|b| (b.first_seq, b.readings.len()))
+                .collect::<Vec<_>>(),
+            vec![(20, 10), (30, 10), (40, 10)]
+        );
+        assert_eq!(s.open.len(), 5, "the open readings are kept");
+        assert_eq!(spool.count(), 3, "spool files replaced, not added");
+        let front = CheckedBatch::parse(&Catalog::default_v1(), &s.unacked[0].body).unwrap();
+        assert!(front.starts_with_keyframe());
+        // A server without state accepts them, and every reading keeps its seq and timestamp.
+        let got = decode_all(&s);
+        assert_eq!(
+            got,
+            (20..50)
+                .map(|q| (q, readings[q as usize].timestamp_ms))
+                .collect::<Vec<_>>()
+        );
+        // The open batch continues the sequence.
+        s.cut(&spool).unwrap();
+        assert_eq!(s.unacked.back().unwrap().first_seq, 50);
+        assert_eq!(decode_all(&s).len(), 35);
+    }
+
+    #[test]
+    fn resync_after_an_overlap_skips_what_the_server_already_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let (mut s, _) = session_with_batches(&spool);
+        s.acked(&spool).unwrap();
+        // The server stored up to seq 24 (an acknowledgement got lost) and expects 25.
+        assert_eq!(s.resync(&spool, Some(25)).unwrap(), 25);
+        assert_eq!(
+            s.unacked
+                .iter()
+                .map(|b| (b.first_seq, b.readings.len()))
+                .collect::<Vec<_>>(),
+            vec![(25, 5), (30, 10), (40, 10)]
+        );
+        assert_eq!(spool.load_all().unwrap().0.len(), 3);
+        assert_eq!(decode_all(&s).first().unwrap().0, 25);
+        // A server `next_seq` behind ours (a gap: it lost readings we consider acknowledged)
+        // cannot be honoured: restart from our first unacknowledged reading.
+        assert_eq!(s.resync(&spool, Some(3)).unwrap(), 25);
+    }
+}
