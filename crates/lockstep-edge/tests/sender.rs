@@ -515,8 +515,8 @@ async fn seed_wire_sends_every_reading_once() {
         assert_eq!(rows.len(), 60);
         for got in rows {
             let r = v.next_reading();
-            for c in 0..4 {
-                let (a, b) = (r.values[c].unwrap(), got[c].unwrap());
+            for (c, g) in got.iter().enumerate() {
+                let (a, b) = (r.values[c].unwrap(), g.unwrap());
                 assert!(
                     (a - b).abs() <= catalog.signals()[c].tolerance() + 1e-9,
                     "{c}: {a} vs {b}"
