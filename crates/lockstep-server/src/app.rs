@@ -159,6 +159,7 @@ impl App {
             bin: settings.edge_bin.clone(),
             grace: settings.logger_grace(),
             server_url: format!("http://{host}:{}", addr.port()),
+            spool: Some(settings.data_dir.join("edge-spool")),
         };
         let (supervisor, logger) = Supervisor::new(logger_config, hub.clone());
         let shutdown = CancellationToken::new();

@@ -37,6 +37,9 @@ pub struct StartRequest {
     pub speed: Option<f64>,
     /// Simulation seed.
     pub seed: Option<u64>,
+    /// Send as fast as the server acknowledges instead of in real time.
+    #[serde(default)]
+    pub as_fast_as_possible: bool,
 }
 
 impl StartRequest {
@@ -62,11 +65,14 @@ impl StartRequest {
             }
             a.extend(["replay".into(), "--format".into(), format.into()]);
             a.extend(replay.iter().cloned());
-            if let Some(s) = self.speed {
-                if !(s.is_finite() && s > 0.0) {
+            match (self.speed, self.as_fast_as_possible) {
+                (Some(_), true) => return Err("give speed or as_fast_as_possible, not both".into()),
+                (Some(s), false) if !(s.is_finite() && s > 0.0) => {
                     return Err("speed must be a positive number".into());
                 }
-                a.extend(["--speed".into(), s.to_string()]);
+                (Some(s), false) => a.extend(["--speed".into(), s.to_string()]),
+                (None, true) => a.push("--as-fast-as-possible".into()),
+                (None, false) => {}
             }
         } else {
             if self.format.is_some() || self.speed.is_some() {
@@ -90,6 +96,9 @@ impl StartRequest {
             if let Some(k) = self.seed {
                 a.extend(["--seed".into(), k.to_string()]);
             }
+            if self.as_fast_as_possible {
+                a.push("--as-fast-as-possible".into());
+            }
         }
         if let Some(d) = self.duration_s {
             if !(d.is_finite() && d > 0.0) {
@@ -98,6 +107,15 @@ impl StartRequest {
             a.extend(["--duration".into(), d.to_string()]);
         }
         a.extend(["--server".into(), server_url.into()]);
+        Ok(a)
+    }
+
+    /// [`Self::args`] plus `--spool DIR` when the server names one.
+    fn command_line(&self, config: &LoggerConfig) -> Result<Vec<String>, String> {
+        let mut a = self.args(&config.server_url)?;
+        if let Some(dir) = &config.spool {
+            a.extend(["--spool".into(), dir.display().to_string()]);
+        }
         Ok(a)
     }
 }
@@ -184,6 +202,8 @@ pub struct LoggerConfig {
     pub grace: Duration,
     /// This server's URL, passed as `--server`.
     pub server_url: String,
+    /// The child's spool directory (`--spool`), so it does not land in the server's working directory.
+    pub spool: Option<PathBuf>,
 }
 
 impl LoggerConfig {
@@ -280,7 +300,7 @@ impl Supervisor {
             return Ok(Started::AlreadyRunning { pid: r.pid });
         }
         let args = req
-            .args(&self.config.server_url)
+            .command_line(&self.config)
             .map_err(LoggerError::BadRequest)?;
         let bin = self.config.binary()?;
         let mut cmd = tokio::process::Command::new(&bin);

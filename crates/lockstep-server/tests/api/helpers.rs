@@ -188,6 +188,8 @@ pub struct TestApp {
     pub db: Arc<TestDb>,
     pub shutdown: CancellationToken,
     pub handle: Option<JoinHandle<anyhow::Result<()>>>,
+    /// LOCKSTEP_DATA_DIR of this server (the logger's spool lives there).
+    pub data_dir: Arc<tempfile::TempDir>,
 }
 
 pub fn settings(db_url: &str, extra: &[&str]) -> Settings {
@@ -213,13 +215,16 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 /// Spawns a server on `db` with extra command-line flags.
 pub async fn spawn_app_with(db: Arc<TestDb>, extra: &[&str]) -> TestApp {
     init_tracing();
-    let app = App::build(settings(&db.url(), extra))
+    let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    let mut args = vec!["--data-dir", data_dir.path().to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let app = App::build(settings(&db.url(), &args))
         .await
         .expect("the server builds");
-    start(app, db).await
+    start(app, db, data_dir).await
 }
 
-pub async fn start(app: App, db: Arc<TestDb>) -> TestApp {
+pub async fn start(app: App, db: Arc<TestDb>, data_dir: Arc<tempfile::TempDir>) -> TestApp {
     let port = app.port();
     let shutdown = app.shutdown_token();
     let handle = tokio::spawn(app.run());
@@ -233,6 +238,7 @@ pub async fn start(app: App, db: Arc<TestDb>) -> TestApp {
         db,
         shutdown,
         handle: Some(handle),
+        data_dir,
     }
 }
 

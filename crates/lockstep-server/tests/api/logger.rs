@@ -83,8 +83,9 @@ async fn start_stream_and_stop_over_rest_and_websocket() {
     assert!(st["started_at_ms"].as_i64().unwrap() > 0);
 
     let expected = format!(
-        "edge starting simulate --vehicles 2 --rate 5 --server http://127.0.0.1:{}",
-        app.port
+        "edge starting simulate --vehicles 2 --rate 5 --server http://127.0.0.1:{} --spool {}/edge-spool",
+        app.port,
+        app.data_dir.path().display()
     );
     let line = ws
         .until(WAIT, "log", |m| {
@@ -208,4 +209,70 @@ async fn a_missing_binary_is_a_clear_503() {
             .contains("LOCKSTEP_EDGE_BIN"),
         "{body}"
     );
+}
+
+/// The real `lockstep-edge` (built by `cargo build --workspace --bins`, or named by
+/// LOCKSTEP_EDGE_BIN): started over the WebSocket, its readings reach the store and
+/// the WebSocket, and it exits on its own with code 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_edge_started_over_websocket_delivers_readings() {
+    let bin = std::env::var_os("LOCKSTEP_EDGE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // target/debug/deps/api-… → target/debug/lockstep-edge
+            std::env::current_exe()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("lockstep-edge")
+        });
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p lockstep-edge` first (scripts/test.sh does)",
+        bin.display()
+    );
+    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
+    let app = spawn_app_with(db, &["--edge-bin", bin.to_str().unwrap()]).await;
+    let mut ws = app.ws().await;
+    assert_eq!(ws.next_json(WAIT).await["type"], "history");
+
+    ws.send_json(
+        json!({"type": "start_logger", "vehicles": 2, "rate": 20, "duration_s": 1, "seed": 7}),
+    )
+    .await;
+    ws.until(WAIT, "logger", |m| m["data"]["running"] == true)
+        .await;
+    let mut vins = std::collections::BTreeSet::new();
+    let mut lines = 0;
+    let done = loop {
+        let m = ws.next_json(Duration::from_secs(30)).await;
+        match m["type"].as_str() {
+            Some("telemetry") => {
+                vins.insert(m["data"]["vehicle_vin"].as_str().unwrap().to_owned());
+            }
+            Some("log") if m["data"]["source"] == "logger" => lines += 1,
+            Some("logger") if m["data"]["running"] == false => break m,
+            _ => {}
+        }
+    };
+    assert_eq!(
+        done["data"]["last_exit_code"], 0,
+        "the edge exits cleanly after --duration"
+    );
+    assert_eq!(
+        vins.len(),
+        2,
+        "telemetry of both simulated vehicles arrived on the WebSocket"
+    );
+    assert!(lines > 0, "the edge's output was forwarded");
+    let stored = app.db.count("SELECT COUNT(*) FROM telemetry_data").await;
+    let distinct = app.db.count("SELECT COUNT(*) FROM (SELECT DISTINCT vehicle_id, session_id, seq FROM telemetry_data)").await;
+    assert!(
+        stored >= 2 * 15,
+        "about 2 × 20 readings stored, got {stored}"
+    );
+    assert_eq!(stored, distinct);
+    assert_eq!(app.db.count("SELECT COUNT(*) FROM vehicles").await, 2);
 }

@@ -65,10 +65,17 @@ async fn postgres_outage_gives_503_then_recovers() {
     };
     let url = format!("postgres://postgres@127.0.0.1:{}/{name}", proxy.port);
     init_tracing();
-    let app = lockstep_server::App::build(settings(&url, &["--retry-after-s", "1"]))
+    let data_dir = Arc::new(tempfile::tempdir().unwrap());
+    let args = [
+        "--retry-after-s",
+        "1",
+        "--data-dir",
+        data_dir.path().to_str().unwrap(),
+    ];
+    let app = lockstep_server::App::build(settings(&url, &args))
         .await
         .expect("builds through the proxy");
-    let app = start(app, db.clone()).await;
+    let app = start(app, db.clone(), data_dir).await;
 
     let mut enc = encoder(&vin(40), 0x40);
     let t0 = 1_764_000_000_000;
