@@ -43,8 +43,8 @@ pub struct Args {
 
     /// Start a lockstep-server for this run and stop it after. Optional path to
     /// the binary; default: `lockstep-server` next to this executable.
-    #[arg(long, num_args = 0..=1, default_missing_value = "", value_name = "PATH")]
-    pub spawn: Option<PathBuf>,
+    #[arg(long, num_args = 0..=1, value_name = "PATH")]
+    pub spawn: Option<Option<PathBuf>>,
 
     /// Store of the spawned server: a fresh SQLite file in a temporary directory, or a
     /// fresh uniquely named PostgreSQL database (created on --pg-admin-url's server, dropped after).

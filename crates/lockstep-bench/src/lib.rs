@@ -53,10 +53,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
     let spawned = match &args.spawn {
         Some(p) => {
-            let bin = if p.as_os_str().is_empty() {
-                spawn::default_binary()?
-            } else {
-                p.clone()
+            let bin = match p {
+                Some(p) => p.clone(),
+                None => spawn::default_binary()?,
             };
             Some(
                 Spawned::start(

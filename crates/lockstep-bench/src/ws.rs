@@ -212,7 +212,7 @@ async fn client(
                     match kind(s) {
                         "telemetry" => {
                             c.telemetry.fetch_add(1, Ordering::Relaxed);
-                            if let (Some(h), Some(ts)) = (end.latency_us.as_mut(), field_i64(s, "\"timestamp\":")) {
+                            if let (Some(h), Some(ts)) = (end.latency_us.as_mut(), field_i64(s, "\"timestamp\"")) {
                                 let now_us = crate::load::unix_ms() as i128 * 1000 + i128::from(sub_ms_us());
                                 let d = now_us - i128::from(ts) * 1000;
                                 if d < 0 {
@@ -224,7 +224,7 @@ async fn client(
                         }
                         "lagged" => {
                             c.lagged_msgs.fetch_add(1, Ordering::Relaxed);
-                            c.lagged_dropped.fetch_add(field_i64(s, "\"dropped\":").unwrap_or(0).max(0) as u64, Ordering::Relaxed);
+                            c.lagged_dropped.fetch_add(field_i64(s, "\"dropped\"").unwrap_or(0).max(0) as u64, Ordering::Relaxed);
                         }
                         _ => {
                             c.other.fetch_add(1, Ordering::Relaxed);
@@ -249,17 +249,23 @@ fn sub_ms_us() -> u32 {
         .unwrap_or(0)
 }
 
-/// The `"type"` of a server message, found without parsing the JSON.
-pub fn kind(s: &str) -> &str {
-    const KEY: &str = "\"type\":\"";
-    let Some(i) = s.find(KEY) else { return "" };
-    let rest = &s[i + KEY.len()..];
-    rest.split('"').next().unwrap_or("")
+/// The text after `quoted_key` (e.g. `"type"`) and its colon, JSON whitespace allowed.
+fn after_key<'a>(s: &'a str, quoted_key: &str) -> Option<&'a str> {
+    let rest = &s[s.find(quoted_key)? + quoted_key.len()..];
+    rest.trim_start().strip_prefix(':').map(str::trim_start)
 }
 
-/// The integer after the first occurrence of `key` (e.g. `"timestamp":`).
-pub fn field_i64(s: &str, key: &str) -> Option<i64> {
-    let rest = s[s.find(key)? + key.len()..].trim_start();
+/// The `"type"` of a server message, found without parsing the JSON.
+pub fn kind(s: &str) -> &str {
+    after_key(s, "\"type\"")
+        .and_then(|r| r.strip_prefix('"'))
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("")
+}
+
+/// The integer value of the first `quoted_key` (e.g. `"timestamp"`) in `s`.
+pub fn field_i64(s: &str, quoted_key: &str) -> Option<i64> {
+    let rest = after_key(s, quoted_key)?;
     let end = rest
         .find(|c: char| !(c.is_ascii_digit() || c == '-'))
         .unwrap_or(rest.len());
@@ -274,10 +280,11 @@ mod tests {
     fn finds_type_and_fields() {
         let m = r#"{"type":"telemetry","data":{"timestamp":1700000000123,"vehicle_vin":"X","speed":1.5}}"#;
         assert_eq!(kind(m), "telemetry");
-        assert_eq!(field_i64(m, "\"timestamp\":"), Some(1_700_000_000_123));
+        assert_eq!(field_i64(m, "\"timestamp\""), Some(1_700_000_000_123));
         let l = r#"{"type":"lagged","data":{"dropped": 17}}"#;
         assert_eq!(kind(l), "lagged");
-        assert_eq!(field_i64(l, "\"dropped\":"), Some(17));
+        assert_eq!(field_i64(l, "\"dropped\""), Some(17));
         assert_eq!(kind("{}"), "");
+        assert_eq!(kind(r#"{"type": "history", "data": []}"#), "history");
     }
 }
