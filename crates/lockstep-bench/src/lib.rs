@@ -217,6 +217,16 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
             )
         })
         .collect();
+    // PostgreSQL CPU: this database's backends and the background processes, not other databases'.
+    let pg_url = match &ctx.store {
+        Some(StoreAccess::Postgres(u)) => Some(u.clone()),
+        _ => None,
+    };
+    let pg_pids_before = match &pg_url {
+        Some(u) => store::pg_pids(u).await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let pg_cpu0 = procfs::cpu_of(&pg_pids_before);
     let timeout = Duration::from_secs_f64(args.request_timeout);
     let start = Instant::now();
     let run_for = if args.count.is_some() {
@@ -237,7 +247,6 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
     };
     let cpu0 = (
         pid.and_then(procfs::cpu_seconds),
-        procfs::postgres_cpu_seconds(),
         procfs::self_cpu_seconds(),
     );
     let sampler = pid.map(procfs::RssSampler::start);
@@ -264,9 +273,25 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
     }
     let cpu1 = (
         pid.and_then(procfs::cpu_seconds),
-        procfs::postgres_cpu_seconds(),
         procfs::self_cpu_seconds(),
     );
+    let pg_cpu = match &pg_url {
+        Some(u) => {
+            // Backends opened during the load count from zero.
+            let mut pids = store::pg_pids(u).await.unwrap_or_default();
+            pids.extend(pg_pids_before.iter().copied());
+            pids.sort_unstable();
+            pids.dedup();
+            let after = procfs::cpu_of(&pids);
+            Some(
+                after
+                    .iter()
+                    .map(|(p, c)| c - pg_cpu0.get(p).copied().unwrap_or(0.0))
+                    .sum::<f64>(),
+            )
+        }
+        None => None,
+    };
     let rss_peak = match sampler {
         Some(s) => Some(s.finish().await),
         None => None,
@@ -367,8 +392,7 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
 
     let per_reading = |cpu: Option<f64>| cpu.and_then(|c| ratio(c * 1e6, readings as f64));
     let server_cpu = cpu0.0.zip(cpu1.0).map(|(a, b)| b - a);
-    let pg_cpu = matches!(ctx.store, Some(StoreAccess::Postgres(_))).then_some(cpu1.1 - cpu0.1);
-    let bench_cpu = Some(cpu1.2 - cpu0.2);
+    let bench_cpu = Some(cpu1.1 - cpu0.1);
     let errors_total = errors.values().sum();
     Ok(Report {
         label: args.label.clone(),

@@ -39,31 +39,11 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     status_kib(pid, "VmRSS")
 }
 
-/// CPU seconds of every process named `postgres` (postmaster, backends, background workers).
-/// Backends that exit between two readings take their time with them: compare
-/// readings taken while the same connections are open.
-pub fn postgres_cpu_seconds() -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0.0;
-    };
-    let mut total = 0.0;
-    for e in dir.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let comm = stat
-            .split_once('(')
-            .and_then(|(_, r)| r.rsplit_once(')'))
-            .map(|(c, _)| c);
-        if comm == Some("postgres") {
-            total += stat_cpu_seconds(&stat).unwrap_or(0.0);
-        }
-    }
-    total
+/// CPU seconds of each of `pids` (0 for the ones that are gone).
+pub fn cpu_of(pids: &[u32]) -> std::collections::HashMap<u32, f64> {
+    pids.iter()
+        .map(|&p| (p, cpu_seconds(p).unwrap_or(0.0)))
+        .collect()
 }
 
 /// CPU seconds of this process.

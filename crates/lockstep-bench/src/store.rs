@@ -106,6 +106,22 @@ pub async fn count_rows(store: &StoreAccess) -> anyhow::Result<u64> {
     }
 }
 
+/// PIDs of the PostgreSQL processes that work for this database: its client
+/// backends (the server's pool) and the shared background processes (WAL
+/// writer, checkpointer, …) — not other databases' backends.
+pub async fn pg_pids(url: &str) -> anyhow::Result<Vec<u32>> {
+    let c = pg_connect(url).await?;
+    let rows = c
+        .query(
+            "SELECT pid FROM pg_stat_activity
+             WHERE pid <> pg_backend_pid()
+               AND (datname = current_database() OR backend_type <> 'client backend')",
+            &[],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get::<_, i32>(0) as u32).collect())
+}
+
 /// Column kinds the generator can fill.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Col {
