@@ -235,6 +235,29 @@ pub async fn run(shared: Shared, fleet: Fleet, asap: bool, speed: f64) -> Result
             set.spawn(run_session(shared.clone(), session, Some(src), pace));
         }
     }
+    // Without a progress bar (not a terminal, e.g. under the server's logger
+    // supervisor), a progress line every 10 s.
+    let ticker = shared.progress.is_none().then(|| {
+        let sh = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let l = &sh.live;
+                let get =
+                    |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(
+                    readings = get(&l.readings),
+                    acknowledged = get(&l.readings_acked),
+                    retries = get(&l.retries),
+                    resyncs = get(&l.resyncs),
+                    spooled_batches = sh.spool.count(),
+                    "Progress."
+                );
+            }
+        })
+    });
     let mut first_err = None;
     while let Some(res) = set.join_next().await {
         match res.context("a vehicle task panicked").and_then(|r| r) {
@@ -245,6 +268,9 @@ pub async fn run(shared: Shared, fleet: Fleet, asap: bool, speed: f64) -> Result
                 first_err.get_or_insert(e);
             }
         }
+    }
+    if let Some(t) = ticker {
+        t.abort();
     }
     summary.cancelled = shared.cancel.is_cancelled();
     summary.spool_left = shared.spool.count();

@@ -25,6 +25,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -163,6 +164,21 @@ pub enum Reply {
     },
 }
 
+/// Run-wide counters, updated by every vehicle task (relaxed atomics: for display only).
+#[derive(Debug, Default)]
+pub struct Live {
+    pub readings: AtomicU64,
+    pub readings_acked: AtomicU64,
+    pub retries: AtomicU64,
+    pub resyncs: AtomicU64,
+}
+
+impl Live {
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
 /// Handles shared by every vehicle task.
 #[derive(Clone)]
 pub struct Shared {
@@ -171,6 +187,8 @@ pub struct Shared {
     pub spool: Spool,
     pub cancel: CancellationToken,
     pub progress: Option<ProgressBar>,
+    /// Run-wide counters for periodic progress lines.
+    pub live: Arc<Live>,
     client: reqwest::Client,
     url: Arc<str>,
     in_flight: Arc<Semaphore>,
@@ -197,6 +215,7 @@ impl Shared {
             spool,
             cancel,
             progress,
+            live: Arc::default(),
             client,
             url,
             in_flight,
@@ -531,13 +550,18 @@ pub async fn run_session(
                 inflight = None;
                 match reply {
                     Reply::Ack { duplicate } => {
+                        if backoff.failures() > 0 {
+                            tracing::info!(vin = %vin, failures = backoff.failures(), "The server takes batches again.");
+                        }
                         backoff.reset();
                         resyncs_in_a_row = 0;
                         session.stats.duplicates += u64::from(duplicate);
+                        Live::add(&shared.live.readings_acked, session.unacked.front().map_or(0, |b| b.readings.len() as u64));
                         session.acked(spool)?;
                     }
                     Reply::Retry { after, why } => {
                         session.stats.retries += 1;
+                        Live::add(&shared.live.retries, 1);
                         let d = backoff.next_delay(after, &mut rand::rng());
                         if backoff.failures() == 1 || backoff.failures().is_multiple_of(10) {
                             tracing::warn!(vin = %vin, failures = backoff.failures(), retry_in_ms = d.as_millis() as u64, "The server did not take a batch ({why}); retrying.");
@@ -549,6 +573,7 @@ pub async fn run_session(
                             bail!("the server uses a different signal catalog than this edge (catalog hash {:016x}); update the edge or the server so both use the same catalog", shared.catalog.hash());
                         }
                         let from = session.resync(spool, next_seq)?;
+                        Live::add(&shared.live.resyncs, 1);
                         tracing::info!(vin = %vin, kind = %kind, from_seq = from, "The server asked for a resync; re-sending unacknowledged readings from a keyframe.");
                         // A server that keeps asking for resyncs is not hammered.
                         resyncs_in_a_row += 1;
@@ -570,6 +595,7 @@ pub async fn run_session(
                 let s = source.as_mut().expect("due only with a source");
                 let r = s.next().expect("peeked");
                 session.push(r);
+                Live::add(&shared.live.readings, 1);
                 if let Some(p) = &shared.progress {
                     p.inc(1);
                 }
@@ -640,6 +666,7 @@ pub async fn run_seed(
             .iter()
             .filter(|v| v.is_some())
             .count() as u64;
+        Live::add(&shared.live.readings, 1);
         if let Some(p) = &shared.progress {
             p.inc(1);
         }
@@ -656,12 +683,14 @@ pub async fn run_seed(
                     backoff.reset();
                     stats.acked += 1;
                     stats.readings_acked += 1;
+                    Live::add(&shared.live.readings_acked, 1);
                     stats.duplicates += u64::from(duplicate);
                     stats.bytes_acked += body.len() as u64;
                     break;
                 }
                 Reply::Retry { after, why } => {
                     stats.retries += 1;
+                    Live::add(&shared.live.retries, 1);
                     let d = backoff.next_delay(after, &mut rand::rng());
                     if backoff.failures() == 1 {
                         tracing::warn!(vin = %vin, "The server did not take a seed reading ({why}); retrying.");
