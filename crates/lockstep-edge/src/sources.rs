@@ -672,4 +672,20 @@ mod tests {
         assert_eq!(rep.unparsable_cells, 0);
         assert!(parse_csv("time,speed\n1,2\n".as_bytes()).is_err());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn timestamps_always_end_strictly_increasing(steps in proptest::collection::vec(-3000i64..5000, 1..200)) {
+            let mut t = 1_000_000i64;
+            let mut ts: Vec<i64> = steps.iter().map(|s| { t += (s / 1000) * 1000; t }).collect();
+            let before = ts.clone();
+            let mut rep = RepairReport::default();
+            strictly_increasing(&mut ts, &mut rep);
+            proptest::prop_assert_eq!(ts.len(), before.len());
+            proptest::prop_assert!(ts.windows(2).all(|w| w[1] > w[0]));
+            if before.windows(2).all(|w| w[1] > w[0]) {
+                proptest::prop_assert_eq!(ts, before);
+            }
+        }
+    }
 }

@@ -32,6 +32,8 @@ enum Fault {
     LostAck,
     /// Forget the session's state first (a server that lost it): the decoder answers 409.
     ForgetSession,
+    /// 409 catalog_mismatch: fatal for the edge.
+    CatalogMismatch,
 }
 
 /// (VIN, session id, seq).
@@ -111,6 +113,12 @@ async fn telemetry(
         }
         Fault::ForgetSession => {
             g.states.remove(&key);
+        }
+        Fault::CatalogMismatch => {
+            return json_reply(
+                StatusCode::CONFLICT,
+                serde_json::json!({"status": "error", "error": "catalog mismatch", "resync_required": true, "kind": "catalog_mismatch", "next_seq": null}),
+            );
         }
         _ => {}
     }
@@ -373,8 +381,16 @@ async fn an_outage_across_an_edge_restart_loses_nothing() {
         "everything produced is spooled"
     );
 
-    // Run 2: a server now; the same replay is started again (a restarted edge).
-    let (url, srv, _h) = spawn_server(|_| Fault::None).await;
+    // Run 2: a server now (which loses the session's state once, while the
+    // spooled batches of run 1 are delivered); the same replay is started again.
+    let (url, srv, _h) = spawn_server(|n| {
+        if n == 2 {
+            Fault::ForgetSession
+        } else {
+            Fault::None
+        }
+    })
+    .await;
     let sh = shared(config(&url), &spool_dir, CancellationToken::new());
     let s2 = tokio::time::timeout(
         Duration::from_secs(60),
@@ -403,9 +419,18 @@ async fn an_outage_across_an_edge_restart_loses_nothing() {
     );
     assert_eq!(s2.stats.readings + s1.stats.readings, 250);
     assert_eq!(s2.spool_left, 0);
+    assert_eq!(
+        s2.recovered.resyncs, 1,
+        "a spooled session resyncs from its raw readings"
+    );
 
     let g = srv.inner.lock().unwrap();
     assert_eq!(g.double_stores, 0);
+    assert_eq!(
+        g.resync_checks,
+        vec![true],
+        "re-sent from a keyframe at the first unacknowledged seq"
+    );
     // Two sessions (one per run) of the same VIN: together, every recorded reading exactly once.
     assert_eq!(g.stored.len(), 250);
     let sessions: std::collections::BTreeSet<u64> = g.stored.keys().map(|k| k.1).collect();
@@ -524,4 +549,29 @@ async fn seed_wire_sends_every_reading_once() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_mismatch_is_fatal_and_keeps_the_spool() {
+    let (url, _srv, _h) = spawn_server(|_| Fault::CatalogMismatch).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sh = shared(config(&url), dir.path(), CancellationToken::new());
+    let fleet = Fleet::Simulate {
+        vehicles: 1,
+        rate_hz: 1.0,
+        duration_s: Some(30.0),
+        seed: 2,
+    };
+    let err = tokio::time::timeout(Duration::from_secs(30), app::run(sh, fleet, true, 1.0))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("different signal catalog"),
+        "{err:#}"
+    );
+    assert!(
+        Spool::open(dir.path()).unwrap().count() > 0,
+        "nothing acknowledged, nothing dropped"
+    );
 }
