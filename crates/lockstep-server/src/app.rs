@@ -57,7 +57,16 @@ pub struct AppState {
 impl AppState {
     /// The 503 answer for a store error.
     pub fn unavailable(&self, e: StoreError) -> ApiError {
-        tracing::warn!(error = %e, "Answering 503: the store is unavailable.");
+        // Debug: the writer and the health probe log the outage once, not per request.
+        tracing::debug!(error = %e, "Answering 503: the store is unavailable.");
+        if self.health.set(false) {
+            tracing::error!(error = %e, "The store is unavailable: ingest answers 503 until it returns.");
+            self.hub.log(
+                Level::Error,
+                "server",
+                "The store is unavailable: ingest answers 503 until it returns.",
+            );
+        }
         ApiError::StoreUnavailable {
             retry_after_s: self.settings.retry_after_s,
         }

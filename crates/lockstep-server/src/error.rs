@@ -89,13 +89,6 @@ impl ApiError {
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        tracing::warn!(error = %e, "Answering 503: the store is unavailable.");
-        ApiError::StoreUnavailable { retry_after_s: 2 }
-    }
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();

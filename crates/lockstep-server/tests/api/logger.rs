@@ -87,19 +87,21 @@ async fn start_stream_and_stop_over_rest_and_websocket() {
         app.port,
         app.data_dir.path().display()
     );
-    let line = ws
-        .until(WAIT, "log", |m| {
-            m["data"]["source"] == "logger" && m["data"]["message"] == expected.as_str()
-        })
-        .await;
-    assert_eq!(line["data"]["level"], "info");
-    let warn = ws
-        .until(WAIT, "log", |m| {
-            m["data"]["source"] == "logger"
-                && m["data"]["message"].as_str().unwrap().contains("stderr")
-        })
-        .await;
-    assert_eq!(warn["data"]["level"], "warn");
+    // stdout and stderr are pumped independently: their lines may come in either order.
+    let (mut out_level, mut err_level) = (None, None);
+    while out_level.is_none() || err_level.is_none() {
+        let m = ws
+            .until(WAIT, "log", |m| m["data"]["source"] == "logger")
+            .await;
+        let msg = m["data"]["message"].as_str().unwrap();
+        if msg == expected {
+            out_level = Some(m["data"]["level"].clone());
+        } else if msg.contains("stderr") {
+            err_level = Some(m["data"]["level"].clone());
+        }
+    }
+    assert_eq!(out_level.unwrap(), "info");
+    assert_eq!(err_level.unwrap(), "warn");
     assert_eq!(app.status().await["logger"]["running"], true);
 
     let (code, body) = post(&app, "/logger/stop", None, None).await;

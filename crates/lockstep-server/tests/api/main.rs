@@ -6,6 +6,7 @@
 mod helpers;
 
 mod bad_input;
+mod batching;
 mod cli;
 mod ingest;
 mod logger;

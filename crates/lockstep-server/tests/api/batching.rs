@@ -1,0 +1,164 @@
+//! The writer's contract, observed through a store wrapper: many concurrent
+//! requests share few commits, and a failing commit gives 503 with nothing
+//! acknowledged (also for SQLite, where an outage cannot be staged from outside).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use lockstep_server::store::{
+    self, BoxFut, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals, WriteBatch,
+};
+use lockstep_server::{App, StoreConfig};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// Counts commits, makes each take a while, and fails them on demand.
+struct Instrumented {
+    inner: Arc<dyn Store>,
+    commits: AtomicUsize,
+    fail: AtomicBool,
+    delay: Duration,
+}
+
+impl Store for Instrumented {
+    fn kind(&self) -> StoreKind {
+        self.inner.kind()
+    }
+    fn commit(&self, batch: WriteBatch) -> BoxFut<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::new("injected failure"));
+            }
+            self.commits.fetch_add(1, Ordering::SeqCst);
+            self.inner.commit(batch).await
+        })
+    }
+    fn load_session(
+        &self,
+        vin: Arc<str>,
+        session_id: u64,
+    ) -> BoxFut<'_, Result<Option<Vec<u8>>, StoreError>> {
+        self.inner.load_session(vin, session_id)
+    }
+    fn recent(
+        &self,
+        limit: usize,
+    ) -> BoxFut<'_, Result<Vec<lockstep_server::model::TelemetryRow>, StoreError>> {
+        self.inner.recent(limit)
+    }
+    fn vehicles(&self) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>> {
+        self.inner.vehicles()
+    }
+    fn totals(&self) -> BoxFut<'_, Result<Vec<VehicleTotals>, StoreError>> {
+        self.inner.totals()
+    }
+    fn ping(&self) -> BoxFut<'_, Result<(), StoreError>> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(StoreError::new("injected failure")) });
+        }
+        self.inner.ping()
+    }
+}
+
+async fn instrumented_app() -> (TestApp, Arc<Instrumented>) {
+    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
+    let TestDb::Sqlite { path, .. } = &*db else {
+        unreachable!()
+    };
+    let inner = store::open(&StoreConfig::Sqlite(path.clone()), 2)
+        .await
+        .unwrap();
+    let st = Arc::new(Instrumented {
+        inner,
+        commits: AtomicUsize::new(0),
+        fail: AtomicBool::new(false),
+        delay: Duration::from_millis(40),
+    });
+    let data_dir = Arc::new(tempfile::tempdir().unwrap());
+    let s = settings(
+        &db.url(),
+        &["--data-dir", data_dir.path().to_str().unwrap()],
+    );
+    let app = App::build_with_store(s, st.clone()).await.unwrap();
+    (start(app, db, data_dir).await, st)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_commits() {
+    let (app, st) = instrumented_app().await;
+    let n = 40u32;
+    let mut tasks = Vec::new();
+    for v in 0..n {
+        let http = app.http.clone();
+        let url = format!("{}/api/telemetry", app.addr);
+        let body = {
+            use lockstep_proto::Message as _;
+            batch(&mut encoder(&vin(100 + v), 1), 0..10, 1_764_000_000_000).encode_to_vec()
+        };
+        tasks.push(tokio::spawn(async move {
+            http.post(url)
+                .header("content-type", BATCH)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let commits = st.commits.load(Ordering::SeqCst);
+    assert!(
+        commits < n as usize / 2,
+        "{n} concurrent requests took {commits} commits"
+    );
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM telemetry_data").await,
+        400
+    );
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM compression_stats").await,
+        n as i64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_is_503_and_the_retry_succeeds() {
+    let (app, st) = instrumented_app().await;
+    let mut enc = encoder(&vin(200), 5);
+    let b0 = batch(&mut enc, 0..10, 1_764_000_000_000);
+    let b1 = batch(&mut enc, 10..20, 1_764_000_000_000);
+    assert_eq!(app.post_batch(&b0).await.status(), 200);
+    st.fail.store(true, Ordering::SeqCst);
+    let resp = app.post_batch(&b1).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "2");
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was stored")
+    );
+    assert_eq!(app.status().await["status"], "degraded");
+    st.fail.store(false, Ordering::SeqCst);
+    let resp = app.post_batch(&b1).await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "the session state was not advanced by the failed commit"
+    );
+    assert_eq!(resp.json::<Value>().await.unwrap()["duplicate"], false);
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM telemetry_data").await,
+        20
+    );
+    eventually(Duration::from_secs(10), "a healthy status", || async {
+        (app.status().await["status"] == "healthy").then_some(())
+    })
+    .await;
+}
