@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
 
 use crate::auth::AdminPolicy;
 use crate::error::ApiError;
@@ -309,6 +310,8 @@ fn router(state: AppState, cors: Option<Vec<String>>) -> Router {
         // Ingest reads its body itself (413 as JSON); this bounds every other extractor.
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(cors)
+        // One span per request (debug level: enable with RUST_LOG=tower_http=debug).
+        .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 

@@ -41,93 +41,163 @@ impl FromStr for Secret {
 #[command(name = "lockstep-server", version, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Settings {
     /// TCP port to listen on (0 = any free port).
-    #[arg(long, env = "PORT", default_value_t = 8001)]
+    #[arg(help_heading = "Network", long, env = "PORT", default_value_t = 8001)]
     pub port: u16,
 
     /// Address to bind.
-    #[arg(long, env = "LOCKSTEP_HOST", default_value = "0.0.0.0")]
+    #[arg(
+        help_heading = "Network",
+        long,
+        env = "LOCKSTEP_HOST",
+        default_value = "0.0.0.0"
+    )]
     pub host: IpAddr,
 
     /// Store: `sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (a Supabase
     /// connection string works as is). Default: SQLite file `lockstep.db` in the data directory.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        help_heading = "Store",
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<Secret>,
 
     /// Directory for the default SQLite database (created if missing).
-    #[arg(long, env = "LOCKSTEP_DATA_DIR", default_value = "./data")]
+    #[arg(
+        help_heading = "Store",
+        long,
+        env = "LOCKSTEP_DATA_DIR",
+        default_value = "./data"
+    )]
     pub data_dir: PathBuf,
 
     /// Seed deployment flag: store in Supabase. Needs DATABASE_URL (Supabase's PostgreSQL
     /// connection string) until the REST mode exists.
-    #[arg(long, env = "ENABLE_SUPABASE", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
+    #[arg(help_heading = "Store", long, env = "ENABLE_SUPABASE", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
     pub enable_supabase: bool,
 
     /// Seed deployment: Supabase project URL (REST mode, not implemented yet).
-    #[arg(long, env = "SUPABASE_URL")]
+    #[arg(help_heading = "Store", long, env = "SUPABASE_URL")]
     pub supabase_url: Option<String>,
 
     /// Seed deployment: Supabase service key (REST mode, not implemented yet).
-    #[arg(long, env = "SUPABASE_SERVICE_KEY", hide_env_values = true)]
+    #[arg(
+        help_heading = "Store",
+        long,
+        env = "SUPABASE_SERVICE_KEY",
+        hide_env_values = true
+    )]
     pub supabase_service_key: Option<Secret>,
 
     /// Bearer token that allows logger control from non-loopback peers.
-    #[arg(long, env = "LOCKSTEP_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        help_heading = "Logger control",
+        long,
+        env = "LOCKSTEP_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
     pub admin_token: Option<Secret>,
 
     /// Trust loopback peers for logger control without a token. Turn off when a
     /// reverse proxy on this host forwards remote requests.
-    #[arg(long, env = "LOCKSTEP_TRUST_LOOPBACK", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "true")]
+    #[arg(help_heading = "Logger control", long, env = "LOCKSTEP_TRUST_LOOPBACK", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "true")]
     pub trust_loopback: bool,
 
     /// Allowed CORS origins, comma-separated (`*` = any). Default: this server's own
     /// origin and localhost dev ports 3000, 5173, 8080.
-    #[arg(long, env = "LOCKSTEP_CORS_ORIGINS", value_delimiter = ',')]
+    #[arg(
+        help_heading = "Network",
+        long,
+        env = "LOCKSTEP_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
     pub cors_origins: Vec<String>,
 
     /// Largest accepted request body, bytes.
-    #[arg(long, env = "LOCKSTEP_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    #[arg(help_heading = "Network", long, env = "LOCKSTEP_BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,
 
     /// Readings sent to a new WebSocket client as history.
-    #[arg(long, env = "LOCKSTEP_HISTORY", default_value_t = 100)]
+    #[arg(
+        help_heading = "WebSocket",
+        long,
+        env = "LOCKSTEP_HISTORY",
+        default_value_t = 100
+    )]
     pub history: usize,
 
     /// Per-client WebSocket queue, messages; on overflow the oldest are dropped and the
     /// client gets `{"type":"lagged"}`.
-    #[arg(long, env = "LOCKSTEP_WS_QUEUE", default_value_t = 4096)]
+    #[arg(
+        help_heading = "WebSocket",
+        long,
+        env = "LOCKSTEP_WS_QUEUE",
+        default_value_t = 4096
+    )]
     pub ws_queue: usize,
 
     /// Most readings the writer commits in one transaction.
-    #[arg(long, env = "LOCKSTEP_BATCH_ROWS", default_value_t = 20_000)]
+    #[arg(
+        help_heading = "Store",
+        long,
+        env = "LOCKSTEP_BATCH_ROWS",
+        default_value_t = 20_000
+    )]
     pub batch_rows: usize,
 
     /// Requests that may wait for the writer before ingest waits too (back-pressure).
-    #[arg(long, env = "LOCKSTEP_WRITER_QUEUE", default_value_t = 4096)]
+    #[arg(
+        help_heading = "Store",
+        long,
+        env = "LOCKSTEP_WRITER_QUEUE",
+        default_value_t = 4096
+    )]
     pub writer_queue: usize,
 
     /// Connections in the PostgreSQL pool.
-    #[arg(long, env = "LOCKSTEP_PG_POOL", default_value_t = 8)]
+    #[arg(
+        help_heading = "Store",
+        long,
+        env = "LOCKSTEP_PG_POOL",
+        default_value_t = 8
+    )]
     pub pg_pool: usize,
 
     /// Seconds a client should wait after a 503 (`Retry-After`).
-    #[arg(long, env = "LOCKSTEP_RETRY_AFTER_S", default_value_t = 2)]
+    #[arg(
+        help_heading = "Store",
+        long,
+        env = "LOCKSTEP_RETRY_AFTER_S",
+        default_value_t = 2
+    )]
     pub retry_after_s: u32,
 
     /// The edge logger binary started by /logger/start. Default: `lockstep-edge`
     /// next to this binary.
-    #[arg(long, env = "LOCKSTEP_EDGE_BIN")]
+    #[arg(help_heading = "Logger control", long, env = "LOCKSTEP_EDGE_BIN")]
     pub edge_bin: Option<PathBuf>,
 
     /// Milliseconds between SIGTERM and SIGKILL when stopping the logger.
-    #[arg(long, env = "LOCKSTEP_LOGGER_GRACE_MS", default_value_t = 5000)]
+    #[arg(
+        help_heading = "Logger control",
+        long,
+        env = "LOCKSTEP_LOGGER_GRACE_MS",
+        default_value_t = 5000
+    )]
     pub logger_grace_ms: u64,
 
     /// Milliseconds shutdown waits for in-flight requests and sockets.
-    #[arg(long, env = "LOCKSTEP_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    #[arg(
+        help_heading = "Operations",
+        long,
+        env = "LOCKSTEP_SHUTDOWN_GRACE_MS",
+        default_value_t = 10_000
+    )]
     pub shutdown_grace_ms: u64,
 
     /// Log format: `text` or `json` (filter with RUST_LOG).
-    #[arg(long, env = "LOCKSTEP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    #[arg(help_heading = "Operations", long, env = "LOCKSTEP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 }
 

@@ -200,3 +200,35 @@ async fn resync_cases_get_409(backend: Backend) {
         40
     );
 }
+
+/// CORS: the default allow-list holds the server's own origin and localhost dev
+/// ports; other origins get no CORS headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_allows_only_the_allow_list() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let preflight = |origin: String| {
+        app.http
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/api/telemetry", app.addr),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+    for origin in [
+        format!("http://localhost:{}", app.port),
+        "http://127.0.0.1:5173".to_owned(),
+    ] {
+        let resp = preflight(origin.clone()).await.unwrap();
+        assert_eq!(
+            resp.headers()
+                .get("access-control-allow-origin")
+                .map(|v| v.to_str().unwrap()),
+            Some(origin.as_str())
+        );
+    }
+    let resp = preflight("https://evil.example".into()).await.unwrap();
+    assert!(resp.headers().get("access-control-allow-origin").is_none());
+}
