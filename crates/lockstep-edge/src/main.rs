@@ -167,7 +167,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("LOCKSTEP_LOG")
                 .unwrap_or_else(|_| "info".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .with_ansi(ansi)
         .with_target(false)
         .init();
@@ -268,6 +268,7 @@ fn send(
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
+        let _ = PROGRESS.set(pb.clone());
         pb
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -295,6 +296,25 @@ fn send(
         println!("{summary}");
         Ok(())
     })
+}
+
+/// The progress bar, once there is one: log lines are written around it.
+static PROGRESS: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
+
+/// Writes log lines to stderr, hiding the progress bar meanwhile so they do not garble it.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match PROGRESS.get() {
+            Some(pb) if !pb.is_finished() => pb.suspend(|| std::io::stderr().write(buf)),
+            _ => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// Cancels on the first SIGTERM or SIGINT.
