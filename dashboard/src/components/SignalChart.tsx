@@ -16,6 +16,16 @@ interface Props {
 
 const noPath = () => null;
 
+/**
+ * Fit the y axis to the data with 10 % headroom instead of uPlot's default (which pins 0 into
+ * view): a battery at 93 % then shows its 0.3 % steps instead of a flat line at the top.
+ */
+export function yRange(_u: uPlot, min: number | null, max: number | null): [number, number] {
+  if (min === null || max === null || !Number.isFinite(min) || !Number.isFinite(max)) return [0, 1];
+  const span = max - min || Math.max(Math.abs(max) * 0.01, 1);
+  return [min - span * 0.1, max + span * 0.1];
+}
+
 function seriesFor(vins: string[]): uPlot.Series[] {
   const out: uPlot.Series[] = [{}];
   vins.forEach((vin, i) => {
@@ -44,7 +54,7 @@ export function SignalChart({ state, version, signal, vins }: Props) {
       height: 150,
       legend: { show: false },
       cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true } },
+      scales: { x: { time: true }, y: { range: yRange } },
       axes: [{ size: 30 }, { size: 50, label: undefined }],
       series: seriesFor(vins),
     };
