@@ -201,8 +201,8 @@ impl Catalog {
             s("battery", "%", -2, 30, Model::Slope, 300),
             s("power", "kW", -3, 2, Model::Adaptive, 60),
             s("heading", "deg", -2, 200, Model::Angle, 60),
-            s("latitude", "deg", -7, 5000, Model::Position, 60),
-            s("longitude", "deg", -7, 5000, Model::PositionPartner, 60),
+            s("latitude", "deg", -7, 5000, Model::Position, 300),
+            s("longitude", "deg", -7, 5000, Model::PositionPartner, 300),
             s("altitude", "m", -1, 10, Model::Adaptive, 300),
         ])
         .expect("the default catalog is valid")

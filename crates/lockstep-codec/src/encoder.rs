@@ -32,7 +32,7 @@ pub struct EncoderConfig {
 
 impl Default for EncoderConfig {
     fn default() -> Self {
-        Self { keyframe_interval_ms: 300_000, checksum: true }
+        Self { keyframe_interval_ms: 600_000, checksum: true }
     }
 }
 
