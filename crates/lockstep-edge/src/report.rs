@@ -104,6 +104,18 @@ pub struct Report {
     pub signal_order: Vec<String>,
     pub overall: OverallReport,
     pub repairs: RepairReport,
+    /// Per input file, in order.
+    pub files: Vec<FileReport>,
+}
+
+/// Per-file figures (every signal together).
+#[derive(Debug, Clone, Serialize)]
+pub struct FileReport {
+    pub name: String,
+    pub readings: u64,
+    pub skipped_fraction: f64,
+    pub hold_skipped_fraction: f64,
+    pub bytes_per_reading: f64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -169,8 +181,15 @@ pub fn analyse(catalog: Arc<Catalog>, trips: &[Trip], batch: usize) -> Result<Re
     let mut repairs = RepairReport::default();
     let seed_fields = lockstep_codec::seed::SEED_FIELDS.len();
 
+    let mut files = Vec::with_capacity(trips.len());
     for trip in trips {
         repairs.merge(&trip.repairs);
+        let totals = |acc: &[Acc]| {
+            acc.iter().fold((0, 0, 0), |t, a| {
+                (t.0 + a.fields, t.1 + a.sent, t.2 + a.hold_sent)
+            })
+        };
+        let before = (totals(&acc), lock_bytes, ov.readings);
         let vin = replay_vin(&trip.name);
         let session_id = lockstep_codec::catalog::fnv1a64(trip.name.as_bytes()) | 1;
         let mut enc = Encoder::new(
@@ -325,6 +344,27 @@ pub fn analyse(catalog: Arc<Catalog>, trips: &[Trip], batch: usize) -> Result<Re
             json_bytes += gz.finish()?.len() as u64;
             ov.readings += chunk.len() as u64;
         }
+        let ((f0, s0, h0), b0, r0) = before;
+        let (f1, s1, h1) = totals(&acc);
+        let (fields, readings) = (f1 - f0, ov.readings - r0);
+        let share = |sent: u64| {
+            if fields == 0 {
+                0.0
+            } else {
+                1.0 - sent as f64 / fields as f64
+            }
+        };
+        files.push(FileReport {
+            name: trip.name.clone(),
+            readings,
+            skipped_fraction: share(s1 - s0),
+            hold_skipped_fraction: share(h1 - h0),
+            bytes_per_reading: if readings == 0 {
+                0.0
+            } else {
+                (lock_bytes - b0) as f64 / readings as f64
+            },
+        });
     }
 
     let frac = |skipped: u64, total: u64| {
@@ -406,6 +446,7 @@ pub fn analyse(catalog: Arc<Catalog>, trips: &[Trip], batch: usize) -> Result<Re
         signal_order: sigs.iter().map(|s| s.name.clone()).collect(),
         overall: ov,
         repairs,
+        files,
     })
 }
 
@@ -587,6 +628,20 @@ pub fn render_text(r: &Report) -> String {
         pct(o.hold_forced_skipped_fraction),
         pct(o.seed_skipped_fraction)
     );
+    if r.files.len() > 1 {
+        s += "Per file (all signals): lockstep skipped / hold skipped / lockstep bytes per reading\n";
+        for f in &r.files {
+            s += &format!(
+                "  {:<28} {:>6} readings  {:>7} {:>7}  {:>6.2}\n",
+                f.name,
+                f.readings,
+                pct(f.skipped_fraction),
+                pct(f.hold_skipped_fraction),
+                f.bytes_per_reading
+            );
+        }
+        s += "\n";
+    }
     s += "Bytes per reading:\n";
     s += &format!(
         "  lockstep batches      {:>7.2}  ({} of raw protobuf)\n",
