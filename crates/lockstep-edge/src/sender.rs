@@ -466,6 +466,16 @@ impl Session {
     }
 }
 
+/// Runs blocking spool I/O (write + fdatasync, ~1 ms) without stalling the
+/// other tasks of a multi-threaded runtime.
+fn disk<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Cuts the open batch into the spool and, for replays, moves the cursor past it.
 fn cut_marking(session: &mut Session, spool: &Spool, cursor: bool) -> Result<()> {
     let last_ts = session.open.last().map(|r| r.timestamp_ms);
@@ -543,7 +553,7 @@ pub async fn run_session(
                 deadline = Some(Instant::now() + cfg.grace);
                 source = None;
                 finished_source = true;
-                cut_marking(&mut session, spool, cursor)?;
+                disk(|| cut_marking(&mut session, spool, cursor))?;
             }
             _ = sleep_opt(deadline) => break,
             reply = maybe(&mut inflight) => {
@@ -557,7 +567,7 @@ pub async fn run_session(
                         resyncs_in_a_row = 0;
                         session.stats.duplicates += u64::from(duplicate);
                         Live::add(&shared.live.readings_acked, session.unacked.front().map_or(0, |b| b.readings.len() as u64));
-                        session.acked(spool)?;
+                        disk(|| session.acked(spool))?;
                     }
                     Reply::Retry { after, why } => {
                         session.stats.retries += 1;
@@ -572,7 +582,7 @@ pub async fn run_session(
                         if kind == "catalog_mismatch" {
                             bail!("the server uses a different signal catalog than this edge (catalog hash {:016x}); update the edge or the server so both use the same catalog", shared.catalog.hash());
                         }
-                        let from = session.resync(spool, next_seq)?;
+                        let from = disk(|| session.resync(spool, next_seq))?;
                         Live::add(&shared.live.resyncs, 1);
                         tracing::info!(vin = %vin, kind = %kind, from_seq = from, "The server asked for a resync; re-sending unacknowledged readings from a keyframe.");
                         // A server that keeps asking for resyncs is not hammered.
@@ -585,7 +595,7 @@ pub async fn run_session(
                         backoff.reset();
                         if let Some(b) = session.unacked.pop_front() {
                             tracing::error!(vin = %vin, status, first_seq = b.first_seq, "The server refused a batch for good ({message}); it was moved to the spool's rejected/ folder.");
-                            spool.reject(&b, &format!("HTTP {status}: {message}"))?;
+                            disk(|| spool.reject(&b, &format!("HTTP {status}: {message}")))?;
                             session.stats.rejected += 1;
                         }
                     }
@@ -601,20 +611,20 @@ pub async fn run_session(
                 }
                 let exhausted = s.peek().is_none();
                 if session.open.len() >= cfg.max_batch_readings || exhausted {
-                    cut_marking(&mut session, spool, cursor)?;
+                    disk(|| cut_marking(&mut session, spool, cursor))?;
                 }
                 if exhausted {
                     source = None;
                     finished_source = true;
                 }
             }
-            _ = sleep_opt(cut_at) => cut_marking(&mut session, spool, cursor)?,
+            _ = sleep_opt(cut_at) => disk(|| cut_marking(&mut session, spool, cursor))?,
             _ = sleep_opt(retry_at) => {}
         }
     }
     // Cancelled with a batch still open (cut failed earlier or readings after cut): spool it.
     if !session.open.is_empty() {
-        cut_marking(&mut session, spool, cursor)?;
+        disk(|| cut_marking(&mut session, spool, cursor))?;
     }
     if cursor && session.is_idle() && deadline.is_none() {
         spool.clear_cursor(&vin);

@@ -6,8 +6,9 @@
 //! a directory listing sorted by name is each session's send order. A file
 //! holds the encoded body *and the raw readings it encodes*: after a resync
 //! (or on a restart) the readings are encoded again from a keyframe.
-//! Files are written to a temporary name, synced and renamed, so a crash
-//! leaves either the old file or the new one. Unreadable files are moved to
+//! Files are written to a temporary name, synced (`fdatasync`) and renamed, so
+//! a crash of the process leaves either the old file or the new one. (The
+//! directory is not synced: after a power loss the last rename may be missing.) Unreadable files are moved to
 //! `corrupt/`, batches the server refuses for good (4xx other than 409) to
 //! `rejected/`: kept for a human, never silently dropped.
 //!
