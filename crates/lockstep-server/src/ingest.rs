@@ -105,9 +105,22 @@ pub async fn post_telemetry(
         }
     };
     let bytes = read_body(&headers, body, app.settings.body_limit).await?;
-    match form {
-        Form::Seed => ingest_seed(&app, &bytes).await.map(Json),
-        Form::Batch => ingest_batch(&app, &bytes).await.map(Json),
+    detached(app, bytes, form).await
+}
+
+/// Runs the ingest on its own task: a client that disconnects mid-request
+/// cannot cancel it between the commit and the installation of the new codec
+/// state, so memory and store never disagree.
+async fn detached(app: AppState, bytes: bytes::Bytes, form: Form) -> Result<Json<Ack>, ApiError> {
+    let task = tokio::spawn(async move {
+        match form {
+            Form::Seed => ingest_seed(&app, &bytes).await,
+            Form::Batch => ingest_batch(&app, &bytes).await,
+        }
+    });
+    match task.await {
+        Ok(r) => r.map(Json),
+        Err(e) => Err(ApiError::Internal(format!("the ingest task failed: {e}"))),
     }
 }
 
@@ -127,7 +140,7 @@ pub async fn post_batch(
         }
     }
     let bytes = read_body(&headers, body, app.settings.body_limit).await?;
-    ingest_batch(&app, &bytes).await.map(Json)
+    detached(app, bytes, Form::Batch).await
 }
 
 /// Reads the body, refusing more than `limit` bytes without buffering them.

@@ -247,28 +247,32 @@ async fn the_real_edge_started_over_websocket_delivers_readings() {
     ws.until(WAIT, "logger", |m| m["data"]["running"] == true)
         .await;
     let mut vins = std::collections::BTreeSet::new();
-    let mut lines = 0;
+    let mut lines = Vec::new();
     let done = loop {
         let m = ws.next_json(Duration::from_secs(30)).await;
         match m["type"].as_str() {
             Some("telemetry") => {
                 vins.insert(m["data"]["vehicle_vin"].as_str().unwrap().to_owned());
             }
-            Some("log") if m["data"]["source"] == "logger" => lines += 1,
+            Some("log") if m["data"]["source"] == "logger" => {
+                lines.push(m["data"]["message"].as_str().unwrap().to_owned())
+            }
             Some("logger") if m["data"]["running"] == false => break m,
             _ => {}
         }
     };
     assert_eq!(
-        done["data"]["last_exit_code"], 0,
-        "the edge exits cleanly after --duration"
+        done["data"]["last_exit_code"],
+        0,
+        "the edge exits cleanly after --duration; its output:\n{}",
+        lines.join("\n")
     );
     assert_eq!(
         vins.len(),
         2,
         "telemetry of both simulated vehicles arrived on the WebSocket"
     );
-    assert!(lines > 0, "the edge's output was forwarded");
+    assert!(!lines.is_empty(), "the edge's output was forwarded");
     let stored = app.db.count("SELECT COUNT(*) FROM telemetry_data").await;
     let distinct = app.db.count("SELECT COUNT(*) FROM (SELECT DISTINCT vehicle_id, session_id, seq FROM telemetry_data)").await;
     assert!(
