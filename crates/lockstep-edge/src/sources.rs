@@ -572,6 +572,20 @@ mod tests {
     }
 
     #[test]
+    fn repairs_cross_midnight_and_a_corrupt_first_row() {
+        let csv = "Date,Time,Soc,Speed,LAT,LON,ALT\n\
+            13/13/2021,23:59:58,50,1,34,-6,10\n\
+            1/1/2021,23:59:59,50,1,34,-6,10\n\
+            90/02/2032,00:00:00,50,1,34,-6,10\n\
+            1/2/2021,00:00:01,50,1,34,-6,10\n";
+        let (r, rep) = parse_twizy(csv.as_bytes()).unwrap();
+        assert_eq!(rep.repaired_timestamps, 2);
+        let t0 = parse_mdy("1/1/2021").unwrap() + parse_hms("23:59:58").unwrap();
+        let ts: Vec<i64> = r.iter().map(|x| x.timestamp_ms).collect();
+        assert_eq!(ts, vec![t0, t0 + 1000, t0 + 2000, t0 + 3000]);
+    }
+
+    #[test]
     fn duplicate_seconds_spread_into_the_gap() {
         let mut rep = RepairReport::default();
         let mut ts = vec![0, 1000, 3000, 3000, 4000, 5000, 5000, 5000];
