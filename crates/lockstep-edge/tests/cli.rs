@@ -29,15 +29,8 @@ fn report_json_on_a_twizy_trip_is_within_tolerance() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
     let signals = v["signals"].as_object().unwrap();
-    for name in [
-        "speed",
-        "battery",
-        "power",
-        "heading",
-        "latitude",
-        "longitude",
-        "altitude",
-    ] {
+    assert_eq!(signals.len(), lockstep_edge::sources::CHANNEL_NAMES.len());
+    for name in lockstep_edge::sources::CHANNEL_NAMES {
         let s = &signals[name];
         let (err, tol) = (
             s["max_error"].as_f64().unwrap(),

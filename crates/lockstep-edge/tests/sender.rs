@@ -198,6 +198,18 @@ async fn spawn_server(
     (url, srv, h)
 }
 
+/// Replays `trip` as fast as possible (a minute at most).
+async fn replay(sh: Shared, trip: &sources::Trip) -> app::Summary {
+    let fleet = Fleet::Replay {
+        trips: vec![trip.clone()],
+        retime: false,
+    };
+    tokio::time::timeout(Duration::from_secs(60), app::run(sh, fleet, true, 1.0))
+        .await
+        .expect("finishes")
+        .unwrap()
+}
+
 fn config(server: &str) -> SenderConfig {
     SenderConfig {
         server: server.into(),
@@ -352,17 +364,7 @@ async fn an_outage_across_an_edge_restart_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(700)).await;
         c2.cancel();
     });
-    let s1 = app::run(
-        sh,
-        Fleet::Replay {
-            trips: vec![trip.clone()],
-            retime: false,
-        },
-        true,
-        1.0,
-    )
-    .await
-    .unwrap();
+    let s1 = replay(sh, &trip).await;
     println!("run 1:\n{s1}");
     assert!(s1.cancelled);
     assert_eq!(s1.stats.readings_acked, 0);
@@ -392,21 +394,7 @@ async fn an_outage_across_an_edge_restart_loses_nothing() {
     })
     .await;
     let sh = shared(config(&url), &spool_dir, CancellationToken::new());
-    let s2 = tokio::time::timeout(
-        Duration::from_secs(60),
-        app::run(
-            sh,
-            Fleet::Replay {
-                trips: vec![trip.clone()],
-                retime: false,
-            },
-            true,
-            1.0,
-        ),
-    )
-    .await
-    .expect("finishes")
-    .unwrap();
+    let s2 = replay(sh, &trip).await;
     println!("run 2:\n{s2}");
     assert_eq!(
         s2.recovered.readings_acked, s1.stats.readings,
