@@ -534,6 +534,13 @@ mod tests {
     }
 
     #[test]
+    fn channel_order_is_the_default_catalogs() {
+        let cat = lockstep_codec::Catalog::default_v1();
+        let names: Vec<&str> = cat.signals().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, CHANNEL_NAMES);
+    }
+
+    #[test]
     fn dates_and_times_parse() {
         assert_eq!(parse_mdy("1/1/1970"), Some(0));
         assert_eq!(parse_mdy("03/29/2021"), Some(1_616_976_000_000));
