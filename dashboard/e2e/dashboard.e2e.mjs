@@ -220,6 +220,20 @@ async function main() {
     await page.screenshot({ path: shot, fullPage: true });
     step(`screenshot saved to ${shot}`);
 
+    // A fresh page gets the recent readings as `history` on connect and charts them at once.
+    await page.reload();
+    await page.waitForSelector('[data-testid=connection][data-phase=connected]');
+    const history = await waitFor('history on reconnect', async () => {
+      const h = await page.$eval('[data-testid=summary]', (el) => el.dataset.history);
+      return h !== '' && h !== undefined ? Number(h) : null;
+    });
+    if (history < 1) throw new Error('the reloaded page got an empty history');
+    const afterReload = await waitFor('charts drawn from history', async () => {
+      const c = await chartPoints('speed');
+      return c.points > 0 ? c : null;
+    });
+    step(`reloaded page: history of ${history} readings, speed chart ${afterReload.points} points`);
+
     if (pageErrors.length) throw new Error(`page errors: ${pageErrors.join(' | ')}`);
     if (consoleErrors.length) step(`console errors (not fatal): ${consoleErrors.join(' | ')}`);
     step('PASS');

@@ -35,7 +35,7 @@ export function App({ client }: { client: DashboardClient }) {
       <header>
         <h1>Lockstep</h1>
         <ConnectionBadge state={state} />
-        <span className="muted">
+        <span className="muted" data-testid="summary" data-history={state.historyReadings ?? ''}>
           {state.vehicles.size} vehicle{state.vehicles.size === 1 ? '' : 's'} · history{' '}
           {state.historyReadings === null ? 'not loaded' : `${state.historyReadings} readings`}
           {state.lagged.events > 0 && <span className="warn"> · {state.lagged.dropped} messages dropped (lagged)</span>}
