@@ -1,7 +1,6 @@
 //! Settings: command-line flags, each with an environment variable
 //! (`.env` is loaded by `main` before parsing). Tests build [`Settings`]
-//! with [`Settings::parse_from`] and never touch the process environment
-//! except through explicit flags.
+//! with [`Settings::from_args_only`], which ignores the process environment.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -242,6 +241,19 @@ pub enum ConfigError {
 }
 
 impl Settings {
+    /// Parses command-line arguments only, ignoring every environment variable:
+    /// tests and embedders inject configuration without the process environment
+    /// leaking in (`args[0]` is the program name).
+    pub fn from_args_only<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::{CommandFactory, FromArgMatches};
+        let cmd = Self::command().mut_args(|a| a.env(None));
+        Self::from_arg_matches(&cmd.try_get_matches_from(args)?)
+    }
+
     /// Resolves the store from DATABASE_URL, ENABLE_SUPABASE and the data directory.
     pub fn store_config(&self) -> Result<StoreConfig, ConfigError> {
         let Some(url) = &self.database_url else {
@@ -334,7 +346,8 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Settings {
-        Settings::parse_from(std::iter::once("lockstep-server").chain(args.iter().copied()))
+        Settings::from_args_only(std::iter::once("lockstep-server").chain(args.iter().copied()))
+            .unwrap()
     }
 
     #[test]
@@ -350,6 +363,10 @@ mod tests {
             StoreConfig::Postgres(_)
         ));
         let s = parse(&["--database-url", "mysql://x"]);
+        assert!(matches!(
+            s.store_config(),
+            Err(ConfigError::DatabaseUrlScheme(_))
+        ));
         assert!(s.store_config().is_err());
         let s = parse(&["--data-dir", "/d"]);
         assert_eq!(

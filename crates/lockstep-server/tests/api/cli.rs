@@ -1,5 +1,6 @@
-//! The binary itself: `--help`, the ENABLE_SUPABASE start-up message, and
-//! SIGTERM → graceful exit with acknowledged data committed.
+//! The binary itself: `--help`, the ENABLE_SUPABASE start-up message,
+//! SIGTERM → graceful exit with acknowledged data committed, and SIGKILL →
+//! a restart that resumes every session where the last acknowledgement left it.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -8,7 +9,10 @@ use lockstep_proto::telemetry::TelemetryReading;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+use crate::both_stores;
 use crate::helpers::*;
+
+both_stores!(sigkill_and_restart_resumes_sessions);
 
 const BIN: &str = env!("CARGO_BIN_EXE_lockstep-server");
 
@@ -64,55 +68,77 @@ async fn supabase_without_database_url_says_what_is_missing() {
     );
 }
 
+/// The server binary, running on port 0 with `env`; its port read from its log.
+struct Running {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+impl Running {
+    async fn start(dir: &std::path::Path, env: &[(&str, String)]) -> Self {
+        let mut cmd = server(dir);
+        cmd.env("PORT", "0")
+            .env("LOCKSTEP_HOST", "127.0.0.1")
+            .env("LOCKSTEP_DATA_DIR", dir.join("data"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let port: u16 = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(rest) = line.split("Listening on http://127.0.0.1:").nth(1) {
+                    return rest
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect::<String>()
+                        .parse()
+                        .unwrap();
+                }
+            }
+            panic!("the server exited before listening")
+        })
+        .await
+        .expect("listening in time");
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, port }
+    }
+
+    async fn post(&self, content_type: &str, body: Vec<u8>) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/api/telemetry", self.port))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.child.id().unwrap() as i32).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_shuts_down_gracefully() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = server(dir.path())
-        .env("PORT", "0")
-        .env("LOCKSTEP_HOST", "127.0.0.1")
-        .env("LOCKSTEP_DATA_DIR", dir.path().join("data"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port: u16 = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("Listening on http://127.0.0.1:").nth(1) {
-                return rest
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect::<String>()
-                    .parse()
-                    .unwrap();
-            }
-        }
-        panic!("the server exited before listening")
-    })
-    .await
-    .expect("listening in time");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-
-    let http = reqwest::Client::new();
     use lockstep_proto::Message as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Running::start(dir.path(), &[]).await;
     let r = TelemetryReading {
         vehicle_vin: vin(50),
         timestamp: 1_764_000_000_000,
         speed: Some(3.0),
         ..Default::default()
     };
-    let resp = http
-        .post(format!("http://127.0.0.1:{port}/api/telemetry"))
-        .header("content-type", SEED)
-        .body(r.encode_to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    assert_eq!(server.post(SEED, r.encode_to_vec()).await.status(), 200);
 
-    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+    server.signal(rustix::process::Signal::TERM);
+    let status = tokio::time::timeout(Duration::from_secs(15), server.child.wait())
         .await
         .expect("exits after SIGTERM")
         .unwrap();
@@ -123,4 +149,78 @@ async fn sigterm_shuts_down_gracefully() {
         .query_row("SELECT COUNT(*) FROM telemetry_data", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 1);
+}
+
+async fn sigkill_and_restart_resumes_sessions(backend: Backend) {
+    use lockstep_proto::Message as _;
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDb::new(backend).await;
+    let env = [("DATABASE_URL", db.url())];
+    let t0 = 1_764_000_000_000;
+    let mut enc = encoder(&vin(60), 0x6060);
+    let batches: Vec<Vec<u8>> = (0..4)
+        .map(|b| batch(&mut enc, b * 25..(b + 1) * 25, t0).encode_to_vec())
+        .collect();
+    let mut seed = lockstep_codec::SeedPredictor::default();
+    let mut seed_reading = |k: usize| {
+        let r = drive(k, t0);
+        let a = [
+            r.values[0].unwrap(),
+            r.values[1].unwrap(),
+            r.values[2].unwrap(),
+            r.values[3].unwrap(),
+        ];
+        seed.encode(
+            &vin(61),
+            r.timestamp_ms,
+            a,
+            lockstep_codec::seed::SEED_TOLERANCES,
+        )
+        .encode_to_vec()
+    };
+    let seed_bodies: Vec<Vec<u8>> = (0..20).map(&mut seed_reading).collect();
+
+    let mut first = Running::start(dir.path(), &env).await;
+    for b in &batches[..2] {
+        assert_eq!(first.post(BATCH, b.clone()).await.status(), 200);
+    }
+    for s in &seed_bodies[..10] {
+        assert_eq!(first.post(SEED, s.clone()).await.status(), 200);
+    }
+    first.signal(rustix::process::Signal::KILL);
+    first.child.wait().await.unwrap();
+
+    // A new process continues both sessions from the committed state: no 409.
+    let mut second = Running::start(dir.path(), &env).await;
+    let resp = second.post(BATCH, batches[1].clone()).await;
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["duplicate"],
+        true,
+        "an acknowledged batch stays acknowledged"
+    );
+    for b in &batches[2..] {
+        let resp = second.post(BATCH, b.clone()).await;
+        assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+    }
+    for s in &seed_bodies[10..] {
+        assert_eq!(second.post(SEED, s.clone()).await.status(), 200);
+    }
+    second.signal(rustix::process::Signal::TERM);
+    second.child.wait().await.unwrap();
+
+    assert_eq!(db.count("SELECT COUNT(*) FROM telemetry_data").await, 120);
+    // The seed predictor resumed exactly: values stay within the seed tolerances after the restart.
+    let rows = db.query("SELECT t.ts, t.speed, t.battery, t.power, t.heading FROM telemetry_data t WHERE t.session_id = 0 ORDER BY t.ts").await;
+    assert_eq!(rows.len(), 20);
+    for (k, row) in rows.iter().enumerate() {
+        let r = drive(k, t0);
+        for i in 0..4 {
+            let stored: f64 = row[1 + i].as_deref().unwrap().parse().unwrap();
+            let actual = r.values[i].unwrap();
+            assert!(
+                (stored - actual).abs() <= lockstep_codec::seed::SEED_TOLERANCES[i] + 1e-9,
+                "seed field {i} of reading {k}: {stored} vs {actual}"
+            );
+        }
+    }
 }

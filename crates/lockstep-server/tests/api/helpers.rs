@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use lockstep_codec::{Catalog, Encoder, EncoderConfig, Reading, Vin};
 use lockstep_proto::Message as _;
@@ -205,7 +204,8 @@ pub fn settings(db_url: &str, extra: &[&str]) -> Settings {
         "false",
     ];
     args.extend_from_slice(extra);
-    Settings::parse_from(args)
+    // Only these flags: nothing from the environment of whoever runs the tests.
+    Settings::from_args_only(args).expect("valid test settings")
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
