@@ -1,6 +1,6 @@
 //! `GET /ws`: one task per client. It subscribes to the hub before reading
 //! history (so nothing committed in between is missed), sends
-//! `{"type":"history"}`, then forwards hub messages that pass the client's
+//! `{"type":"history"}` and the current `compression_stats`, then forwards hub messages that pass the client's
 //! VIN filter. A reader task handles client messages (`subscribe`,
 //! `start_logger`, `stop_logger`). Every send races the shutdown token, so a
 //! stuck client can neither stall shutdown nor anyone else; on shutdown the
@@ -104,6 +104,16 @@ async fn client(
     }
     drop(items);
     drop(history);
+    // The current statistics at once, rather than at the next change.
+    if !send(
+        &mut sink,
+        Message::Text(app.stats.to_json().into()),
+        &cancel,
+    )
+    .await
+    {
+        return close(sink).await;
+    }
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Ctl>(16);
     let reader = tokio::spawn(read_loop(
