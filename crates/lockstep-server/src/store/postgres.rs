@@ -107,6 +107,13 @@ impl PgStore {
         let mut cfg: tokio_postgres::Config = url
             .parse()
             .context("DATABASE_URL is not a valid PostgreSQL connection string")?;
+        // No TLS connector is built in yet: `prefer` (the default) connects in clear text,
+        // `require` must fail at once with a message rather than deep in the pool.
+        anyhow::ensure!(
+            cfg.get_ssl_mode() != tokio_postgres::config::SslMode::Require,
+            "DATABASE_URL asks for sslmode=require, but this build connects to PostgreSQL without TLS; \
+             remove sslmode=require (or use a local TLS-terminating proxy)"
+        );
         cfg.connect_timeout(Duration::from_secs(3));
         if cfg.get_application_name().is_none() {
             cfg.application_name("lockstep-server");
