@@ -232,3 +232,65 @@ async fn cors_allows_only_the_allow_list() {
     let resp = preflight("https://evil.example".into()).await.unwrap();
     assert!(resp.headers().get("access-control-allow-origin").is_none());
 }
+
+/// Random and mutated bodies on both forms: only 200/400/409/422, never a 500,
+/// and the server keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_never_yields_a_server_error() {
+    use lockstep_proto::Message as _;
+    use rand::{Rng, SeedableRng};
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x010c_57e9);
+    let mut enc = encoder(&vin(70), 70);
+    let valid = batch(&mut enc, 0..30, T0).encode_to_vec();
+    let seed = TelemetryReading {
+        vehicle_vin: vin(71),
+        timestamp: T0,
+        speed: Some(5.0),
+        heading: Some(1.0),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    for i in 0..300 {
+        let (ct, body) = match i % 3 {
+            0 => {
+                let n = rng.random_range(0..200);
+                (
+                    if rng.random() { SEED } else { BATCH },
+                    (0..n).map(|_| rng.random::<u8>()).collect::<Vec<u8>>(),
+                )
+            }
+            1 => {
+                let mut b = valid.clone();
+                for _ in 0..rng.random_range(1..4) {
+                    let at = rng.random_range(0..b.len());
+                    b[at] ^= 1 << rng.random_range(0..8);
+                }
+                (BATCH, b)
+            }
+            _ => {
+                let mut b = seed.clone();
+                let at = rng.random_range(0..b.len());
+                b[at] = rng.random();
+                (SEED, b)
+            }
+        };
+        let resp = app.post("/api/telemetry", ct, body.clone()).await;
+        let status = resp.status().as_u16();
+        assert!(
+            matches!(status, 200 | 400 | 409 | 422),
+            "body {body:02x?} as {ct} gave {status}"
+        );
+        let json: Value = resp.json().await.expect("a JSON body");
+        assert!(
+            json["status"] == "success" || json["error"].as_str().is_some_and(|e| !e.is_empty())
+        );
+    }
+    assert_eq!(app.status().await["status"], "healthy");
+    assert_eq!(
+        app.post_batch(&batch(&mut encoder(&vin(72), 1), 0..3, T0))
+            .await
+            .status(),
+        200
+    );
+}
