@@ -56,8 +56,8 @@ async function waitFor(what, fn, timeoutMs = STEP_TIMEOUT, everyMs = 100) {
   }
 }
 
-function startServer(port, workDir) {
-  const logPath = join(workDir, 'server.log');
+function startServer(port, workDir, logName = 'server.log') {
+  const logPath = join(workDir, logName);
   const out = createWriteStream(logPath);
   let cmd, args, env;
   if (target === 'mock') {
@@ -233,6 +233,15 @@ async function main() {
       return c.points > 0 ? c : null;
     });
     step(`reloaded page: history of ${history} readings, speed chart ${afterReload.points} points`);
+
+    // Reconnect: stop the server, the page says so, start it again on the same port (same
+    // database), the page reconnects by itself.
+    await stopServer(server);
+    await page.waitForSelector('[data-testid=connection][data-phase=reconnecting]');
+    step('server stopped; page shows "reconnecting"');
+    server = startServer(port, workDir, 'server-restarted.log');
+    await page.waitForSelector('[data-testid=connection][data-phase=connected]');
+    step('server restarted; page reconnected by itself');
 
     if (pageErrors.length) throw new Error(`page errors: ${pageErrors.join(' | ')}`);
     if (consoleErrors.length) step(`console errors (not fatal): ${consoleErrors.join(' | ')}`);

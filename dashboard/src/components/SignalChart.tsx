@@ -6,6 +6,7 @@ import uPlot from 'uplot';
 import { SIGNAL_UNITS, type Signal } from '../protocol';
 import { chartData, type DashboardState } from '../store';
 import { VEHICLE_COLORS } from '../format';
+import { wrapBreaks, yRange } from '../chart';
 
 interface Props {
   state: DashboardState;
@@ -16,23 +17,32 @@ interface Props {
 
 const noPath = () => null;
 
-/**
- * Fit the y axis to the data with 10 % headroom instead of uPlot's default (which pins 0 into
- * view): a battery at 93 % then shows its 0.3 % steps instead of a flat line at the top.
- */
-export function yRange(_u: uPlot, min: number | null, max: number | null): [number, number] {
-  if (min === null || max === null || !Number.isFinite(min) || !Number.isFinite(max)) return [0, 1];
-  const span = max - min || Math.max(Math.abs(max) * 0.01, 1);
-  return [min - span * 0.1, max + span * 0.1];
-}
 
-function seriesFor(vins: string[]): uPlot.Series[] {
+/** Breaks the heading line where it wraps around 0°/360° instead of drawing across the chart. */
+const headingGaps: uPlot.Series.GapsRefiner = (u, sidx, idx0, idx1, nullGaps) => {
+  const xs = u.data[0];
+  const ys = u.data[sidx] as (number | null)[];
+  const extra = wrapBreaks(ys, idx0, idx1).map(([a, b]): [number, number] => [
+    Math.round(u.valToPos(xs[a], 'x', true)) + 1,
+    Math.round(u.valToPos(xs[b], 'x', true)),
+  ]);
+  return [...nullGaps, ...extra].sort((p, q) => p[0] - q[0]);
+};
+
+function seriesFor(vins: string[], signal: Signal): uPlot.Series[] {
   const out: uPlot.Series[] = [{}];
   vins.forEach((vin, i) => {
     const color = VEHICLE_COLORS[i % VEHICLE_COLORS.length];
     const tag = vin.slice(-6);
     out.push(
-      { label: `${tag} value`, stroke: color, width: 1, spanGaps: true, points: { show: false } },
+      {
+        label: `${tag} value`,
+        stroke: color,
+        width: 1,
+        spanGaps: true,
+        points: { show: false },
+        ...(signal === 'heading' ? { gaps: headingGaps } : {}),
+      },
       { label: `${tag} transmitted`, stroke: color, paths: noPath, points: { show: true, size: 6, width: 1, stroke: color, fill: color } },
       { label: `${tag} reconstructed`, stroke: color, paths: noPath, points: { show: true, size: 6, width: 1.25, stroke: color, fill: '#ffffff' } },
     );
@@ -56,7 +66,7 @@ export function SignalChart({ state, version, signal, vins }: Props) {
       cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true }, y: { range: yRange } },
       axes: [{ size: 30 }, { size: 50, label: undefined }],
-      series: seriesFor(vins),
+      series: seriesFor(vins, signal),
     };
     const data = toAligned(chartData(state, signal, vins));
     const u = new uPlot(opts, data, el);
