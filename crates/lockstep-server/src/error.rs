@@ -26,6 +26,9 @@ pub enum ApiError {
     /// 413: the body exceeds the limit.
     #[error("the request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    /// 413: a batch with more readings than the server takes in one request.
+    #[error("the batch has {count} readings; send at most {max} per request")]
+    TooManyReadings { count: usize, max: usize },
     /// 415: a content type the endpoint does not take.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -49,7 +52,9 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Resync { .. } => StatusCode::CONFLICT,
-            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge { .. } | ApiError::TooManyReadings { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidVin(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::StoreUnavailable { .. } | ApiError::NotAvailable(_) => {

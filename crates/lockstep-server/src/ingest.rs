@@ -263,6 +263,13 @@ async fn ingest_seed(app: &AppState, bytes: &[u8]) -> Result<Ack, ApiError> {
 async fn ingest_batch(app: &AppState, bytes: &[u8]) -> Result<Ack, ApiError> {
     let cb =
         CheckedBatch::parse(&app.catalog, bytes).map_err(|e| ApiError::from_decode(e, None))?;
+    let max = app.settings.max_batch_readings;
+    if cb.len() > max {
+        return Err(ApiError::TooManyReadings {
+            count: cb.len(),
+            max,
+        });
+    }
     let span = tracing::Span::current();
     span.record("vin", cb.vin().as_str());
     span.record(

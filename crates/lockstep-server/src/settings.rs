@@ -117,6 +117,15 @@ pub struct Settings {
     #[arg(help_heading = "Network", long, env = "LOCKSTEP_BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,
 
+    /// Most readings in one lockstep batch (bounds the memory one request can claim).
+    #[arg(
+        help_heading = "Network",
+        long,
+        env = "LOCKSTEP_MAX_BATCH_READINGS",
+        default_value_t = 10_000
+    )]
+    pub max_batch_readings: usize,
+
     /// Readings sent to a new WebSocket client as history.
     #[arg(
         help_heading = "WebSocket",

@@ -27,7 +27,7 @@ async fn bad_requests_get_4xx_and_store_nothing(backend: Backend) {
     // A small body limit: an oversized body then fits in the socket buffers, so the
     // client reads the early 413 instead of racing the server's close.
     let db = std::sync::Arc::new(TestDb::new(backend).await);
-    let app = spawn_app_with(db, &["--body-limit", "4096"]).await;
+    let app = spawn_app_with(db, &["--body-limit", "4096", "--max-batch-readings", "200"]).await;
     let good = TelemetryReading {
         vehicle_vin: vin(1),
         timestamp: T0,
@@ -95,6 +95,9 @@ async fn bad_requests_get_4xx_and_store_nothing(backend: Backend) {
     let mut b = batch(&mut enc, 0..5, T0);
     b.vehicle_vin = "5YJ3E1EA00000000I".into();
     expect_error(app.post_batch(&b).await, 422, "vehicle_vin").await;
+    // More readings than one request may carry (the test server allows 200).
+    let big = batch(&mut encoder(&vin(1), 5), 0..201, T0);
+    expect_error(app.post_batch(&big).await, 413, "at most 200").await;
     let mut b = batch(&mut encoder(&vin(1), 5), 0..5, T0);
     b.count = 0;
     expect_error(app.post_batch(&b).await, 400, "count").await;
