@@ -32,14 +32,27 @@ fn drive() -> Vec<Reading> {
             lon += speed / 3.6 * heading.to_radians().sin() / (111_320.0 * lat.to_radians().cos());
             Reading {
                 timestamp_ms: 1_700_000_000_000 + i as i64 * 1000,
-                values: vec![Some(speed), Some(90.0 - t * 0.001), Some(speed * 0.2 + noise() * 4.0), Some(heading), Some(lat), Some(lon), Some(20.0 + (t / 300.0).sin() * 5.0)],
+                values: vec![
+                    Some(speed),
+                    Some(90.0 - t * 0.001),
+                    Some(speed * 0.2 + noise() * 4.0),
+                    Some(heading),
+                    Some(lat),
+                    Some(lon),
+                    Some(20.0 + (t / 300.0).sin() * 5.0),
+                ],
             }
         })
         .collect()
 }
 
 fn encode_all(catalog: &Arc<Catalog>, rows: &[Reading]) -> Vec<Vec<u8>> {
-    let mut enc = Encoder::new(catalog.clone(), Vin::parse("5YJ3E1EA000000001").unwrap(), 42, EncoderConfig::default());
+    let mut enc = Encoder::new(
+        catalog.clone(),
+        Vin::parse("5YJ3E1EA000000001").unwrap(),
+        42,
+        EncoderConfig::default(),
+    );
     let mut out = Vec::new();
     for r in rows {
         enc.push(r);
@@ -57,7 +70,9 @@ fn bench(c: &mut Criterion) {
     let batches = encode_all(&catalog, &rows);
     let mut g = c.benchmark_group("codec");
     g.throughput(Throughput::Elements(READINGS as u64));
-    g.bench_function("encode", |b| b.iter(|| black_box(encode_all(&catalog, black_box(&rows)))));
+    g.bench_function("encode", |b| {
+        b.iter(|| black_box(encode_all(&catalog, black_box(&rows))))
+    });
     g.bench_function("decode_reconstruct", |b| {
         b.iter(|| {
             let mut state = None;

@@ -136,8 +136,16 @@ impl Catalog {
             if signals[..i].iter().any(|o| o.name == s.name) {
                 return Err(CatalogError::Duplicate(s.name.clone()));
             }
-            let bad = |why: &str| CatalogError::Invalid { name: s.name.clone(), why: why.to_owned() };
-            if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+            let bad = |why: &str| CatalogError::Invalid {
+                name: s.name.clone(),
+                why: why.to_owned(),
+            };
+            if s.name.is_empty()
+                || !s
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
                 return Err(bad("names are lower-case ASCII letters, digits and '_'"));
             }
             if !(-12..=6).contains(&s.quantum_exp) {
@@ -152,35 +160,65 @@ impl Catalog {
         }
         let find = |n: &str| signals.iter().position(|s| s.name == n);
         let lat = signals.iter().position(|s| s.model == Model::Position);
-        let partners = signals.iter().filter(|s| s.model == Model::PositionPartner).count();
+        let partners = signals
+            .iter()
+            .filter(|s| s.model == Model::PositionPartner)
+            .count();
         let position = match lat {
             None if partners == 0 => None,
-            None => return Err(CatalogError::Invalid { name: "longitude".into(), why: "position-partner without a position".into() }),
+            None => {
+                return Err(CatalogError::Invalid {
+                    name: "longitude".into(),
+                    why: "position-partner without a position".into(),
+                });
+            }
             Some(lat) => {
-                let invalid = |why: &str| CatalogError::Invalid { name: signals[lat].name.clone(), why: why.to_owned() };
-                if signals.iter().filter(|s| s.model == Model::Position).count() > 1 || partners != 1 {
+                let invalid = |why: &str| CatalogError::Invalid {
+                    name: signals[lat].name.clone(),
+                    why: why.to_owned(),
+                };
+                if signals
+                    .iter()
+                    .filter(|s| s.model == Model::Position)
+                    .count()
+                    > 1
+                    || partners != 1
+                {
                     return Err(invalid("one position and one position-partner per catalog"));
                 }
-                let lon = find("longitude").filter(|&i| signals[i].model == Model::PositionPartner).ok_or_else(|| invalid("the position partner must be named longitude"))?;
+                let lon = find("longitude")
+                    .filter(|&i| signals[i].model == Model::PositionPartner)
+                    .ok_or_else(|| invalid("the position partner must be named longitude"))?;
                 if lon < lat || signals[lat].quantum_exp != -7 || signals[lon].quantum_exp != -7 {
                     return Err(invalid("latitude precedes longitude, both in 1e-7 degrees"));
                 }
                 let speed = find("speed");
                 let heading = find("heading");
-                if let Some(i) = speed {
-                    if i > lat || signals[i].quantum_exp != -2 {
-                        return Err(invalid("speed for dead reckoning precedes latitude, in 0.01 km/h"));
-                    }
+                if speed.is_some_and(|i| i > lat || signals[i].quantum_exp != -2) {
+                    return Err(invalid(
+                        "speed for dead reckoning precedes latitude, in 0.01 km/h",
+                    ));
                 }
-                if let Some(i) = heading {
-                    if i > lat || signals[i].quantum_exp != -2 || signals[i].model != Model::Angle {
-                        return Err(invalid("heading for dead reckoning precedes latitude, an angle in 0.01 degrees"));
-                    }
+                if heading.is_some_and(|i| {
+                    i > lat || signals[i].quantum_exp != -2 || signals[i].model != Model::Angle
+                }) {
+                    return Err(invalid(
+                        "heading for dead reckoning precedes latitude, an angle in 0.01 degrees",
+                    ));
                 }
-                Some(PositionChannels { lat, lon, speed, heading })
+                Some(PositionChannels {
+                    lat,
+                    lon,
+                    speed,
+                    heading,
+                })
             }
         };
-        let mut c = Self { signals, hash: 0, position };
+        let mut c = Self {
+            signals,
+            hash: 0,
+            position,
+        };
         c.hash = fnv1a64(c.canonical_text().as_bytes());
         Ok(c)
     }
@@ -188,14 +226,15 @@ impl Catalog {
     /// The default catalog: speed, battery, power, heading, latitude,
     /// longitude, altitude with the tolerances the product promises.
     pub fn default_v1() -> Self {
-        let s = |name: &str, unit: &str, quantum_exp, tolerance_q, model, max_silence_s: i64| Signal {
-            name: name.into(),
-            unit: unit.into(),
-            quantum_exp,
-            tolerance_q,
-            model,
-            max_silence_ms: max_silence_s * 1000,
-        };
+        let s =
+            |name: &str, unit: &str, quantum_exp, tolerance_q, model, max_silence_s: i64| Signal {
+                name: name.into(),
+                unit: unit.into(),
+                quantum_exp,
+                tolerance_q,
+                model,
+                max_silence_ms: max_silence_s * 1000,
+            };
         Self::new(vec![
             s("speed", "km/h", -2, 100, Model::Adaptive, 60),
             s("battery", "%", -2, 30, Model::Slope, 300),
@@ -239,7 +278,16 @@ impl Catalog {
     pub fn canonical_text(&self) -> String {
         let mut t = String::from("lockstep-catalog/1\n");
         for s in &self.signals {
-            let _ = writeln!(t, "{};{};1e{};{};{};{}", s.name, s.unit, s.quantum_exp, s.tolerance_q, s.model.name(), s.max_silence_ms);
+            let _ = writeln!(
+                t,
+                "{};{};1e{};{};{};{}",
+                s.name,
+                s.unit,
+                s.quantum_exp,
+                s.tolerance_q,
+                s.model.name(),
+                s.max_silence_ms
+            );
         }
         t
     }
@@ -273,7 +321,10 @@ mod tests {
     fn default_catalog_is_stable() {
         let c = Catalog::default_v1();
         assert_eq!(c.len(), 7);
-        assert!(c.canonical_text().starts_with("lockstep-catalog/1\nspeed;km/h;1e-2;100;adaptive;60000\n"));
+        assert!(
+            c.canonical_text()
+                .starts_with("lockstep-catalog/1\nspeed;km/h;1e-2;100;adaptive;60000\n")
+        );
         // Changing this number means every deployed edge is now incompatible.
         assert_eq!(c.hash(), fnv1a64(c.canonical_text().as_bytes()));
     }

@@ -20,7 +20,9 @@ pub enum DecodeError {
     #[error("invalid vehicle_vin: {0}")]
     Vin(#[from] VinError),
     /// Edge and cloud use different signal catalogs (409).
-    #[error("catalog mismatch: the server uses catalog {expected:016x}, the batch was encoded with {got:016x}")]
+    #[error(
+        "catalog mismatch: the server uses catalog {expected:016x}, the batch was encoded with {got:016x}"
+    )]
     CatalogMismatch { expected: u64, got: u64 },
     /// No state for this session and the batch does not start with a keyframe (409).
     #[error("unknown session {session_id:016x} and the batch does not start with a keyframe")]
@@ -29,17 +31,28 @@ pub enum DecodeError {
     #[error("gap: expected sequence number {expected}, the batch starts at {got}")]
     Gap { expected: u64, got: u64 },
     /// The batch starts before the next expected reading but ends after it (409).
-    #[error("overlap: expected sequence number {expected}, the batch starts at {got} and goes past it")]
+    #[error(
+        "overlap: expected sequence number {expected}, the batch starts at {got} and goes past it"
+    )]
     Overlap { expected: u64, got: u64 },
     /// The predictor states of edge and cloud differ (409).
-    #[error("state checksum mismatch after sequence number {seq}: edge {edge:08x}, cloud {cloud:08x}")]
+    #[error(
+        "state checksum mismatch after sequence number {seq}: edge {edge:08x}, cloud {cloud:08x}"
+    )]
     ChecksumMismatch { seq: u64, edge: u32, cloud: u32 },
 }
 
 impl DecodeError {
     /// The edge must send a keyframe (HTTP 409 with `"resync_required": true`).
     pub fn resync_required(&self) -> bool {
-        matches!(self, Self::CatalogMismatch { .. } | Self::UnknownSession { .. } | Self::Gap { .. } | Self::Overlap { .. } | Self::ChecksumMismatch { .. })
+        matches!(
+            self,
+            Self::CatalogMismatch { .. }
+                | Self::UnknownSession { .. }
+                | Self::Gap { .. }
+                | Self::Overlap { .. }
+                | Self::ChecksumMismatch { .. }
+        )
     }
 }
 
@@ -55,7 +68,10 @@ pub struct CheckedBatch {
 #[derive(Debug, Clone, PartialEq)]
 pub enum BatchOutcome {
     /// New readings, and the state after them (commit it with the readings).
-    Fresh { readings: Vec<DecodedReading>, state: SessionState },
+    Fresh {
+        readings: Vec<DecodedReading>,
+        state: SessionState,
+    },
     /// Every reading was already accepted: acknowledge again, store nothing.
     Duplicate,
 }
@@ -83,7 +99,10 @@ impl CheckedBatch {
     pub fn check(catalog: &Catalog, batch: Batch) -> Result<Self, DecodeError> {
         let vin = Vin::parse(&batch.vehicle_vin)?;
         if batch.catalog_hash != catalog.hash() {
-            return Err(DecodeError::CatalogMismatch { expected: catalog.hash(), got: batch.catalog_hash });
+            return Err(DecodeError::CatalogMismatch {
+                expected: catalog.hash(),
+                got: batch.catalog_hash,
+            });
         }
         let n = batch.count as usize;
         let bad = |m: String| Err(DecodeError::Malformed(m));
@@ -97,20 +116,40 @@ impl CheckedBatch {
             return bad("sequence numbers overflow".into());
         }
         if batch.timestamp_dod.len() != n - 1 {
-            return bad(format!("{} timestamp deltas for {n} readings (want {})", batch.timestamp_dod.len(), n - 1));
+            return bad(format!(
+                "{} timestamp deltas for {n} readings (want {})",
+                batch.timestamp_dod.len(),
+                n - 1
+            ));
         }
         if batch.transmitted.len() != n {
-            return bad(format!("{} transmitted masks for {n} readings", batch.transmitted.len()));
+            return bad(format!(
+                "{} transmitted masks for {n} readings",
+                batch.transmitted.len()
+            ));
         }
         if !batch.nulls.is_empty() && batch.nulls.len() != n {
             return bad(format!("{} null masks for {n} readings", batch.nulls.len()));
         }
         let channels = catalog.len();
-        let all = if channels == 64 { u64::MAX } else { (1u64 << channels) - 1 };
-        if batch.transmitted.iter().chain(&batch.nulls).any(|m| m & !all != 0) {
-            return bad(format!("a mask names a channel beyond the catalog's {channels}"));
+        let all = if channels == 64 {
+            u64::MAX
+        } else {
+            (1u64 << channels) - 1
+        };
+        if batch
+            .transmitted
+            .iter()
+            .chain(&batch.nulls)
+            .any(|m| m & !all != 0)
+        {
+            return bad(format!(
+                "a mask names a channel beyond the catalog's {channels}"
+            ));
         }
-        if batch.keyframes.windows(2).any(|w| w[0] >= w[1]) || batch.keyframes.last().is_some_and(|&k| k as usize >= n) {
+        if batch.keyframes.windows(2).any(|w| w[0] >= w[1])
+            || batch.keyframes.last().is_some_and(|&k| k as usize >= n)
+        {
             return bad("keyframe indices are not ascending within the batch".into());
         }
         Ok(Self { vin, batch })
@@ -148,21 +187,49 @@ impl CheckedBatch {
     /// Reconstructs the batch against `state` (the session's state, `None`
     /// if the server has none). Pure: the caller commits the returned state
     /// together with the readings.
-    pub fn decode(&self, catalog: &Catalog, state: Option<&SessionState>) -> Result<BatchOutcome, DecodeError> {
+    pub fn decode(
+        &self,
+        catalog: &Catalog,
+        state: Option<&SessionState>,
+    ) -> Result<BatchOutcome, DecodeError> {
         let b = &self.batch;
         let mut state = match state {
             Some(s) if self.last_seq() < s.next_seq() => return Ok(BatchOutcome::Duplicate),
-            Some(s) if b.first_seq == s.next_seq() || self.starts_with_keyframe() && b.first_seq > s.next_seq() => s.clone(),
-            Some(s) if b.first_seq > s.next_seq() => return Err(DecodeError::Gap { expected: s.next_seq(), got: b.first_seq }),
-            Some(s) => return Err(DecodeError::Overlap { expected: s.next_seq(), got: b.first_seq }),
+            Some(s)
+                if b.first_seq == s.next_seq()
+                    || self.starts_with_keyframe() && b.first_seq > s.next_seq() =>
+            {
+                s.clone()
+            }
+            Some(s) if b.first_seq > s.next_seq() => {
+                return Err(DecodeError::Gap {
+                    expected: s.next_seq(),
+                    got: b.first_seq,
+                });
+            }
+            Some(s) => {
+                return Err(DecodeError::Overlap {
+                    expected: s.next_seq(),
+                    got: b.first_seq,
+                });
+            }
             None if self.starts_with_keyframe() => SessionState::new(catalog, b.first_seq),
-            None => return Err(DecodeError::UnknownSession { session_id: b.session_id }),
+            None => {
+                return Err(DecodeError::UnknownSession {
+                    session_id: b.session_id,
+                });
+            }
         };
         if state.next_seq() != b.first_seq {
             // A keyframe after a gap: the missing readings are lost for good.
             state = SessionState::new(catalog, b.first_seq);
         }
-        let mut wire = Wire { values: &b.values, pos: 0, transmitted: 0, nulls: 0 };
+        let mut wire = Wire {
+            values: &b.values,
+            pos: 0,
+            transmitted: 0,
+            nulls: 0,
+        };
         let mut keyframes = b.keyframes.iter().peekable();
         let mut ts = b.first_timestamp_ms;
         let mut dt = 0i64;
@@ -175,16 +242,25 @@ impl CheckedBatch {
             let keyframe = keyframes.next_if(|&&k| k as usize == i).is_some();
             wire.transmitted = b.transmitted[i];
             wire.nulls = b.nulls.get(i).copied().unwrap_or(0);
-            let frame = state.step(catalog, ts, keyframe, &mut wire).map_err(|e| e.at(b.first_seq + i as u64))?;
+            let frame = state
+                .step(catalog, ts, keyframe, &mut wire)
+                .map_err(|e| e.at(b.first_seq + i as u64))?;
             readings.push(dequantise(catalog, frame));
         }
         if wire.pos != b.values.len() {
-            return Err(DecodeError::Malformed(format!("{} values left over after the last reading", b.values.len() - wire.pos)));
+            return Err(DecodeError::Malformed(format!(
+                "{} values left over after the last reading",
+                b.values.len() - wire.pos
+            )));
         }
         if let Some(edge) = b.state_checksum {
             let cloud = state.checksum();
             if edge != cloud {
-                return Err(DecodeError::ChecksumMismatch { seq: self.last_seq(), edge, cloud });
+                return Err(DecodeError::ChecksumMismatch {
+                    seq: self.last_seq(),
+                    edge,
+                    cloud,
+                });
             }
         }
         Ok(BatchOutcome::Fresh { readings, state })
@@ -192,8 +268,19 @@ impl CheckedBatch {
 }
 
 fn dequantise(catalog: &Catalog, f: Frame) -> DecodedReading {
-    let values = f.values.iter().zip(catalog.signals()).map(|(v, s)| v.map(|q| s.dequantise(q))).collect();
-    DecodedReading { seq: f.seq, timestamp_ms: f.timestamp_ms, keyframe: f.keyframe, transmitted: f.transmitted, values }
+    let values = f
+        .values
+        .iter()
+        .zip(catalog.signals())
+        .map(|(v, s)| v.map(|q| s.dequantise(q)))
+        .collect();
+    DecodedReading {
+        seq: f.seq,
+        timestamp_ms: f.timestamp_ms,
+        keyframe: f.keyframe,
+        transmitted: f.transmitted,
+        values,
+    }
 }
 
 /// The decoder's [`FrameSource`]: reads masks and values off the wire.
@@ -215,9 +302,15 @@ impl WireError {
     fn at(self, seq: u64) -> DecodeError {
         match self {
             Self::Short => DecodeError::Malformed(format!("values end inside reading {seq}")),
-            Self::Conflict(ch) => DecodeError::Malformed(format!("reading {seq}: channel {ch} is both null and transmitted")),
+            Self::Conflict(ch) => DecodeError::Malformed(format!(
+                "reading {seq}: channel {ch} is both null and transmitted"
+            )),
             // The edge predicted a value the cloud cannot: the states differ.
-            Self::NoPrediction(ch) => DecodeError::ChecksumMismatch { seq, edge: 0, cloud: ch as u32 },
+            Self::NoPrediction(ch) => DecodeError::ChecksumMismatch {
+                seq,
+                edge: 0,
+                cloud: ch as u32,
+            },
         }
     }
 }
@@ -258,7 +351,12 @@ impl FrameSource for Wire<'_> {
         }
     }
 
-    fn position(&mut self, pc: PositionChannels, _tol_mm: i64, ask: Ask<(i64, i64)>) -> Result<(Outcome, i64), WireError> {
+    fn position(
+        &mut self,
+        pc: PositionChannels,
+        _tol_mm: i64,
+        ask: Ask<(i64, i64)>,
+    ) -> Result<(Outcome, i64), WireError> {
         let pred = ask.pred;
         let (tx, null) = self.flags(pc.lat)?;
         if self.flags(pc.lon)? != (tx, null) {
@@ -270,7 +368,8 @@ impl FrameSource for Wire<'_> {
             (false, _, Some(_)) => Ok((Outcome::Predicted, 0)),
             (true, _, p) => {
                 let (a, b) = (self.next()?, self.next()?);
-                let (la, lo) = p.map_or((a, b), |(pa, pb)| (pa.wrapping_add(a), pb.wrapping_add(b)));
+                let (la, lo) =
+                    p.map_or((a, b), |(pa, pb)| (pa.wrapping_add(a), pb.wrapping_add(b)));
                 Ok((Outcome::Sent(la), lo))
             }
         }

@@ -32,7 +32,10 @@ pub struct EncoderConfig {
 
 impl Default for EncoderConfig {
     fn default() -> Self {
-        Self { keyframe_interval_ms: 600_000, checksum: true }
+        Self {
+            keyframe_interval_ms: 600_000,
+            checksum: true,
+        }
     }
 }
 
@@ -70,7 +73,16 @@ impl Encoder {
     /// reading is a keyframe with sequence number 0.
     pub fn new(catalog: Arc<Catalog>, vin: Vin, session_id: u64, config: EncoderConfig) -> Self {
         let state = SessionState::new(&catalog, 0);
-        Self { catalog, vin, session_id, config, state, keyframe_due: true, last_keyframe_ts: 0, pending: Pending::default() }
+        Self {
+            catalog,
+            vin,
+            session_id,
+            config,
+            state,
+            keyframe_due: true,
+            last_keyframe_ts: 0,
+            pending: Pending::default(),
+        }
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {
@@ -127,7 +139,9 @@ impl Encoder {
     /// any other value; the error bound is unchanged.
     pub fn push_with_lookahead(&mut self, reading: &Reading, future: &[Reading]) -> Frame {
         let ts = reading.timestamp_ms;
-        let keyframe = self.keyframe_due || (self.config.keyframe_interval_ms > 0 && ts - self.last_keyframe_ts >= self.config.keyframe_interval_ms);
+        let keyframe = self.keyframe_due
+            || (self.config.keyframe_interval_ms > 0
+                && ts - self.last_keyframe_ts >= self.config.keyframe_interval_ms);
         if keyframe {
             self.keyframe_due = false;
             self.last_keyframe_ts = ts;
@@ -146,7 +160,11 @@ impl Encoder {
         if keyframe {
             p.keyframes.push(p.count);
         }
-        let mut src = Actual { reading, future: &future[..future.len().min(LOOKAHEAD)], values: &mut p.values };
+        let mut src = Actual {
+            reading,
+            future: &future[..future.len().min(LOOKAHEAD)],
+            values: &mut p.values,
+        };
         let Ok(frame) = self.state.step(&self.catalog, ts, keyframe, &mut src);
         p.transmitted.push(frame.transmitted);
         p.nulls.push(frame.nulls);
@@ -187,14 +205,20 @@ struct Actual<'a> {
 }
 
 fn value_of(r: &Reading, ch: usize) -> Option<f64> {
-    r.values.get(ch).copied().flatten().filter(|v| v.is_finite())
+    r.values
+        .get(ch)
+        .copied()
+        .flatten()
+        .filter(|v| v.is_finite())
 }
 
 impl Actual<'_> {
     /// The quantised future values of `ch`, up to the first missing one.
     fn future(&self, ch: usize, sig: &Signal) -> impl Iterator<Item = i64> + '_ {
         let sig = sig.clone();
-        self.future.iter().map_while(move |r| value_of(r, ch).map(|v| sig.quantise(v)))
+        self.future
+            .iter()
+            .map_while(move |r| value_of(r, ch).map(|v| sig.quantise(v)))
     }
 
     /// The value to send for `q` when it will be held: the middle of the
@@ -213,7 +237,11 @@ impl Actual<'_> {
         }
         let mid = lo + (hi - lo) / 2;
         let mid = turn.map_or(mid, |t| mid.rem_euclid(t));
-        if residual(mid, q, turn).abs() <= tol { mid } else { q }
+        if residual(mid, q, turn).abs() <= tol {
+            mid
+        } else {
+            q
+        }
     }
 
     /// The 2-D version of [`Self::held_value`]: the centre of the longest run
@@ -223,7 +251,9 @@ impl Actual<'_> {
         let (mut x0, mut x1, mut y0, mut y1) = (0i128, 0i128, 0i128, 0i128);
         let lim = 4 * i128::from(tol_mm) * i128::from(tol_mm);
         for r in self.future {
-            let (Some(la), Some(lo)) = (value_of(r, pc.lat), value_of(r, pc.lon)) else { break };
+            let (Some(la), Some(lo)) = (value_of(r, pc.lat), value_of(r, pc.lon)) else {
+                break;
+            };
             let x = lon_q_to_mm(quantise_deg(lo) - q.1, cos);
             let y = lat_q_to_mm(quantise_deg(la) - q.0);
             let (a, b, c, d) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
@@ -232,9 +262,16 @@ impl Actual<'_> {
             }
             (x0, x1, y0, y1) = (a, b, c, d);
         }
-        let centre = (q.0 + mm_to_lat_q(((y0 + y1) / 2) as i64), q.1 + mm_to_lon_q(((x0 + x1) / 2) as i64, cos));
+        let centre = (
+            q.0 + mm_to_lat_q(((y0 + y1) / 2) as i64),
+            q.1 + mm_to_lon_q(((x0 + x1) / 2) as i64, cos),
+        );
         let tol = i128::from(tol_mm);
-        if dist2_mm(q, centre) <= tol * tol { centre } else { q }
+        if dist2_mm(q, centre) <= tol * tol {
+            centre
+        } else {
+            q
+        }
     }
 }
 
@@ -247,16 +284,20 @@ impl FrameSource for Actual<'_> {
     type Error = std::convert::Infallible;
 
     fn scalar(&mut self, ch: usize, sig: &Signal, ask: Ask<i64>) -> Result<Outcome, Self::Error> {
-        let Some(v) = value_of(self.reading, ch) else { return Ok(Outcome::Null) };
+        let Some(v) = value_of(self.reading, ch) else {
+            return Ok(Outcome::Null);
+        };
         let turn = angle_turn(sig);
         let mut q = sig.quantise(v);
         if let Some(t) = turn {
             q = q.rem_euclid(t);
         }
-        if let Some(p) = ask.pred {
-            if !ask.force && residual(q, p, turn).abs() <= sig.tolerance_q {
-                return Ok(Outcome::Predicted);
-            }
+        if !ask.force
+            && ask
+                .pred
+                .is_some_and(|p| residual(q, p, turn).abs() <= sig.tolerance_q)
+        {
+            return Ok(Outcome::Predicted);
         }
         if ask.holds && !self.future.is_empty() {
             q = self.held_value(ch, sig, q, turn);
@@ -268,14 +309,22 @@ impl FrameSource for Actual<'_> {
         Ok(Outcome::Sent(q))
     }
 
-    fn position(&mut self, pc: PositionChannels, tol_mm: i64, ask: Ask<(i64, i64)>) -> Result<(Outcome, i64), Self::Error> {
-        let (Some(la), Some(lo)) = (value_of(self.reading, pc.lat), value_of(self.reading, pc.lon)) else { return Ok((Outcome::Null, 0)) };
+    fn position(
+        &mut self,
+        pc: PositionChannels,
+        tol_mm: i64,
+        ask: Ask<(i64, i64)>,
+    ) -> Result<(Outcome, i64), Self::Error> {
+        let (Some(la), Some(lo)) = (
+            value_of(self.reading, pc.lat),
+            value_of(self.reading, pc.lon),
+        ) else {
+            return Ok((Outcome::Null, 0));
+        };
         let mut q = (quantise_deg(la), quantise_deg(lo));
         let tol = i128::from(tol_mm);
-        if let Some(p) = ask.pred {
-            if !ask.force && dist2_mm(q, p) <= tol * tol {
-                return Ok((Outcome::Predicted, 0));
-            }
+        if !ask.force && ask.pred.is_some_and(|p| dist2_mm(q, p) <= tol * tol) {
+            return Ok((Outcome::Predicted, 0));
         }
         if ask.holds && !self.future.is_empty() {
             q = self.held_position(pc, tol_mm, q);

@@ -12,7 +12,11 @@ pub const MM_PER_Q_X1000: i64 = 11_132;
 /// `n / d` rounded half away from zero; `d > 0`.
 pub fn div_round(n: i128, d: i128) -> i128 {
     debug_assert!(d > 0);
-    if n >= 0 { (n + d / 2) / d } else { -((-n + d / 2) / d) }
+    if n >= 0 {
+        (n + d / 2) / d
+    } else {
+        -((-n + d / 2) / d)
+    }
 }
 
 /// Sine of an angle in centidegrees (any integer), in Q30.
@@ -99,7 +103,10 @@ mod tests {
         for a in (-36_000..72_000).step_by(7) {
             let exact = (a as f64 / 100.0).to_radians().sin();
             let got = sin_cdeg(a) as f64 / ONE_Q30 as f64;
-            assert!((exact - got).abs() < 2e-8, "sin({a} cdeg): {got} vs {exact}");
+            assert!(
+                (exact - got).abs() < 2e-8,
+                "sin({a} cdeg): {got} vs {exact}"
+            );
         }
         assert_eq!(sin_cdeg(0), 0);
         assert_eq!(cos_cdeg(0), ONE_Q30);

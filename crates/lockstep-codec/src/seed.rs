@@ -144,7 +144,12 @@ mod tests {
         let mut cloud = SeedPredictor::default();
         for k in 0..200 {
             let x = k as f64;
-            let actual = [x * 0.7 % 50.0, 90.0 - x * 0.01, (x * 0.3).sin() * 10.0, (x * 3.0) % 360.0];
+            let actual = [
+                x * 0.7 % 50.0,
+                90.0 - x * 0.01,
+                (x * 0.3).sin() * 10.0,
+                (x * 3.0) % 360.0,
+            ];
             let wire = edge.encode("5YJ3E1EA000000001", k, actual, SEED_TOLERANCES);
             let rec = cloud.reconstruct(&wire);
             assert_eq!(edge, cloud);

@@ -4,7 +4,9 @@
 //! predictions, the state updates, the checksum — is this one code path.
 
 use crate::catalog::{Catalog, Model, PositionChannels, Signal, fnv1a32};
-use crate::fixed::{ONE_Q30, cos_cdeg, cos_lat_q30, dist2_mm, div_round, mm_to_lat_q, mm_to_lon_q, sin_cdeg};
+use crate::fixed::{
+    ONE_Q30, cos_cdeg, cos_lat_q30, dist2_mm, div_round, mm_to_lat_q, mm_to_lon_q, sin_cdeg,
+};
 
 /// Score added to an adaptive candidate whose prediction was within tolerance.
 const HIT: i64 = 256;
@@ -37,6 +39,14 @@ struct Position {
     /// Scores of [hold, dead reckoning] and the current choice.
     score: [i64; 2],
     choice: u8,
+}
+
+/// The two position predictions of one reading, `(lat, lon)` in 1e-7
+/// degrees, and the dead-reckoning offsets `(east, north)` mm after its step.
+struct Candidates {
+    hold: Option<(i64, i64)>,
+    dr: Option<(i64, i64)>,
+    offsets: (i64, i64),
 }
 
 /// Everything edge and cloud must agree on for one session. Serialised by
@@ -80,7 +90,12 @@ pub(crate) trait FrameSource {
     fn scalar(&mut self, ch: usize, sig: &Signal, ask: Ask<i64>) -> Result<Outcome, Self::Error>;
     /// The position pair; an `Outcome::Sent` carries the latitude, the
     /// longitude is returned in the second element.
-    fn position(&mut self, pc: PositionChannels, tol_mm: i64, ask: Ask<(i64, i64)>) -> Result<(Outcome, i64), Self::Error>;
+    fn position(
+        &mut self,
+        pc: PositionChannels,
+        tol_mm: i64,
+        ask: Ask<(i64, i64)>,
+    ) -> Result<(Outcome, i64), Self::Error>;
 }
 
 /// The result of one reading, in quanta per channel.
@@ -134,7 +149,13 @@ impl SessionState {
 
     /// Runs one reading through the predictors: predicts each channel, asks
     /// `src` what happened, then learns the reconstructed values.
-    pub(crate) fn step<S: FrameSource>(&mut self, catalog: &Catalog, ts: i64, keyframe: bool, src: &mut S) -> Result<Frame, S::Error> {
+    pub(crate) fn step<S: FrameSource>(
+        &mut self,
+        catalog: &Catalog,
+        ts: i64,
+        keyframe: bool,
+        src: &mut S,
+    ) -> Result<Frame, S::Error> {
         if keyframe {
             self.reset();
         }
@@ -147,13 +168,18 @@ impl SessionState {
                 Model::PositionPartner => continue,
                 Model::Position => {
                     let pc = catalog.position().expect("validated catalog");
-                    let (hold, dr, _) = self.position_candidates(&values, pc, ts);
+                    let Candidates { hold, dr, .. } = self.position_candidates(&values, pc, ts);
                     let pred = if self.position.choice == 0 { hold } else { dr };
-                    let ask = Ask { pred, force: self.silent_too_long(i, sig, ts), holds: self.position.choice == 0 };
+                    let ask = Ask {
+                        pred,
+                        force: self.silent_too_long(i, sig, ts),
+                        holds: self.position.choice == 0,
+                    };
                     match src.position(pc, sig.tolerance_q, ask)? {
                         (Outcome::Null, _) => nulls |= (1 << pc.lat) | (1 << pc.lon),
                         (Outcome::Predicted, _) => {
-                            let (la, lo) = pred.expect("a source predicts only what has a prediction");
+                            let (la, lo) =
+                                pred.expect("a source predicts only what has a prediction");
                             values[pc.lat] = Some(la);
                             values[pc.lon] = Some(lo);
                         }
@@ -171,10 +197,17 @@ impl SessionState {
                         Model::Adaptive => self.channels[i].choice == 0,
                         _ => false,
                     };
-                    let ask = Ask { pred, force: self.silent_too_long(i, sig, ts), holds };
+                    let ask = Ask {
+                        pred,
+                        force: self.silent_too_long(i, sig, ts),
+                        holds,
+                    };
                     match src.scalar(i, sig, ask)? {
                         Outcome::Null => nulls |= 1 << i,
-                        Outcome::Predicted => values[i] = Some(pred.expect("a source predicts only what has a prediction")),
+                        Outcome::Predicted => {
+                            values[i] =
+                                Some(pred.expect("a source predicts only what has a prediction"))
+                        }
                         Outcome::Sent(v) => {
                             transmitted |= 1 << i;
                             values[i] = Some(v);
@@ -184,7 +217,14 @@ impl SessionState {
             }
         }
         self.learn(catalog, ts, &values, transmitted);
-        let frame = Frame { seq: self.next_seq, timestamp_ms: ts, keyframe, transmitted, nulls, values };
+        let frame = Frame {
+            seq: self.next_seq,
+            timestamp_ms: ts,
+            keyframe,
+            transmitted,
+            nulls,
+            values,
+        };
         self.next_seq += 1;
         self.last_ts = Some(ts);
         Ok(frame)
@@ -215,7 +255,12 @@ impl SessionState {
 
     /// Hold and dead-reckoning predictions of the position, and the DR
     /// offsets after this reading's step.
-    fn position_candidates(&self, values: &[Option<i64>], pc: PositionChannels, ts: i64) -> (Option<(i64, i64)>, Option<(i64, i64)>, (i64, i64)) {
+    fn position_candidates(
+        &self,
+        values: &[Option<i64>],
+        pc: PositionChannels,
+        ts: i64,
+    ) -> Candidates {
         let hold = match (self.channels[pc.lat].last, self.channels[pc.lon].last) {
             (Some(a), Some(b)) => Some((a, b)),
             _ => None,
@@ -232,10 +277,17 @@ impl SessionState {
             north += div_round(dist * i128::from(cos_cdeg(h)), i128::from(ONE_Q30)) as i64;
         }
         let dr = match p.fix {
-            Some((la, lo)) => Some((la + mm_to_lat_q(north), lo + mm_to_lon_q(east, cos_lat_q30(la)))),
+            Some((la, lo)) => Some((
+                la + mm_to_lat_q(north),
+                lo + mm_to_lon_q(east, cos_lat_q30(la)),
+            )),
             None => hold,
         };
-        (hold, dr, (east, north))
+        Candidates {
+            hold,
+            dr,
+            offsets: (east, north),
+        }
     }
 
     /// Updates every channel with the reconstructed values of one reading.
@@ -252,7 +304,11 @@ impl SessionState {
             let c = &mut self.channels[i];
             if sig.model == Model::Adaptive {
                 let candidates = [c.last, slope(c, ts)];
-                score(&mut c.score, &mut c.choice, candidates.map(|p| p.map(|p| (p - r).abs() <= sig.tolerance_q)));
+                score(
+                    &mut c.score,
+                    &mut c.choice,
+                    candidates.map(|p| p.map(|p| (p - r).abs() <= sig.tolerance_q)),
+                );
             }
             c.last = Some(r);
             if tx {
@@ -269,7 +325,7 @@ impl SessionState {
         let tol = i128::from(catalog.signals()[pc.lat].tolerance_q);
         match (values[pc.lat], values[pc.lon]) {
             (Some(la), Some(lo)) => {
-                let (hold, dr, offsets) = self.position_candidates(values, pc, ts);
+                let Candidates { hold, dr, offsets } = self.position_candidates(values, pc, ts);
                 let hits = [hold, dr].map(|p| p.map(|p| dist2_mm(p, (la, lo)) <= tol * tol));
                 let p = &mut self.position;
                 score(&mut p.score, &mut p.choice, hits);
@@ -340,8 +396,19 @@ impl SessionState {
                 choice: r.u8()?,
             });
         }
-        let position = Position { fix: r.pair()?, east_mm: r.i64()?, north_mm: r.i64()?, score: [r.i64()?, r.i64()?], choice: r.u8()? };
-        r.0.is_empty().then_some(Self { next_seq, last_ts, channels, position })
+        let position = Position {
+            fix: r.pair()?,
+            east_mm: r.i64()?,
+            north_mm: r.i64()?,
+            score: [r.i64()?, r.i64()?],
+            choice: r.u8()?,
+        };
+        r.0.is_empty().then_some(Self {
+            next_seq,
+            last_ts,
+            channels,
+            position,
+        })
     }
 
     /// FNV-1a 32 of [`Self::to_bytes`].

@@ -12,7 +12,9 @@ pub struct Vin(String);
 pub enum VinError {
     #[error("a VIN has 17 characters, this one has {0}")]
     Length(usize),
-    #[error("VIN character {ch:?} at position {pos} is not allowed (digits and capital letters except I, O, Q)")]
+    #[error(
+        "VIN character {ch:?} at position {pos} is not allowed (digits and capital letters except I, O, Q)"
+    )]
     Character { pos: usize, ch: char },
 }
 
@@ -23,7 +25,8 @@ impl Vin {
             return Err(VinError::Length(n));
         }
         for (pos, ch) in s.chars().enumerate() {
-            let ok = ch.is_ascii_digit() || (ch.is_ascii_uppercase() && !matches!(ch, 'I' | 'O' | 'Q'));
+            let ok =
+                ch.is_ascii_digit() || (ch.is_ascii_uppercase() && !matches!(ch, 'I' | 'O' | 'Q'));
             if !ok {
                 return Err(VinError::Character { pos, ch });
             }
@@ -63,7 +66,10 @@ mod tests {
     fn accepts_seed_vins_and_rejects_bad_ones() {
         assert!(Vin::parse("5YJ3E1EA000000001").is_ok());
         assert_eq!(Vin::parse("SHORT"), Err(VinError::Length(5)));
-        assert!(matches!(Vin::parse("5YJ3E1EA00000000I"), Err(VinError::Character { pos: 16, .. })));
+        assert!(matches!(
+            Vin::parse("5YJ3E1EA00000000I"),
+            Err(VinError::Character { pos: 16, .. })
+        ));
         assert!(Vin::parse("5yj3e1ea000000001").is_err());
     }
 }

@@ -11,7 +11,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use lockstep_codec::seed::SEED_TOLERANCES;
-use lockstep_codec::{BatchOutcome, Catalog, CheckedBatch, Encoder, EncoderConfig, Reading, SeedPredictor, SessionState, Vin};
+use lockstep_codec::{
+    BatchOutcome, Catalog, CheckedBatch, Encoder, EncoderConfig, Reading, SeedPredictor,
+    SessionState, Vin,
+};
 use lockstep_proto::Message;
 use lockstep_proto::telemetry::TelemetryReading;
 use serde::{Deserialize, Serialize};
@@ -69,7 +72,10 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 /// Deterministic inputs, chosen to exercise every model and edge case.
@@ -82,7 +88,8 @@ fn inputs() -> Vec<(&'static str, usize, bool, i64, Vec<InputReading>)> {
         (x % 10_000) as f64 / 10_000.0
     };
     let mut city = Vec::new();
-    let (mut v, mut soc, mut h, mut lat, mut lon, mut alt) = (0.0f64, 80.0f64, 350.0f64, 34.0078f64, -6.8549f64, 23.0f64);
+    let (mut v, mut soc, mut h, mut lat, mut lon, mut alt) =
+        (0.0f64, 80.0f64, 350.0f64, 34.0078f64, -6.8549f64, 23.0f64);
     for i in 0..400i64 {
         let target = if (i / 60) % 3 == 2 { 0.0 } else { 45.0 };
         v = (v + (target - v) * 0.1 + rnd() - 0.5).max(0.0);
@@ -93,34 +100,101 @@ fn inputs() -> Vec<(&'static str, usize, bool, i64, Vec<InputReading>)> {
         alt += rnd() - 0.5;
         let power = v * 0.15 + (rnd() - 0.5) * 2.0 - if target == 0.0 { 3.0 } else { 0.0 };
         // Irregular steps, a gap of 7 s, nulls in some channels.
-        let dt = if i == 200 { 7_000 } else { 1_000 + (i % 3) * 10 };
+        let dt = if i == 200 {
+            7_000
+        } else {
+            1_000 + (i % 3) * 10
+        };
         let null = |k: i64| i % 97 == k;
-        city.push((dt, vec![Some(v), (!null(5)).then_some(soc), Some(power), Some(h), (!null(11)).then_some(lat), (!null(11)).then_some(lon), (!null(13)).then_some(alt)]));
+        city.push((
+            dt,
+            vec![
+                Some(v),
+                (!null(5)).then_some(soc),
+                Some(power),
+                Some(h),
+                (!null(11)).then_some(lat),
+                (!null(11)).then_some(lon),
+                (!null(13)).then_some(alt),
+            ],
+        ));
     }
     let mut t = 1_617_000_000_000i64;
     let city: Vec<InputReading> = city
         .into_iter()
         .map(|(dt, values)| {
             t += dt;
-            InputReading { timestamp_ms: t, values }
+            InputReading {
+                timestamp_ms: t,
+                values,
+            }
         })
         .collect();
-    let sparse: Vec<InputReading> = city.iter().take(50).map(|r| InputReading { timestamp_ms: r.timestamp_ms, values: vec![r.values[0], None, None, None, None, None, None] }).collect();
+    let sparse: Vec<InputReading> = city
+        .iter()
+        .take(50)
+        .map(|r| InputReading {
+            timestamp_ms: r.timestamp_ms,
+            values: vec![r.values[0], None, None, None, None, None, None],
+        })
+        .collect();
     vec![
-        ("city drive, batches of 25, no lookahead, keyframe every 120 s", 25, false, 120_000, city.clone()),
-        ("city drive, batches of 60, lookahead, keyframe every 300 s", 60, true, 300_000, city),
-        ("speed only, every other channel null, one batch per reading", 1, false, 300_000, sparse),
+        (
+            "city drive, batches of 25, no lookahead, keyframe every 120 s",
+            25,
+            false,
+            120_000,
+            city.clone(),
+        ),
+        (
+            "city drive, batches of 60, lookahead, keyframe every 300 s",
+            60,
+            true,
+            300_000,
+            city,
+        ),
+        (
+            "speed only, every other channel null, one batch per reading",
+            1,
+            false,
+            300_000,
+            sparse,
+        ),
     ]
 }
 
-fn build_vector(description: &str, batch_size: usize, lookahead: bool, keyframe_interval_ms: i64, input: Vec<InputReading>) -> Vector {
+fn build_vector(
+    description: &str,
+    batch_size: usize,
+    lookahead: bool,
+    keyframe_interval_ms: i64,
+    input: Vec<InputReading>,
+) -> Vector {
     let catalog = Arc::new(Catalog::default_v1());
-    let config = EncoderConfig { keyframe_interval_ms, checksum: true };
-    let mut enc = Encoder::new(catalog.clone(), Vin::parse(VIN).unwrap(), 0x0123_4567_89ab_cdef, config);
-    let readings: Vec<Reading> = input.iter().map(|r| Reading { timestamp_ms: r.timestamp_ms, values: r.values.clone() }).collect();
+    let config = EncoderConfig {
+        keyframe_interval_ms,
+        checksum: true,
+    };
+    let mut enc = Encoder::new(
+        catalog.clone(),
+        Vin::parse(VIN).unwrap(),
+        0x0123_4567_89ab_cdef,
+        config,
+    );
+    let readings: Vec<Reading> = input
+        .iter()
+        .map(|r| Reading {
+            timestamp_ms: r.timestamp_ms,
+            values: r.values.clone(),
+        })
+        .collect();
     let mut batches = Vec::new();
     for (i, r) in readings.iter().enumerate() {
-        let future = if lookahead { &readings[i + 1..] } else { &[][..] };
+        let future = if lookahead {
+            &readings[i + 1..]
+        } else {
+            &[][..]
+        };
         enc.push_with_lookahead(r, future);
         if enc.pending() == batch_size {
             batches.push(enc.take_batch().unwrap().encode_to_vec());
@@ -149,9 +223,18 @@ fn decode(catalog: &Catalog, batches: &[Vec<u8>]) -> (Vec<OutputReading>, Sessio
     let mut out = Vec::new();
     for b in batches {
         let cb = CheckedBatch::parse(catalog, b).expect("golden batches parse");
-        match cb.decode(catalog, state.as_ref()).expect("golden batches decode") {
+        match cb
+            .decode(catalog, state.as_ref())
+            .expect("golden batches decode")
+        {
             BatchOutcome::Fresh { readings, state: s } => {
-                out.extend(readings.into_iter().map(|r| OutputReading { seq: r.seq, timestamp_ms: r.timestamp_ms, keyframe: r.keyframe, transmitted: r.transmitted, values: r.values }));
+                out.extend(readings.into_iter().map(|r| OutputReading {
+                    seq: r.seq,
+                    timestamp_ms: r.timestamp_ms,
+                    keyframe: r.keyframe,
+                    transmitted: r.transmitted,
+                    values: r.values,
+                }));
                 state = Some(s);
             }
             BatchOutcome::Duplicate => panic!("golden batches are in order"),
@@ -166,29 +249,51 @@ fn seed_vector() -> SeedVector {
     let (mut bodies, mut reconstructed) = (Vec::new(), Vec::new());
     for i in 0..120 {
         let t = f64::from(i);
-        let actual = [60.0 + 20.0 * (t / 15.0).sin(), 90.0 - t * 0.05, 12.0 * (t / 7.0).cos(), (350.0 + t * 3.0) % 360.0];
-        let msg: TelemetryReading = edge.encode("5YJ3E1EA000000001", 1_700_000_000_000 + i64::from(i) * 1000, actual, SEED_TOLERANCES);
+        let actual = [
+            60.0 + 20.0 * (t / 15.0).sin(),
+            90.0 - t * 0.05,
+            12.0 * (t / 7.0).cos(),
+            (350.0 + t * 3.0) % 360.0,
+        ];
+        let msg: TelemetryReading = edge.encode(
+            "5YJ3E1EA000000001",
+            1_700_000_000_000 + i64::from(i) * 1000,
+            actual,
+            SEED_TOLERANCES,
+        );
         bodies.push(hex(&msg.encode_to_vec()));
         reconstructed.push(cloud.reconstruct(&msg).values);
     }
     SeedVector { description: "seed wire form: exponential smoothing alpha 0.3 in f64, per vehicle; heading without wrap-around".into(), bodies, reconstructed }
 }
 
-fn check_or_write<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(name: &str, fresh: &T) {
+fn check_or_write<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(
+    name: &str,
+    fresh: &T,
+) {
     let path = dir().join(name);
     if std::env::var_os("LOCKSTEP_REGENERATE_VECTORS").is_some() {
         std::fs::create_dir_all(dir()).unwrap();
         std::fs::write(&path, serde_json::to_string_pretty(fresh).unwrap() + "\n").unwrap();
         return;
     }
-    let golden: T = serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap();
-    assert_eq!(&golden, fresh, "{name} differs from the golden file: the protocol changed");
+    let golden: T = serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap();
+    assert_eq!(
+        &golden, fresh,
+        "{name} differs from the golden file: the protocol changed"
+    );
 }
 
 #[test]
 fn lockstep_vectors_match() {
     for (i, (d, b, l, k, input)) in inputs().into_iter().enumerate() {
-        check_or_write(&format!("lockstep-{:02}.json", i + 1), &build_vector(d, b, l, k, input));
+        check_or_write(
+            &format!("lockstep-{:02}.json", i + 1),
+            &build_vector(d, b, l, k, input),
+        );
     }
 }
 

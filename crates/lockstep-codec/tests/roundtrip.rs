@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use lockstep_codec::{BatchOutcome, Catalog, CheckedBatch, DecodeError, DecodedReading, Encoder, EncoderConfig, Reading, SessionState, Vin};
+use lockstep_codec::{
+    BatchOutcome, Catalog, CheckedBatch, DecodeError, DecodedReading, Encoder, EncoderConfig,
+    Reading, SessionState, Vin,
+};
 use lockstep_proto::Message;
 use lockstep_proto::v1::Batch;
 use proptest::prelude::*;
@@ -22,25 +25,36 @@ fn drive() -> impl Strategy<Value = Vec<Reading>> {
         prop::collection::vec(prop_oneof![20 => -3.0f64..3.0, 1 => -500.0f64..500.0], 7),
         prop::collection::vec(prop::bool::weighted(0.03), 7),
     );
-    (1_600_000_000_000i64..1_700_000_000_000, prop::collection::vec(step, 1..300)).prop_map(|(t0, steps)| {
-        let mut t = t0;
-        let mut x = [50.0, 80.0, 10.0, 180.0, 34.0, -6.8, 20.0];
-        steps
-            .into_iter()
-            .map(|(dt, d, nulls)| {
-                t += dt.max(1);
-                x[0] = (x[0] + d[0]).clamp(0.0, 200.0);
-                x[1] = (x[1] + d[1] * 0.01).clamp(0.0, 100.0);
-                x[2] += d[2];
-                x[3] = (x[3] + d[3] * 10.0).rem_euclid(360.0);
-                x[4] = (x[4] + d[4] * 1e-5).clamp(-89.0, 89.0);
-                x[5] = (x[5] + d[5] * 1e-5).clamp(-179.0, 179.0);
-                x[6] += d[6];
-                let values = x.iter().zip(&nulls).map(|(v, n)| (!n).then_some(*v)).collect();
-                Reading { timestamp_ms: t, values }
-            })
-            .collect()
-    })
+    (
+        1_600_000_000_000i64..1_700_000_000_000,
+        prop::collection::vec(step, 1..300),
+    )
+        .prop_map(|(t0, steps)| {
+            let mut t = t0;
+            let mut x = [50.0, 80.0, 10.0, 180.0, 34.0, -6.8, 20.0];
+            steps
+                .into_iter()
+                .map(|(dt, d, nulls)| {
+                    t += dt.max(1);
+                    x[0] = (x[0] + d[0]).clamp(0.0, 200.0);
+                    x[1] = (x[1] + d[1] * 0.01).clamp(0.0, 100.0);
+                    x[2] += d[2];
+                    x[3] = (x[3] + d[3] * 10.0).rem_euclid(360.0);
+                    x[4] = (x[4] + d[4] * 1e-5).clamp(-89.0, 89.0);
+                    x[5] = (x[5] + d[5] * 1e-5).clamp(-179.0, 179.0);
+                    x[6] += d[6];
+                    let values = x
+                        .iter()
+                        .zip(&nulls)
+                        .map(|(v, n)| (!n).then_some(*v))
+                        .collect();
+                    Reading {
+                        timestamp_ms: t,
+                        values,
+                    }
+                })
+                .collect()
+        })
 }
 
 /// Encodes `readings` in batches of `batch` readings.
@@ -49,7 +63,11 @@ fn encode(readings: &[Reading], batch: usize, config: EncoderConfig) -> (Encoder
     let mut out = Vec::new();
     for (i, r) in readings.iter().enumerate() {
         // Lookahead on odd batch sizes, so both paths are exercised.
-        let future = if batch % 2 == 1 { &readings[i + 1..] } else { &[][..] };
+        let future = if batch % 2 == 1 {
+            &readings[i + 1..]
+        } else {
+            &[][..]
+        };
         enc.push_with_lookahead(r, future);
         if enc.pending() >= batch {
             out.extend(enc.take_batch());
@@ -59,7 +77,11 @@ fn encode(readings: &[Reading], batch: usize, config: EncoderConfig) -> (Encoder
     (enc, out)
 }
 
-fn decode(c: &Catalog, state: Option<&SessionState>, b: &Batch) -> Result<BatchOutcome, DecodeError> {
+fn decode(
+    c: &Catalog,
+    state: Option<&SessionState>,
+    b: &Batch,
+) -> Result<BatchOutcome, DecodeError> {
     CheckedBatch::parse(c, &b.encode_to_vec())?.decode(c, state)
 }
 
@@ -98,18 +120,31 @@ fn assert_within_tolerance(c: &Catalog, actual: &[Reading], decoded: &[DecodedRe
                     if sig.model == lockstep_codec::Model::Angle {
                         err = err.min(360.0 - err);
                     }
-                    assert!(err <= sig.tolerance() + 1e-9, "seq {} {}: actual {q} decoded {y}", d.seq, sig.name);
+                    assert!(
+                        err <= sig.tolerance() + 1e-9,
+                        "seq {} {}: actual {q} decoded {y}",
+                        d.seq,
+                        sig.name
+                    );
                 }
                 other => panic!("seq {} {}: null mismatch {other:?}", d.seq, sig.name),
             }
         }
-        match (a.values[pos.lat].zip(a.values[pos.lon]), d.values[pos.lat].zip(d.values[pos.lon])) {
+        match (
+            a.values[pos.lat].zip(a.values[pos.lon]),
+            d.values[pos.lat].zip(d.values[pos.lon]),
+        ) {
             (None, None) => {}
             (Some(x), Some(y)) => {
                 let q = |v: f64| (v * 1e7).round() as i64;
                 let d2 = lockstep_codec::fixed::dist2_mm((q(x.0), q(x.1)), (q(y.0), q(y.1)));
                 let tol = i128::from(c.signals()[pos.lat].tolerance_q);
-                assert!(d2 <= tol * tol, "seq {}: position off by {} mm", d.seq, (d2 as f64).sqrt());
+                assert!(
+                    d2 <= tol * tol,
+                    "seq {}: position off by {} mm",
+                    d.seq,
+                    (d2 as f64).sqrt()
+                );
             }
             other => panic!("seq {}: position null mismatch {other:?}", d.seq),
         }
@@ -249,18 +284,30 @@ proptest! {
 #[test]
 fn mutated_well_formed_fields_are_rejected_not_misread() {
     let c = catalog();
-    let r = Reading { timestamp_ms: 1, values: vec![Some(1.0); 7] };
+    let r = Reading {
+        timestamp_ms: 1,
+        values: vec![Some(1.0); 7],
+    };
     let (_, batches) = encode(&[r.clone(), r], 10, EncoderConfig::default());
     let mut b = batches[0].clone();
     b.catalog_hash ^= 1;
-    assert!(matches!(decode(&c, None, &b), Err(DecodeError::CatalogMismatch { .. })));
+    assert!(matches!(
+        decode(&c, None, &b),
+        Err(DecodeError::CatalogMismatch { .. })
+    ));
     let mut b = batches[0].clone();
     b.vehicle_vin = "NOTAVIN".into();
     assert!(matches!(decode(&c, None, &b), Err(DecodeError::Vin(_))));
     let mut b = batches[0].clone();
     b.values.push(5);
-    assert!(matches!(decode(&c, None, &b), Err(DecodeError::Malformed(_))));
+    assert!(matches!(
+        decode(&c, None, &b),
+        Err(DecodeError::Malformed(_))
+    ));
     let mut b = batches[0].clone();
     b.transmitted[0] |= 1 << 40;
-    assert!(matches!(decode(&c, None, &b), Err(DecodeError::Malformed(_))));
+    assert!(matches!(
+        decode(&c, None, &b),
+        Err(DecodeError::Malformed(_))
+    ));
 }
