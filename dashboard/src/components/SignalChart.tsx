@@ -18,15 +18,20 @@ interface Props {
 const noPath = () => null;
 
 
-/** Breaks the heading line where it wraps around 0°/360° instead of drawing across the chart. */
-const headingGaps: uPlot.Series.GapsRefiner = (u, sidx, idx0, idx1, nullGaps) => {
+/**
+ * Breaks the heading line where it wraps around 0°/360° instead of drawing across the chart.
+ * uPlot only consults `gaps` with `spanGaps: false`; the null gaps it found are dropped so the
+ * line still spans the holes that aligning several vehicles leaves (like `spanGaps: true`).
+ */
+const headingGaps: uPlot.Series.GapsRefiner = (u, sidx, idx0, idx1) => {
   const xs = u.data[0];
   const ys = u.data[sidx] as (number | null)[];
-  const extra = wrapBreaks(ys, idx0, idx1).map(([a, b]): [number, number] => [
-    Math.round(u.valToPos(xs[a], 'x', true)) + 1,
-    Math.round(u.valToPos(xs[b], 'x', true)),
+  // The wrapping segment is nearly vertical; clip a pixel past its end so none of it remains
+  // (the point markers are separate series and stay).
+  return wrapBreaks(ys, idx0, idx1).map(([a, b]): [number, number] => [
+    Math.floor(u.valToPos(xs[a], 'x', true)),
+    Math.ceil(u.valToPos(xs[b], 'x', true)) + 1,
   ]);
-  return [...nullGaps, ...extra].sort((p, q) => p[0] - q[0]);
 };
 
 function seriesFor(vins: string[], signal: Signal): uPlot.Series[] {
@@ -39,9 +44,8 @@ function seriesFor(vins: string[], signal: Signal): uPlot.Series[] {
         label: `${tag} value`,
         stroke: color,
         width: 1,
-        spanGaps: true,
         points: { show: false },
-        ...(signal === 'heading' ? { gaps: headingGaps } : {}),
+        ...(signal === 'heading' ? { spanGaps: false, gaps: headingGaps } : { spanGaps: true }),
       },
       { label: `${tag} transmitted`, stroke: color, paths: noPath, points: { show: true, size: 6, width: 1, stroke: color, fill: color } },
       { label: `${tag} reconstructed`, stroke: color, paths: noPath, points: { show: true, size: 6, width: 1.25, stroke: color, fill: '#ffffff' } },

@@ -31,31 +31,43 @@ export function TrackPlot({ state, version, vins }: Props) {
     if (!ctx) return;
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
     ctx.clearRect(0, 0, width, HEIGHT);
-    const all = tracks.flat();
-    if (all.length === 0) {
+    if (tracks.every((t) => t.length === 0)) {
       ctx.fillStyle = '#888';
       ctx.font = '13px system-ui, sans-serif';
       ctx.fillText('no position data yet', 12, 24);
       return;
     }
-    let minLat = Infinity, maxLat = -Infinity, minLon = Infinity, maxLon = -Infinity;
-    for (const p of all) {
-      minLat = Math.min(minLat, p.lat);
-      maxLat = Math.max(maxLat, p.lat);
-      minLon = Math.min(minLon, p.lon);
-      maxLon = Math.max(maxLon, p.lon);
-    }
-    const k = Math.cos((((minLat + maxLat) / 2) * Math.PI) / 180);
-    const spanX = Math.max((maxLon - minLon) * k, 1e-6);
-    const spanY = Math.max(maxLat - minLat, 1e-6);
-    const pad = 12;
-    const scale = Math.min((width - 2 * pad) / spanX, (HEIGHT - 2 * pad) / spanY);
-    const ox = (width - spanX * scale) / 2;
-    const oy = (HEIGHT - spanY * scale) / 2;
-    const X = (lon: number) => ox + (lon - minLon) * k * scale;
-    const Y = (lat: number) => HEIGHT - (oy + (lat - minLat) * scale);
+    // One panel per vehicle, each fitted to its own track: vehicles kilometres apart would
+    // otherwise shrink every track to a dot.
+    const panelW = width / tracks.length;
     tracks.forEach((t, i) => {
       const color = VEHICLE_COLORS[i % VEHICLE_COLORS.length];
+      const left = i * panelW;
+      if (i > 0) {
+        ctx.strokeStyle = '#e3e7ee';
+        ctx.lineWidth = 1;
+        ctx.beginPath();
+        ctx.moveTo(left + 0.5, 8);
+        ctx.lineTo(left + 0.5, HEIGHT - 8);
+        ctx.stroke();
+      }
+      if (t.length === 0) return;
+      let minLat = Infinity, maxLat = -Infinity, minLon = Infinity, maxLon = -Infinity;
+      for (const p of t) {
+        minLat = Math.min(minLat, p.lat);
+        maxLat = Math.max(maxLat, p.lat);
+        minLon = Math.min(minLon, p.lon);
+        maxLon = Math.max(maxLon, p.lon);
+      }
+      const k = Math.cos((((minLat + maxLat) / 2) * Math.PI) / 180);
+      const spanX = Math.max((maxLon - minLon) * k, 1e-6);
+      const spanY = Math.max(maxLat - minLat, 1e-6);
+      const pad = 14;
+      const scale = Math.min((panelW - 2 * pad) / spanX, (HEIGHT - 2 * pad - 14) / spanY);
+      const ox = left + (panelW - spanX * scale) / 2;
+      const oy = (HEIGHT - 14 - spanY * scale) / 2;
+      const X = (lon: number) => ox + (lon - minLon) * k * scale;
+      const Y = (lat: number) => HEIGHT - 14 - (oy + (lat - minLat) * scale);
       ctx.strokeStyle = color;
       ctx.lineWidth = 1;
       ctx.beginPath();
@@ -69,6 +81,11 @@ export function TrackPlot({ state, version, vins }: Props) {
         ctx.lineWidth = 1.25;
         ctx.stroke();
       }
+      // Size of the window in metres (1° of latitude ≈ 111.32 km).
+      const metres = Math.max(spanX, spanY) * 111_320;
+      ctx.fillStyle = '#6b7483';
+      ctx.font = '11px system-ui, sans-serif';
+      ctx.fillText(`${metres < 1000 ? `${Math.round(metres)} m` : `${(metres / 1000).toFixed(1)} km`} across`, left + 8, HEIGHT - 4);
     });
   });
 
