@@ -164,7 +164,7 @@ async function main() {
 
     // Start a small simulated fleet with the button.
     await page.fill('[data-testid=logger-vehicles]', process.env.E2E_VEHICLES ?? '3');
-    await page.fill('[data-testid=logger-rate]', process.env.E2E_RATE ?? '5');
+    await page.fill('[data-testid=logger-rate]', process.env.E2E_RATE ?? '10');
     await page.click('[data-testid=logger-start]');
     step('clicked "Start logger"');
     await page.waitForSelector('[data-testid=logger-state][data-running=true]');
@@ -203,7 +203,7 @@ async function main() {
     });
     step(`statistics: fields ${s1.total} -> ${s2.total} (${s2.updates} updates)`);
     // Let the charts fill a little more so the screenshot shows a trace, not a handful of dots.
-    const minPoints = Number(process.env.E2E_MIN_POINTS ?? 25);
+    const minPoints = Number(process.env.E2E_MIN_POINTS ?? 200);
     await waitFor(`the speed chart to reach ${minPoints} points`, async () => (await chartPoints('speed')).points >= minPoints);
     const speed = await chartPoints('speed');
     step(`speed chart now: ${JSON.stringify(speed)}`);
