@@ -82,7 +82,8 @@ export function SignalChart({ state, version, signal, vins }: Props) {
       u.destroy();
       plot.current = null;
     };
-    // eslint-disable-next-line react-hooks/exhaustive-deps
+    // Deliberately keyed on the vehicle set and signal only: data updates go through setData
+    // below instead of rebuilding the chart.
   }, [key, signal]);
 
   const d = chartData(state, signal, vins);
