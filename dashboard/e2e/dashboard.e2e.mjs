@@ -164,7 +164,7 @@ async function main() {
 
     // Start a small simulated fleet with the button.
     await page.fill('[data-testid=logger-vehicles]', process.env.E2E_VEHICLES ?? '3');
-    await page.fill('[data-testid=logger-rate]', process.env.E2E_RATE ?? '10');
+    await page.fill('[data-testid=logger-rate]', String(process.env.E2E_RATE ?? 10));
     await page.click('[data-testid=logger-start]');
     step('clicked "Start logger"');
     await page.waitForSelector('[data-testid=logger-state][data-running=true]');
@@ -204,7 +204,12 @@ async function main() {
     step(`statistics: fields ${s1.total} -> ${s2.total} (${s2.updates} updates)`);
     // Let the charts fill a little more so the screenshot shows a trace, not a handful of dots.
     const minPoints = Number(process.env.E2E_MIN_POINTS ?? 200);
-    await waitFor(`the speed chart to reach ${minPoints} points`, async () => (await chartPoints('speed')).points >= minPoints);
+    const rate = Number(process.env.E2E_RATE ?? 10);
+    await waitFor(
+      `the speed chart to reach ${minPoints} points`,
+      async () => (await chartPoints('speed')).points >= minPoints,
+      Math.max(STEP_TIMEOUT, (minPoints / rate) * 1000 + 20_000),
+    );
     const speed = await chartPoints('speed');
     step(`speed chart now: ${JSON.stringify(speed)}`);
     if (speed.transmitted < 1) throw new Error('no transmitted points on the speed chart');
