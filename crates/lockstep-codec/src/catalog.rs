@@ -70,7 +70,7 @@ impl Signal {
         if self.model == Model::Position {
             self.tolerance_q as f64 / 1000.0
         } else {
-            self.tolerance_q as f64 * self.quantum()
+            self.dequantise(self.tolerance_q)
         }
     }
 

@@ -6,7 +6,9 @@ use prost::Message;
 
 use crate::catalog::{Catalog, PositionChannels, Signal};
 use crate::encoder::angle_turn;
-use crate::state::{Ask, Frame, FrameSource, Outcome, SessionState};
+use crate::state::{
+    Ask, Frame, FrameSource, LAT_LIMIT, LON_LIMIT, Outcome, SessionState, TS_LIMIT, VALUE_LIMIT,
+};
 use crate::vin::{Vin, VinError};
 
 /// Why a batch was not accepted. Each variant is a distinct outcome the
@@ -239,6 +241,12 @@ impl CheckedBatch {
                 dt = dt.wrapping_add(b.timestamp_dod[i - 1]);
                 ts = ts.wrapping_add(dt);
             }
+            if ts.abs() > TS_LIMIT {
+                return Err(DecodeError::Malformed(format!(
+                    "reading {}: timestamp {ts} is out of range",
+                    b.first_seq + i as u64
+                )));
+            }
             let keyframe = keyframes.next_if(|&&k| k as usize == i).is_some();
             wire.transmitted = b.transmitted[i];
             wire.nulls = b.nulls.get(i).copied().unwrap_or(0);
@@ -296,12 +304,16 @@ enum WireError {
     Short,
     NoPrediction(usize),
     Conflict(usize),
+    OutOfRange(usize),
 }
 
 impl WireError {
     fn at(self, seq: u64) -> DecodeError {
         match self {
             Self::Short => DecodeError::Malformed(format!("values end inside reading {seq}")),
+            Self::OutOfRange(ch) => DecodeError::Malformed(format!(
+                "reading {seq}: channel {ch} reconstructs to a value out of range"
+            )),
             Self::Conflict(ch) => DecodeError::Malformed(format!(
                 "reading {seq}: channel {ch} is both null and transmitted"
             )),
@@ -336,19 +348,23 @@ impl FrameSource for Wire<'_> {
     type Error = WireError;
 
     fn scalar(&mut self, ch: usize, sig: &Signal, ask: Ask<i64>) -> Result<Outcome, WireError> {
-        match (self.flags(ch)?, ask.pred) {
-            ((_, true), _) => Ok(Outcome::Null),
-            ((false, _), None) => Err(WireError::NoPrediction(ch)),
-            ((false, _), Some(_)) => Ok(Outcome::Predicted),
-            ((true, _), None) => Ok(Outcome::Sent(self.next()?)),
-            ((true, _), Some(p)) => {
-                let r = self.next()?;
-                Ok(Outcome::Sent(match angle_turn(sig) {
-                    Some(t) => (p.wrapping_add(r)).rem_euclid(t),
-                    None => p.wrapping_add(r),
-                }))
-            }
+        let (tx, null) = self.flags(ch)?;
+        if null {
+            return Ok(Outcome::Null);
         }
+        if !tx {
+            return ask
+                .pred
+                .map(|_| Outcome::Predicted)
+                .ok_or(WireError::NoPrediction(ch));
+        }
+        let v = self.next()?;
+        let v = ask.pred.map_or(v, |p| p.wrapping_add(v));
+        let v = angle_turn(sig).map_or(v, |t| v.rem_euclid(t));
+        if v.abs() > VALUE_LIMIT {
+            return Err(WireError::OutOfRange(ch));
+        }
+        Ok(Outcome::Sent(v))
     }
 
     fn position(
@@ -370,6 +386,9 @@ impl FrameSource for Wire<'_> {
                 let (a, b) = (self.next()?, self.next()?);
                 let (la, lo) =
                     p.map_or((a, b), |(pa, pb)| (pa.wrapping_add(a), pb.wrapping_add(b)));
+                if la.abs() > LAT_LIMIT || lo.abs() > LON_LIMIT {
+                    return Err(WireError::OutOfRange(pc.lat));
+                }
                 Ok((Outcome::Sent(la), lo))
             }
         }

@@ -7,7 +7,9 @@ use lockstep_proto::v1::Batch;
 
 use crate::catalog::{Catalog, Model, PositionChannels, Signal};
 use crate::fixed::{cos_lat_q30, dist2_mm, lat_q_to_mm, lon_q_to_mm, mm_to_lat_q, mm_to_lon_q};
-use crate::state::{Ask, Frame, FrameSource, Outcome, SessionState};
+use crate::state::{
+    Ask, Frame, FrameSource, LAT_LIMIT, LON_LIMIT, Outcome, SessionState, VALUE_LIMIT,
+};
 use crate::vin::Vin;
 
 /// One reading as measured: a value (or none) per catalog channel.
@@ -223,7 +225,7 @@ impl Actual<'_> {
 
     /// The value to send for `q` when it will be held: the middle of the
     /// longest run of coming values that fit in one tolerance band around it.
-    fn held_value(&self, ch: usize, sig: &Signal, q: i64, turn: Option<i64>) -> i64 {
+    fn held_value(&self, ch: usize, sig: &Signal, q: i64, v: f64, turn: Option<i64>) -> i64 {
         let tol = sig.tolerance_q;
         let (mut lo, mut hi) = (q, q);
         for x in self.future(ch, sig) {
@@ -237,11 +239,7 @@ impl Actual<'_> {
         }
         let mid = lo + (hi - lo) / 2;
         let mid = turn.map_or(mid, |t| mid.rem_euclid(t));
-        if residual(mid, q, turn).abs() <= tol {
-            mid
-        } else {
-            q
-        }
+        if within(sig, mid, v, turn) { mid } else { q }
     }
 
     /// The 2-D version of [`Self::held_value`]: the centre of the longest run
@@ -289,18 +287,17 @@ impl FrameSource for Actual<'_> {
         };
         let turn = angle_turn(sig);
         let mut q = sig.quantise(v);
+        if q.abs() > VALUE_LIMIT {
+            return Ok(Outcome::Null);
+        }
         if let Some(t) = turn {
             q = q.rem_euclid(t);
         }
-        if !ask.force
-            && ask
-                .pred
-                .is_some_and(|p| residual(q, p, turn).abs() <= sig.tolerance_q)
-        {
+        if !ask.force && ask.pred.is_some_and(|p| within(sig, p, v, turn)) {
             return Ok(Outcome::Predicted);
         }
         if ask.holds && !self.future.is_empty() {
-            q = self.held_value(ch, sig, q, turn);
+            q = self.held_value(ch, sig, q, v, turn);
         }
         self.values.push(match ask.pred {
             None => q,
@@ -322,6 +319,9 @@ impl FrameSource for Actual<'_> {
             return Ok((Outcome::Null, 0));
         };
         let mut q = (quantise_deg(la), quantise_deg(lo));
+        if q.0.abs() > LAT_LIMIT || q.1.abs() > LON_LIMIT {
+            return Ok((Outcome::Null, 0));
+        }
         let tol = i128::from(tol_mm);
         if !ask.force && ask.pred.is_some_and(|p| dist2_mm(q, p) <= tol * tol) {
             return Ok((Outcome::Predicted, 0));
@@ -335,6 +335,25 @@ impl FrameSource for Actual<'_> {
         }
         Ok((Outcome::Sent(q.0), q.1))
     }
+}
+
+/// Whether reconstructing `p` (quanta) for the actual value `v` keeps the
+/// error within tolerance, both in quanta and against the unquantised value,
+/// so the bound holds for the raw reading too (docs/protocol.md, section 5).
+fn within(sig: &Signal, p: i64, v: f64, turn: Option<i64>) -> bool {
+    let q = {
+        let q = sig.quantise(v);
+        turn.map_or(q, |t| q.rem_euclid(t))
+    };
+    if residual(q, p, turn).abs() > sig.tolerance_q {
+        return false;
+    }
+    let mut err = (sig.dequantise(p) - v).abs();
+    if turn.is_some() {
+        err %= 360.0;
+        err = err.min(360.0 - err);
+    }
+    err <= sig.tolerance()
 }
 
 /// Quanta in a full turn for an angle channel.

@@ -74,15 +74,24 @@ pub fn lon_q_to_mm(dlon_q: i64, cos_lat: i64) -> i128 {
 
 /// Latitude difference in 1e-7 degrees of `north_mm` millimetres.
 pub fn mm_to_lat_q(north_mm: i64) -> i64 {
-    div_round(i128::from(north_mm) * 1000, i128::from(MM_PER_Q_X1000)) as i64
+    clamp_offset(div_round(
+        i128::from(north_mm) * 1000,
+        i128::from(MM_PER_Q_X1000),
+    ))
 }
 
 /// Longitude difference in 1e-7 degrees of `east_mm` millimetres at `cos_lat`.
 pub fn mm_to_lon_q(east_mm: i64, cos_lat: i64) -> i64 {
-    div_round(
+    clamp_offset(div_round(
         i128::from(east_mm) * 1000 * i128::from(ONE_Q30),
         i128::from(MM_PER_Q_X1000) * i128::from(cos_lat),
-    ) as i64
+    ))
+}
+
+/// Offsets in 1e-7 degrees are clamped to ±2^40, far beyond any real
+/// position, so adding one to a position cannot overflow.
+fn clamp_offset(v: i128) -> i64 {
+    v.clamp(-(1 << 40), 1 << 40) as i64
 }
 
 /// Squared 2-D distance in mm² between two positions in 1e-7 degrees,

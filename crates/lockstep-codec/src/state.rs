@@ -8,6 +8,19 @@ use crate::fixed::{
     ONE_Q30, cos_cdeg, cos_lat_q30, dist2_mm, div_round, mm_to_lat_q, mm_to_lon_q, sin_cdeg,
 };
 
+/// Largest magnitude of a value in quanta (2^52). The edge treats a larger
+/// measurement as missing, the cloud rejects a batch that reconstructs one, so
+/// no arithmetic below can overflow, whatever the input.
+pub const VALUE_LIMIT: i64 = 1 << 52;
+/// Latitude and longitude limits in 1e-7 degrees.
+pub const LAT_LIMIT: i64 = 900_000_000;
+pub const LON_LIMIT: i64 = 1_800_000_000;
+/// Timestamps are within ±2^50 ms of the epoch (35,000 years).
+pub const TS_LIMIT: i64 = 1 << 50;
+/// Dead reckoning clamps the speed (quanta) and the time step (ms).
+const DR_SPEED_LIMIT: i64 = 1 << 24;
+const DR_DT_LIMIT: i64 = 1 << 32;
+
 /// Score added to an adaptive candidate whose prediction was within tolerance.
 const HIT: i64 = 256;
 
@@ -270,16 +283,24 @@ impl SessionState {
         let speed = pc.speed.and_then(|i| values[i]);
         let heading = pc.heading.and_then(|i| values[i]);
         if let (Some(v), Some(h), Some(last)) = (speed, heading, self.last_ts) {
-            let dt = (ts - last).max(0);
+            // Clamped so hostile input cannot overflow: ±167,772 km/h, 49 days.
+            let v = v.clamp(-DR_SPEED_LIMIT, DR_SPEED_LIMIT);
+            let dt = (ts - last).clamp(0, DR_DT_LIMIT);
             // 0.01 km/h for dt ms = v·dt/360 mm.
             let dist = div_round(i128::from(v) * i128::from(dt), 360);
-            east += div_round(dist * i128::from(sin_cdeg(h)), i128::from(ONE_Q30)) as i64;
-            north += div_round(dist * i128::from(cos_cdeg(h)), i128::from(ONE_Q30)) as i64;
+            east = east
+                .saturating_add(
+                    div_round(dist * i128::from(sin_cdeg(h)), i128::from(ONE_Q30)) as i64,
+                );
+            north = north
+                .saturating_add(
+                    div_round(dist * i128::from(cos_cdeg(h)), i128::from(ONE_Q30)) as i64,
+                );
         }
         let dr = match p.fix {
             Some((la, lo)) => Some((
-                la + mm_to_lat_q(north),
-                lo + mm_to_lon_q(east, cos_lat_q30(la)),
+                (la + mm_to_lat_q(north)).clamp(-LAT_LIMIT, LAT_LIMIT),
+                (lo + mm_to_lon_q(east, cos_lat_q30(la))).clamp(-LON_LIMIT, LON_LIMIT),
             )),
             None => hold,
         };
@@ -417,12 +438,14 @@ impl SessionState {
     }
 }
 
-/// Slope prediction: the line through the last two transmitted points, else hold.
+/// Slope prediction: the line through the last two transmitted points, else
+/// hold; clamped to ±[`VALUE_LIMIT`].
 fn slope(c: &Channel, ts: i64) -> Option<i64> {
     match (c.a1, c.a2) {
         (Some((t1, v1)), Some((t2, v2))) if t2 > t1 => {
             let n = i128::from(v2 - v1) * i128::from(ts - t2);
-            Some(v2 + div_round(n, i128::from(t2 - t1)) as i64)
+            let p = i128::from(v2) + div_round(n, i128::from(t2 - t1));
+            Some(p.clamp(-i128::from(VALUE_LIMIT), i128::from(VALUE_LIMIT)) as i64)
         }
         _ => c.last,
     }

@@ -115,17 +115,20 @@ fn assert_within_tolerance(c: &Catalog, actual: &[Reading], decoded: &[DecodedRe
             match (a.values[i], d.values[i]) {
                 (None, None) => {}
                 (Some(x), Some(y)) => {
-                    let q = sig.dequantise(sig.quantise(x));
-                    let mut err = (q - y).abs();
-                    if sig.model == lockstep_codec::Model::Angle {
-                        err = err.min(360.0 - err);
+                    // Against the raw value and against its quantised form.
+                    for actual in [x, sig.dequantise(sig.quantise(x))] {
+                        let mut err = (actual - y).abs();
+                        if sig.model == lockstep_codec::Model::Angle {
+                            err %= 360.0;
+                            err = err.min(360.0 - err);
+                        }
+                        assert!(
+                            err <= sig.tolerance() + 1e-9,
+                            "seq {} {}: actual {actual} decoded {y}",
+                            d.seq,
+                            sig.name
+                        );
                     }
-                    assert!(
-                        err <= sig.tolerance() + 1e-9,
-                        "seq {} {}: actual {q} decoded {y}",
-                        d.seq,
-                        sig.name
-                    );
                 }
                 other => panic!("seq {} {}: null mismatch {other:?}", d.seq, sig.name),
             }
@@ -269,6 +272,43 @@ proptest! {
         for (i, x) in flips { let i = i.index(bytes.len()); bytes[i] ^= x; }
         if let Ok(b) = CheckedBatch::parse(&c, &bytes) {
             let _ = b.decode(&c, None);
+        }
+    }
+
+    #[test]
+    fn decoding_hostile_batches_never_panics(
+        first_seq in any::<u64>(),
+        count in 1u32..40,
+        t0 in any::<i64>(),
+        dods in prop::collection::vec(any::<i64>(), 39),
+        tx in prop::collection::vec(any::<u64>(), 40),
+        values in prop::collection::vec(prop_oneof![any::<i64>(), -1000i64..1000], 0..300),
+        keyframes in prop::collection::vec(0u32..40, 0..4),
+    ) {
+        // A well-formed header (right VIN and catalog), arbitrary contents.
+        let c = catalog();
+        let n = count as usize;
+        let mut keyframes = keyframes;
+        keyframes.sort_unstable();
+        keyframes.dedup();
+        keyframes.retain(|&k| k < count);
+        let b = Batch {
+            vehicle_vin: VIN.into(),
+            session_id: 7,
+            catalog_hash: c.hash(),
+            first_seq: first_seq / 2,
+            count,
+            first_timestamp_ms: t0,
+            timestamp_dod: dods[..n - 1].to_vec(),
+            transmitted: tx[..n].iter().map(|m| m & 0x7f).collect(),
+            nulls: Vec::new(),
+            values,
+            keyframes,
+            state_checksum: None,
+        };
+        if let Ok(cb) = CheckedBatch::check(&c, b) {
+            let _ = cb.decode(&c, None);
+            let _ = cb.decode(&c, Some(&SessionState::new(&c, cb.first_seq())));
         }
     }
 
