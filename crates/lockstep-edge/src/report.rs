@@ -63,6 +63,9 @@ pub struct SignalReport {
     pub max_error: f64,
     pub tolerance: f64,
     pub within_tolerance: bool,
+    /// Largest |decoded − raw recorded value| (before quantisation; at most
+    /// tolerance + half a quantum by construction), for information.
+    pub max_error_vs_raw: f64,
     /// Fields whose null-ness differs between decoded and actual (must be 0).
     pub null_mismatches: u64,
     pub seed_skipped_fraction: f64,
@@ -128,6 +131,8 @@ struct Acc {
     /// Quanta for scalars, millimetres for positions (rounded up).
     max_err_q: i64,
     max_err_m: f64,
+    /// Largest |decoded − raw recorded value| (before quantisation).
+    max_err_raw: f64,
     null_mismatches: u64,
 }
 
@@ -410,6 +415,7 @@ pub fn analyse(catalog: Arc<Catalog>, trips: &[Trip], batch: usize) -> Result<Re
                 max_error,
                 tolerance,
                 within_tolerance: ok,
+                max_error_vs_raw: a.max_err_raw,
                 null_mismatches: a.null_mismatches,
                 seed_skipped_fraction: frac(a.fields - a.seed_sent.min(a.fields), a.fields),
                 hold_skipped_fraction: frac(a.fields - a.hold_sent.min(a.fields), a.fields),
@@ -546,10 +552,8 @@ fn compare(catalog: &Catalog, r: &Reading, d: &lockstep_codec::DecodedReading, a
                         continue;
                     };
                     let actual_q = (q7(la) as f64 / 1e7, q7(lo) as f64 / 1e7);
-                    let e = distance_m(actual_q, (dla, dlo));
-                    if e > a.max_err_m {
-                        a.max_err_m = e;
-                    }
+                    a.max_err_m = a.max_err_m.max(distance_m(actual_q, (dla, dlo)));
+                    a.max_err_raw = a.max_err_raw.max(distance_m((la, lo), (dla, dlo)));
                 } else {
                     let t = turn(sig);
                     let (qa, qd) = match t {
@@ -557,6 +561,12 @@ fn compare(catalog: &Catalog, r: &Reading, d: &lockstep_codec::DecodedReading, a
                         None => (sig.quantise(x), sig.quantise(y)),
                     };
                     a.max_err_q = a.max_err_q.max(diff_q(qa, qd, t));
+                    let raw = if t.is_some() {
+                        ((y - x).rem_euclid(360.0)).min((x - y).rem_euclid(360.0))
+                    } else {
+                        (y - x).abs()
+                    };
+                    a.max_err_raw = a.max_err_raw.max(raw);
                 }
             }
         }
