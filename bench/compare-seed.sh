@@ -60,6 +60,7 @@ if [[ "$ONLY" != "python" && ! -x "$BIN" ]]; then
   say "building lockstep-server (release)"
   (cd "$ROOT" && cargo build --release -p lockstep-server)
 fi
+BIN=$(realpath "$BIN")
 
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_status() { # url pid
@@ -175,5 +176,5 @@ if len(rows) == 2:
     cb = b["cpu_pct"]["server"] / 100 / b["records_per_s"] if b["records_per_s"] else None
     if ca and cb:
         print(f"\nserver CPU per record: lockstep-server uses {cb / ca:.3f}× the seed server's ({ca / cb:.0f}× less)")
-print(f"\nreports: {out}/seed-python.json, {out}/lockstep-server.json")
+print("\nreports: " + ", ".join(os.path.join(out, n + ".json") for n, _, _ in runs))
 PYEOF
