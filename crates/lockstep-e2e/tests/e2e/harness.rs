@@ -1,0 +1,698 @@
+//! The pieces every end-to-end test needs: the real binaries, free ports,
+//! throw-away databases, a server process that can be killed and restarted,
+//! an edge process whose output is kept, condition waits with deadlines, and
+//! the comparison of stored rows with what the edge replayed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use lockstep_codec::{Catalog, Reading};
+use lockstep_edge::sources::{self, Format, Trip};
+use tokio::time::Instant;
+
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const PG_ADDR: &str = "127.0.0.1:5432";
+
+/// The shortest recorded Twizy trip (1049 rows at 1 Hz).
+pub const SHORT_TRIP: &str = "T3_04_22_2021_1.csv";
+
+/// A binary of this workspace, next to the test executable's directory
+/// (`target/debug/deps/e2e-…` → `target/debug/NAME`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps");
+    let bin = dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A TCP port that was free a moment ago (bound, read back, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+pub fn testdata(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata")
+        .join(rel)
+}
+
+/// Waits until `f` returns `Some`, polling every 50 ms; panics naming `what`
+/// after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------- stores
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The database one test writes to: a fresh SQLite file, or a fresh
+/// PostgreSQL database on 127.0.0.1:5432 that is dropped when this is dropped.
+pub enum Db {
+    Sqlite { path: PathBuf },
+    Postgres { name: String },
+}
+
+impl Db {
+    pub fn sqlite(dir: &Path) -> Self {
+        Db::Sqlite {
+            path: dir.join("lockstep.db"),
+        }
+    }
+
+    pub async fn postgres() -> Self {
+        let name = format!(
+            "lockstep_e2e_{}_{}_{:08x}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            rand_u32()
+        );
+        pg_connect(PG_ADMIN)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("CREATE DATABASE");
+        Db::Postgres { name }
+    }
+
+    /// The URL the server is given (`via` = another host:port for PostgreSQL, e.g. a proxy).
+    pub fn url_via(&self, via: &str) -> String {
+        match self {
+            Db::Sqlite { path } => format!("sqlite://{}", path.display()),
+            Db::Postgres { name } => format!("postgres://postgres@{via}/{name}"),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.url_via(PG_ADDR)
+    }
+
+    /// One SQL query through the database's own client (never the server);
+    /// every value as text, NULL as `None`.
+    pub async fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        match self {
+            Db::Sqlite { path } => {
+                let conn = rusqlite::Connection::open(path).expect("open sqlite");
+                conn.busy_timeout(Duration::from_secs(5)).unwrap();
+                let mut st = conn.prepare(sql).expect("prepare");
+                let n = st.column_count();
+                st.query_map([], |r| {
+                    (0..n)
+                        .map(|i| {
+                            use rusqlite::types::ValueRef as V;
+                            Ok(match r.get_ref(i)? {
+                                V::Null => None,
+                                V::Integer(v) => Some(v.to_string()),
+                                V::Real(v) => Some(v.to_string()),
+                                V::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+                                V::Blob(b) => Some(format!("{} bytes", b.len())),
+                            })
+                        })
+                        .collect()
+                })
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+            }
+            Db::Postgres { .. } => pg_connect(&self.url())
+                .await
+                .simple_query(sql)
+                .await
+                .expect("query")
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                    }
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
+
+    /// A single integer result (`SELECT COUNT(*) …`). A store that has not
+    /// created its tables yet counts 0.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.query(sql).await[0][0]
+            .as_deref()
+            .expect("a non-null count")
+            .parse()
+            .expect("an integer")
+    }
+
+    pub async fn readings(&self) -> i64 {
+        self.count("SELECT COUNT(*) FROM telemetry_data").await
+    }
+
+    /// The stored readings of one vehicle, in timestamp order.
+    pub async fn rows_of(&self, vin: &str) -> Vec<StoredRow> {
+        let sql = format!(
+            "SELECT t.session_id, t.seq, t.ts, t.speed, t.battery, t.power, t.heading, \
+                    t.latitude, t.longitude, t.altitude \
+             FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id \
+             WHERE v.vin = '{vin}' ORDER BY t.ts, t.session_id, t.seq"
+        );
+        self.query(&sql)
+            .await
+            .into_iter()
+            .map(|r| {
+                let int = |i: usize| r[i].as_deref().unwrap().parse::<i64>().unwrap();
+                StoredRow {
+                    session_id: int(0),
+                    seq: int(1),
+                    ts: int(2),
+                    values: (3..10)
+                        .map(|i| r[i].as_deref().map(|s| s.parse::<f64>().unwrap()))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let Db::Postgres { name } = self else { return };
+        let name = name.clone();
+        // Runs inside a runtime and while unwinding: a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((c, conn)) =
+                    tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL must run at 127.0.0.1:5432 (user postgres, trust auth): {e}")
+        });
+    tokio::spawn(conn);
+    c
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.load(Ordering::Relaxed));
+    h.finish() as u32
+}
+
+/// One row of `telemetry_data`.
+#[derive(Debug, Clone)]
+pub struct StoredRow {
+    pub session_id: i64,
+    pub seq: i64,
+    pub ts: i64,
+    /// Catalog channel order.
+    pub values: Vec<Option<f64>>,
+}
+
+// --------------------------------------------------------------- processes
+
+/// Sends a signal to a child we spawned (by its PID only).
+pub fn signal(child: &Child, sig: rustix::process::Signal) {
+    let _ = rustix::process::kill_process(rustix::process::Pid::from_child(child), sig);
+}
+
+/// Waits for a child to exit, at most `timeout`.
+pub async fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return Some(st);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn log_file(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("log file")
+}
+
+/// A `lockstep-server` process on a fixed port. Its stdout and stderr go to
+/// `server.log` in its data directory (kept across restarts).
+pub struct Server {
+    pub port: u16,
+    pub db_url: String,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    child: Option<Child>,
+    extra: Vec<String>,
+    log_filter: String,
+}
+
+impl Server {
+    /// Starts a server on a free port with `db_url`, and waits until it answers.
+    pub async fn start(db_url: &str, extra: &[&str]) -> Self {
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+        Self::start_logging(db_url, extra, &filter).await
+    }
+
+    /// [`Server::start`] with its `RUST_LOG` filter (for tests that read its log).
+    pub async fn start_logging(db_url: &str, extra: &[&str], log_filter: &str) -> Self {
+        let mut s = Server {
+            port: free_port(),
+            db_url: db_url.to_owned(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            log_filter: log_filter.to_owned(),
+        };
+        s.spawn().await;
+        s
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("server.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// (Re)starts the process on the same port, database and data directory.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the server is already running");
+        let data = self.dir.path().join("data");
+        let child = Command::new(binary("lockstep-server"))
+            // Nothing from the environment of whoever runs the tests (DATABASE_URL, PORT, …),
+            // and a working directory without a `.env`.
+            .env_clear()
+            .env("RUST_LOG", &self.log_filter)
+            .current_dir(self.dir.path())
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--database-url", &self.db_url])
+            .args(["--data-dir", data.to_str().unwrap()])
+            .args(["--enable-supabase", "false"])
+            .args(["--edge-bin", binary("lockstep-edge").to_str().unwrap()])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(log_file(&self.log_path()))
+            .stderr(log_file(&self.log_path()))
+            .spawn()
+            .expect("spawn lockstep-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                panic!(
+                    "lockstep-server exited at start ({st}); its log:\n{}",
+                    self.log()
+                );
+            }
+            let up = self
+                .http
+                .get(format!("{}/status", self.base()))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "lockstep-server did not answer /status within 30 s; its log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, and reap it.
+    pub async fn kill(&mut self) {
+        let mut child = self.child.take().expect("the server runs");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+
+    /// SIGTERM, and wait for a graceful exit (which stops its logger child).
+    pub async fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("the server runs");
+        signal(&child, rustix::process::Signal::TERM);
+        match wait_exit(&mut child, Duration::from_secs(20)).await {
+            Some(st) => st,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "lockstep-server did not stop within 20 s of SIGTERM; its log:\n{}",
+                    self.log()
+                );
+            }
+        }
+    }
+
+    pub async fn status(&self) -> Option<serde_json::Value> {
+        let r = self
+            .http
+            .get(format!("{}/status", self.base()))
+            .send()
+            .await
+            .ok()?;
+        r.json().await.ok()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Gracefully, so a logger child is not orphaned; then by force.
+            signal(&child, rustix::process::Signal::TERM);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() {
+                if std::time::Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("---- lockstep-server log ----\n{}", self.log());
+        }
+    }
+}
+
+/// A `lockstep-edge` process; stdout (the summary) and stderr (logs) go to files.
+pub struct Edge {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Edge {
+    /// `lockstep-edge replay --format twizy testdata/twizy-ev/FILE --server URL --spool DIR ARGS…`.
+    pub fn replay(server: &str, file: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = testdata(&format!("twizy-ev/{file}"));
+        let spool = dir.path().join("spool");
+        let child = Command::new(binary("lockstep-edge"))
+            .env_clear()
+            .current_dir(dir.path())
+            .args(["replay", "--format", "twizy", path.to_str().unwrap()])
+            .args(["--server", server, "--spool", spool.to_str().unwrap()])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log_file(&dir.path().join("stdout")))
+            .stderr(log_file(&dir.path().join("stderr")))
+            .spawn()
+            .expect("spawn lockstep-edge");
+        Edge {
+            dir,
+            child: Some(child),
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default()
+    }
+
+    /// Waits for the edge to finish; panics (with its output) unless it exits 0 in time.
+    pub async fn finish(&mut self, timeout: Duration) -> Summary {
+        let child = self.child.as_mut().expect("the edge runs");
+        let st = wait_exit(child, timeout).await;
+        self.child = None;
+        let st = st.unwrap_or_else(|| {
+            panic!(
+                "lockstep-edge did not finish within {timeout:?}; stdout:\n{}\nstderr:\n{}",
+                self.stdout(),
+                self.stderr()
+            )
+        });
+        assert!(
+            st.success(),
+            "lockstep-edge failed ({st}); stdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        Summary::parse(&self.stdout())
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "---- lockstep-edge stdout ----\n{}\n---- lockstep-edge stderr ----\n{}",
+                self.stdout(),
+                self.stderr()
+            );
+        }
+    }
+}
+
+/// The numbers of the edge's exit summary (see `lockstep_edge::app::Summary`).
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub text: String,
+    pub produced: u64,
+    pub acknowledged: u64,
+    pub retries: u64,
+    pub resyncs: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    pub spool_left: u64,
+}
+
+impl Summary {
+    /// Parses the summary block printed on stdout; panics if a line is missing.
+    pub fn parse(text: &str) -> Self {
+        let start = text
+            .find("lockstep-edge summary")
+            .unwrap_or_else(|| panic!("no summary in the edge's output:\n{text}"));
+        let text = &text[start..];
+        let line = |prefix: &str| {
+            text.lines()
+                .map(str::trim)
+                .find_map(|l| l.strip_prefix(prefix))
+                .unwrap_or_else(|| panic!("no {prefix:?} line in the summary:\n{text}"))
+                .to_owned()
+        };
+        // "12 produced, 12 acknowledged" → [12, 12]
+        let numbers = |s: &str| -> Vec<u64> {
+            s.split(|c: char| !c.is_ascii_digit())
+                .filter(|w| !w.is_empty())
+                .map(|w| w.parse().unwrap())
+                .collect()
+        };
+        let readings = numbers(&line("readings: "));
+        let retries = numbers(&line("retries: "));
+        let spool = numbers(&line("spool: "));
+        Summary {
+            text: text.trim_end().to_owned(),
+            produced: readings[0],
+            acknowledged: readings[1],
+            retries: retries[0],
+            resyncs: retries[1],
+            duplicates: retries[2],
+            rejected: retries[3],
+            spool_left: spool[0],
+        }
+    }
+}
+
+// ------------------------------------------------------------ expectations
+
+/// What the edge replays for `file`: its VIN and readings, computed by the
+/// edge's own library (same reader, same timestamp repair, same derived heading).
+pub fn expected_trip(file: &str) -> (String, Trip) {
+    let path = testdata(&format!("twizy-ev/{file}"));
+    let trip = sources::load(Format::Twizy, &path).expect("the trip loads");
+    // Independently of the reader: one reading per data row of the CSV.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let data_rows = text
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    assert_eq!(trip.readings.len(), data_rows, "one reading per CSV row");
+    let vin = lockstep_edge::sim::replay_vin(&trip.name)
+        .as_str()
+        .to_owned();
+    (vin, trip)
+}
+
+/// Asserts that `stored` holds every reading of `expected` exactly once (by
+/// the timestamp the edge assigned), no (session, seq) twice, and every value
+/// within the catalog tolerance (position as a 2-D distance, heading on the
+/// circle). Nulls must stay null and values must stay values.
+pub fn assert_exactly_once_within_tolerance(expected: &[Reading], stored: &[StoredRow]) {
+    let catalog = Catalog::default_v1();
+    let tol: Vec<f64> = catalog.signals().iter().map(|s| s.tolerance()).collect();
+    let name = |ch: usize| catalog.signals()[ch].name.clone();
+    use lockstep_edge::sources::{HEADING, LATITUDE, LONGITUDE};
+
+    let mut keys = std::collections::HashSet::new();
+    for r in stored {
+        assert!(
+            keys.insert((r.session_id, r.seq)),
+            "(session {:016x}, seq {}) stored twice",
+            r.session_id,
+            r.seq
+        );
+    }
+    let mut by_ts: HashMap<i64, Vec<&StoredRow>> = HashMap::new();
+    for r in stored {
+        by_ts.entry(r.ts).or_default().push(r);
+    }
+    let missing = expected
+        .iter()
+        .filter(|e| !by_ts.contains_key(&e.timestamp_ms))
+        .count();
+    let twice = by_ts.values().filter(|v| v.len() > 1).count();
+    assert!(
+        missing == 0 && twice == 0 && stored.len() == expected.len(),
+        "expected {} readings exactly once; stored {}: {missing} missing, {twice} timestamps stored more than once",
+        expected.len(),
+        stored.len()
+    );
+
+    let mut worst = vec![0.0f64; tol.len()];
+    for e in expected {
+        let s = by_ts[&e.timestamp_ms][0];
+        for ch in 0..tol.len() {
+            if ch == LATITUDE || ch == LONGITUDE {
+                continue;
+            }
+            match (e.values[ch], s.values[ch]) {
+                (None, None) => {}
+                (Some(want), Some(got)) => {
+                    let err = if ch == HEADING {
+                        let d = (got - want).rem_euclid(360.0);
+                        d.min(360.0 - d)
+                    } else {
+                        (got - want).abs()
+                    };
+                    worst[ch] = worst[ch].max(err);
+                    assert!(
+                        err <= tol[ch] + 1e-9,
+                        "{} at ts {} (seq {}): stored {got}, recorded {want}, error {err} > tolerance {}",
+                        name(ch),
+                        e.timestamp_ms,
+                        s.seq,
+                        tol[ch]
+                    );
+                }
+                (want, got) => panic!(
+                    "{} at ts {} (seq {}): recorded {want:?}, stored {got:?}",
+                    name(ch),
+                    e.timestamp_ms,
+                    s.seq
+                ),
+            }
+        }
+        match (
+            (e.values[LATITUDE], e.values[LONGITUDE]),
+            (s.values[LATITUDE], s.values[LONGITUDE]),
+        ) {
+            ((None, None), (None, None)) => {}
+            ((Some(la), Some(lo)), (Some(sla), Some(slo))) => {
+                let d = metres(la, lo, sla, slo);
+                worst[LATITUDE] = worst[LATITUDE].max(d);
+                assert!(
+                    d <= tol[LATITUDE] + 1e-6,
+                    "position at ts {}: stored ({sla}, {slo}), recorded ({la}, {lo}): {d:.3} m > {} m",
+                    e.timestamp_ms,
+                    tol[LATITUDE]
+                );
+            }
+            (want, got) => panic!(
+                "position at ts {}: recorded {want:?}, stored {got:?}",
+                e.timestamp_ms
+            ),
+        }
+    }
+    let report: Vec<String> = (0..tol.len())
+        .filter(|&ch| ch != LONGITUDE)
+        .map(|ch| {
+            let n = if ch == LATITUDE {
+                "position".to_owned()
+            } else {
+                name(ch)
+            };
+            format!("{n} {:.4}/{}", worst[ch], tol[ch])
+        })
+        .collect();
+    println!(
+        "{} readings exactly once; worst error/tolerance: {}",
+        expected.len(),
+        report.join(", ")
+    );
+}
+
+/// Great-circle (haversine) distance in metres.
+pub fn metres(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    const R: f64 = 6_371_008.8;
+    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+    let (dp, dl) = ((lat2 - lat1).to_radians(), (lon2 - lon1).to_radians());
+    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * R * a.sqrt().asin()
+}

@@ -1,0 +1,16 @@
+//! End-to-end tests: the real `lockstep-server` and `lockstep-edge` binaries
+//! (built by `cargo build --workspace --bins`; a missing one fails the test),
+//! each test on its own free port, temp directories and database (a fresh
+//! SQLite file, or a fresh PostgreSQL database on 127.0.0.1:5432 dropped at
+//! the end). Processes are only ever signalled by the PIDs these tests spawned.
+//!
+//! - [`logger`]: the server starts and stops the edge over the WebSocket;
+//! - [`replay`]: a recorded Twizy trip lands exactly once, within tolerance —
+//!   plainly, and across a SIGKILL + restart of the server;
+//! - [`outage`]: PostgreSQL cut off behind a proxy mid-replay: 503s, backoff, catch-up.
+
+mod harness;
+
+mod logger;
+mod outage;
+mod replay;
