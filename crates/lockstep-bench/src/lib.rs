@@ -248,6 +248,7 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
     let cpu0 = (
         pid.and_then(procfs::cpu_seconds),
         procfs::self_cpu_seconds(),
+        pid.and_then(procfs::user_sys_seconds),
     );
     let sampler = pid.map(procfs::RssSampler::start);
     let out = load::run(plan, vehicles).await;
@@ -274,6 +275,7 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
     let cpu1 = (
         pid.and_then(procfs::cpu_seconds),
         procfs::self_cpu_seconds(),
+        pid.and_then(procfs::user_sys_seconds),
     );
     let pg_cpu = match &pg_url {
         Some(u) => {
@@ -392,6 +394,7 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
 
     let per_reading = |cpu: Option<f64>| cpu.and_then(|c| ratio(c * 1e6, readings as f64));
     let server_cpu = cpu0.0.zip(cpu1.0).map(|(a, b)| b - a);
+    let server_sys = cpu0.2.zip(cpu1.2).map(|(a, b)| b.1 - a.1);
     let bench_cpu = Some(cpu1.1 - cpu0.1);
     let errors_total = errors.values().sum();
     Ok(Report {
@@ -451,6 +454,7 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
             cpu_s: server_cpu,
             cpu_us_per_reading: per_reading(server_cpu),
             cpu_pct_of_core: server_cpu.map(|c| 100.0 * c / window_s),
+            sys_s: server_sys,
             rss_idle_kib: rss_idle,
             rss_after_ws_kib: rss_after_ws,
             rss_peak_kib: rss_peak,

@@ -16,13 +16,24 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 fn stat_cpu_seconds(stat: &str) -> Option<f64> {
+    stat_user_sys(stat).map(|(u, s)| u + s)
+}
+
+/// (utime, stime) in seconds from a `/proc/PID/stat` line.
+fn stat_user_sys(stat: &str) -> Option<(f64, f64)> {
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After ')': state(0) ppid(1) … utime(11) stime(12).
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
-    Some((utime + stime) as f64 / ticks_per_second())
+    let t = ticks_per_second();
+    Some((utime as f64 / t, stime as f64 / t))
+}
+
+/// User and system CPU seconds of process `pid`.
+pub fn user_sys_seconds(pid: u32) -> Option<(f64, f64)> {
+    stat_user_sys(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// A `kB` field of `/proc/PID/status` (VmRSS, VmHWM, …).

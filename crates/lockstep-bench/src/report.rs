@@ -154,6 +154,8 @@ pub struct ProcReport {
     pub cpu_us_per_reading: Option<f64>,
     /// CPU seconds ÷ window, in % of one core.
     pub cpu_pct_of_core: Option<f64>,
+    /// The kernel's share of `cpu_s` (stime: syscalls, wake-ups).
+    pub sys_s: Option<f64>,
     /// Right after start-up (or before the run), before any client connected.
     pub rss_idle_kib: Option<u64>,
     /// After the WebSocket clients (idle and subscribers) connected.
@@ -264,10 +266,11 @@ impl Report {
             &mut t,
             "server CPU",
             format!(
-                "{} s = {} µs/reading ({} % of one core)",
+                "{} s = {} µs/reading ({} % of one core; {} s of it in the kernel)",
                 opt(s.cpu_s, 2),
                 opt(s.cpu_us_per_reading, 1),
-                opt(s.cpu_pct_of_core, 0)
+                opt(s.cpu_pct_of_core, 0),
+                opt(s.sys_s, 2)
             ),
         );
         if self.postgres_proc.cpu_s.is_some() {
