@@ -7,11 +7,15 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lockstep_codec::{Catalog, Reading};
 use lockstep_edge::sources::{self, Format, Trip};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -441,11 +445,18 @@ pub struct Edge {
 }
 
 impl Edge {
-    /// `lockstep-edge replay --format twizy testdata/twizy-ev/FILE --server URL --spool DIR ARGS…`.
+    /// `lockstep-edge replay --format twizy testdata/twizy-ev/FILE --server URL ARGS…`
+    /// with a spool of its own.
     pub fn replay(server: &str, file: &str, args: &[&str]) -> Self {
+        Self::replay_spooled(server, file, None, args)
+    }
+
+    /// The same with the spool in `spool` (`None`: in this edge's own temp dir),
+    /// so a second edge can take over what a killed one left.
+    pub fn replay_spooled(server: &str, file: &str, spool: Option<&Path>, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = testdata(&format!("twizy-ev/{file}"));
-        let spool = dir.path().join("spool");
+        let spool = spool.map_or_else(|| dir.path().join("spool"), Path::to_path_buf);
         let child = Command::new(binary("lockstep-edge"))
             .env_clear()
             .current_dir(dir.path())
@@ -461,6 +472,13 @@ impl Edge {
             dir,
             child: Some(child),
         }
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the edge runs");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
     }
 
     pub fn stdout(&self) -> String {
@@ -556,6 +574,114 @@ impl Summary {
             rejected: retries[3],
             spool_left: spool[0],
         }
+    }
+}
+
+// ------------------------------------------------------------------- proxy
+
+/// A loopback TCP proxy to `target`, owned by the test. It can drop every open
+/// connection and refuse new ones (`close`) until `reopen`, and it can lose
+/// responses: the next `n` chunks coming back from the target are not
+/// forwarded, their connection is dropped instead (the request was served, the
+/// client never hears of it).
+pub struct Proxy {
+    pub addr: String,
+    open: Arc<watch::Sender<bool>>,
+    to_lose: Arc<AtomicUsize>,
+    lost: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let open = Arc::new(watch::Sender::new(true));
+        let (to_lose, lost) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (gate, l, d) = (open.clone(), to_lose.clone(), lost.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if !*gate.borrow() {
+                    drop(inbound); // refused: closed at once
+                    continue;
+                }
+                let cut = gate.subscribe();
+                let (target, l, d) = (target.clone(), l.clone(), d.clone());
+                tokio::spawn(async move {
+                    if let Ok(outbound) = TcpStream::connect(&target).await {
+                        pipe(inbound, outbound, cut, l, d).await;
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            open,
+            to_lose,
+            lost,
+            task,
+        }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn close(&self) {
+        self.open.send_replace(false);
+    }
+
+    pub fn reopen(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Loses the next `n` responses (see the type's documentation).
+    pub fn lose_responses(&self, n: usize) {
+        self.to_lose.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// Responses lost so far.
+    pub fn lost(&self) -> usize {
+        self.lost.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Forwards both ways until either side ends, the proxy closes, or a response is lost;
+/// then both sockets are dropped.
+async fn pipe(
+    inbound: TcpStream,
+    outbound: TcpStream,
+    mut cut: watch::Receiver<bool>,
+    to_lose: Arc<AtomicUsize>,
+    lost: Arc<AtomicUsize>,
+) {
+    let (mut client_rx, mut client_tx) = inbound.into_split();
+    let (mut target_rx, mut target_tx) = outbound.into_split();
+    let up = tokio::io::copy(&mut client_rx, &mut target_tx);
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = target_rx.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            if to_lose
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1))
+                .is_ok()
+            {
+                lost.fetch_add(1, Ordering::SeqCst);
+                return Ok(());
+            }
+            client_tx.write_all(&buf[..n]).await?;
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = cut.wait_for(|open| !open) => {}
     }
 }
 
@@ -678,7 +804,7 @@ pub fn assert_exactly_once_within_tolerance(expected: &[Reading], stored: &[Stor
             } else {
                 name(ch)
             };
-            format!("{n} {:.4}/{}", worst[ch], tol[ch])
+            format!("{n} {}/{}", worst[ch], tol[ch])
         })
         .collect();
     println!(

@@ -3,71 +3,16 @@
 //! server answers 503 and says `degraded`, the edge backs off and keeps its
 //! batches spooled, and once the proxy reopens everything lands exactly once.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-
 use crate::harness::*;
-
-/// A loopback TCP proxy to `target` that can drop every open connection and
-/// refuse new ones (`close`) until `reopen`.
-struct Proxy {
-    addr: String,
-    open: Arc<watch::Sender<bool>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    async fn start(target: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let open = Arc::new(watch::Sender::new(true));
-        let gate = open.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !*gate.borrow() {
-                    drop(inbound); // refused: closed at once
-                    continue;
-                }
-                let mut cut = gate.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    // Either side ends, or the proxy closes: both sockets are dropped.
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.wait_for(|open| !open) => {}
-                    }
-                });
-            }
-        });
-        Proxy { addr, open, task }
-    }
-
-    fn close(&self) {
-        self.open.send_replace(false);
-    }
-
-    fn reopen(&self) {
-        self.open.send_replace(true);
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_cut_off_mid_replay_gives_503_then_catches_up() {
     let db = Db::postgres().await;
     let (vin, trip) = expected_trip(SHORT_TRIP);
     let total = trip.readings.len() as i64;
-    let proxy = Proxy::start(PG_ADDR).await;
+    let proxy = Proxy::start(PG_ADDR.to_owned()).await;
     // At debug level the server logs every 503 it answers ("Answering 503: …").
     let server = Server::start_logging(
         &db.url_via(&proxy.addr),

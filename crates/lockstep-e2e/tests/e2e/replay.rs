@@ -115,3 +115,106 @@ async fn server_sigkill_mid_replay_loses_and_repeats_nothing() {
     assert_exactly_once_within_tolerance(&trip.readings, &stored);
     assert_eq!(final_count, total);
 }
+
+/// SIGKILL the edge in the middle of a replay and start a new one on the same
+/// spool: it sends what the killed one left spooled, resumes the file after its
+/// cursor, and the server's dedupe absorbs batches that were committed but whose
+/// acknowledgement the killed edge never saw. Every reading exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_sigkill_mid_replay_resumes_from_its_spool() {
+    let db = Db::postgres().await;
+    let (vin, trip) = expected_trip(SHORT_TRIP);
+    let total = trip.readings.len() as i64;
+    let server = Server::start(&db.url(), &[]).await;
+    let spool = tempfile::tempdir().unwrap();
+    // Small batches at 200×: a request is in flight much of the time.
+    let args = [
+        "--speed",
+        "200",
+        "--batch-readings",
+        "10",
+        "--batch-delay-ms",
+        "100",
+    ];
+    let mut first = Edge::replay_spooled(&server.base(), SHORT_TRIP, Some(spool.path()), &args);
+    eventually(
+        Duration::from_secs(30),
+        "300 readings committed",
+        || async { (db.readings().await >= 300).then_some(()) },
+    )
+    .await;
+    first.kill();
+    let at_kill = db.readings().await;
+    assert!(
+        at_kill < total,
+        "the replay finished before the kill ({at_kill} of {total}): slow it down"
+    );
+
+    let mut second = Edge::replay_spooled(&server.base(), SHORT_TRIP, Some(spool.path()), &args);
+    let summary = second.finish(Duration::from_secs(60)).await;
+    let final_count = db.readings().await;
+    println!("{}", summary.text);
+    println!(
+        "edge kill test: rows at the kill {at_kill}, final {final_count} (of {total}); \
+         the second edge produced {} readings, duplicates acknowledged {}",
+        summary.produced, summary.duplicates
+    );
+    assert!(
+        summary.text.contains("resumed "),
+        "the second edge resumed after the first one's cursor"
+    );
+    assert!(summary.produced < total as u64, "it did not start over");
+    assert_eq!(summary.spool_left, 0);
+
+    let stored = db.rows_of(&vin).await;
+    assert_exactly_once_within_tolerance(&trip.readings, &stored);
+    assert_eq!(final_count, total);
+}
+
+/// A batch is committed but its acknowledgement never reaches the edge (a
+/// proxy between edge and server drops the response): the edge sends it again
+/// and the server acknowledges it as a duplicate without storing it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_acknowledgement_is_deduplicated() {
+    let db = Db::postgres().await;
+    let (vin, trip) = expected_trip(SHORT_TRIP);
+    let total = trip.readings.len() as i64;
+    let server = Server::start(&db.url(), &[]).await;
+    let proxy = Proxy::start(format!("127.0.0.1:{}", server.port)).await;
+    let args = [
+        "--speed",
+        "200",
+        "--batch-readings",
+        "10",
+        "--batch-delay-ms",
+        "100",
+    ];
+    let mut edge = Edge::replay(&format!("http://{}", proxy.addr), SHORT_TRIP, &args);
+    eventually(
+        Duration::from_secs(30),
+        "200 readings committed",
+        || async { (db.readings().await >= 200).then_some(()) },
+    )
+    .await;
+    proxy.lose_responses(1);
+    eventually(Duration::from_secs(20), "a response lost", || async {
+        (proxy.lost() == 1).then_some(())
+    })
+    .await;
+    let summary = edge.finish(Duration::from_secs(60)).await;
+    println!("{}", summary.text);
+    println!(
+        "lost-ack test: {} responses lost; edge retries {}, duplicates acknowledged {}",
+        proxy.lost(),
+        summary.retries,
+        summary.duplicates
+    );
+    assert_eq!(
+        (summary.retries, summary.duplicates),
+        (1, 1),
+        "the batch whose acknowledgement was lost is sent once more and acknowledged as a duplicate"
+    );
+    let stored = db.rows_of(&vin).await;
+    assert_exactly_once_within_tolerance(&trip.readings, &stored);
+    assert_eq!(db.readings().await, total);
+}
