@@ -380,15 +380,19 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
         Err(e) => serde_json::json!({ "error": e.to_string() }),
     };
     let readings_per_s = readings as f64 / window_s;
-    let raw_limit = match (&ctx.store, args.no_raw_limit) {
-        (Some(s), false) if readings > 0 => Some(
-            store::raw_limit(s, readings.max(1000))
+    let (raw_limit, server_sql_limit) = match (&ctx.store, args.no_raw_limit) {
+        (Some(s), false) if readings > 0 => {
+            let (raw, staged) = store::raw_limit(s, readings.max(1000))
                 .await
-                .context("raw storage limit")?,
-        ),
-        _ => None,
+                .context("raw storage limit")?;
+            (Some(raw), staged)
+        }
+        _ => (None, None),
     };
     let ingest_over_raw = raw_limit
+        .as_ref()
+        .and_then(|r| ratio(readings_per_s, r.rows_per_s));
+    let ingest_over_server_sql = server_sql_limit
         .as_ref()
         .and_then(|r| ratio(readings_per_s, r.rows_per_s));
 
@@ -470,6 +474,8 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
             cpu_us_per_reading: per_reading(bench_cpu),
         },
         raw_limit,
+        server_sql_limit,
+        ingest_over_server_sql,
         ingest_over_raw,
         server_status,
     })

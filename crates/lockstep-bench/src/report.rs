@@ -33,6 +33,11 @@ pub struct Report {
     pub raw_limit: Option<RawLimit>,
     /// readings/s committed ÷ raw limit rows/s.
     pub ingest_over_raw: Option<f64>,
+    /// PostgreSQL: the same rows through the server's own SQL path alone (staging
+    /// table + `INSERT … SELECT … ON CONFLICT`), without HTTP or the server.
+    pub server_sql_limit: Option<RawLimit>,
+    /// readings/s committed ÷ server SQL path rows/s.
+    pub ingest_over_server_sql: Option<f64>,
     /// `GET /status` after the load.
     pub server_status: serde_json::Value,
 }
@@ -394,6 +399,20 @@ impl Report {
                 ),
             ),
             None => w(&mut t, "raw storage limit", "not measured".into()),
+        }
+        if let Some(r) = &self.server_sql_limit {
+            w(
+                &mut t,
+                "server's SQL path alone",
+                format!(
+                    "{} rows in {:.2} s = {} rows/s; ingest/that = {}  [{}]",
+                    n0(r.rows as f64),
+                    r.seconds,
+                    n0(r.rows_per_s),
+                    opt(self.ingest_over_server_sql, 3),
+                    r.method
+                ),
+            );
         }
         w(
             &mut t,

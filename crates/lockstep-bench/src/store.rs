@@ -155,18 +155,27 @@ fn float_value(col: usize, i: u64) -> f64 {
 }
 
 /// Binary COPY (PostgreSQL) or one-transaction prepared inserts (SQLite) of
-/// `rows` rows into a scratch copy of `telemetry_data`, dropped after.
-pub async fn raw_limit(store: &StoreAccess, rows: u64) -> anyhow::Result<RawLimit> {
+/// `rows` rows into a scratch copy of `telemetry_data`, dropped after. For
+/// PostgreSQL also the server's own SQL path alone (staging table + `INSERT …
+/// SELECT … ON CONFLICT`), which separates the cost of that path from the
+/// cost of everything else in the server.
+pub async fn raw_limit(
+    store: &StoreAccess,
+    rows: u64,
+) -> anyhow::Result<(RawLimit, Option<RawLimit>)> {
     match store {
         StoreAccess::Postgres(url) => pg_raw_copy(url, rows).await,
         StoreAccess::Sqlite(path) => {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || sqlite_raw_insert(&path, rows)).await?
+            Ok((
+                tokio::task::spawn_blocking(move || sqlite_raw_insert(&path, rows)).await??,
+                None,
+            ))
         }
     }
 }
 
-async fn pg_raw_copy(url: &str, rows: u64) -> anyhow::Result<RawLimit> {
+async fn pg_raw_copy(url: &str, rows: u64) -> anyhow::Result<(RawLimit, Option<RawLimit>)> {
     let mut c = pg_connect(url).await?;
     let cols = c
         .query(
@@ -205,58 +214,115 @@ async fn pg_raw_copy(url: &str, rows: u64) -> anyhow::Result<RawLimit> {
         .map(|r| r.get::<_, i64>(0))
         .collect();
     let scratch = format!("bench_raw_copy_{}", std::process::id());
-    c.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {scratch}; CREATE TABLE {scratch} (LIKE telemetry_data INCLUDING ALL)"
-    ))
-    .await?;
-    let result = async {
-        let t0 = Instant::now();
-        let tx = c.transaction().await?;
-        let sink = tx
-            .copy_in(&format!(
-                "COPY {scratch} ({}) FROM STDIN BINARY",
-                names.join(", ")
-            ))
-            .await?;
-        let writer = BinaryCopyInWriter::new(sink, &types);
-        futures_util::pin_mut!(writer);
-        let text = String::from("bench");
-        for i in 0..rows {
-            let ints: Vec<i64> = names
-                .iter()
-                .map(|n| int_value(n.trim_matches('"'), i, &ids))
-                .collect();
-            let floats: Vec<f64> = (0..names.len()).map(|k| float_value(k, i)).collect();
-            let b = i % 100 == 0;
-            let row: Vec<&(dyn ToSql + Sync)> = kinds
-                .iter()
-                .enumerate()
-                .map(|(k, kind)| -> &(dyn ToSql + Sync) {
-                    match kind {
-                        Col::Int => &ints[k],
-                        Col::Float => &floats[k],
-                        Col::Bool => &b,
-                        Col::Text => &text,
-                    }
-                })
-                .collect();
-            writer.as_mut().write(&row).await?;
-        }
-        writer.finish().await?;
-        tx.commit().await?;
-        anyhow::Ok(t0.elapsed().as_secs_f64())
-    }
-    .await;
-    let _ = c
-        .batch_execute(&format!("DROP TABLE IF EXISTS {scratch}"))
-        .await;
-    let seconds = result.context("raw COPY into a scratch copy of telemetry_data")?;
-    Ok(RawLimit {
-        method: "binary COPY (BinaryCopyInWriter), one transaction, into CREATE TABLE … (LIKE telemetry_data INCLUDING ALL)".into(),
+    let cols = PgCols {
+        names,
+        kinds,
+        types,
+        ids,
+    };
+    let mut run = async |staged: bool| -> anyhow::Result<f64> {
+        c.batch_execute(&format!(
+            "DROP TABLE IF EXISTS {scratch}; CREATE TABLE {scratch} (LIKE telemetry_data INCLUDING ALL)"
+        ))
+        .await?;
+        let r = pg_copy(&mut c, &scratch, &cols, rows, staged).await;
+        let _ = c
+            .batch_execute(&format!("DROP TABLE IF EXISTS {scratch}"))
+            .await;
+        r
+    };
+    let plain = run(false)
+        .await
+        .context("raw COPY into a scratch copy of telemetry_data")?;
+    let staged = run(true)
+        .await
+        .context("staged COPY into a scratch copy of telemetry_data")?;
+    let limit = |method: &str, seconds: f64| RawLimit {
+        method: method.into(),
         rows,
         seconds,
         rows_per_s: rows as f64 / seconds.max(1e-9),
-    })
+    };
+    Ok((
+        limit(
+            "binary COPY (BinaryCopyInWriter), one transaction, into CREATE TABLE … (LIKE telemetry_data INCLUDING ALL)",
+            plain,
+        ),
+        Some(limit(
+            "the server's SQL path alone: binary COPY into a temporary staging table, then INSERT … SELECT … ON CONFLICT DO NOTHING, one transaction",
+            staged,
+        )),
+    ))
+}
+
+/// The insertable columns of `telemetry_data` and the vehicle ids to use.
+struct PgCols {
+    names: Vec<String>,
+    kinds: Vec<Col>,
+    types: Vec<Type>,
+    ids: Vec<i64>,
+}
+
+/// Loads `rows` generated rows into `table` in one transaction: directly by
+/// binary COPY, or (`staged`) through a temporary table and `INSERT … SELECT
+/// … ON CONFLICT DO NOTHING`, the way lockstep-server writes. Returns seconds.
+async fn pg_copy(
+    c: &mut tokio_postgres::Client,
+    table: &str,
+    cols: &PgCols,
+    rows: u64,
+    staged: bool,
+) -> anyhow::Result<f64> {
+    let names = cols.names.join(", ");
+    let t0 = Instant::now();
+    let tx = c.transaction().await?;
+    let target = if staged {
+        tx.batch_execute(&format!(
+            "CREATE TEMP TABLE bench_staging ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA"
+        ))
+        .await?;
+        "bench_staging"
+    } else {
+        table
+    };
+    let sink = tx
+        .copy_in(&format!("COPY {target} ({names}) FROM STDIN BINARY"))
+        .await?;
+    let writer = BinaryCopyInWriter::new(sink, &cols.types);
+    futures_util::pin_mut!(writer);
+    let text = String::from("bench");
+    for i in 0..rows {
+        let ints: Vec<i64> = cols
+            .names
+            .iter()
+            .map(|n| int_value(n.trim_matches('"'), i, &cols.ids))
+            .collect();
+        let floats: Vec<f64> = (0..cols.names.len()).map(|k| float_value(k, i)).collect();
+        let b = i % 100 == 0;
+        let row: Vec<&(dyn ToSql + Sync)> = cols
+            .kinds
+            .iter()
+            .enumerate()
+            .map(|(k, kind)| -> &(dyn ToSql + Sync) {
+                match kind {
+                    Col::Int => &ints[k],
+                    Col::Float => &floats[k],
+                    Col::Bool => &b,
+                    Col::Text => &text,
+                }
+            })
+            .collect();
+        writer.as_mut().write(&row).await?;
+    }
+    writer.finish().await?;
+    if staged {
+        tx.batch_execute(&format!(
+            "INSERT INTO {table} ({names}) SELECT {names} FROM bench_staging ON CONFLICT DO NOTHING"
+        ))
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(t0.elapsed().as_secs_f64())
 }
 
 fn sqlite_raw_insert(path: &std::path::Path, rows: u64) -> anyhow::Result<RawLimit> {

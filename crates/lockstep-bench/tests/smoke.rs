@@ -75,6 +75,8 @@ const KEYS: &[&str] = &[
     "/raw_limit/rows_per_s",
     "/raw_limit/method",
     "/ingest_over_raw",
+    "/server_sql_limit",
+    "/ingest_over_server_sql",
     "/server_status/status",
 ];
 
