@@ -36,6 +36,7 @@ OUT=${OUT:-$ROOT/target/compare-seed}
 BIN=${LOCKSTEP_SERVER_BIN:-$ROOT/target/release/lockstep-server}
 ONLY=${ONLY:-}
 mkdir -p "$CACHE" "$OUT"
+OUT=$(cd "$OUT" && pwd)
 
 say() { echo "compare-seed: $*" >&2; }
 psql_admin() { psql "$PG_ADMIN_URL" -v ON_ERROR_STOP=1 -qAt "$@"; }
