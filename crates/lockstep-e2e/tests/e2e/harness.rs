@@ -24,6 +24,9 @@ pub const PG_ADDR: &str = "127.0.0.1:5432";
 /// The shortest recorded Twizy trip (1049 rows at 1 Hz).
 pub const SHORT_TRIP: &str = "T3_04_22_2021_1.csv";
 
+/// A Twizy trip with corrupt dates (5200 rows, 34 timestamps rebuilt by the edge).
+pub const REPAIRED_TRIP: &str = "T1_06_30_2021_1.csv";
+
 /// A binary of this workspace, next to the test executable's directory
 /// (`target/debug/deps/e2e-…` → `target/debug/NAME`).
 pub fn binary(name: &str) -> PathBuf {
@@ -812,6 +815,62 @@ pub fn assert_exactly_once_within_tolerance(expected: &[Reading], stored: &[Stor
         expected.len(),
         report.join(", ")
     );
+}
+
+/// What a seed-form replay stored, compared with what the edge replayed.
+pub struct SeedCheck {
+    /// Recorded values (speed, battery, power, heading) stored with an error
+    /// above the seed tolerance: (field, ts, recorded, stored).
+    pub out_of_tolerance: Vec<(String, i64, f64, Option<f64>)>,
+    /// Values absent from the recording (e.g. the Twizy's power) that were
+    /// stored as a number: (field, ts, stored).
+    pub invented: Vec<(String, i64, f64)>,
+}
+
+/// Asserts that the seed form stored every reading exactly once (session 0,
+/// seq = timestamp) and reports how the seed fields compare (see [`SeedCheck`]).
+pub fn check_seed_rows(expected: &[Reading], stored: &[StoredRow]) -> SeedCheck {
+    use lockstep_codec::seed::{SEED_FIELDS, SEED_TOLERANCES};
+    let catalog = Catalog::default_v1();
+    let by_ts: HashMap<i64, &StoredRow> = stored.iter().map(|r| (r.ts, r)).collect();
+    assert!(
+        stored.iter().all(|r| r.session_id == 0 && r.seq == r.ts),
+        "seed readings are stored with session 0 and seq = timestamp"
+    );
+    let missing = expected
+        .iter()
+        .filter(|e| !by_ts.contains_key(&e.timestamp_ms))
+        .count();
+    assert!(
+        missing == 0 && by_ts.len() == stored.len() && stored.len() == expected.len(),
+        "expected {} readings exactly once; stored {} ({} distinct timestamps), {missing} missing",
+        expected.len(),
+        stored.len(),
+        by_ts.len()
+    );
+    let mut check = SeedCheck {
+        out_of_tolerance: Vec::new(),
+        invented: Vec::new(),
+    };
+    for e in expected {
+        let s = by_ts[&e.timestamp_ms];
+        for (field, tol) in SEED_FIELDS.iter().zip(SEED_TOLERANCES) {
+            let ch = catalog.index_of(field).expect("a catalog channel");
+            match (e.values[ch], s.values[ch]) {
+                (Some(want), Some(got)) if (got - want).abs() <= tol + 1e-9 => {}
+                (Some(want), got) => {
+                    check
+                        .out_of_tolerance
+                        .push((field.to_string(), e.timestamp_ms, want, got))
+                }
+                (None, Some(got)) => check
+                    .invented
+                    .push((field.to_string(), e.timestamp_ms, got)),
+                (None, None) => {}
+            }
+        }
+    }
+    check
 }
 
 /// Great-circle (haversine) distance in metres.

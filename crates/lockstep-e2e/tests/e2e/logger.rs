@@ -175,3 +175,81 @@ async fn logger_started_and_stopped_over_websocket() {
         "the server shuts down cleanly on SIGTERM: {st}"
     );
 }
+
+/// POSTs a logger control request (the test is a loopback peer: no token needed).
+async fn control(server: &Server, path: &str, body: Option<Value>) -> Value {
+    let mut req = server.http.post(format!("{}{path}", server.base()));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request");
+    assert_eq!(resp.status(), 200, "{path}");
+    resp.json().await.expect("JSON")
+}
+
+/// The dashboard's flow: the server replays a recorded trip through its
+/// logger, is told to stop half-way, and to start the same replay again. The
+/// second run resumes after what the first one spooled (the spool lives in the
+/// server's data directory): every reading exactly once, within tolerance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logger_replay_stopped_and_started_again_resumes() {
+    let db = Db::postgres().await;
+    let (vin, trip) = expected_trip(SHORT_TRIP);
+    let total = trip.readings.len() as i64;
+    let server = Server::start(&db.url(), &[]).await;
+    let path = testdata(&format!("twizy-ev/{SHORT_TRIP}"));
+    let start = json!({"replay": [path], "format": "twizy", "speed": 200});
+
+    let started = control(&server, "/logger/start", Some(start.clone())).await;
+    assert_eq!(started["status"], "started", "{started}");
+    eventually(
+        Duration::from_secs(30),
+        "200 readings committed",
+        || async { (db.readings().await >= 200).then_some(()) },
+    )
+    .await;
+    let stopped = control(&server, "/logger/stop", None).await;
+    assert_eq!(
+        stopped,
+        json!({"status": "stopped", "exit_code": 0}),
+        "SIGTERM: the edge flushes and exits 0"
+    );
+    let at_stop = db.readings().await;
+    assert!(
+        at_stop < total,
+        "the replay finished before the stop ({at_stop} of {total}): slow it down"
+    );
+
+    let started = control(&server, "/logger/start", Some(start)).await;
+    assert_eq!(started["status"], "started", "{started}");
+    let status = eventually(Duration::from_secs(60), "the second run to end", || async {
+        let st: Value = server
+            .http
+            .get(format!("{}/logger/status", server.base()))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (st["running"] == false).then_some(st)
+    })
+    .await;
+    assert_eq!(
+        status["last_exit_code"],
+        0,
+        "{status}; server log:\n{}",
+        server.log()
+    );
+    let log = server.log();
+    assert!(
+        log.contains("resumed T3_04_22_2021_1.csv after"),
+        "the second run resumed; server log:\n{log}"
+    );
+    println!(
+        "logger replay: {at_stop} rows at the stop, {} at the end (of {total})",
+        db.readings().await
+    );
+    let stored = db.rows_of(&vin).await;
+    assert_exactly_once_within_tolerance(&trip.readings, &stored);
+}

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use crate::harness::*;
 
-/// Replays [`SHORT_TRIP`] as fast as the server acknowledges and checks the store.
-async fn replay_lands_exactly_once(db: Db) {
-    let (vin, trip) = expected_trip(SHORT_TRIP);
+/// Replays `file` as fast as the server acknowledges and checks the store.
+async fn replay_lands_exactly_once(db: Db, file: &str) -> Summary {
+    let (vin, trip) = expected_trip(file);
     let server = Server::start(&db.url(), &[]).await;
-    let mut edge = Edge::replay(&server.base(), SHORT_TRIP, &["--as-fast-as-possible"]);
+    let mut edge = Edge::replay(&server.base(), file, &["--as-fast-as-possible"]);
     let summary = edge.finish(Duration::from_secs(60)).await;
     println!("{}", summary.text);
     assert_eq!(summary.produced, trip.readings.len() as u64);
@@ -24,17 +24,25 @@ async fn replay_lands_exactly_once(db: Db) {
         stored.len() as i64,
         "only this vehicle"
     );
+    summary
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_on_postgres() {
-    replay_lands_exactly_once(Db::postgres().await).await;
+    replay_lands_exactly_once(Db::postgres().await, SHORT_TRIP).await;
 }
 
+/// On SQLite, a longer trip (5200 rows) whose log has 34 corrupt dates: the
+/// repaired rows land once each, at the timestamps the edge rebuilt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_on_sqlite() {
+async fn replay_on_sqlite_with_corrupt_dates() {
     let dir = tempfile::tempdir().unwrap();
-    replay_lands_exactly_once(Db::sqlite(dir.path())).await;
+    let summary = replay_lands_exactly_once(Db::sqlite(dir.path()), REPAIRED_TRIP).await;
+    assert!(
+        summary.text.contains("34 corrupt timestamps repaired"),
+        "the summary reports the repairs:\n{}",
+        summary.text
+    );
 }
 
 /// SIGKILL the server while a replay is under way (twice: at 200 and at 600
@@ -217,4 +225,57 @@ async fn a_lost_acknowledgement_is_deduplicated() {
     let stored = db.rows_of(&vin).await;
     assert_exactly_once_within_tolerance(&trip.readings, &stored);
     assert_eq!(db.readings().await, total);
+}
+
+/// Replays [`SHORT_TRIP`] in the seed wire form (`--seed-wire`: one
+/// `TelemetryReading` per POST, speed/battery/power/heading only).
+async fn seed_wire_replay() -> SeedCheck {
+    let db = Db::postgres().await;
+    let (vin, trip) = expected_trip(SHORT_TRIP);
+    let server = Server::start(&db.url(), &[]).await;
+    let mut edge = Edge::replay(
+        &server.base(),
+        SHORT_TRIP,
+        &["--as-fast-as-possible", "--seed-wire"],
+    );
+    let summary = edge.finish(Duration::from_secs(60)).await;
+    println!("{}", summary.text);
+    assert_eq!(summary.acknowledged, trip.readings.len() as u64);
+    let stored = db.rows_of(&vin).await;
+    let check = check_seed_rows(&trip.readings, &stored);
+    println!(
+        "seed wire: {} readings exactly once; {} recorded values out of the seed tolerance; \
+         {} values absent from the recording stored as numbers (first: {:?})",
+        stored.len(),
+        check.out_of_tolerance.len(),
+        check.invented.len(),
+        check.invented.first()
+    );
+    check
+}
+
+/// The seed form: every reading exactly once, every recorded value within the
+/// seed tolerance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_wire_replay_on_postgres() {
+    let check = seed_wire_replay().await;
+    assert!(
+        check.out_of_tolerance.is_empty(),
+        "out of the seed tolerance: {:?}",
+        &check.out_of_tolerance[..check.out_of_tolerance.len().min(10)]
+    );
+}
+
+/// A value the recording does not have must not be stored as a number.
+/// Fails today: see finding F1 in /work/notes/e2e-findings.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finding F1: in the seed wire form the edge sends 0.0 for absent values (Twizy power, heading before the first GPS movement), so the server stores 0.0 instead of NULL"]
+async fn seed_wire_keeps_absent_values_null() {
+    let check = seed_wire_replay().await;
+    assert!(
+        check.invented.is_empty(),
+        "{} absent values stored as numbers, e.g. {:?}",
+        check.invented.len(),
+        &check.invented[..check.invented.len().min(5)]
+    );
 }
