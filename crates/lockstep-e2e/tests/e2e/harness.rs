@@ -24,6 +24,27 @@ pub const PG_ADDR: &str = "127.0.0.1:5432";
 /// The shortest recorded Twizy trip (1049 rows at 1 Hz).
 pub const SHORT_TRIP: &str = "T3_04_22_2021_1.csv";
 
+/// Replay pace for tests that interrupt a replay: [`SHORT_TRIP`] at 100× takes
+/// ≈ 10.5 s, cut into batches of 20 readings, so rows arrive steadily.
+pub const PACE_100: [&str; 6] = [
+    "--speed",
+    "100",
+    "--batch-readings",
+    "20",
+    "--batch-delay-ms",
+    "200",
+];
+
+/// ≈ 5 s at 200× in batches of 10: a request is in flight much of the time.
+pub const PACE_200: [&str; 6] = [
+    "--speed",
+    "200",
+    "--batch-readings",
+    "10",
+    "--batch-delay-ms",
+    "100",
+];
+
 /// A Twizy trip with corrupt dates (5200 rows, 34 timestamps rebuilt by the edge).
 pub const REPAIRED_TRIP: &str = "T1_06_30_2021_1.csv";
 
@@ -256,6 +277,16 @@ pub struct StoredRow {
     pub ts: i64,
     /// Catalog channel order.
     pub values: Vec<Option<f64>>,
+}
+
+/// Waits until the store holds at least `n` readings (30 s at most).
+pub async fn wait_for_readings(db: &Db, n: i64) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{n} readings committed"),
+        || async { (db.readings().await >= n).then_some(()) },
+    )
+    .await;
 }
 
 // --------------------------------------------------------------- processes
@@ -707,6 +738,18 @@ pub fn expected_trip(file: &str) -> (String, Trip) {
         .as_str()
         .to_owned();
     (vin, trip)
+}
+
+/// Asserts that the store holds `trip` (as replayed for `vin`) exactly once and
+/// within tolerance, and nothing else.
+pub async fn assert_trip_stored(db: &Db, vin: &str, trip: &Trip) {
+    let stored = db.rows_of(vin).await;
+    assert_exactly_once_within_tolerance(&trip.readings, &stored);
+    assert_eq!(
+        db.readings().await,
+        stored.len() as i64,
+        "only this vehicle"
+    );
 }
 
 /// Asserts that `stored` holds every reading of `expected` exactly once (by

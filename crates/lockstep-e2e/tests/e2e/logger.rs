@@ -202,12 +202,7 @@ async fn logger_replay_stopped_and_started_again_resumes() {
 
     let started = control(&server, "/logger/start", Some(start.clone())).await;
     assert_eq!(started["status"], "started", "{started}");
-    eventually(
-        Duration::from_secs(30),
-        "200 readings committed",
-        || async { (db.readings().await >= 200).then_some(()) },
-    )
-    .await;
+    wait_for_readings(&db, 200).await;
     let stopped = control(&server, "/logger/stop", None).await;
     assert_eq!(
         stopped,
@@ -250,6 +245,5 @@ async fn logger_replay_stopped_and_started_again_resumes() {
         "logger replay: {at_stop} rows at the stop, {} at the end (of {total})",
         db.readings().await
     );
-    let stored = db.rows_of(&vin).await;
-    assert_exactly_once_within_tolerance(&trip.readings, &stored);
+    assert_trip_stored(&db, &vin, &trip).await;
 }

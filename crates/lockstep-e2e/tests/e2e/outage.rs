@@ -21,24 +21,8 @@ async fn postgres_cut_off_mid_replay_gives_503_then_catches_up() {
     )
     .await;
     let answered_503 = |s: &Server| s.log().matches("Answering 503").count();
-    let mut edge = Edge::replay(
-        &server.base(),
-        SHORT_TRIP,
-        &[
-            "--speed",
-            "100",
-            "--batch-readings",
-            "20",
-            "--batch-delay-ms",
-            "200",
-        ],
-    );
-    eventually(
-        Duration::from_secs(30),
-        "200 readings committed",
-        || async { (db.readings().await >= 200).then_some(()) },
-    )
-    .await;
+    let mut edge = Edge::replay(&server.base(), SHORT_TRIP, &PACE_100);
+    wait_for_readings(&db, 200).await;
 
     proxy.close();
     // The server notices at its next commit and says so; the edge gets 503s.
@@ -95,7 +79,6 @@ async fn postgres_cut_off_mid_replay_gives_503_then_catches_up() {
     assert_eq!(summary.acknowledged, total as u64);
     assert_eq!(summary.spool_left, 0);
 
-    let stored = db.rows_of(&vin).await;
-    assert_exactly_once_within_tolerance(&trip.readings, &stored);
+    assert_trip_stored(&db, &vin, &trip).await;
     assert_eq!(final_count, total);
 }

@@ -17,13 +17,7 @@ async fn replay_lands_exactly_once(db: Db, file: &str) -> Summary {
     assert_eq!(summary.acknowledged, summary.produced);
     assert_eq!((summary.spool_left, summary.rejected), (0, 0));
 
-    let stored = db.rows_of(&vin).await;
-    assert_exactly_once_within_tolerance(&trip.readings, &stored);
-    assert_eq!(
-        db.readings().await,
-        stored.len() as i64,
-        "only this vehicle"
-    );
+    assert_trip_stored(&db, &vin, &trip).await;
     summary
 }
 
@@ -56,26 +50,10 @@ async fn server_sigkill_mid_replay_loses_and_repeats_nothing() {
     let total = trip.readings.len() as i64;
     let mut server = Server::start(&db.url(), &[]).await;
     // 1049 s of recording at 100× ≈ 10.5 s, in batches of 20 readings: rows arrive steadily.
-    let mut edge = Edge::replay(
-        &server.base(),
-        SHORT_TRIP,
-        &[
-            "--speed",
-            "100",
-            "--batch-readings",
-            "20",
-            "--batch-delay-ms",
-            "200",
-        ],
-    );
+    let mut edge = Edge::replay(&server.base(), SHORT_TRIP, &PACE_100);
     let mut counts = Vec::new();
     for (kill, at) in [200, 600].into_iter().enumerate() {
-        eventually(
-            Duration::from_secs(30),
-            &format!("{at} readings committed"),
-            || async { (db.readings().await >= at).then_some(()) },
-        )
-        .await;
+        wait_for_readings(&db, at).await;
         server.kill().await;
         let before_kill = db.readings().await;
         assert!(
@@ -119,8 +97,7 @@ async fn server_sigkill_mid_replay_loses_and_repeats_nothing() {
     assert_eq!(summary.acknowledged, total as u64);
     assert_eq!(summary.spool_left, 0);
 
-    let stored = db.rows_of(&vin).await;
-    assert_exactly_once_within_tolerance(&trip.readings, &stored);
+    assert_trip_stored(&db, &vin, &trip).await;
     assert_eq!(final_count, total);
 }
 
@@ -136,21 +113,9 @@ async fn edge_sigkill_mid_replay_resumes_from_its_spool() {
     let server = Server::start(&db.url(), &[]).await;
     let spool = tempfile::tempdir().unwrap();
     // Small batches at 200×: a request is in flight much of the time.
-    let args = [
-        "--speed",
-        "200",
-        "--batch-readings",
-        "10",
-        "--batch-delay-ms",
-        "100",
-    ];
+    let args = PACE_200;
     let mut first = Edge::replay_spooled(&server.base(), SHORT_TRIP, Some(spool.path()), &args);
-    eventually(
-        Duration::from_secs(30),
-        "300 readings committed",
-        || async { (db.readings().await >= 300).then_some(()) },
-    )
-    .await;
+    wait_for_readings(&db, 300).await;
     first.kill();
     let at_kill = db.readings().await;
     assert!(
@@ -174,8 +139,7 @@ async fn edge_sigkill_mid_replay_resumes_from_its_spool() {
     assert!(summary.produced < total as u64, "it did not start over");
     assert_eq!(summary.spool_left, 0);
 
-    let stored = db.rows_of(&vin).await;
-    assert_exactly_once_within_tolerance(&trip.readings, &stored);
+    assert_trip_stored(&db, &vin, &trip).await;
     assert_eq!(final_count, total);
 }
 
@@ -186,24 +150,10 @@ async fn edge_sigkill_mid_replay_resumes_from_its_spool() {
 async fn a_lost_acknowledgement_is_deduplicated() {
     let db = Db::postgres().await;
     let (vin, trip) = expected_trip(SHORT_TRIP);
-    let total = trip.readings.len() as i64;
     let server = Server::start(&db.url(), &[]).await;
     let proxy = Proxy::start(format!("127.0.0.1:{}", server.port)).await;
-    let args = [
-        "--speed",
-        "200",
-        "--batch-readings",
-        "10",
-        "--batch-delay-ms",
-        "100",
-    ];
-    let mut edge = Edge::replay(&format!("http://{}", proxy.addr), SHORT_TRIP, &args);
-    eventually(
-        Duration::from_secs(30),
-        "200 readings committed",
-        || async { (db.readings().await >= 200).then_some(()) },
-    )
-    .await;
+    let mut edge = Edge::replay(&format!("http://{}", proxy.addr), SHORT_TRIP, &PACE_200);
+    wait_for_readings(&db, 200).await;
     proxy.lose_responses(1);
     eventually(Duration::from_secs(20), "a response lost", || async {
         (proxy.lost() == 1).then_some(())
@@ -222,9 +172,7 @@ async fn a_lost_acknowledgement_is_deduplicated() {
         (1, 1),
         "the batch whose acknowledgement was lost is sent once more and acknowledged as a duplicate"
     );
-    let stored = db.rows_of(&vin).await;
-    assert_exactly_once_within_tolerance(&trip.readings, &stored);
-    assert_eq!(db.readings().await, total);
+    assert_trip_stored(&db, &vin, &trip).await;
 }
 
 /// Replays [`SHORT_TRIP`] in the seed wire form (`--seed-wire`: one
