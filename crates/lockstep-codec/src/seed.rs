@@ -102,21 +102,41 @@ impl SeedPredictor {
         actual: [f64; 4],
         tolerance: [f64; 4],
     ) -> TelemetryReading {
-        let mut out = TelemetryReading {
-            vehicle_vin: vin.to_owned(),
-            timestamp: timestamp_ms,
-            ..Default::default()
-        };
+        self.encode_partial(vin, timestamp_ms, actual.map(Some), tolerance)
+    }
+
+    /// Like [`Self::encode`] for a vehicle that lacks some measurements
+    /// (`None`, or not finite). A missing value is left out: while the field
+    /// has never been sent the cloud stores null, afterwards it stores the
+    /// prediction — the seed form cannot say "no value" once a field has
+    /// state, a limit of that wire format.
+    pub fn encode_partial(
+        &mut self,
+        vin: &str,
+        timestamp_ms: i64,
+        actual: [Option<f64>; 4],
+        tolerance: [f64; 4],
+    ) -> TelemetryReading {
         let mut sent = [None; 4];
-        for i in 0..4 {
-            let keep = matches!(self.predict(i), Some(p) if (actual[i] - p).abs() <= tolerance[i]);
+        for (i, x) in actual.into_iter().enumerate() {
+            let Some(x) = x.filter(|x| x.is_finite()) else {
+                continue;
+            };
+            let keep = matches!(self.predict(i), Some(p) if (x - p).abs() <= tolerance[i]);
             if !keep {
-                sent[i] = Some(actual[i]);
-                self.update(i, actual[i]);
+                sent[i] = Some(x);
+                self.update(i, x);
             }
         }
-        [out.speed, out.battery, out.power, out.heading] = sent;
-        out
+        let [speed, battery, power, heading] = sent;
+        TelemetryReading {
+            vehicle_vin: vin.to_owned(),
+            timestamp: timestamp_ms,
+            speed,
+            battery,
+            power,
+            heading,
+        }
     }
 }
 
@@ -136,6 +156,22 @@ mod tests {
         p.update(0, 20.0);
         assert_eq!(p.predict(0), Some(0.3 * 20.0 + (1.0 - 0.3) * 10.0));
         assert_eq!(p.predict(1), None);
+    }
+
+    #[test]
+    fn missing_values_are_never_invented() {
+        let mut edge = SeedPredictor::default();
+        let mut cloud = SeedPredictor::default();
+        let wire = edge.encode_partial(
+            "5YJ3E1EA000000001",
+            1,
+            [Some(50.0), Some(80.0), None, Some(f64::NAN)],
+            SEED_TOLERANCES,
+        );
+        assert_eq!((wire.power, wire.heading), (None, None));
+        let rec = cloud.reconstruct(&wire);
+        assert_eq!(rec.values, [Some(50.0), Some(80.0), None, None]);
+        assert_eq!(rec.transmitted_count(), 2);
     }
 
     #[test]
