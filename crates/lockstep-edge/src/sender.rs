@@ -637,8 +637,9 @@ pub async fn run_session(
 /// predictor (speed, battery, power, heading only). Each reading is retried
 /// until acknowledged; no spool (the seed protocol has no sequence numbers to
 /// resume from; the reading in hand is retried in memory). A field the source
-/// does not have is passed to the seed encoder as its current prediction (so it
-/// is not sent), or as 0 before anything was sent: the seed form cannot say "null".
+/// does not have is left out (`SeedPredictor::encode_partial`): the cloud stores
+/// null while that field was never sent, its prediction afterwards — the seed
+/// form cannot say "no value" once a field has state.
 pub async fn run_seed(
     shared: Shared,
     vin: Vin,
@@ -660,16 +661,8 @@ pub async fn run_seed(
             _ = shared.cancel.cancelled() => break,
             _ = tokio::time::sleep_until(pace.due(r.timestamp_ms)) => {}
         }
-        let actual: [f64; 4] = std::array::from_fn(|i| {
-            r.values
-                .get(i)
-                .copied()
-                .flatten()
-                .filter(|v| v.is_finite())
-                .or(pred.predict(i))
-                .unwrap_or(0.0)
-        });
-        let msg = pred.encode(vin.as_str(), r.timestamp_ms, actual, tolerances);
+        let actual: [Option<f64>; 4] = std::array::from_fn(|i| r.values.get(i).copied().flatten());
+        let msg = pred.encode_partial(vin.as_str(), r.timestamp_ms, actual, tolerances);
         stats.readings += 1;
         stats.fields += r.values.iter().take(4).filter(|v| v.is_some()).count() as u64;
         stats.fields_transmitted += [msg.speed, msg.battery, msg.power, msg.heading]
