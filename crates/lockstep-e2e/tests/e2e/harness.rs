@@ -49,7 +49,9 @@ pub const PACE_200: [&str; 6] = [
 pub const REPAIRED_TRIP: &str = "T1_06_30_2021_1.csv";
 
 /// A binary of this workspace, next to the test executable's directory
-/// (`target/debug/deps/e2e-…` → `target/debug/NAME`).
+/// (`target/debug/deps/e2e-…` → `target/debug/NAME`). Fails when it is missing,
+/// or older than a Rust source it is built from (the test would exercise old
+/// code): `cargo nextest run -p lockstep-e2e` does not rebuild other crates' binaries.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe
@@ -57,12 +59,52 @@ pub fn binary(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("the test runs from target/<profile>/deps");
     let bin = dir.join(name);
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
-        bin.display()
-    );
+    let built = std::fs::metadata(&bin).and_then(|m| m.modified());
+    let Ok(built) = built else {
+        panic!(
+            "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            bin.display()
+        )
+    };
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for krate in [name, "lockstep-codec", "lockstep-proto"] {
+        if let Some((newest, path)) = newest_source(&crates.join(krate)) {
+            assert!(
+                newest <= built,
+                "{} is older than {}: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+                bin.display(),
+                path.display()
+            );
+        }
+    }
     bin
+}
+
+/// The most recently modified `.rs`/`.proto`/`Cargo.toml` file of a crate
+/// (outside its `tests/`).
+fn newest_source(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                if path.file_name().is_some_and(|n| n != "tests") {
+                    stack.push(path);
+                }
+                continue;
+            }
+            let source = path.file_name().is_some_and(|n| n == "Cargo.toml")
+                || path.extension().is_some_and(|e| e == "rs" || e == "proto");
+            if let (true, Ok(t)) = (source, meta.modified())
+                && newest.as_ref().is_none_or(|(n, _)| t > *n)
+            {
+                newest = Some((t, path));
+            }
+        }
+    }
+    newest
 }
 
 /// A TCP port that was free a moment ago (bound, read back, released).
