@@ -109,6 +109,9 @@ pub struct Report {
     pub repairs: RepairReport,
     /// Per input file, in order.
     pub files: Vec<FileReport>,
+    /// The first (at most 20) fields that broke the guarantee: a null
+    /// mismatch or an error beyond tolerance, with where they happened.
+    pub problems: Vec<String>,
 }
 
 /// Per-file figures (every signal together).
@@ -187,6 +190,7 @@ pub fn analyse(catalog: Arc<Catalog>, trips: &[Trip], batch: usize) -> Result<Re
     let seed_fields = lockstep_codec::seed::SEED_FIELDS.len();
 
     let mut files = Vec::with_capacity(trips.len());
+    let mut problems = Vec::new();
     for trip in trips {
         repairs.merge(&trip.repairs);
         let totals = |acc: &[Acc]| {
@@ -251,7 +255,14 @@ pub fn analyse(catalog: Arc<Catalog>, trips: &[Trip], batch: usize) -> Result<Re
                     d.timestamp_ms
                 );
                 ov.keyframes += u64::from(d.keyframe);
-                compare(&catalog, r, d, &mut acc);
+                for p in compare(&catalog, r, d, &mut acc) {
+                    if problems.len() < 20 {
+                        problems.push(format!(
+                            "{} seq {} (t={}): {p}",
+                            trip.name, d.seq, d.timestamp_ms
+                        ));
+                    }
+                }
             }
             // Baselines and byte counts per reading.
             let keyframes: Vec<bool> = decoded.iter().map(|d| d.keyframe).collect();
@@ -453,6 +464,7 @@ pub fn analyse(catalog: Arc<Catalog>, trips: &[Trip], batch: usize) -> Result<Re
         overall: ov,
         repairs,
         files,
+        problems,
     })
 }
 
@@ -526,7 +538,14 @@ impl Hold {
 }
 
 /// Compares one decoded reading with the actual one, channel by channel.
-fn compare(catalog: &Catalog, r: &Reading, d: &lockstep_codec::DecodedReading, acc: &mut [Acc]) {
+/// Returns a description of each field that broke the guarantee.
+fn compare(
+    catalog: &Catalog,
+    r: &Reading,
+    d: &lockstep_codec::DecodedReading,
+    acc: &mut [Acc],
+) -> Vec<String> {
+    let mut problems = Vec::new();
     let sigs = catalog.signals();
     let pos = catalog.position();
     for (c, sig) in sigs.iter().enumerate() {
@@ -539,7 +558,13 @@ fn compare(catalog: &Catalog, r: &Reading, d: &lockstep_codec::DecodedReading, a
         }
         match (actual, got) {
             (None, None) => {}
-            (Some(_), None) | (None, Some(_)) => a.null_mismatches += 1,
+            (Some(_), None) | (None, Some(_)) => {
+                a.null_mismatches += 1;
+                problems.push(format!(
+                    "{}: recorded {actual:?}, decoded {got:?}",
+                    sig.name
+                ));
+            }
             (Some(x), Some(y)) => {
                 if let Some(p) = pos.filter(|p| c == p.lat || c == p.lon) {
                     // Both coordinates get the 2-D error of the pair.
@@ -552,7 +577,11 @@ fn compare(catalog: &Catalog, r: &Reading, d: &lockstep_codec::DecodedReading, a
                         continue;
                     };
                     let actual_q = (q7(la) as f64 / 1e7, q7(lo) as f64 / 1e7);
-                    a.max_err_m = a.max_err_m.max(distance_m(actual_q, (dla, dlo)));
+                    let e = distance_m(actual_q, (dla, dlo));
+                    if c == p.lat && e > sig.tolerance() {
+                        problems.push(format!("position: recorded ({la}, {lo}), decoded ({dla}, {dlo}), {e:.3} m apart"));
+                    }
+                    a.max_err_m = a.max_err_m.max(e);
                     a.max_err_raw = a.max_err_raw.max(distance_m((la, lo), (dla, dlo)));
                 } else {
                     let t = turn(sig);
@@ -560,7 +589,11 @@ fn compare(catalog: &Catalog, r: &Reading, d: &lockstep_codec::DecodedReading, a
                         Some(t) => (sig.quantise(x).rem_euclid(t), sig.quantise(y).rem_euclid(t)),
                         None => (sig.quantise(x), sig.quantise(y)),
                     };
-                    a.max_err_q = a.max_err_q.max(diff_q(qa, qd, t));
+                    let e = diff_q(qa, qd, t);
+                    if e > sig.tolerance_q {
+                        problems.push(format!("{}: recorded {x}, decoded {y}", sig.name));
+                    }
+                    a.max_err_q = a.max_err_q.max(e);
                     let raw = if t.is_some() {
                         ((y - x).rem_euclid(360.0)).min((x - y).rem_euclid(360.0))
                     } else {
@@ -571,6 +604,7 @@ fn compare(catalog: &Catalog, r: &Reading, d: &lockstep_codec::DecodedReading, a
             }
         }
     }
+    problems
 }
 
 fn pct(f: f64) -> String {
@@ -674,6 +708,9 @@ pub fn render_text(r: &Report) -> String {
         "\nEvery field within tolerance: {}.\n",
         if o.all_within_tolerance { "yes" } else { "NO" }
     );
+    for p in &r.problems {
+        s += &format!("  problem: {p}\n");
+    }
     s += "Skipped = non-null fields not transmitted. hold = send-on-delta (hold the last sent value);\n\
           hold+kf = the same plus the codec's keyframes and max-silence sends; seed = the original\n\
           EWMA (alpha 0.3, per channel). Max error = |decoded - recorded value quantised|, positions in 2-D metres.\n";

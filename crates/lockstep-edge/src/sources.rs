@@ -87,6 +87,9 @@ pub struct RepairReport {
     pub backwards_timestamps: usize,
     /// Rows with a held GPS fix (same position as the row before).
     pub held_positions: usize,
+    /// Rows whose GPS fix was impossible (|lat| > 90, |lon| > 180, or exactly 0,0):
+    /// latitude and longitude left null.
+    pub invalid_positions: usize,
     /// Rows where a numeric cell was empty or did not parse (left null).
     pub unparsable_cells: usize,
 }
@@ -99,6 +102,7 @@ impl RepairReport {
         self.duplicate_timestamps += o.duplicate_timestamps;
         self.backwards_timestamps += o.backwards_timestamps;
         self.held_positions += o.held_positions;
+        self.invalid_positions += o.invalid_positions;
         self.unparsable_cells += o.unparsable_cells;
     }
 }
@@ -107,12 +111,13 @@ impl fmt::Display for RepairReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} rows kept, {} corrupt timestamps repaired, {} duplicate timestamps spread, {} backward timestamps moved, {} held GPS fixes, {} unparsable cells",
+            "{} rows kept, {} corrupt timestamps repaired, {} duplicate timestamps spread, {} backward timestamps moved, {} held GPS fixes, {} impossible GPS fixes nulled, {} unparsable cells",
             self.rows,
             self.repaired_timestamps,
             self.duplicate_timestamps,
             self.backwards_timestamps,
             self.held_positions,
+            self.invalid_positions,
             self.unparsable_cells
         )
     }
@@ -342,6 +347,13 @@ fn finish_inner(
     let mut last_fix: Option<(f64, f64)> = None;
     let mut bearing_held: Option<f64> = None;
     for row in rows.iter_mut() {
+        if let (Some(la), Some(lo)) = (row[LATITUDE], row[LONGITUDE])
+            && (la.abs() > 90.0 || lo.abs() > 180.0 || (la == 0.0 && lo == 0.0))
+        {
+            rep.invalid_positions += 1;
+            row[LATITUDE] = None;
+            row[LONGITUDE] = None;
+        }
         if let (Some(la), Some(lo)) = (row[LATITUDE], row[LONGITUDE]) {
             if let Some((pla, plo)) = last_fix {
                 if pla == la && plo == lo {
@@ -638,6 +650,27 @@ mod tests {
             trip.readings
                 .iter()
                 .all(|r| r.values[SPEED].is_some() && r.values[POWER].is_none())
+        );
+    }
+
+    #[test]
+    fn impossible_fixes_are_nulled() {
+        let trip = load(Format::Twizy, &testdata("twizy-ev/T3_06_07_2021.csv")).unwrap();
+        assert_eq!(trip.repairs.invalid_positions, 3);
+        let bad: Vec<_> = trip
+            .readings
+            .iter()
+            .filter(|r| r.values[LONGITUDE].is_none())
+            .collect();
+        assert_eq!(bad.len(), 3);
+        assert!(
+            bad.iter()
+                .all(|r| r.values[LATITUDE].is_none() && r.values[SPEED].is_some())
+        );
+        assert!(
+            trip.readings
+                .iter()
+                .all(|r| r.values[LONGITUDE].is_none_or(|lo| lo.abs() < 10.0))
         );
     }
 
