@@ -26,6 +26,28 @@ async fn replay_on_postgres() {
     replay_lands_exactly_once(Db::postgres().await, SHORT_TRIP).await;
 }
 
+/// Two trips in one replay: two vehicles (VINs derived from the file names),
+/// sent concurrently, each stored exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_trips_replay_as_two_vehicles() {
+    const SECOND: &str = "T3_06_07_2021.csv";
+    let db = Db::postgres().await;
+    let trips = [expected_trip(SHORT_TRIP), expected_trip(SECOND)];
+    assert_ne!(trips[0].0, trips[1].0, "one VIN per file");
+    let server = Server::start(&db.url(), &[]).await;
+    let second = testdata(&format!("twizy-ev/{SECOND}"));
+    let mut edge = Edge::replay(
+        &server.base(),
+        SHORT_TRIP,
+        &["--as-fast-as-possible", second.to_str().unwrap()],
+    );
+    let summary = edge.finish(Duration::from_secs(60)).await;
+    assert!(summary.text.contains("vehicles: 2"), "{}", summary.text);
+    let total: usize = trips.iter().map(|(_, t)| t.readings.len()).sum();
+    assert_eq!(summary.acknowledged, total as u64);
+    assert_trips_stored(&db, &trips).await;
+}
+
 /// On SQLite, a longer trip (5200 rows) whose log has 34 corrupt dates: the
 /// repaired rows land once each, at the timestamps the edge rebuilt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
