@@ -77,12 +77,16 @@ impl Signal {
     /// Quantises a value: round half away from zero of `v / quantum`.
     /// Scaling by an exact power of ten keeps this identical across languages.
     pub fn quantise(&self, v: f64) -> i64 {
-        let scaled = if self.quantum_exp <= 0 {
+        self.scale(v).round() as i64
+    }
+
+    /// `v` in quanta, unrounded: `v · 10^-e` by an exact power of ten.
+    pub fn scale(&self, v: f64) -> f64 {
+        if self.quantum_exp <= 0 {
             v * pow10(-self.quantum_exp)
         } else {
             v / pow10(self.quantum_exp)
-        };
-        scaled.round() as i64
+        }
     }
 
     /// The value of `q` quanta, as the nearest `f64`.

@@ -35,7 +35,7 @@ pub struct EncoderConfig {
 impl Default for EncoderConfig {
     fn default() -> Self {
         Self {
-            keyframe_interval_ms: 600_000,
+            keyframe_interval_ms: 1_800_000,
             checksum: true,
         }
     }
@@ -348,12 +348,15 @@ fn within(sig: &Signal, p: i64, v: f64, turn: Option<i64>) -> bool {
     if residual(q, p, turn).abs() > sig.tolerance_q {
         return false;
     }
-    let mut err = (sig.dequantise(p) - v).abs();
-    if turn.is_some() {
-        err %= 360.0;
-        err = err.min(360.0 - err);
+    // In quanta, unrounded: exact for readings that are whole quanta (the
+    // usual case), where a comparison in units would trip on 0.145 − 0.143.
+    let mut err = (p as f64 - sig.scale(v)).abs();
+    if let Some(t) = turn {
+        let t = t as f64;
+        err %= t;
+        err = err.min(t - err);
     }
-    err <= sig.tolerance()
+    err <= sig.tolerance_q as f64
 }
 
 /// Quanta in a full turn for an angle channel.

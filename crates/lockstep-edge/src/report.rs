@@ -215,13 +215,15 @@ pub fn analyse(catalog: Arc<Catalog>, trips: &[Trip], batch: usize) -> Result<Re
         let mut hold_forced = Hold::new(n, true);
 
         for chunk in trip.readings.chunks(batch) {
-            for r in chunk {
+            for (j, r) in chunk.iter().enumerate() {
                 ensure!(
                     r.values.len() == n,
                     "a reading has {} values, the catalog {n} channels",
                     r.values.len()
                 );
-                enc.push(r);
+                // Like an edge that encodes a batch when it cuts it: each
+                // reading is encoded knowing the rest of its batch.
+                enc.push_with_lookahead(r, &chunk[j + 1..]);
             }
             let body = enc
                 .take_batch()
