@@ -29,6 +29,17 @@ use crate::model::{ReadingJson, envelope};
 /// Largest client message, bytes.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
+/// tungstenite's read buffer per client. Its default (128 KiB) is zero-filled
+/// on the first read, so every idle client cost ~140 KiB of RSS. Clients only
+/// send small control messages; a bigger one grows the buffer as needed.
+const READ_BUFFER: usize = 2 * 1024;
+
+/// Bytes buffered before tungstenite writes to the socket (default 128 KiB).
+/// The client loop flushes after each burst anyway, so this only bounds how
+/// much one client's write buffer holds (it keeps its capacity for the
+/// connection's life): a burst bigger than this goes out in several writes.
+const WRITE_BUFFER: usize = 16 * 1024;
+
 /// What clients may send.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -55,6 +66,8 @@ pub async fn ws_handler(
 ) -> Response {
     let admin = app.admin.allows(peer, &headers);
     ws.max_message_size(MAX_CLIENT_MESSAGE)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| {
             let cancel = app.shutdown.clone();
             let tracker = app.tasks.clone();
