@@ -377,9 +377,8 @@ impl Session {
         self.unacked.len()
     }
 
-    /// Encodes one reading into the open batch.
+    /// Adds one reading to the open batch; it is encoded when the batch is cut.
     pub fn push(&mut self, r: Reading) {
-        let frame = self.enc.push(&r);
         let present = r
             .values
             .iter()
@@ -387,15 +386,26 @@ impl Session {
             .count() as u64;
         self.stats.readings += 1;
         self.stats.fields += present;
-        self.stats.fields_transmitted += u64::from(frame.transmitted.count_ones());
         if self.open.is_empty() {
             self.open_since = Some(Instant::now());
         }
         self.open.push(r);
     }
 
-    /// Cuts the open readings into a batch and spools it.
+    /// Encodes the open readings and spools them as one batch. Encoding at
+    /// the cut lets each reading see the rest of its batch (lookahead: held
+    /// values are sent as the middle of what follows), at no extra latency.
     pub fn cut(&mut self, spool: &Spool) -> Result<Option<&SpooledBatch>> {
+        self.cut_counting(spool, true)
+    }
+
+    fn cut_counting(&mut self, spool: &Spool, count: bool) -> Result<Option<&SpooledBatch>> {
+        for (j, r) in self.open.iter().enumerate() {
+            let frame = self.enc.push_with_lookahead(r, &self.open[j + 1..]);
+            if count {
+                self.stats.fields_transmitted += u64::from(frame.transmitted.count_ones());
+            }
+        }
         let Some(batch) = self.enc.take_batch() else {
             return Ok(None);
         };
@@ -427,13 +437,9 @@ impl Session {
     /// Re-encodes everything unacknowledged from a keyframe (see the module doc).
     /// Returns the sequence number it restarted from.
     pub fn resync(&mut self, spool: &Spool, server_next: Option<u64>) -> Result<u64> {
-        let first_unacked = self
-            .unacked
-            .front()
-            .map_or(self.enc.next_seq() - self.open.len() as u64, |b| {
-                b.first_seq
-            });
+        // Open readings are not encoded yet: the encoder ends where they begin.
         let end = self.enc.next_seq();
+        let first_unacked = self.unacked.front().map_or(end, |b| b.first_seq);
         let start = match server_next {
             Some(n) if n > first_unacked && n <= end => n,
             _ => first_unacked,
@@ -443,21 +449,17 @@ impl Session {
         self.enc.rewind(start);
         for b in &old {
             let skip = start.saturating_sub(b.first_seq) as usize;
-            for r in b.readings.iter().skip(skip) {
-                self.enc.push(r);
-                self.open.push(r.clone());
-            }
+            self.open = b.readings.iter().skip(skip).cloned().collect();
             // Write the new file before removing the old one: a crash in
             // between leaves both, and the server answers the older one as a duplicate.
-            let new_name = self.cut(spool)?.map(SpooledBatch::file_name);
+            let new_name = self
+                .cut_counting(spool, false)?
+                .map(SpooledBatch::file_name);
             if new_name.as_deref() != Some(&b.file_name()) {
                 spool.remove(b)?;
             }
         }
-        for r in open {
-            self.enc.push(&r);
-            self.open.push(r);
-        }
+        self.open = open;
         if !self.open.is_empty() {
             self.open_since = Some(Instant::now());
         }
