@@ -803,9 +803,10 @@ pub async fn assert_trips_stored(db: &Db, trips: &[(String, Trip)]) {
 /// Asserts that `stored` holds every reading of `expected` exactly once (by
 /// the timestamp the edge assigned), no (session, seq) twice, and every value
 /// within the catalog tolerance (position as a 2-D distance, heading on the
-/// circle). Nulls must stay null and values must stay values — except an
-/// impossible GPS fix (|lat| > 90° or |lon| > 180°, e.g. lon 1555.6333 in
-/// `T3_06_07_2021.csv`), which the codec stores as null (finding F2).
+/// circle). Nulls must stay null and values must stay values. An impossible GPS
+/// fix (|lat| > 90° or |lon| > 180°, e.g. lon 1555.6333 in `T3_06_07_2021.csv`)
+/// must be stored as null: the edge's reader nulls it (finding F2), and the
+/// codec would too.
 pub fn assert_exactly_once_within_tolerance(expected: &[Reading], stored: &[StoredRow]) {
     let catalog = Catalog::default_v1();
     let tol: Vec<f64> = catalog.signals().iter().map(|s| s.tolerance()).collect();
