@@ -229,8 +229,7 @@ impl Db {
         }
     }
 
-    /// A single integer result (`SELECT COUNT(*) …`). A store that has not
-    /// created its tables yet counts 0.
+    /// A single integer result (`SELECT COUNT(*) …`).
     pub async fn count(&self, sql: &str) -> i64 {
         self.query(sql).await[0][0]
             .as_deref()
@@ -304,6 +303,8 @@ pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
     c
 }
 
+/// A random number for database names, without a `rand` dependency:
+/// `RandomState` is seeded randomly per process.
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -459,7 +460,7 @@ impl Server {
     }
 
     /// SIGKILL, and reap it.
-    pub async fn kill(&mut self) {
+    pub fn kill(&mut self) {
         let mut child = self.child.take().expect("the server runs");
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");

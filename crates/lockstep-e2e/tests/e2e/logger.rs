@@ -286,7 +286,7 @@ async fn a_sigkilled_server_leaves_no_unsupervised_logger() {
     .await;
     let logger = LoggerGuard(started["pid"].as_u64().expect("a pid") as u32);
     wait_for_readings(&db, 5).await;
-    server.kill().await;
+    server.kill();
     server.spawn().await;
 
     let status = eventually(

@@ -76,7 +76,7 @@ async fn server_sigkill_mid_replay_loses_and_repeats_nothing() {
     let mut counts = Vec::new();
     for (kill, at) in [200, 600].into_iter().enumerate() {
         wait_for_readings(&db, at).await;
-        server.kill().await;
+        server.kill();
         let before_kill = db.readings().await;
         assert!(
             before_kill < total,
