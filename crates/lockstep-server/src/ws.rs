@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
-use crate::hub::{Level, lagged_json, log_json};
+use crate::hub::{HubEvent, Level, lagged_json, log_json};
 use crate::logger::{StartRequest, Started, Stopped};
 use crate::model::{ReadingJson, envelope};
 
@@ -77,12 +77,84 @@ pub async fn ws_handler(
 
 type Sink = SplitSink<WebSocket, Message>;
 
+/// Messages a client sends in one write at most (taken from what is already
+/// queued for it; the rest of its queue stays in the hub, bounded as before).
+const BURST: usize = 128;
+
+/// Sends the burst (feed each, flush once) unless shutdown comes first;
+/// `false` = stop serving this client. Leaves `burst` empty.
+async fn send_burst(sink: &mut Sink, burst: &mut Vec<Message>, cancel: &CancellationToken) -> bool {
+    let write = async {
+        for m in burst.drain(..) {
+            sink.feed(m).await?;
+        }
+        sink.flush().await
+    };
+    let ok = tokio::select! {
+        r = write => r.is_ok(),
+        () = cancel.cancelled() => false,
+    };
+    burst.clear();
+    ok
+}
+
 /// Sends unless shutdown comes first; `false` = stop serving this client.
 async fn send(sink: &mut Sink, msg: Message, cancel: &CancellationToken) -> bool {
     tokio::select! {
         r = sink.send(msg) => r.is_ok(),
         () = cancel.cancelled() => false,
     }
+}
+
+/// What to do with one event from the hub.
+enum Forward {
+    Send(Message),
+    /// Filtered out by the client's subscription.
+    Skip,
+    Closed,
+}
+
+/// A hub event for this client: filtered by VIN; a lag becomes `lagged`.
+fn forward(
+    ev: Result<HubEvent, broadcast::error::RecvError>,
+    filter: &HashSet<String>,
+    app: &AppState,
+) -> Forward {
+    match ev {
+        Ok(ev) => {
+            if let Some(vin) = &ev.vin
+                && !filter.is_empty()
+                && !filter.contains(&**vin)
+            {
+                return Forward::Skip;
+            }
+            Forward::Send(Message::Text(ev.text))
+        }
+        Err(broadcast::error::RecvError::Lagged(n)) => {
+            app.hub.note_dropped(n);
+            tracing::debug!(
+                dropped = n,
+                "A slow WebSocket client lost its oldest messages."
+            );
+            Forward::Send(Message::Text(Utf8Bytes::from(lagged_json(n))))
+        }
+        Err(broadcast::error::RecvError::Closed) => Forward::Closed,
+    }
+}
+
+/// [`forward`] for `try_recv`; `None` = nothing queued.
+fn forward_queued(
+    ev: Result<HubEvent, broadcast::error::TryRecvError>,
+    filter: &HashSet<String>,
+    app: &AppState,
+) -> Option<Forward> {
+    use broadcast::error::{RecvError, TryRecvError};
+    Some(match ev {
+        Ok(ev) => forward(Ok(ev), filter, app),
+        Err(TryRecvError::Lagged(n)) => forward(Err(RecvError::Lagged(n)), filter, app),
+        Err(TryRecvError::Closed) => Forward::Closed,
+        Err(TryRecvError::Empty) => return None,
+    })
 }
 
 #[tracing::instrument(name = "ws_client", skip_all, fields(%peer))]
@@ -138,30 +210,38 @@ async fn client(
     ));
 
     let mut filter: HashSet<String> = HashSet::new();
+    let mut burst: Vec<Message> = Vec::new();
     loop {
-        let msg = tokio::select! {
+        let first = tokio::select! {
             () = cancel.cancelled() => break,
             ctl = ctl_rx.recv() => match ctl {
                 None => break, // the client went away
                 Some(Ctl::Filter(f)) => { filter = f; continue; }
                 Some(Ctl::Send(text)) => Message::Text(text.into()),
             },
-            ev = events.recv() => match ev {
-                Ok(ev) => {
-                    if let Some(vin) = &ev.vin && !filter.is_empty() && !filter.contains(&**vin) {
-                        continue;
-                    }
-                    Message::Text(ev.text)
-                }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    app.hub.note_dropped(n);
-                    tracing::debug!(dropped = n, "A slow WebSocket client lost its oldest messages.");
-                    Message::Text(Utf8Bytes::from(lagged_json(n)))
-                }
-                Err(broadcast::error::RecvError::Closed) => break,
+            ev = events.recv() => match forward(ev, &filter, &app) {
+                Forward::Send(m) => m,
+                Forward::Skip => continue,
+                Forward::Closed => break,
             },
         };
-        if !send(&mut sink, msg, &cancel).await {
+        burst.push(first);
+        // Whatever is already queued goes out with it: one write (and one
+        // wake-up of the client) for the burst instead of one per message.
+        // Bounded in messages looked at, so a filtered client cannot spin.
+        let mut closed = false;
+        for _ in 1..BURST {
+            match forward_queued(events.try_recv(), &filter, &app) {
+                None => break,
+                Some(Forward::Send(m)) => burst.push(m),
+                Some(Forward::Skip) => {}
+                Some(Forward::Closed) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if !send_burst(&mut sink, &mut burst, &cancel).await || closed {
             break;
         }
     }

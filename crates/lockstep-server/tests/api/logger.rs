@@ -20,9 +20,11 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
-const POLITE: &str = r#"echo "edge starting $*"
+// The trap comes first: once a line is printed, SIGTERM gives exit code 3
+// (a SIGTERM before the trap would end the shell by the signal).
+const POLITE: &str = r#"trap 'echo "edge got SIGTERM"; exit 3' TERM
+echo "edge starting $*"
 echo "WARN a line on stderr" >&2
-trap 'echo "edge got SIGTERM"; exit 3' TERM
 while true; do sleep 0.05; done"#;
 
 const STUBBORN: &str = r#"trap '' TERM
@@ -120,8 +122,17 @@ async fn start_stream_and_stop_over_rest_and_websocket() {
     // The same over the WebSocket.
     ws.send_json(json!({"type": "start_logger", "vehicles": 1}))
         .await;
-    ws.until(WAIT, "logger", |m| m["data"]["running"] == true)
-        .await;
+    // Running, and its first line printed (so its SIGTERM trap is set).
+    let (mut running, mut printed) = (false, false);
+    while !(running && printed) {
+        let m = ws.next_json(WAIT).await;
+        running |= m["type"] == "logger" && m["data"]["running"] == true;
+        printed |= m["type"] == "log"
+            && m["data"]["source"] == "logger"
+            && m["data"]["message"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("edge starting simulate --vehicles 1 "));
+    }
     ws.send_json(json!({"type": "stop_logger"})).await;
     let m = ws
         .until(WAIT, "logger", |m| m["data"]["running"] == false)
