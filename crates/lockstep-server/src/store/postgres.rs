@@ -1,9 +1,11 @@
 //! PostgreSQL backend: a deadpool pool of tokio-postgres connections; a batch
 //! is one transaction that upserts vehicles, sessions and statistics with
-//! `unnest` arrays (one statement each, whatever the batch size) and loads
-//! telemetry rows with binary `COPY` into a temporary staging table, then
-//! `INSERT … ON CONFLICT DO NOTHING` (COPY itself cannot skip duplicates,
-//! and a retried batch whose first commit's answer was lost must not fail).
+//! `unnest` arrays (one prepared statement each, whatever the batch size).
+//! Telemetry rows of a small batch go in the same way, pipelined with the
+//! upserts; a large batch loads them with binary `COPY` into a temporary
+//! staging table, then `INSERT … ON CONFLICT DO NOTHING` (COPY itself cannot
+//! skip duplicates, and a retried batch whose first commit's answer was lost
+//! must not fail).
 //! Migrations are tracked in `schema_migrations`.
 //!
 //! When the database goes away, pool checkouts and statements fail fast
@@ -170,148 +172,104 @@ impl PgStore {
         Ok(())
     }
 
+    /// One transaction. Small batches: BEGIN, then the vehicles upsert, the
+    /// telemetry insert and the sessions and statistics upserts pipelined
+    /// (sent together, answered in order), then COMMIT: three round trips.
+    /// Large batches load their rows with binary COPY (see [`SMALL_BATCH`]).
     async fn commit_batch(&self, b: WriteBatch) -> Result<(), StoreError> {
+        check_vins(&b)?;
         let mut client = self.pool.get().await.map_err(err)?;
         let tx = client.transaction().await.map_err(err)?;
+        let small = b.rows.len() <= SMALL_BATCH;
+        // Prepared once per connection, then taken from its cache.
+        let (vehicles_st, telemetry_st, sessions_st, stats_st) = futures_util::try_join!(
+            tx.prepare_cached(UPSERT_VEHICLES),
+            tx.prepare_cached(INSERT_TELEMETRY),
+            tx.prepare_cached(UPSERT_SESSIONS),
+            tx.prepare_cached(UPSERT_STATS),
+        )
+        .map_err(err)?;
 
         let vins: Vec<&str> = b.vehicles.iter().map(|(v, _)| &**v).collect();
         let seen: Vec<i64> = b.vehicles.iter().map(|(_, s)| *s).collect();
-        let upsert = tx
-            .prepare_cached(
-                "INSERT INTO vehicles (vin, first_seen, last_seen) SELECT v, s, s FROM unnest($1::text[], $2::int8[]) AS t(v, s)
-                 ON CONFLICT (vin) DO UPDATE SET last_seen = GREATEST(vehicles.last_seen, EXCLUDED.last_seen)
-                 RETURNING id, vin",
-            )
-            .await
-            .map_err(err)?;
-        let ids: HashMap<String, i64> = tx
-            .query(&upsert, &[&vins, &seen])
-            .await
-            .map_err(err)?
-            .into_iter()
-            .map(|r| (r.get(1), r.get(0)))
-            .collect();
-        let id_of = |vin: &str| {
-            ids.get(vin)
-                .copied()
-                .ok_or_else(|| err(format!("vehicle {vin} missing from the batch")))
-        };
-
-        if !b.rows.is_empty() {
-            // Per connection, emptied at every commit (and by a rollback).
-            tx.batch_execute(&format!(
-                "CREATE TEMP TABLE IF NOT EXISTS telemetry_staging ON COMMIT DELETE ROWS
-                 AS SELECT {TELEMETRY_COLUMNS} FROM telemetry_data WITH NO DATA"
-            ))
-            .await
-            .map_err(err)?;
-            let sink = tx
-                .copy_in(&format!(
-                    "COPY telemetry_staging ({TELEMETRY_COLUMNS}) FROM STDIN BINARY"
-                ))
-                .await
-                .map_err(err)?;
-            let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
-            pin_mut!(writer);
-            for r in &b.rows {
-                let (vid, sid, seq, mask) = (
-                    id_of(&r.vin)?,
-                    to_sql_u64(r.session_id),
-                    to_sql_u64(r.seq),
-                    to_sql_u64(r.transmitted),
-                );
-                let v = &r.values;
-                let row: [&(dyn ToSql + Sync); 13] = [
-                    &vid,
-                    &sid,
-                    &seq,
-                    &r.ts_ms,
-                    &v[0],
-                    &v[1],
-                    &v[2],
-                    &v[3],
-                    &v[4],
-                    &v[5],
-                    &v[6],
-                    &mask,
-                    &r.keyframe,
-                ];
-                writer.as_mut().write(&row).await.map_err(err)?;
+        let sessions = SessionColumns::new(&b);
+        let stats = StatsColumns::new(&b);
+        let now = crate::model::now_ms();
+        // Empty parts send nothing. Every statement finds its vehicle by VIN, so
+        // none waits for the vehicles upsert's answer; the server runs them in order.
+        let upsert_sessions = async {
+            if sessions.vin.is_empty() {
+                return Ok(0);
             }
-            writer.finish().await.map_err(err)?;
-            tx.batch_execute(&format!(
-                "INSERT INTO telemetry_data ({TELEMETRY_COLUMNS}) SELECT {TELEMETRY_COLUMNS} FROM telemetry_staging
-                 ON CONFLICT (vehicle_id, session_id, seq) DO NOTHING"
-            ))
-            .await
-            .map_err(err)?;
-        }
-
-        if !b.sessions.is_empty() {
-            let now = crate::model::now_ms();
-            let mut vid = Vec::with_capacity(b.sessions.len());
-            let mut sid = Vec::with_capacity(b.sessions.len());
-            let mut next = Vec::with_capacity(b.sessions.len());
-            let mut state: Vec<&[u8]> = Vec::with_capacity(b.sessions.len());
-            for s in &b.sessions {
-                vid.push(id_of(&s.vin)?);
-                sid.push(to_sql_u64(s.session_id));
-                next.push(to_sql_u64(s.next_seq));
-                state.push(&s.state);
-            }
-            let st = tx
-                .prepare_cached(
-                    "INSERT INTO sessions (vehicle_id, session_id, next_seq, state, updated_at)
-                     SELECT v, s, n, st, $5 FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::bytea[]) AS t(v, s, n, st)
-                     ON CONFLICT (vehicle_id, session_id) DO UPDATE SET
-                       next_seq = EXCLUDED.next_seq, state = EXCLUDED.state, updated_at = EXCLUDED.updated_at",
-                )
-                .await
-                .map_err(err)?;
-            tx.execute(&st, &[&vid, &sid, &next, &state, &now])
-                .await
-                .map_err(err)?;
-        }
-
-        if !b.stats.is_empty() {
-            let mut cols: [Vec<i64>; 6] = Default::default();
-            let mut days = Vec::with_capacity(b.stats.len());
-            for s in &b.stats {
-                let c = &s.counters;
-                for (col, v) in cols.iter_mut().zip([
-                    id_of(&s.vin)?,
-                    c.readings as i64,
-                    c.fields_total as i64,
-                    c.fields_transmitted as i64,
-                    c.fields_skipped as i64,
-                    c.bytes_received as i64,
-                ]) {
-                    col.push(v);
-                }
-                days.push(s.day);
-            }
-            let st = tx
-                .prepare_cached(
-                    "INSERT INTO compression_stats (vehicle_id, day, readings, fields_total, fields_transmitted, fields_skipped, bytes_received)
-                     SELECT v, DATE '1970-01-01' + d, r, ft, fx, fs, b
-                     FROM unnest($1::int8[], $2::int4[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[]) AS t(v, d, r, ft, fx, fs, b)
-                     ON CONFLICT (vehicle_id, day) DO UPDATE SET
-                       readings = compression_stats.readings + EXCLUDED.readings,
-                       fields_total = compression_stats.fields_total + EXCLUDED.fields_total,
-                       fields_transmitted = compression_stats.fields_transmitted + EXCLUDED.fields_transmitted,
-                       fields_skipped = compression_stats.fields_skipped + EXCLUDED.fields_skipped,
-                       bytes_received = compression_stats.bytes_received + EXCLUDED.bytes_received",
-                )
-                .await
-                .map_err(err)?;
             tx.execute(
-                &st,
+                &sessions_st,
                 &[
-                    &cols[0], &days, &cols[1], &cols[2], &cols[3], &cols[4], &cols[5],
+                    &sessions.vin,
+                    &sessions.session,
+                    &sessions.next,
+                    &sessions.state,
+                    &now,
                 ],
             )
             .await
+        };
+        let upsert_stats = async {
+            if stats.vin.is_empty() {
+                return Ok(0);
+            }
+            let c = &stats.counts;
+            tx.execute(
+                &stats_st,
+                &[&stats.vin, &stats.day, &c[0], &c[1], &c[2], &c[3], &c[4]],
+            )
+            .await
+        };
+
+        if small {
+            let rows = RowColumns::new(&b.rows);
+            let insert_rows = async {
+                if b.rows.is_empty() {
+                    return Ok(0);
+                }
+                let v = &rows.values;
+                tx.execute(
+                    &telemetry_st,
+                    &[
+                        &rows.vin,
+                        &rows.session,
+                        &rows.seq,
+                        &rows.ts,
+                        &v[0],
+                        &v[1],
+                        &v[2],
+                        &v[3],
+                        &v[4],
+                        &v[5],
+                        &v[6],
+                        &rows.mask,
+                        &rows.keyframe,
+                    ],
+                )
+                .await
+            };
+            let vehicle_params: [&(dyn ToSql + Sync); 2] = [&vins, &seen];
+            futures_util::try_join!(
+                tx.execute(&vehicles_st, &vehicle_params),
+                insert_rows,
+                upsert_sessions,
+                upsert_stats,
+            )
             .map_err(err)?;
+        } else {
+            let ids: HashMap<String, i64> = tx
+                .query(&vehicles_st, &[&vins, &seen])
+                .await
+                .map_err(err)?
+                .into_iter()
+                .map(|r| (r.get(1), r.get(0)))
+                .collect();
+            copy_rows(&tx, &b.rows, &ids).await?;
+            futures_util::try_join!(upsert_sessions, upsert_stats).map_err(err)?;
         }
         tx.commit().await.map_err(err)
     }
@@ -325,6 +283,213 @@ impl PgStore {
         let st = client.prepare_cached(sql).await.map_err(err)?;
         client.query(&st, params).await.map_err(err)
     }
+}
+
+/// Batches of at most this many rows are inserted with one prepared
+/// `INSERT … SELECT FROM unnest(…)`, pipelined with the other statements (in
+/// array order, so `id` keeps the order of arrival, as with COPY).
+/// Larger ones go through binary COPY into a staging table, which costs two
+/// more round trips but less per row.
+const SMALL_BATCH: usize = 256;
+
+const UPSERT_VEHICLES: &str = "INSERT INTO vehicles (vin, first_seen, last_seen) SELECT v, s, s FROM unnest($1::text[], $2::int8[]) AS t(v, s)
+     ON CONFLICT (vin) DO UPDATE SET last_seen = GREATEST(vehicles.last_seen, EXCLUDED.last_seen)
+     RETURNING id, vin";
+
+const INSERT_TELEMETRY: &str = "INSERT INTO telemetry_data (vehicle_id, session_id, seq, ts, speed, battery, power, heading, latitude, longitude, altitude, transmitted_mask, keyframe)
+     SELECT v.id, t.s, t.q, t.ts, t.c0, t.c1, t.c2, t.c3, t.c4, t.c5, t.c6, t.m, t.k
+     FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::float8[], $6::float8[], $7::float8[], $8::float8[],
+                 $9::float8[], $10::float8[], $11::float8[], $12::int8[], $13::bool[])
+          WITH ORDINALITY AS t(vin, s, q, ts, c0, c1, c2, c3, c4, c5, c6, m, k, ord)
+     JOIN vehicles v ON v.vin = t.vin
+     ORDER BY t.ord
+     ON CONFLICT (vehicle_id, session_id, seq) DO NOTHING";
+
+const UPSERT_SESSIONS: &str =
+    "INSERT INTO sessions (vehicle_id, session_id, next_seq, state, updated_at)
+     SELECT v.id, t.s, t.n, t.st, $5::int8
+     FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bytea[]) AS t(vin, s, n, st)
+     JOIN vehicles v ON v.vin = t.vin
+     ON CONFLICT (vehicle_id, session_id) DO UPDATE SET
+       next_seq = EXCLUDED.next_seq, state = EXCLUDED.state, updated_at = EXCLUDED.updated_at";
+
+const UPSERT_STATS: &str = "INSERT INTO compression_stats (vehicle_id, day, readings, fields_total, fields_transmitted, fields_skipped, bytes_received)
+     SELECT v.id, DATE '1970-01-01' + t.d, t.r, t.ft, t.fx, t.fs, t.b
+     FROM unnest($1::text[], $2::int4[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[]) AS t(vin, d, r, ft, fx, fs, b)
+     JOIN vehicles v ON v.vin = t.vin
+     ON CONFLICT (vehicle_id, day) DO UPDATE SET
+       readings = compression_stats.readings + EXCLUDED.readings,
+       fields_total = compression_stats.fields_total + EXCLUDED.fields_total,
+       fields_transmitted = compression_stats.fields_transmitted + EXCLUDED.fields_transmitted,
+       fields_skipped = compression_stats.fields_skipped + EXCLUDED.fields_skipped,
+       bytes_received = compression_stats.bytes_received + EXCLUDED.bytes_received";
+
+/// Every row, session and statistic must name a vehicle of the batch: the
+/// statements find vehicles by VIN, and a missing one would drop data silently.
+fn check_vins(b: &WriteBatch) -> Result<(), StoreError> {
+    let known: std::collections::HashSet<&str> = b.vehicles.iter().map(|(v, _)| &**v).collect();
+    let named = (b.rows.iter().map(|r| &*r.vin))
+        .chain(b.sessions.iter().map(|s| &*s.vin))
+        .chain(b.stats.iter().map(|s| &*s.vin));
+    for vin in named {
+        if !known.contains(vin) {
+            return Err(err(format!("vehicle {vin} missing from the batch")));
+        }
+    }
+    Ok(())
+}
+
+/// Telemetry rows as one array per column, for `unnest`.
+struct RowColumns<'a> {
+    vin: Vec<&'a str>,
+    session: Vec<i64>,
+    seq: Vec<i64>,
+    ts: Vec<i64>,
+    values: [Vec<Option<f64>>; 7],
+    mask: Vec<i64>,
+    keyframe: Vec<bool>,
+}
+
+impl<'a> RowColumns<'a> {
+    fn new(rows: &'a [TelemetryRow]) -> Self {
+        let n = rows.len();
+        let mut c = Self {
+            vin: Vec::with_capacity(n),
+            session: Vec::with_capacity(n),
+            seq: Vec::with_capacity(n),
+            ts: Vec::with_capacity(n),
+            values: std::array::from_fn(|_| Vec::with_capacity(n)),
+            mask: Vec::with_capacity(n),
+            keyframe: Vec::with_capacity(n),
+        };
+        for r in rows {
+            c.vin.push(&r.vin);
+            c.session.push(to_sql_u64(r.session_id));
+            c.seq.push(to_sql_u64(r.seq));
+            c.ts.push(r.ts_ms);
+            for (col, v) in c.values.iter_mut().zip(r.values) {
+                col.push(v);
+            }
+            c.mask.push(to_sql_u64(r.transmitted));
+            c.keyframe.push(r.keyframe);
+        }
+        c
+    }
+}
+
+/// Session states as one array per column.
+struct SessionColumns<'a> {
+    vin: Vec<&'a str>,
+    session: Vec<i64>,
+    next: Vec<i64>,
+    state: Vec<&'a [u8]>,
+}
+
+impl<'a> SessionColumns<'a> {
+    fn new(b: &'a WriteBatch) -> Self {
+        Self {
+            vin: b.sessions.iter().map(|s| &*s.vin).collect(),
+            session: b
+                .sessions
+                .iter()
+                .map(|s| to_sql_u64(s.session_id))
+                .collect(),
+            next: b.sessions.iter().map(|s| to_sql_u64(s.next_seq)).collect(),
+            state: b.sessions.iter().map(|s| &s.state[..]).collect(),
+        }
+    }
+}
+
+/// Statistics deltas as one array per column.
+struct StatsColumns<'a> {
+    vin: Vec<&'a str>,
+    day: Vec<i32>,
+    /// readings, fields total, transmitted, skipped, bytes received.
+    counts: [Vec<i64>; 5],
+}
+
+impl<'a> StatsColumns<'a> {
+    fn new(b: &'a WriteBatch) -> Self {
+        let mut counts: [Vec<i64>; 5] = Default::default();
+        for s in &b.stats {
+            let c = &s.counters;
+            for (col, v) in counts.iter_mut().zip([
+                c.readings,
+                c.fields_total,
+                c.fields_transmitted,
+                c.fields_skipped,
+                c.bytes_received,
+            ]) {
+                col.push(v as i64);
+            }
+        }
+        Self {
+            vin: b.stats.iter().map(|s| &*s.vin).collect(),
+            day: b.stats.iter().map(|s| s.day).collect(),
+            counts,
+        }
+    }
+}
+
+/// Large batches: binary COPY into a per-connection staging table (emptied at
+/// every commit and by a rollback), then one `INSERT … ON CONFLICT DO NOTHING`.
+async fn copy_rows(
+    tx: &deadpool_postgres::Transaction<'_>,
+    rows: &[TelemetryRow],
+    ids: &HashMap<String, i64>,
+) -> Result<(), StoreError> {
+    let id_of = |vin: &str| {
+        ids.get(vin)
+            .copied()
+            .ok_or_else(|| err(format!("vehicle {vin} missing from the batch")))
+    };
+    tx.batch_execute(&format!(
+        "CREATE TEMP TABLE IF NOT EXISTS telemetry_staging ON COMMIT DELETE ROWS
+         AS SELECT {TELEMETRY_COLUMNS} FROM telemetry_data WITH NO DATA"
+    ))
+    .await
+    .map_err(err)?;
+    let sink = tx
+        .copy_in(&format!(
+            "COPY telemetry_staging ({TELEMETRY_COLUMNS}) FROM STDIN BINARY"
+        ))
+        .await
+        .map_err(err)?;
+    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    pin_mut!(writer);
+    for r in rows {
+        let (vid, sid, seq, mask) = (
+            id_of(&r.vin)?,
+            to_sql_u64(r.session_id),
+            to_sql_u64(r.seq),
+            to_sql_u64(r.transmitted),
+        );
+        let v = &r.values;
+        let row: [&(dyn ToSql + Sync); 13] = [
+            &vid,
+            &sid,
+            &seq,
+            &r.ts_ms,
+            &v[0],
+            &v[1],
+            &v[2],
+            &v[3],
+            &v[4],
+            &v[5],
+            &v[6],
+            &mask,
+            &r.keyframe,
+        ];
+        writer.as_mut().write(&row).await.map_err(err)?;
+    }
+    writer.finish().await.map_err(err)?;
+    tx.batch_execute(&format!(
+        "INSERT INTO telemetry_data ({TELEMETRY_COLUMNS}) SELECT {TELEMETRY_COLUMNS} FROM telemetry_staging
+         ON CONFLICT (vehicle_id, session_id, seq) DO NOTHING"
+    ))
+    .await
+    .map_err(err)?;
+    Ok(())
 }
 
 fn counters(r: &Row, at: usize) -> Counters {

@@ -108,18 +108,22 @@ async fn lockstep_form_is_stored_within_tolerance_and_deduplicated(backend: Back
     let v = vin(2);
     let session = 0x0123_4567_89ab_cdef_u64;
     let mut enc = encoder(&v, session);
-    let mut batches = Vec::new();
-    for b in 0..4 {
-        batches.push(batch(&mut enc, b * 50..(b + 1) * 50, T0));
-    }
+    // The last batch is larger than the PostgreSQL store's small-batch limit
+    // (256 rows), so both of its insert paths are checked.
+    let ranges = [0..50, 50..100, 100..150, 150..450];
+    let total = 450;
+    let batches: Vec<_> = ranges
+        .iter()
+        .map(|r| batch(&mut enc, r.clone(), T0))
+        .collect();
     let mut skipped = 0;
-    for (b, batch) in batches.iter().enumerate() {
+    for (range, batch) in ranges.iter().zip(&batches) {
         let resp = app.post_batch(batch).await;
         assert_eq!(resp.status(), 200);
         let body: Value = resp.json().await.unwrap();
         assert_eq!(body["session_id"], "0123456789abcdef");
-        assert_eq!(body["first_seq"], b as u64 * 50);
-        assert_eq!(body["last_seq"], b as u64 * 50 + 49);
+        assert_eq!(body["first_seq"], range.start as u64);
+        assert_eq!(body["last_seq"], range.end as u64 - 1);
         assert_eq!(body["duplicate"], false);
         skipped += body["skipped_fields"].as_u64().unwrap();
     }
@@ -132,7 +136,7 @@ async fn lockstep_form_is_stored_within_tolerance_and_deduplicated(backend: Back
     assert_eq!(body["duplicate"], true);
     assert_eq!(
         app.db.count("SELECT COUNT(*) FROM telemetry_data").await,
-        200
+        total
     );
 
     let cols = "seq, ts, speed, battery, power, heading, latitude, longitude, altitude, transmitted_mask, keyframe, session_id";
@@ -140,7 +144,7 @@ async fn lockstep_form_is_stored_within_tolerance_and_deduplicated(backend: Back
         .db
         .query(&format!("SELECT {cols} FROM telemetry_data ORDER BY seq"))
         .await;
-    assert_eq!(rows.len(), 200);
+    assert_eq!(rows.len(), total as usize);
     let f = |s: &Option<String>| s.as_deref().unwrap().parse::<f64>().unwrap();
     for (k, row) in rows.iter().enumerate() {
         let r = drive(k, T0);
@@ -190,7 +194,7 @@ async fn lockstep_form_is_stored_within_tolerance_and_deduplicated(backend: Back
         app.db
             .count("SELECT SUM(readings) FROM compression_stats")
             .await,
-        200
+        total
     );
 }
 
