@@ -1,7 +1,7 @@
 //! `lockstep-edge`: the command line. Parses arguments, wires signals and the
 //! progress bar, and hands over to the library.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -87,6 +87,10 @@ struct SendArgs {
     /// Timeout of one request (seconds).
     #[arg(long, default_value_t = 10.0, value_name = "S")]
     request_timeout: f64,
+    /// Stop as on SIGTERM when the parent process goes away. lockstep-server
+    /// passes it, so a server that is killed (even SIGKILL) leaves no orphan.
+    #[arg(long)]
+    exit_with_parent: bool,
 }
 
 #[derive(Args, Debug)]
@@ -278,6 +282,9 @@ fn send(
     rt.block_on(async move {
         let cancel = CancellationToken::new();
         tokio::spawn(stop_on_signal(cancel.clone()));
+        if a.exit_with_parent {
+            tokio::spawn(stop_when_orphaned(cancel.clone()));
+        }
         if let Some(d) = stop_after {
             let c = cancel.clone();
             tokio::spawn(async move {
@@ -293,7 +300,9 @@ fn send(
             pb.finish_and_clear();
         }
         let summary = summary?;
-        println!("{summary}");
+        // Not println!: with the parent gone, stdout may be a broken pipe,
+        // and the summary is not worth a panic.
+        let _ = writeln!(std::io::stdout(), "{summary}");
         Ok(())
     })
 }
@@ -314,6 +323,23 @@ impl std::io::Write for LogWriter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         std::io::stderr().flush()
+    }
+}
+
+/// Cancels when the parent process changes (it died; we were re-parented).
+/// Polling `getppid` is portable and needs no unsafe `pre_exec` hook.
+async fn stop_when_orphaned(cancel: CancellationToken) {
+    let parent = rustix::process::getppid();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        if rustix::process::getppid() != parent {
+            cancel.cancel();
+            tracing::warn!(
+                "The parent process is gone: flushing what can be sent within the grace period; the rest stays spooled."
+            );
+            return;
+        }
     }
 }
 

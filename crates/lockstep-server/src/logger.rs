@@ -113,6 +113,8 @@ impl StartRequest {
     /// [`Self::args`] plus `--spool DIR` when the server names one.
     fn command_line(&self, config: &LoggerConfig) -> Result<Vec<String>, String> {
         let mut a = self.args(&config.server_url)?;
+        // A server killed outright cannot stop its child: the child watches.
+        a.push("--exit-with-parent".into());
         if let Some(dir) = &config.spool {
             a.extend(["--spool".into(), dir.display().to_string()]);
         }

@@ -85,7 +85,7 @@ async fn start_stream_and_stop_over_rest_and_websocket() {
     assert!(st["started_at_ms"].as_i64().unwrap() > 0);
 
     let expected = format!(
-        "edge starting simulate --vehicles 2 --rate 5 --server http://127.0.0.1:{} --spool {}/edge-spool",
+        "edge starting simulate --vehicles 2 --rate 5 --server http://127.0.0.1:{} --exit-with-parent --spool {}/edge-spool",
         app.port,
         app.data_dir.path().display()
     );
