@@ -1,16 +1,24 @@
 //! WebSocket fan-out. Every message is serialised ONCE into a cheaply
-//! clonable [`Utf8Bytes`] and sent through a `tokio::sync::broadcast` channel
-//! whose capacity is each client's queue: a client that falls behind loses
-//! the oldest messages (broadcast's `Lagged`), is told how many with
+//! clonable [`Utf8Bytes`] and routed by VIN:
+//!
+//! - clients without a filter read a `tokio::sync::broadcast` firehose of
+//!   every message, in publication order;
+//! - clients with a VIN filter have a [`Mailbox`] that the hub fills with the
+//!   messages without a VIN (logs, statistics, logger state) and those of the
+//!   VINs they asked for, so a reading wakes only the clients that want it.
+//!
+//! Either way a client's queue holds at most `queue` messages: one that falls
+//! behind loses the oldest ones, is told how many with
 //! `{"type":"lagged","data":{"dropped":N}}`, and never slows the sender or
 //! other clients. Drops are counted for `/status`.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast};
 
 use crate::model::{envelope, now_ms};
 
@@ -24,9 +32,225 @@ pub struct HubEvent {
 
 /// The fan-out point.
 pub struct Hub {
-    tx: broadcast::Sender<HubEvent>,
+    /// Every message, for clients without a filter. Sent under the `routes`
+    /// lock, so a client changing its filter sees each message exactly once.
+    all: broadcast::Sender<HubEvent>,
+    routes: Mutex<Routes>,
+    queue: usize,
     clients: AtomicUsize,
     dropped: AtomicU64,
+}
+
+/// The clients with a VIN filter.
+#[derive(Default)]
+struct Routes {
+    next_id: u64,
+    /// All of them: they get the messages without a VIN.
+    filtered: HashMap<u64, Arc<Mailbox>>,
+    /// VIN → the ones that asked for it. A VIN nobody asks for has no entry.
+    by_vin: HashMap<Arc<str>, HashMap<u64, Arc<Mailbox>>>,
+}
+
+impl Routes {
+    fn add(&mut self, id: u64, mailbox: &Arc<Mailbox>, vins: &HashSet<String>) {
+        self.filtered.insert(id, mailbox.clone());
+        for vin in vins {
+            match self.by_vin.get_mut(vin.as_str()) {
+                Some(m) => {
+                    m.insert(id, mailbox.clone());
+                }
+                None => {
+                    self.by_vin
+                        .insert(vin.as_str().into(), HashMap::from([(id, mailbox.clone())]));
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, id: u64, vins: &HashSet<String>) {
+        self.filtered.remove(&id);
+        for vin in vins {
+            if let Some(m) = self.by_vin.get_mut(vin.as_str()) {
+                m.remove(&id);
+                if m.is_empty() {
+                    self.by_vin.remove(vin.as_str());
+                }
+            }
+        }
+    }
+}
+
+/// A filtered client's bounded queue (drop-oldest, like the firehose's).
+pub struct Mailbox {
+    state: Mutex<MailboxState>,
+    ready: Notify,
+    cap: usize,
+}
+
+#[derive(Default)]
+struct MailboxState {
+    queue: VecDeque<HubEvent>,
+    /// Dropped since the client last read.
+    dropped: u64,
+}
+
+impl Mailbox {
+    fn lock(&self) -> MutexGuard<'_, MailboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, ev: &HubEvent) {
+        {
+            let mut st = self.lock();
+            if st.queue.len() >= self.cap {
+                st.queue.pop_front();
+                st.dropped += 1;
+            }
+            st.queue.push_back(ev.clone());
+        }
+        // Stores a permit if the client is busy: a burst wakes it once.
+        self.ready.notify_one();
+    }
+
+    /// Moves up to `max` queued messages that pass `vins` into `out` (a lag
+    /// first becomes `lagged`); true if it moved anything.
+    fn take(
+        &self,
+        hub: &Hub,
+        vins: &HashSet<String>,
+        out: &mut Vec<Utf8Bytes>,
+        max: usize,
+    ) -> bool {
+        let start = out.len();
+        let mut st = self.lock();
+        if st.dropped > 0 {
+            let n = std::mem::take(&mut st.dropped);
+            out.push(hub.lagged(n));
+        }
+        // Bounded by the queue's capacity.
+        while out.len() - start < max {
+            let Some(ev) = st.queue.pop_front() else {
+                break;
+            };
+            if passes(&ev, vins) {
+                out.push(ev.text);
+            }
+        }
+        if st.queue.is_empty() && st.queue.capacity() > 64 {
+            // A burst is over: do not keep its memory for an idle client.
+            st.queue = VecDeque::new();
+        }
+        out.len() > start
+    }
+}
+
+/// Whether a client subscribed to `vins` (empty = all) gets `ev`.
+fn passes(ev: &HubEvent, vins: &HashSet<String>) -> bool {
+    match &ev.vin {
+        Some(vin) => vins.is_empty() || vins.contains(&**vin),
+        None => true,
+    }
+}
+
+/// What one client receives from the hub; created by [`Hub::subscribe`]
+/// (everything), narrowed by [`Subscription::set_filter`].
+pub struct Subscription {
+    hub: Arc<Hub>,
+    feed: Feed,
+}
+
+enum Feed {
+    All(broadcast::Receiver<HubEvent>),
+    Vins {
+        id: u64,
+        mailbox: Arc<Mailbox>,
+        vins: HashSet<String>,
+    },
+}
+
+impl Subscription {
+    /// Waits until something is queued, then moves up to `max` messages into
+    /// `out` (a lag becomes a `lagged` message). Cancel-safe. `false` = the
+    /// hub is gone.
+    pub async fn recv(&mut self, out: &mut Vec<Utf8Bytes>, max: usize) -> bool {
+        match &mut self.feed {
+            Feed::All(rx) => {
+                match rx.recv().await {
+                    Ok(ev) => out.push(ev.text),
+                    Err(broadcast::error::RecvError::Lagged(n)) => out.push(self.hub.lagged(n)),
+                    Err(broadcast::error::RecvError::Closed) => return false,
+                }
+                // What is already queued goes with it (no await from here on).
+                for _ in 1..max {
+                    match rx.try_recv() {
+                        Ok(ev) => out.push(ev.text),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            out.push(self.hub.lagged(n))
+                        }
+                        Err(_) => break,
+                    }
+                }
+                true
+            }
+            Feed::Vins { mailbox, vins, .. } => loop {
+                if mailbox.take(&self.hub, vins, out, max) {
+                    return true;
+                }
+                mailbox.ready.notified().await;
+            },
+        }
+    }
+
+    /// Changes the VIN filter (empty = everything). Messages queued under the
+    /// old filter that pass the new one are moved into `out`, so none is lost
+    /// or repeated by the switch; a newly added VIN's messages come from now on.
+    pub fn set_filter(&mut self, vins: HashSet<String>, out: &mut Vec<Utf8Bytes>) {
+        let hub = self.hub.clone();
+        // Publishing waits meanwhile, so nothing slips between the old and the new feed.
+        let mut routes = hub.routes();
+        match &mut self.feed {
+            Feed::All(_) if vins.is_empty() => {}
+            Feed::All(rx) => {
+                loop {
+                    match rx.try_recv() {
+                        Ok(ev) if passes(&ev, &vins) => out.push(ev.text),
+                        Ok(_) => {}
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => out.push(hub.lagged(n)),
+                        Err(_) => break,
+                    }
+                }
+                routes.next_id += 1;
+                let id = routes.next_id;
+                let mailbox = hub.mailbox();
+                routes.add(id, &mailbox, &vins);
+                self.feed = Feed::Vins { id, mailbox, vins };
+            }
+            Feed::Vins {
+                id,
+                mailbox,
+                vins: old,
+            } => {
+                routes.remove(*id, old);
+                if vins.is_empty() {
+                    let rx = hub.all.subscribe();
+                    mailbox.take(&hub, &vins, out, usize::MAX);
+                    self.feed = Feed::All(rx);
+                } else {
+                    // What is queued is filtered when taken, by the new filter.
+                    routes.add(*id, mailbox, &vins);
+                    *old = vins;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Feed::Vins { id, vins, .. } = &self.feed {
+            self.hub.routes().remove(*id, vins);
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -67,26 +291,71 @@ impl Drop for ClientGuard<'_> {
 impl Hub {
     /// `queue` = messages each client may fall behind before the oldest are dropped.
     pub fn new(queue: usize) -> Self {
-        let (tx, _) = broadcast::channel(queue.max(1));
+        let queue = queue.max(1);
+        let (all, _) = broadcast::channel(queue);
         Self {
-            tx,
+            all,
+            routes: Mutex::default(),
+            queue,
             clients: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
         }
     }
 
+    fn routes(&self) -> MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn mailbox(&self) -> Arc<Mailbox> {
+        Arc::new(Mailbox {
+            state: Mutex::default(),
+            ready: Notify::new(),
+            cap: self.queue,
+        })
+    }
+
+    /// Counts a lag and gives its `lagged` message.
+    fn lagged(&self, n: u64) -> Utf8Bytes {
+        self.note_dropped(n);
+        tracing::debug!(
+            dropped = n,
+            "A slow WebSocket client lost its oldest messages."
+        );
+        Utf8Bytes::from(lagged_json(n))
+    }
+
     pub fn publish(&self, ev: HubEvent) {
-        // No receivers is not an error: nobody is watching.
-        let _ = self.tx.send(ev);
+        self.publish_all([ev]);
+    }
+
+    /// Publishes in order, taking the routing lock once.
+    pub fn publish_all(&self, events: impl IntoIterator<Item = HubEvent>) {
+        let routes = self.routes();
+        for ev in events {
+            match &ev.vin {
+                None => routes.filtered.values().for_each(|m| m.push(&ev)),
+                Some(vin) => {
+                    if let Some(m) = routes.by_vin.get(&**vin) {
+                        m.values().for_each(|m| m.push(&ev));
+                    }
+                }
+            }
+            // No receivers is not an error: nobody is watching.
+            let _ = self.all.send(ev);
+        }
     }
 
     /// Whether anyone would receive a message (skip serialising otherwise).
     pub fn has_clients(&self) -> bool {
-        self.tx.receiver_count() > 0
+        self.clients() > 0
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
-        self.tx.subscribe()
+    /// A subscription to every message, from now on.
+    pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        Subscription {
+            hub: self.clone(),
+            feed: Feed::All(self.all.subscribe()),
+        }
     }
 
     pub fn client(&self) -> ClientGuard<'_> {
@@ -137,4 +406,91 @@ pub fn log_json(level: Level, source: &str, message: &str) -> String {
 /// The text of a `{"type":"lagged"}` message.
 pub fn lagged_json(dropped: u64) -> String {
     format!(r#"{{"type":"lagged","data":{{"dropped":{dropped}}}}}"#)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(vin: Option<&str>, text: &str) -> HubEvent {
+        HubEvent {
+            vin: vin.map(Into::into),
+            text: text.to_owned().into(),
+        }
+    }
+
+    fn vins(v: &[&str]) -> HashSet<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Everything queued for `sub` now, as text.
+    async fn take(sub: &mut Subscription) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut texts = Vec::new();
+        while tokio::time::timeout(
+            std::time::Duration::from_millis(20),
+            sub.recv(&mut out, 1000),
+        )
+        .await
+        .is_ok_and(|open| open)
+        {
+            texts.extend(out.drain(..).map(|t| t.as_str().to_owned()));
+        }
+        texts
+    }
+
+    #[tokio::test]
+    async fn routes_by_vin_and_keeps_order() {
+        let hub = Arc::new(Hub::new(16));
+        let mut all = hub.subscribe();
+        let mut a = hub.subscribe();
+        let mut out = Vec::new();
+        a.set_filter(vins(&["A"]), &mut out);
+        assert!(out.is_empty());
+        hub.publish_all([
+            ev(Some("A"), "a1"),
+            ev(Some("B"), "b1"),
+            ev(None, "log"),
+            ev(Some("A"), "a2"),
+        ]);
+        assert_eq!(take(&mut all).await, ["a1", "b1", "log", "a2"]);
+        assert_eq!(take(&mut a).await, ["a1", "log", "a2"]);
+        drop(a);
+        let routes = hub.routes();
+        assert!(routes.by_vin.is_empty() && routes.filtered.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_full_mailbox_drops_the_oldest_and_says_so() {
+        let hub = Arc::new(Hub::new(3));
+        let mut a = hub.subscribe();
+        a.set_filter(vins(&["A"]), &mut Vec::new());
+        hub.publish_all((1..=5).map(|i| ev(Some("A"), &format!("a{i}"))));
+        assert_eq!(
+            take(&mut a).await,
+            [lagged_json(2).as_str(), "a3", "a4", "a5"]
+        );
+        assert_eq!(hub.dropped(), 2);
+    }
+
+    #[tokio::test]
+    async fn switching_filters_loses_and_repeats_nothing() {
+        let hub = Arc::new(Hub::new(16));
+        let mut c = hub.subscribe();
+        let mut out = Vec::new();
+        hub.publish_all([ev(Some("A"), "a1"), ev(Some("B"), "b1")]);
+        // Queued under "all", filtered by the new filter.
+        c.set_filter(vins(&["A"]), &mut out);
+        hub.publish_all([ev(Some("A"), "a2"), ev(Some("B"), "b2")]);
+        c.set_filter(vins(&["A", "B"]), &mut out);
+        hub.publish_all([ev(Some("B"), "b3")]);
+        c.set_filter(HashSet::new(), &mut out);
+        hub.publish_all([ev(Some("C"), "c1")]);
+        let mut got: Vec<String> = out.iter().map(|t| t.as_str().to_owned()).collect();
+        got.extend(take(&mut c).await);
+        // A client gets a vehicle's messages from the moment it asks for them
+        // (b2 came while it asked for A only).
+        assert_eq!(got, ["a1", "a2", "b3", "c1"]);
+        assert!(hub.routes().filtered.is_empty());
+    }
 }

@@ -204,9 +204,7 @@ impl Writer {
         }
         if result.is_ok() {
             self.stats.add(stats.iter().map(|(vin, c)| (&**vin, c)));
-            for ev in events {
-                self.hub.publish(ev);
-            }
+            self.hub.publish_all(events);
         }
     }
 }

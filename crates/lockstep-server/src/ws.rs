@@ -18,11 +18,11 @@ use axum::response::Response;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
-use crate::hub::{HubEvent, Level, lagged_json, log_json};
+use crate::hub::{Level, log_json};
 use crate::logger::{StartRequest, Started, Stopped};
 use crate::model::{ReadingJson, envelope};
 
@@ -83,10 +83,14 @@ const BURST: usize = 128;
 
 /// Sends the burst (feed each, flush once) unless shutdown comes first;
 /// `false` = stop serving this client. Leaves `burst` empty.
-async fn send_burst(sink: &mut Sink, burst: &mut Vec<Message>, cancel: &CancellationToken) -> bool {
+async fn send_burst(
+    sink: &mut Sink,
+    burst: &mut Vec<Utf8Bytes>,
+    cancel: &CancellationToken,
+) -> bool {
     let write = async {
-        for m in burst.drain(..) {
-            sink.feed(m).await?;
+        for text in burst.drain(..) {
+            sink.feed(Message::Text(text)).await?;
         }
         sink.flush().await
     };
@@ -106,55 +110,14 @@ async fn send(sink: &mut Sink, msg: Message, cancel: &CancellationToken) -> bool
     }
 }
 
-/// What to do with one event from the hub.
-enum Forward {
-    Send(Message),
-    /// Filtered out by the client's subscription.
-    Skip,
+/// What the client loop does next.
+enum Step {
+    Stop,
+    /// The hub is gone: send what was taken, then stop.
     Closed,
-}
-
-/// A hub event for this client: filtered by VIN; a lag becomes `lagged`.
-fn forward(
-    ev: Result<HubEvent, broadcast::error::RecvError>,
-    filter: &HashSet<String>,
-    app: &AppState,
-) -> Forward {
-    match ev {
-        Ok(ev) => {
-            if let Some(vin) = &ev.vin
-                && !filter.is_empty()
-                && !filter.contains(&**vin)
-            {
-                return Forward::Skip;
-            }
-            Forward::Send(Message::Text(ev.text))
-        }
-        Err(broadcast::error::RecvError::Lagged(n)) => {
-            app.hub.note_dropped(n);
-            tracing::debug!(
-                dropped = n,
-                "A slow WebSocket client lost its oldest messages."
-            );
-            Forward::Send(Message::Text(Utf8Bytes::from(lagged_json(n))))
-        }
-        Err(broadcast::error::RecvError::Closed) => Forward::Closed,
-    }
-}
-
-/// [`forward`] for `try_recv`; `None` = nothing queued.
-fn forward_queued(
-    ev: Result<HubEvent, broadcast::error::TryRecvError>,
-    filter: &HashSet<String>,
-    app: &AppState,
-) -> Option<Forward> {
-    use broadcast::error::{RecvError, TryRecvError};
-    Some(match ev {
-        Ok(ev) => forward(Ok(ev), filter, app),
-        Err(TryRecvError::Lagged(n)) => forward(Err(RecvError::Lagged(n)), filter, app),
-        Err(TryRecvError::Closed) => Forward::Closed,
-        Err(TryRecvError::Empty) => return None,
-    })
+    Filter(HashSet<String>),
+    Text(String),
+    Send,
 }
 
 #[tracing::instrument(name = "ws_client", skip_all, fields(%peer))]
@@ -209,39 +172,33 @@ async fn client(
         cancel.clone(),
     ));
 
-    let mut filter: HashSet<String> = HashSet::new();
-    let mut burst: Vec<Message> = Vec::new();
+    let mut burst: Vec<Utf8Bytes> = Vec::new();
     loop {
-        let first = tokio::select! {
-            () = cancel.cancelled() => break,
+        // Whatever is already queued goes out with the first message: one
+        // write (and one wake-up of the client) per burst, not per message.
+        let step = tokio::select! {
+            () = cancel.cancelled() => Step::Stop,
             ctl = ctl_rx.recv() => match ctl {
-                None => break, // the client went away
-                Some(Ctl::Filter(f)) => { filter = f; continue; }
-                Some(Ctl::Send(text)) => Message::Text(text.into()),
+                None => Step::Stop, // the client went away
+                Some(Ctl::Filter(f)) => Step::Filter(f),
+                Some(Ctl::Send(text)) => Step::Text(text),
             },
-            ev = events.recv() => match forward(ev, &filter, &app) {
-                Forward::Send(m) => m,
-                Forward::Skip => continue,
-                Forward::Closed => break,
-            },
+            open = events.recv(&mut burst, BURST) => if open { Step::Send } else { Step::Closed },
         };
-        burst.push(first);
-        // Whatever is already queued goes out with it: one write (and one
-        // wake-up of the client) for the burst instead of one per message.
-        // Bounded in messages looked at, so a filtered client cannot spin.
-        let mut closed = false;
-        for _ in 1..BURST {
-            match forward_queued(events.try_recv(), &filter, &app) {
-                None => break,
-                Some(Forward::Send(m)) => burst.push(m),
-                Some(Forward::Skip) => {}
-                Some(Forward::Closed) => {
-                    closed = true;
-                    break;
-                }
+        let closed = match step {
+            Step::Stop => break,
+            Step::Closed => true,
+            Step::Filter(f) => {
+                events.set_filter(f, &mut burst);
+                false
             }
-        }
-        if !send_burst(&mut sink, &mut burst, &cancel).await || closed {
+            Step::Text(t) => {
+                burst.push(t.into());
+                false
+            }
+            Step::Send => false,
+        };
+        if !burst.is_empty() && !send_burst(&mut sink, &mut burst, &cancel).await || closed {
             break;
         }
     }
