@@ -249,7 +249,7 @@ async fn logger_replay_stopped_and_started_again_resumes() {
 }
 
 /// Kills, when dropped, a logger the server started for this test if it is
-/// still alive (the server cannot: see finding F3). Identified by the PID the
+/// still alive (a regression of finding F3 must not leave an orphan behind). Identified by the PID the
 /// server reported and by its command line, so a reused PID is left alone.
 struct LoggerGuard(u32);
 
@@ -272,9 +272,9 @@ impl Drop for LoggerGuard {
 
 /// The server is SIGKILLed while its logger runs, then started again: the
 /// logger must not keep running unsupervised — either it ends by itself, or
-/// the restarted server knows it (`/logger/status`) and can stop it.
+/// the restarted server knows it (`/logger/status`) and can stop it. (Finding
+/// F3, fixed by the edge's `--exit-with-parent`, which the server passes.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding F3: after a server SIGKILL its logger runs on as an orphan that the restarted server neither reports nor can stop"]
 async fn a_sigkilled_server_leaves_no_unsupervised_logger() {
     let db = Db::postgres().await;
     let mut server = Server::start(&db.url(), &[]).await;
