@@ -15,6 +15,7 @@ cd "$ROOT"
 FORM=${FORM:-seed}; STORE=${STORE:-postgres}; N=${N:-3000}; V=${V:-10}; C=${C:-10}; BATCH=${BATCH:-100}; WS=${WS:-0}
 OUT=${OUT:-$ROOT/target/profile}
 mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)   # the server runs in its own directory
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 if [[ "${BUILD:-1}" != 0 ]]; then cargo build --release -p lockstep-server -p lockstep-bench; fi
 NAME="$FORM-$STORE-n$N-ws$WS"
