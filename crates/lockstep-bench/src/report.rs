@@ -33,8 +33,9 @@ pub struct Report {
     pub raw_limit: Option<RawLimit>,
     /// readings/s committed ÷ raw limit rows/s.
     pub ingest_over_raw: Option<f64>,
-    /// PostgreSQL: the same rows through the server's own SQL path alone (staging
-    /// table + `INSERT … SELECT … ON CONFLICT`), without HTTP or the server.
+    /// PostgreSQL: the same rows through the server's staging path alone (staging
+    /// table + `INSERT … SELECT … ON CONFLICT`; its fallback for large commits),
+    /// without HTTP or the server.
     pub server_sql_limit: Option<RawLimit>,
     /// readings/s committed ÷ server SQL path rows/s.
     pub ingest_over_server_sql: Option<f64>,
@@ -403,7 +404,7 @@ impl Report {
         if let Some(r) = &self.server_sql_limit {
             w(
                 &mut t,
-                "server's SQL path alone",
+                "staging path alone",
                 format!(
                     "{} rows in {:.2} s = {} rows/s; ingest/that = {}  [{}]",
                     n0(r.rows as f64),

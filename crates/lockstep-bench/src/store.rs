@@ -156,9 +156,10 @@ fn float_value(col: usize, i: u64) -> f64 {
 
 /// Binary COPY (PostgreSQL) or one-transaction prepared inserts (SQLite) of
 /// `rows` rows into a scratch copy of `telemetry_data`, dropped after. For
-/// PostgreSQL also the server's own SQL path alone (staging table + `INSERT …
-/// SELECT … ON CONFLICT`), which separates the cost of that path from the
-/// cost of everything else in the server.
+/// PostgreSQL also the server's staging path alone (staging table + `INSERT …
+/// SELECT … ON CONFLICT`): its path for large commits until they were copied
+/// straight into the table, now its fallback when such a COPY meets a row
+/// already stored. It shows what that path costs against plain COPY.
 pub async fn raw_limit(
     store: &StoreAccess,
     rows: u64,
@@ -249,7 +250,7 @@ async fn pg_raw_copy(url: &str, rows: u64) -> anyhow::Result<(RawLimit, Option<R
             plain,
         ),
         Some(limit(
-            "the server's SQL path alone: binary COPY into a temporary staging table, then INSERT … SELECT … ON CONFLICT DO NOTHING, one transaction",
+            "the server's staging path alone (its fallback for large commits): binary COPY into a temporary staging table, then INSERT … SELECT … ON CONFLICT DO NOTHING, one transaction",
             staged,
         )),
     ))
