@@ -87,7 +87,8 @@ pub struct RepairReport {
     pub backwards_timestamps: usize,
     /// Rows with a held GPS fix (same position as the row before).
     pub held_positions: usize,
-    /// Rows whose GPS fix was impossible (|lat| > 90, |lon| > 180, or exactly 0,0):
+    /// Rows whose GPS fix was impossible (|lat| > 90, |lon| > 180, exactly 0,0, or one
+    /// coordinate exactly 0 more than 100 km from the previous fix — a receiver that lost it):
     /// latitude and longitude left null.
     pub invalid_positions: usize,
     /// Rows where a numeric cell was empty or did not parse (left null).
@@ -348,7 +349,10 @@ fn finish_inner(
     let mut bearing_held: Option<f64> = None;
     for row in rows.iter_mut() {
         if let (Some(la), Some(lo)) = (row[LATITUDE], row[LONGITUDE])
-            && (la.abs() > 90.0 || lo.abs() > 180.0 || (la == 0.0 && lo == 0.0))
+            && (la.abs() > 90.0
+                || lo.abs() > 180.0
+                || (la == 0.0 && lo == 0.0)
+                || ((la == 0.0 || lo == 0.0) && last_fix.is_some_and(|p| far_jump(p, (la, lo)))))
         {
             rep.invalid_positions += 1;
             row[LATITUDE] = None;
@@ -535,6 +539,15 @@ pub fn bearing_deg(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
     if b >= 360.0 { 0.0 } else { b }
 }
 
+/// Whether two fixes are more than 100 km apart (equirectangular; only used
+/// to spot a zeroed coordinate, so precision does not matter).
+fn far_jump(a: (f64, f64), b: (f64, f64)) -> bool {
+    let k = 111.32; // km per degree
+    let dy = (b.0 - a.0) * k;
+    let dx = (b.1 - a.1) * k * a.0.to_radians().cos();
+    dx * dx + dy * dy > 100.0 * 100.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,6 +663,18 @@ mod tests {
             trip.readings
                 .iter()
                 .all(|r| r.values[SPEED].is_some() && r.values[POWER].is_none())
+        );
+    }
+
+    #[test]
+    fn a_zeroed_latitude_is_not_a_fix() {
+        // T1_06_30_2021_2.csv has rows with latitude 0.0 and a normal longitude.
+        let trip = load(Format::Twizy, &testdata("twizy-ev/T1_06_30_2021_2.csv")).unwrap();
+        assert!(trip.repairs.invalid_positions > 0);
+        assert!(
+            trip.readings
+                .iter()
+                .all(|r| r.values[LATITUDE].is_none_or(|la| la != 0.0))
         );
     }
 
