@@ -8,7 +8,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lockstep_codec::{Catalog, Reading};
@@ -18,8 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-pub const PG_ADDR: &str = "127.0.0.1:5432";
+pub use lockstep_testkit::{PG_ADDR, PgDatabase};
 
 /// The shortest recorded Twizy trip (1049 rows at 1 Hz).
 pub const SHORT_TRIP: &str = "T3_04_22_2021_1.csv";
@@ -90,13 +89,17 @@ fn newest_source(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
             let path = entry.path();
             let Ok(meta) = entry.metadata() else { continue };
             if meta.is_dir() {
-                if path.file_name().is_some_and(|n| n != "tests") {
+                // Tests and benches are not part of the binaries.
+                if path
+                    .file_name()
+                    .is_some_and(|n| n != "tests" && n != "benches" && n != "examples")
+                {
                     stack.push(path);
                 }
                 continue;
             }
-            let source = path.file_name().is_some_and(|n| n == "Cargo.toml")
-                || path.extension().is_some_and(|e| e == "rs" || e == "proto");
+            // Not Cargo.toml: a dev-dependency edit does not relink the binary.
+            let source = path.extension().is_some_and(|e| e == "rs" || e == "proto");
             if let (true, Ok(t)) = (source, meta.modified())
                 && newest.as_ref().is_none_or(|(n, _)| t > *n)
             {
@@ -143,13 +146,11 @@ where
 
 // ---------------------------------------------------------------- stores
 
-static COUNTER: AtomicU64 = AtomicU64::new(0);
-
 /// The database one test writes to: a fresh SQLite file, or a fresh
 /// PostgreSQL database on 127.0.0.1:5432 that is dropped when this is dropped.
 pub enum Db {
     Sqlite { path: PathBuf },
-    Postgres { name: String },
+    Postgres(PgDatabase),
 }
 
 impl Db {
@@ -160,25 +161,14 @@ impl Db {
     }
 
     pub async fn postgres() -> Self {
-        let name = format!(
-            "lockstep_e2e_{}_{}_{:08x}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
-            rand_u32()
-        );
-        pg_connect(PG_ADMIN)
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("CREATE DATABASE");
-        Db::Postgres { name }
+        Db::Postgres(PgDatabase::create("lockstep_e2e").await)
     }
 
     /// The URL the server is given (`via` = another host:port for PostgreSQL, e.g. a proxy).
     pub fn url_via(&self, via: &str) -> String {
         match self {
             Db::Sqlite { path } => format!("sqlite://{}", path.display()),
-            Db::Postgres { name } => format!("postgres://postgres@{via}/{name}"),
+            Db::Postgres(db) => db.url_via(via),
         }
     }
 
@@ -190,42 +180,8 @@ impl Db {
     /// every value as text, NULL as `None`.
     pub async fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
         match self {
-            Db::Sqlite { path } => {
-                let conn = rusqlite::Connection::open(path).expect("open sqlite");
-                conn.busy_timeout(Duration::from_secs(5)).unwrap();
-                let mut st = conn.prepare(sql).expect("prepare");
-                let n = st.column_count();
-                st.query_map([], |r| {
-                    (0..n)
-                        .map(|i| {
-                            use rusqlite::types::ValueRef as V;
-                            Ok(match r.get_ref(i)? {
-                                V::Null => None,
-                                V::Integer(v) => Some(v.to_string()),
-                                V::Real(v) => Some(v.to_string()),
-                                V::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
-                                V::Blob(b) => Some(format!("{} bytes", b.len())),
-                            })
-                        })
-                        .collect()
-                })
-                .expect("query")
-                .collect::<Result<_, _>>()
-                .expect("rows")
-            }
-            Db::Postgres { .. } => pg_connect(&self.url())
-                .await
-                .simple_query(sql)
-                .await
-                .expect("query")
-                .into_iter()
-                .filter_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(r) => {
-                        Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
-                    }
-                    _ => None,
-                })
-                .collect(),
+            Db::Sqlite { path } => lockstep_testkit::sqlite_query(path, sql),
+            Db::Postgres(db) => lockstep_testkit::pg_query(&db.url(), sql).await,
         }
     }
 
@@ -266,50 +222,6 @@ impl Db {
             })
             .collect()
     }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let Db::Postgres { name } = self else { return };
-        let name = name.clone();
-        // Runs inside a runtime and while unwinding: a thread with its own runtime.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok((c, conn)) =
-                    tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    let _ = c
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL must run at 127.0.0.1:5432 (user postgres, trust auth): {e}")
-        });
-    tokio::spawn(conn);
-    c
-}
-
-/// A random number for database names, without a `rand` dependency:
-/// `RandomState` is seeded randomly per process.
-fn rand_u32() -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(COUNTER.load(Ordering::Relaxed));
-    h.finish() as u32
 }
 
 /// One row of `telemetry_data`.

@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -17,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub use lockstep_testkit::PgDatabase;
 pub const SEED: &str = "application/x-protobuf";
 pub const BATCH: &str = "application/x-lockstep-batch";
 
@@ -50,12 +49,8 @@ pub enum TestDb {
         _dir: Arc<tempfile::TempDir>,
         path: PathBuf,
     },
-    Postgres {
-        name: String,
-    },
+    Postgres(PgDatabase),
 }
-
-static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl TestDb {
     pub async fn new(backend: Backend) -> Self {
@@ -68,26 +63,14 @@ impl TestDb {
                     path,
                 }
             }
-            Backend::Postgres => {
-                let name = format!(
-                    "lockstep_test_{}_{}_{:08x}",
-                    std::process::id(),
-                    COUNTER.fetch_add(1, Ordering::Relaxed),
-                    rand::random::<u32>()
-                );
-                let c = pg_connect(PG_ADMIN).await;
-                c.batch_execute(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .expect("CREATE DATABASE");
-                TestDb::Postgres { name }
-            }
+            Backend::Postgres => TestDb::Postgres(PgDatabase::create("lockstep_test").await),
         }
     }
 
     pub fn url(&self) -> String {
         match self {
             TestDb::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
-            TestDb::Postgres { name } => format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            TestDb::Postgres(db) => db.url(),
         }
     }
 
@@ -95,42 +78,8 @@ impl TestDb {
     /// the database's own client — not through the server.
     pub async fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
         match self {
-            TestDb::Sqlite { path, .. } => {
-                let conn = rusqlite::Connection::open(path).expect("open sqlite");
-                let mut st = conn.prepare(sql).expect("prepare");
-                let n = st.column_count();
-                st.query_map([], |r| {
-                    Ok((0..n)
-                        .map(|i| match r.get_ref(i).unwrap() {
-                            rusqlite::types::ValueRef::Null => None,
-                            rusqlite::types::ValueRef::Integer(v) => Some(v.to_string()),
-                            rusqlite::types::ValueRef::Real(v) => Some(v.to_string()),
-                            rusqlite::types::ValueRef::Text(t) => {
-                                Some(String::from_utf8_lossy(t).into_owned())
-                            }
-                            rusqlite::types::ValueRef::Blob(b) => {
-                                Some(format!("{} bytes", b.len()))
-                            }
-                        })
-                        .collect())
-                })
-                .expect("query")
-                .collect::<Result<_, _>>()
-                .expect("rows")
-            }
-            TestDb::Postgres { .. } => {
-                let c = pg_connect(&self.url()).await;
-                // Text protocol: every value comes back as text.
-                let msgs = c.simple_query(sql).await.expect("query");
-                msgs.into_iter()
-                    .filter_map(|m| match m {
-                        tokio_postgres::SimpleQueryMessage::Row(r) => {
-                            Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
-                        }
-                        _ => None,
-                    })
-                    .collect()
-            }
+            TestDb::Sqlite { path, .. } => lockstep_testkit::sqlite_query(path, sql),
+            TestDb::Postgres(db) => lockstep_testkit::pg_query(&db.url(), sql).await,
         }
     }
 
@@ -141,42 +90,6 @@ impl TestDb {
             .parse()
             .unwrap()
     }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let TestDb::Postgres { name } = self {
-            let name = name.clone();
-            // Drop runs in async context (and during unwinding): use a thread with its own runtime.
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    if let Ok((c, conn)) =
-                        tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
-                    {
-                        tokio::spawn(conn);
-                        let _ = c
-                            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                            .await;
-                    }
-                });
-            })
-            .join();
-        }
-    }
-}
-
-pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL must run at 127.0.0.1:5432 (user postgres, trust auth): {e}")
-        });
-    tokio::spawn(conn);
-    c
 }
 
 /// A running server.

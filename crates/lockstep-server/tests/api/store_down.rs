@@ -60,10 +60,10 @@ impl Proxy {
 async fn postgres_outage_gives_503_then_recovers() {
     let db = Arc::new(TestDb::new(Backend::Postgres).await);
     let proxy = Proxy::start("127.0.0.1:5432").await;
-    let TestDb::Postgres { name } = &*db else {
+    let TestDb::Postgres(pg) = &*db else {
         unreachable!()
     };
-    let url = format!("postgres://postgres@127.0.0.1:{}/{name}", proxy.port);
+    let url = pg.url_via(&format!("127.0.0.1:{}", proxy.port));
     init_tracing();
     let data_dir = Arc::new(tempfile::tempdir().unwrap());
     let args = [
