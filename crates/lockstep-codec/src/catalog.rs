@@ -103,6 +103,17 @@ fn pow10(e: i32) -> f64 {
     10f64.powi(e)
 }
 
+/// The signal names of [`Catalog::default_v1`], in channel order.
+pub const DEFAULT_SIGNALS: [&str; 7] = [
+    "speed",
+    "battery",
+    "power",
+    "heading",
+    "latitude",
+    "longitude",
+    "altitude",
+];
+
 /// Why a catalog cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CatalogError {
@@ -324,7 +335,8 @@ mod tests {
     #[test]
     fn default_catalog_is_stable() {
         let c = Catalog::default_v1();
-        assert_eq!(c.len(), 7);
+        let names: Vec<&str> = c.signals().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, DEFAULT_SIGNALS);
         assert!(
             c.canonical_text()
                 .starts_with("lockstep-catalog/1\nspeed;km/h;1e-2;100;adaptive;60000\n")

@@ -38,15 +38,7 @@ pub const LONGITUDE: usize = 5;
 pub const ALTITUDE: usize = 6;
 
 /// The channel names of the default catalog, in order (the generic CSV's column names).
-pub const CHANNEL_NAMES: [&str; CHANNELS] = [
-    "speed",
-    "battery",
-    "power",
-    "heading",
-    "latitude",
-    "longitude",
-    "altitude",
-];
+pub const CHANNEL_NAMES: [&str; CHANNELS] = lockstep_codec::catalog::DEFAULT_SIGNALS;
 
 /// Fixed epoch of the cycling ride, whose times are relative
 /// ("0 days 00:19:59"): 2017-07-14T02:40:00Z, chosen arbitrarily.
