@@ -239,7 +239,7 @@ impl Actual<'_> {
         }
         let mid = lo + (hi - lo) / 2;
         let mid = turn.map_or(mid, |t| mid.rem_euclid(t));
-        if within(sig, mid, v, turn) { mid } else { q }
+        if within(sig, mid, q, v, turn) { mid } else { q }
     }
 
     /// The 2-D version of [`Self::held_value`]: the centre of the longest run
@@ -293,7 +293,7 @@ impl FrameSource for Actual<'_> {
         if let Some(t) = turn {
             q = q.rem_euclid(t);
         }
-        if !ask.force && ask.pred.is_some_and(|p| within(sig, p, v, turn)) {
+        if !ask.force && ask.pred.is_some_and(|p| within(sig, p, q, v, turn)) {
             return Ok(Outcome::Predicted);
         }
         if ask.holds && !self.future.is_empty() {
@@ -337,14 +337,11 @@ impl FrameSource for Actual<'_> {
     }
 }
 
-/// Whether reconstructing `p` (quanta) for the actual value `v` keeps the
-/// error within tolerance, both in quanta and against the unquantised value,
-/// so the bound holds for the raw reading too (docs/protocol.md, section 5).
-fn within(sig: &Signal, p: i64, v: f64, turn: Option<i64>) -> bool {
-    let q = {
-        let q = sig.quantise(v);
-        turn.map_or(q, |t| q.rem_euclid(t))
-    };
+/// Whether reconstructing `p` (quanta) for the actual value `v`, quantised
+/// to `q`, keeps the error within tolerance, both in quanta and against the
+/// unquantised value, so the bound holds for the raw reading too
+/// (docs/protocol.md, section 5).
+fn within(sig: &Signal, p: i64, q: i64, v: f64, turn: Option<i64>) -> bool {
     if residual(q, p, turn).abs() > sig.tolerance_q {
         return false;
     }

@@ -176,13 +176,20 @@ impl SessionState {
         let mut values: Vec<Option<i64>> = vec![None; n];
         let mut transmitted = 0u64;
         let mut nulls = 0u64;
+        // Computed once, when the position's turn comes, and learnt from after.
+        let mut candidates = None;
         for (i, sig) in catalog.signals().iter().enumerate() {
             match sig.model {
                 Model::PositionPartner => continue,
                 Model::Position => {
                     let pc = catalog.position().expect("validated catalog");
-                    let Candidates { hold, dr, .. } = self.position_candidates(&values, pc, ts);
-                    let pred = if self.position.choice == 0 { hold } else { dr };
+                    let c = self.position_candidates(&values, pc, ts);
+                    let pred = if self.position.choice == 0 {
+                        c.hold
+                    } else {
+                        c.dr
+                    };
+                    candidates = Some(c);
                     let ask = Ask {
                         pred,
                         force: self.silent_too_long(i, sig, ts),
@@ -229,7 +236,7 @@ impl SessionState {
                 }
             }
         }
-        self.learn(catalog, ts, &values, transmitted);
+        self.learn(catalog, ts, &values, transmitted, candidates);
         let frame = Frame {
             seq: self.next_seq,
             timestamp_ms: ts,
@@ -312,7 +319,14 @@ impl SessionState {
     }
 
     /// Updates every channel with the reconstructed values of one reading.
-    fn learn(&mut self, catalog: &Catalog, ts: i64, values: &[Option<i64>], transmitted: u64) {
+    fn learn(
+        &mut self,
+        catalog: &Catalog,
+        ts: i64,
+        values: &[Option<i64>],
+        transmitted: u64,
+        candidates: Option<Candidates>,
+    ) {
         for (i, sig) in catalog.signals().iter().enumerate() {
             if matches!(sig.model, Model::Position | Model::PositionPartner) {
                 continue;
@@ -344,9 +358,8 @@ impl SessionState {
         }
         let Some(pc) = catalog.position() else { return };
         let tol = i128::from(catalog.signals()[pc.lat].tolerance_q);
-        match (values[pc.lat], values[pc.lon]) {
-            (Some(la), Some(lo)) => {
-                let Candidates { hold, dr, offsets } = self.position_candidates(values, pc, ts);
+        match (values[pc.lat], values[pc.lon], candidates) {
+            (Some(la), Some(lo), Some(Candidates { hold, dr, offsets })) => {
                 let hits = [hold, dr].map(|p| p.map(|p| dist2_mm(p, (la, lo)) <= tol * tol));
                 let p = &mut self.position;
                 score(&mut p.score, &mut p.choice, hits);
