@@ -5,17 +5,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-/// The `telemetry_data` value columns, in catalog channel order. The server
+/// The `telemetry_data` value columns, in catalog channel order: the default
+/// catalog's signals (the migrations create one column each). The server
 /// refuses to start with a catalog whose signal names differ.
-pub const COLUMNS: [&str; CHANNELS] = [
-    "speed",
-    "battery",
-    "power",
-    "heading",
-    "latitude",
-    "longitude",
-    "altitude",
-];
+pub const COLUMNS: [&str; CHANNELS] = lockstep_codec::catalog::DEFAULT_SIGNALS;
 /// Number of value columns.
 pub const CHANNELS: usize = 7;
 
