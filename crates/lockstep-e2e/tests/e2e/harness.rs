@@ -395,10 +395,20 @@ impl Server {
         }
     }
 
+    /// `GET /status`; `None` while the server does not answer.
     pub async fn status(&self) -> Option<serde_json::Value> {
+        self.get_json("/status").await
+    }
+
+    /// `GET /logger/status`; `None` while the server does not answer.
+    pub async fn logger_status(&self) -> Option<serde_json::Value> {
+        self.get_json("/logger/status").await
+    }
+
+    async fn get_json(&self, path: &str) -> Option<serde_json::Value> {
         let r = self
             .http
-            .get(format!("{}/status", self.base()))
+            .get(format!("{}{path}", self.base()))
             .send()
             .await
             .ok()?;

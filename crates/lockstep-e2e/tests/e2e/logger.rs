@@ -218,15 +218,7 @@ async fn logger_replay_stopped_and_started_again_resumes() {
     let started = control(&server, "/logger/start", Some(start)).await;
     assert_eq!(started["status"], "started", "{started}");
     let status = eventually(Duration::from_secs(60), "the second run to end", || async {
-        let st: Value = server
-            .http
-            .get(format!("{}/logger/status", server.base()))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let st = server.logger_status().await?;
         (st["running"] == false).then_some(st)
     })
     .await;
@@ -293,15 +285,7 @@ async fn a_sigkilled_server_leaves_no_unsupervised_logger() {
         Duration::from_secs(15),
         "the logger to end, or the restarted server to know it",
         || async {
-            let st: Value = server
-                .http
-                .get(format!("{}/logger/status", server.base()))
-                .send()
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let st = server.logger_status().await?;
             (!logger.alive() || st["pid"].as_u64() == Some(logger.0.into())).then_some(st)
         },
     )
