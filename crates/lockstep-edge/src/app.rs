@@ -9,20 +9,19 @@ use lockstep_codec::{Reading, Vin};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::sender::{
-    Pace, ReadingSource, Session, Shared, Stats, drain_spool, run_seed, run_session,
-};
+use crate::sender::{Live, Pace, ReadingSource, Session, Shared, Stats, drain_spool, run_session};
 use crate::sim::{Vehicle, replay_vin};
 use crate::sources::{RepairReport, Trip};
 
 /// What to send.
 pub enum Fleet {
-    /// `vehicles` simulated vehicles at `rate_hz`, for `duration_s` (None = until stopped).
+    /// `vehicles` simulated vehicles at `rate_hz`, for `duration_s` (None =
+    /// until stopped); the same `rng_seed` gives the same fleet.
     Simulate {
         vehicles: usize,
         rate_hz: f64,
         duration_s: Option<f64>,
-        seed: u64,
+        rng_seed: u64,
     },
     /// One vehicle per recorded drive. `retime` shifts each drive so its first
     /// reading is stamped now (the recorded spacing is kept).
@@ -110,6 +109,9 @@ impl fmt::Display for Summary {
             "  retries: {}, resyncs: {}, duplicates acknowledged: {}, rejected: {}",
             s.retries, s.resyncs, s.duplicates, s.rejected
         )?;
+        if s.splits > 0 {
+            writeln!(f, "  batches split after 413 (too large): {}", s.splits)?;
+        }
         if self.recovered.acked > 0
             || self.recovered.left_spooled > 0
             || self.recovered.rejected > 0
@@ -148,8 +150,12 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// One vehicle to run: its VIN, its readings and their pace.
+type Plan = (Vin, ReadingSource, Pace);
+
 /// Runs `fleet`; `asap` ignores recorded pace, else readings are due at
-/// recorded pace divided by `speed`.
+/// recorded pace divided by `speed`. Batches an earlier run left in the spool
+/// are delivered first.
 pub async fn run(shared: Shared, fleet: Fleet, asap: bool, speed: f64) -> Result<Summary> {
     let started = Instant::now();
     let mut summary = Summary {
@@ -159,7 +165,6 @@ pub async fn run(shared: Shared, fleet: Fleet, asap: bool, speed: f64) -> Result
     };
     summary.recovered = drain_spool(&shared).await?;
 
-    let mut plans: Vec<(Vin, ReadingSource, Pace)> = Vec::new();
     let start = Instant::now();
     let pace_from = |first_ts: i64| {
         if asap {
@@ -172,111 +177,149 @@ pub async fn run(shared: Shared, fleet: Fleet, asap: bool, speed: f64) -> Result
             }
         }
     };
-    match fleet {
+    let plans = match fleet {
         Fleet::Simulate {
             vehicles,
             rate_hz,
             duration_s,
-            seed,
-        } => {
-            let dt_ms = (1000.0 / rate_hz).round().max(1.0) as i64;
-            let t0 = now_ms();
-            let count = duration_s.map(|d| (d * rate_hz).ceil() as usize);
-            for i in 0..vehicles {
-                let mut v = Vehicle::new(seed, i, t0, dt_ms);
-                let vin = v.vin.clone();
-                let it = std::iter::from_fn(move || Some(v.next_reading()));
-                let src: ReadingSource = match count {
-                    Some(c) => Box::new(it.take(c)),
-                    None => Box::new(it),
-                };
-                plans.push((vin, src, pace_from(t0)));
-            }
-        }
+            rng_seed,
+        } => plan_simulation(vehicles, rate_hz, duration_s, rng_seed, pace_from),
         Fleet::Replay { trips, retime } => {
-            let mut repairs = RepairReport::default();
-            for trip in trips {
-                repairs.merge(&trip.repairs);
-                let vin = replay_vin(&trip.name);
-                let mut readings: Vec<Reading> = trip.readings;
-                if shared.config.resume_cursor
-                    && !shared.config.seed_wire
-                    && let Some(c) = shared.spool.cursor(vin.as_str())
-                {
-                    let skip = readings.iter().take_while(|r| r.timestamp_ms <= c).count();
-                    if skip > 0 {
-                        tracing::info!(file = %trip.name, skipped = skip, "Resuming a replay after the readings an earlier run already spooled.");
-                        summary.resumed.push((trip.name.clone(), skip));
-                        readings.drain(..skip);
-                    }
-                }
-                let Some(first_ts) = readings.first().map(|r| r.timestamp_ms) else {
-                    shared.spool.clear_cursor(vin.as_str());
-                    continue;
-                };
-                if retime {
-                    let shift = now_ms() - first_ts;
-                    readings.iter_mut().for_each(|r| r.timestamp_ms += shift);
-                }
-                let first_ts = readings[0].timestamp_ms;
-                plans.push((vin, Box::new(readings.into_iter()), pace_from(first_ts)));
-            }
-            summary.repairs = Some(repairs);
+            plan_replay(&shared, trips, retime, pace_from, &mut summary)
         }
-    }
+    };
     summary.vehicles = plans.len();
 
     let mut set = JoinSet::new();
     for (vin, src, pace) in plans {
-        if shared.config.seed_wire {
-            set.spawn(run_seed(shared.clone(), vin, src, pace));
+        let session = if shared.config.seed_wire {
+            Session::seed(shared.catalog.clone(), vin)
         } else {
-            let session = Session::new(shared.catalog.clone(), vin);
-            set.spawn(run_session(shared.clone(), session, Some(src), pace));
-        }
+            Session::new(shared.catalog.clone(), vin)
+        };
+        set.spawn(run_session(shared.clone(), session, Some(src), pace));
     }
     // Without a progress bar (not a terminal, e.g. under the server's logger
     // supervisor), a progress line every 10 s.
-    let ticker = shared.progress.is_none().then(|| {
-        let sh = shared.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let l = &sh.live;
-                let get =
-                    |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-                tracing::info!(
-                    readings = get(&l.readings),
-                    acknowledged = get(&l.readings_acked),
-                    retries = get(&l.retries),
-                    resyncs = get(&l.resyncs),
-                    spooled_batches = sh.spool.count(),
-                    "Progress."
-                );
-            }
+    let ticker = shared
+        .progress
+        .is_none()
+        .then(|| tokio::spawn(progress_lines(shared.clone())));
+    let joined = join_vehicles(&shared, &mut set, &mut summary.stats).await;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    joined?;
+    summary.cancelled = shared.cancel.is_cancelled();
+    summary.spool_left = shared.spool.count();
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// `vehicles` simulated vehicles stamped from now on, `duration_s` long (or endless).
+fn plan_simulation(
+    vehicles: usize,
+    rate_hz: f64,
+    duration_s: Option<f64>,
+    rng_seed: u64,
+    pace_from: impl Fn(i64) -> Pace,
+) -> Vec<Plan> {
+    let dt_ms = (1000.0 / rate_hz).round().max(1.0) as i64;
+    let t0 = now_ms();
+    let count = duration_s.map(|d| (d * rate_hz).ceil() as usize);
+    (0..vehicles)
+        .map(|i| {
+            let mut v = Vehicle::new(rng_seed, i, t0, dt_ms);
+            let vin = v.vin.clone();
+            let it = std::iter::from_fn(move || Some(v.next_reading()));
+            let src: ReadingSource = match count {
+                Some(c) => Box::new(it.take(c)),
+                None => Box::new(it),
+            };
+            (vin, src, pace_from(t0))
         })
-    });
+        .collect()
+}
+
+/// One vehicle per drive, resumed after the spool's cursor (noted in
+/// `summary`), optionally shifted to start now.
+fn plan_replay(
+    shared: &Shared,
+    trips: Vec<Trip>,
+    retime: bool,
+    pace_from: impl Fn(i64) -> Pace,
+    summary: &mut Summary,
+) -> Vec<Plan> {
+    let mut plans = Vec::with_capacity(trips.len());
+    let mut repairs = RepairReport::default();
+    for trip in trips {
+        repairs.merge(&trip.repairs);
+        let vin = replay_vin(&trip.name);
+        let mut readings: Vec<Reading> = trip.readings;
+        if shared.config.resume_cursor
+            && let Some(c) = shared.spool.cursor(vin.as_str())
+        {
+            let skip = readings.iter().take_while(|r| r.timestamp_ms <= c).count();
+            if skip > 0 {
+                tracing::info!(file = %trip.name, skipped = skip, "Resuming a replay after the readings an earlier run already spooled.");
+                summary.resumed.push((trip.name.clone(), skip));
+                readings.drain(..skip);
+            }
+        }
+        let Some(first_ts) = readings.first().map(|r| r.timestamp_ms) else {
+            shared.spool.clear_cursor(vin.as_str());
+            continue;
+        };
+        if retime {
+            let shift = now_ms() - first_ts;
+            readings.iter_mut().for_each(|r| r.timestamp_ms += shift);
+        }
+        let first_ts = readings[0].timestamp_ms;
+        plans.push((
+            vin,
+            Box::new(readings.into_iter()) as ReadingSource,
+            pace_from(first_ts),
+        ));
+    }
+    summary.repairs = Some(repairs);
+    plans
+}
+
+/// Logs the run's progress every 10 s, until aborted.
+async fn progress_lines(sh: Shared) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let l = &sh.live;
+        tracing::info!(
+            readings = Live::get(&l.readings),
+            acknowledged = Live::get(&l.readings_acked),
+            retries = Live::get(&l.retries),
+            resyncs = Live::get(&l.resyncs),
+            spooled_batches = sh.spool.count(),
+            "Progress."
+        );
+    }
+}
+
+/// Waits for every vehicle, merging their stats into `stats`. The first
+/// fatal error (catalog mismatch, 401/403, spool I/O) stops everyone (their
+/// spools are kept) and is returned.
+async fn join_vehicles(
+    shared: &Shared,
+    set: &mut JoinSet<Result<Stats>>,
+    stats: &mut Stats,
+) -> Result<()> {
     let mut first_err = None;
     while let Some(res) = set.join_next().await {
         match res.context("a vehicle task panicked").and_then(|r| r) {
-            Ok(s) => summary.stats.merge(&s),
+            Ok(s) => stats.merge(&s),
             Err(e) => {
-                // A fatal error (catalog mismatch, spool I/O): stop everyone, keep their spools.
                 shared.cancel.cancel();
                 first_err.get_or_insert(e);
             }
         }
     }
-    if let Some(t) = ticker {
-        t.abort();
-    }
-    summary.cancelled = shared.cancel.is_cancelled();
-    summary.spool_left = shared.spool.count();
-    summary.elapsed = started.elapsed();
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(summary),
-    }
+    first_err.map_or(Ok(()), Err)
 }

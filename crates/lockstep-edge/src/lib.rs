@@ -1,6 +1,7 @@
-//! The Lockstep edge logger as a library: the binary (`main.rs`) only wires
-//! the command line to these modules, and tests and benches reuse them.
+//! The Lockstep edge logger as a library: the binary (`main.rs`) only calls
+//! [`cli::run`], and tests, benches and other binaries reuse the modules.
 //!
+//! - [`cli`]: the command line (`cli::run(args) -> ExitCode`);
 //! - [`sources`]: recorded drives (Twizy, cycling, generic CSV) → readings, with repairs;
 //! - [`sim`]: a deterministic fleet simulator;
 //! - [`sender`]: batching, the HTTP sender with retries and resyncs;
@@ -11,6 +12,7 @@
 
 pub mod app;
 pub mod backoff;
+pub mod cli;
 pub mod report;
 pub mod sender;
 pub mod sim;

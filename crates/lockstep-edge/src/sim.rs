@@ -1,12 +1,12 @@
-//! A deterministic fleet simulator: plausible vehicle physics, per seed.
+//! A deterministic fleet simulator: plausible vehicle physics, per rng seed.
 //!
 //! Each vehicle drives a cycle of stops, accelerations, cruising (with small
 //! speed noise and gentle curves) and braking. Power follows from a
 //! longitudinal force model (inertia, aerodynamic drag, rolling resistance,
 //! grade) and is negative when regenerating; the state of charge falls with
 //! the integral of power; heading and position move with speed; altitude
-//! follows a slowly varying grade. The same seed gives the same fleet, reading
-//! for reading (the RNG is seeded per vehicle from seed and index).
+//! follows a slowly varying grade. The same rng seed gives the same fleet,
+//! reading for reading (the RNG is seeded per vehicle from rng seed and index).
 
 use lockstep_codec::{Reading, Vin};
 use rand::rngs::StdRng;
@@ -17,7 +17,7 @@ use crate::sources::{ALTITUDE, BATTERY, CHANNELS, HEADING, LATITUDE, LONGITUDE, 
 /// ISO 3779 characters allowed in a VIN (no I, O, Q).
 const VIN_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPRSTUVWXYZ0123456789";
 
-/// SplitMix64: a tiny, well-mixed hash for deriving ids from seeds.
+/// SplitMix64: a tiny, well-mixed hash for deriving ids from rng seeds.
 pub fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -36,11 +36,11 @@ pub fn vin_from_key(prefix: &str, key: u64) -> Vin {
     Vin::parse(&s).expect("VIN alphabet only")
 }
 
-/// The VIN of simulated vehicle `index` under `seed` (prefix `LKS`).
-pub fn sim_vin(seed: u64, index: usize) -> Vin {
+/// The VIN of simulated vehicle `index` under `rng_seed` (prefix `LKS`).
+pub fn sim_vin(rng_seed: u64, index: usize) -> Vin {
     vin_from_key(
         "LKS",
-        splitmix64(seed) ^ (index as u64).wrapping_mul(0xA24B_AED4_963E_E407),
+        splitmix64(rng_seed) ^ (index as u64).wrapping_mul(0xA24B_AED4_963E_E407),
     )
 }
 
@@ -87,15 +87,16 @@ const CAPACITY_KWH: f64 = 50.0;
 const AUX_KW: f64 = 0.4;
 
 impl Vehicle {
-    /// Vehicle `index` of the fleet of `seed`, sampled every `dt_ms`, first reading at `start_ms`.
-    pub fn new(seed: u64, index: usize, start_ms: i64, dt_ms: i64) -> Self {
-        let mut rng =
-            StdRng::seed_from_u64(splitmix64(seed.wrapping_add(index as u64 * 0x1000_0001)));
+    /// Vehicle `index` of the fleet of `rng_seed`, sampled every `dt_ms`, first reading at `start_ms`.
+    pub fn new(rng_seed: u64, index: usize, start_ms: i64, dt_ms: i64) -> Self {
+        let mut rng = StdRng::seed_from_u64(splitmix64(
+            rng_seed.wrapping_add(index as u64 * 0x1000_0001),
+        ));
         // Spread the fleet around Rabat (the Twizy dataset's city).
         let lat = 33.97 + rng.random_range(-0.05..0.05);
         let lon = -6.85 + rng.random_range(-0.05..0.05);
         Self {
-            vin: sim_vin(seed, index),
+            vin: sim_vin(rng_seed, index),
             phase: Phase::Stopped {
                 left_s: rng.random_range(0.0..10.0),
             },
@@ -248,10 +249,10 @@ impl Vehicle {
     }
 }
 
-/// The fleet of `n` vehicles under `seed`.
-pub fn fleet(seed: u64, n: usize, start_ms: i64, dt_ms: i64) -> Vec<Vehicle> {
+/// The fleet of `n` vehicles under `rng_seed`.
+pub fn fleet(rng_seed: u64, n: usize, start_ms: i64, dt_ms: i64) -> Vec<Vehicle> {
     (0..n)
-        .map(|i| Vehicle::new(seed, i, start_ms, dt_ms))
+        .map(|i| Vehicle::new(rng_seed, i, start_ms, dt_ms))
         .collect()
 }
 
@@ -259,13 +260,13 @@ pub fn fleet(seed: u64, n: usize, start_ms: i64, dt_ms: i64) -> Vec<Vehicle> {
 mod tests {
     use super::*;
 
-    fn run(seed: u64, i: usize, n: usize) -> Vec<Reading> {
-        let mut v = Vehicle::new(seed, i, 1_700_000_000_000, 1000);
+    fn run(rng_seed: u64, i: usize, n: usize) -> Vec<Reading> {
+        let mut v = Vehicle::new(rng_seed, i, 1_700_000_000_000, 1000);
         (0..n).map(|_| v.next_reading()).collect()
     }
 
     #[test]
-    fn same_seed_same_fleet() {
+    fn same_rng_seed_same_fleet() {
         assert_eq!(run(7, 3, 2000), run(7, 3, 2000));
         assert_ne!(run(7, 3, 200), run(8, 3, 200));
         assert_ne!(run(7, 3, 200), run(7, 4, 200));

@@ -6,9 +6,10 @@
 //! a directory listing sorted by name is each session's send order. A file
 //! holds the encoded body *and the raw readings it encodes*: after a resync
 //! (or on a restart) the readings are encoded again from a keyframe.
-//! Files are written to a temporary name, synced (`fdatasync`) and renamed, so
-//! a crash of the process leaves either the old file or the new one. (The
-//! directory is not synced: after a power loss the last rename may be missing.) Unreadable files are moved to
+//! Files are written to a temporary name, synced (`fdatasync`) and renamed,
+//! and the directory is synced after every rename, create and delete, so a
+//! crash of the process or a power loss leaves either the old file or the new
+//! one, and an acknowledged batch does not come back. Unreadable files are moved to
 //! `corrupt/`, batches the server refuses for good (4xx other than 409) to
 //! `rejected/`: kept for a human, never silently dropped.
 //!
@@ -23,6 +24,8 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result, bail};
 use lockstep_codec::Reading;
@@ -168,6 +171,15 @@ impl Cursor<'_> {
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
+    /// Directory syncs done (a test checks that every change is followed by one).
+    dir_syncs: Arc<AtomicU64>,
+}
+
+/// Makes the entries of `dir` (names created, renamed, removed) durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync the directory {}", dir.display()))
 }
 
 impl Spool {
@@ -176,11 +188,29 @@ impl Spool {
         let dir = dir.into();
         fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create spool directory {}", dir.display()))?;
-        Ok(Self { dir })
+        let spool = Self {
+            dir,
+            dir_syncs: Arc::default(),
+        };
+        if let Some(parent) = spool.dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+        Ok(spool)
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Directory syncs done by this spool so far.
+    pub fn dir_syncs(&self) -> u64 {
+        self.dir_syncs.load(Ordering::Relaxed)
+    }
+
+    fn sync(&self, dir: &Path) -> Result<()> {
+        sync_dir(dir)?;
+        self.dir_syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Writes (or replaces) `batch` durably.
@@ -198,28 +228,48 @@ impl Spool {
         drop(f);
         fs::rename(&tmp, &path)
             .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-        Ok(())
+        self.sync(&self.dir)
     }
 
     /// Removes an acknowledged batch (missing already is fine).
     pub fn remove(&self, batch: &SpooledBatch) -> Result<()> {
-        match fs::remove_file(self.dir.join(batch.file_name())) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).context("cannot remove a spooled batch")
-            }
-            _ => Ok(()),
+        self.remove_file(&batch.file_name())
+            .context("cannot remove a spooled batch")
+    }
+
+    fn remove_file(&self, name: &str) -> Result<()> {
+        match fs::remove_file(self.dir.join(name)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            Err(_) => Ok(()),
+            Ok(()) => self.sync(&self.dir),
         }
     }
 
-    /// Moves a batch the server refused for good to `rejected/`.
+    /// A subdirectory (`rejected`, `corrupt`), created durably if missing.
+    fn subdir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.dir.join(name);
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            self.sync(&self.dir)?;
+        }
+        Ok(dir)
+    }
+
+    /// Moves a batch the server refused for good to `rejected/`, with the reason beside it.
     pub fn reject(&self, batch: &SpooledBatch, why: &str) -> Result<()> {
-        let dir = self.dir.join("rejected");
-        fs::create_dir_all(&dir)?;
+        let dir = self.subdir("rejected")?;
         let name = batch.file_name();
-        fs::write(dir.join(format!("{name}.reason.txt")), why)?;
-        fs::rename(self.dir.join(&name), dir.join(&name))
-            .or_else(|_| fs::write(dir.join(&name), batch.to_bytes()))?;
-        Ok(())
+        let mut f = fs::File::create(dir.join(format!("{name}.reason.txt")))?;
+        f.write_all(why.as_bytes())?;
+        f.sync_data()?;
+        if fs::rename(self.dir.join(&name), dir.join(&name)).is_err() {
+            let mut f = fs::File::create(dir.join(&name))?;
+            f.write_all(&batch.to_bytes())?;
+            f.sync_data()?;
+        }
+        // The new name first: a power loss in between leaves the batch in both places, not none.
+        self.sync(&dir)?;
+        self.sync(&self.dir)
     }
 
     /// Every spooled batch, in send order (by VIN, session, first seq).
@@ -243,9 +293,10 @@ impl Spool {
                 Ok(b) if b.file_name() == n => out.push(b),
                 Ok(_) => bad.push(format!("{n}: name does not match content")),
                 Err(e) => {
-                    let dir = self.dir.join("corrupt");
-                    fs::create_dir_all(&dir)?;
+                    let dir = self.subdir("corrupt")?;
                     fs::rename(&path, dir.join(&n))?;
+                    self.sync(&dir)?;
+                    self.sync(&self.dir)?;
                     bad.push(format!("{n}: {e:#}"));
                 }
             }
@@ -282,7 +333,7 @@ impl Spool {
 
     /// Forgets the cursor of `vin` (its replay finished and everything was acknowledged).
     pub fn clear_cursor(&self, vin: &str) {
-        let _ = fs::remove_file(self.dir.join(format!("cursor-{vin}")));
+        let _ = self.remove_file(&format!("cursor-{vin}"));
     }
 }
 
@@ -375,5 +426,36 @@ mod tests {
         s.reject(&b, "422 bad VIN").unwrap();
         assert_eq!(s.count(), 0);
         assert!(dir.path().join("rejected").join(b.file_name()).exists());
+    }
+
+    /// Power-loss safety: every create, rename and delete is followed by a
+    /// sync of the directory that holds the name.
+    #[test]
+    fn every_change_of_a_name_syncs_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path().join("spool")).unwrap();
+        let b = batch(1, 0);
+        let mut before = s.dir_syncs();
+        let mut step = |what: &str, f: &dyn Fn()| {
+            f();
+            let now = s.dir_syncs();
+            assert!(now > before, "{what} synced no directory");
+            before = now;
+        };
+        step("write", &|| s.write(&b).unwrap());
+        step("remove", &|| s.remove(&b).unwrap());
+        step("set_cursor", &|| s.set_cursor("V", 1).unwrap());
+        step("clear_cursor", &|| s.clear_cursor("V"));
+        s.write(&b).unwrap();
+        let before_reject = s.dir_syncs();
+        s.reject(&b, "413").unwrap();
+        assert!(
+            s.dir_syncs() >= before_reject + 3,
+            "rejected/ created, the batch's new and old directory"
+        );
+        // Removing what is not there changes nothing and syncs nothing.
+        let n = s.dir_syncs();
+        s.remove(&b).unwrap();
+        assert_eq!(s.dir_syncs(), n);
     }
 }

@@ -212,7 +212,7 @@ async fn replay(sh: Shared, trip: &sources::Trip) -> app::Summary {
 
 fn config(server: &str) -> SenderConfig {
     SenderConfig {
-        server: server.into(),
+        servers: vec![server.into()],
         max_batch_readings: 20,
         max_unacked_batches: 4,
         backoff_base: Duration::from_millis(20),
@@ -275,7 +275,7 @@ async fn nothing_is_lost_through_503_lost_acks_and_resyncs() {
         vehicles,
         rate_hz: 1.0,
         duration_s: Some(seconds as f64),
-        seed: 11,
+        rng_seed: 11,
     };
     let summary = tokio::time::timeout(Duration::from_secs(60), app::run(sh, fleet, true, 1.0))
         .await
@@ -504,7 +504,7 @@ async fn seed_wire_sends_every_reading_once() {
         vehicles: 2,
         rate_hz: 1.0,
         duration_s: Some(60.0),
-        seed: 4,
+        rng_seed: 4,
     };
     let summary = tokio::time::timeout(Duration::from_secs(60), app::run(sh, fleet, true, 1.0))
         .await
@@ -548,7 +548,7 @@ async fn a_catalog_mismatch_is_fatal_and_keeps_the_spool() {
         vehicles: 1,
         rate_hz: 1.0,
         duration_s: Some(30.0),
-        seed: 2,
+        rng_seed: 2,
     };
     let err = tokio::time::timeout(Duration::from_secs(30), app::run(sh, fleet, true, 1.0))
         .await
