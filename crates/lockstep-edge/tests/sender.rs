@@ -1,267 +1,27 @@
 //! The sender against a tiny in-test server that runs the real decoder and
-//! misbehaves on purpose: 503 with Retry-After, a lost acknowledgement, a
-//! forgotten session (409 resync), and an outage across an edge restart.
-//! Whatever happens, every reading must be stored exactly once, within
-//! tolerance, and a resync must re-send from a keyframe.
+//! misbehaves on purpose: 503/429 with Retry-After, a lost acknowledgement, a
+//! forgotten session (409 resync), 413, 401, an outage across an edge
+//! restart, a server that goes away (failover). Whatever happens, every
+//! reading must be stored exactly once, within tolerance, and a resync must
+//! re-send from a keyframe.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+mod support;
+
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::post;
-use lockstep_codec::{BatchOutcome, Catalog, CheckedBatch, DecodeError, SessionState};
+use lockstep_codec::Catalog;
 use lockstep_edge::app::{self, Fleet};
-use lockstep_edge::sender::{SenderConfig, Shared};
+use lockstep_edge::sender::SenderConfig;
 use lockstep_edge::sim::{Vehicle, sim_vin};
 use lockstep_edge::sources::{self, Format};
 use lockstep_edge::spool::Spool;
+use support::*;
 use tokio_util::sync::CancellationToken;
-
-/// What the test server does with request number n (1-based, over all vehicles).
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Fault {
-    None,
-    /// 503 + Retry-After: 1, nothing stored.
-    Unavailable,
-    /// Store the batch but answer 503 (the acknowledgement is lost).
-    LostAck,
-    /// Forget the session's state first (a server that lost it): the decoder answers 409.
-    ForgetSession,
-    /// 409 catalog_mismatch: fatal for the edge.
-    CatalogMismatch,
-}
-
-/// (VIN, session id, seq).
-type StoreKey = (String, u64, u64);
-
-#[derive(Default)]
-struct Inner {
-    requests: u64,
-    states: HashMap<(String, u64), SessionState>,
-    /// (VIN, session, seq) → (timestamp, decoded values); a second store of the same key is a bug.
-    stored: BTreeMap<StoreKey, (i64, Vec<Option<f64>>)>,
-    double_stores: u64,
-    /// Sessions that got a 409 and the seq their next batch must start at (with a keyframe).
-    resync_expected: HashMap<(String, u64), u64>,
-    resync_checks: Vec<bool>,
-    /// When a session was told to come back after 1 s.
-    retry_after_at: HashMap<(String, u64), Instant>,
-    retry_after_checks: Vec<Duration>,
-    conflicts: u64,
-}
-
-struct TestServer {
-    catalog: Catalog,
-    faults: fn(u64) -> Fault,
-    inner: Mutex<Inner>,
-}
-
-fn json_reply(status: StatusCode, body: serde_json::Value) -> axum::response::Response {
-    (
-        status,
-        [("content-type", "application/json")],
-        body.to_string(),
-    )
-        .into_response()
-}
-
-async fn telemetry(
-    State(srv): State<Arc<TestServer>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> axum::response::Response {
-    assert_eq!(
-        headers.get("content-type").unwrap(),
-        lockstep_proto::CONTENT_TYPE_BATCH
-    );
-    let cb = match CheckedBatch::parse(&srv.catalog, &body) {
-        Ok(cb) => cb,
-        Err(e) => {
-            return json_reply(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"status": "error", "error": e.to_string()}),
-            );
-        }
-    };
-    let mut g = srv.inner.lock().unwrap();
-    g.requests += 1;
-    let n = g.requests;
-    let key = (cb.vin().to_string(), cb.session_id());
-    if let Some(at) = g.retry_after_at.remove(&key) {
-        let waited = at.elapsed();
-        g.retry_after_checks.push(waited);
-    }
-    if let Some(seq) = g.resync_expected.remove(&key) {
-        let ok = cb.starts_with_keyframe() && cb.first_seq() == seq;
-        g.resync_checks.push(ok);
-    }
-    let fault = (srv.faults)(n);
-    match fault {
-        Fault::Unavailable => {
-            g.retry_after_at.insert(key, Instant::now());
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [("retry-after", "1")],
-                r#"{"status":"error","error":"the store is unavailable"}"#,
-            )
-                .into_response();
-        }
-        Fault::ForgetSession => {
-            g.states.remove(&key);
-        }
-        Fault::CatalogMismatch => {
-            return json_reply(
-                StatusCode::CONFLICT,
-                serde_json::json!({"status": "error", "error": "catalog mismatch", "resync_required": true, "kind": "catalog_mismatch", "next_seq": null}),
-            );
-        }
-        _ => {}
-    }
-    match cb.decode(&srv.catalog, g.states.get(&key)) {
-        Ok(BatchOutcome::Fresh { readings, state }) => {
-            for r in &readings {
-                if g.stored
-                    .insert(
-                        (key.0.clone(), key.1, r.seq),
-                        (r.timestamp_ms, r.values.clone()),
-                    )
-                    .is_some()
-                {
-                    g.double_stores += 1;
-                }
-            }
-            g.states.insert(key.clone(), state);
-            if fault == Fault::LostAck {
-                return (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [("retry-after", "0")],
-                    "{}",
-                )
-                    .into_response();
-            }
-            json_reply(
-                StatusCode::OK,
-                serde_json::json!({"status": "success", "first_seq": cb.first_seq(), "last_seq": cb.last_seq(), "duplicate": false}),
-            )
-        }
-        Ok(BatchOutcome::Duplicate) => json_reply(
-            StatusCode::OK,
-            serde_json::json!({"status": "success", "duplicate": true}),
-        ),
-        Err(e) if e.resync_required() => {
-            g.conflicts += 1;
-            let next = g.states.get(&key).map(SessionState::next_seq);
-            // The edge must come back from its first unacknowledged reading (= our next, or
-            // the batch's own start when we have no state) with a keyframe.
-            g.resync_expected
-                .insert(key, next.unwrap_or(cb.first_seq()));
-            let kind = match e {
-                DecodeError::UnknownSession { .. } => "unknown_session",
-                DecodeError::Gap { .. } => "gap",
-                DecodeError::Overlap { .. } => "overlap",
-                DecodeError::ChecksumMismatch { .. } => "checksum_mismatch",
-                _ => "catalog_mismatch",
-            };
-            json_reply(
-                StatusCode::CONFLICT,
-                serde_json::json!({"status": "error", "error": e.to_string(), "resync_required": true, "kind": kind, "next_seq": next}),
-            )
-        }
-        Err(e) => json_reply(
-            StatusCode::BAD_REQUEST,
-            serde_json::json!({"status": "error", "error": e.to_string()}),
-        ),
-    }
-}
-
-async fn spawn_server(
-    faults: fn(u64) -> Fault,
-) -> (String, Arc<TestServer>, tokio::task::JoinHandle<()>) {
-    let srv = Arc::new(TestServer {
-        catalog: Catalog::default_v1(),
-        faults,
-        inner: Mutex::default(),
-    });
-    let app = Router::new()
-        .route("/api/telemetry", post(telemetry))
-        .with_state(srv.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let h = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
-    (url, srv, h)
-}
-
-/// Replays `trip` as fast as possible (a minute at most).
-async fn replay(sh: Shared, trip: &sources::Trip) -> app::Summary {
-    let fleet = Fleet::Replay {
-        trips: vec![trip.clone()],
-        retime: false,
-    };
-    tokio::time::timeout(Duration::from_secs(60), app::run(sh, fleet, true, 1.0))
-        .await
-        .expect("finishes")
-        .unwrap()
-}
-
-fn config(server: &str) -> SenderConfig {
-    SenderConfig {
-        servers: vec![server.into()],
-        max_batch_readings: 20,
-        max_unacked_batches: 4,
-        backoff_base: Duration::from_millis(20),
-        backoff_max: Duration::from_millis(200),
-        grace: Duration::from_millis(300),
-        request_timeout: Duration::from_secs(5),
-        resume_cursor: true,
-        ..SenderConfig::default()
-    }
-}
-
-fn shared(cfg: SenderConfig, spool: &std::path::Path, cancel: CancellationToken) -> Shared {
-    Shared::new(
-        cfg,
-        Arc::new(Catalog::default_v1()),
-        Spool::open(spool).unwrap(),
-        cancel,
-        None,
-    )
-    .unwrap()
-}
-
-/// Checks stored values against what was sent: within tolerance per channel.
-fn assert_within_tolerance(catalog: &Catalog, actual: &[Option<f64>], got: &[Option<f64>]) {
-    for (c, sig) in catalog.signals().iter().enumerate() {
-        match (actual[c], got[c]) {
-            (None, None) => {}
-            (Some(a), Some(g)) if sig.name == "latitude" || sig.name == "longitude" => {
-                assert!((a - g).abs() < 1e-4, "{}: {a} vs {g}", sig.name);
-            }
-            (Some(a), Some(g)) => {
-                let mut d = (a - g).abs();
-                if sig.name == "heading" {
-                    d = d.min(360.0 - d);
-                }
-                assert!(
-                    d <= sig.tolerance() + sig.quantum(),
-                    "{}: {a} vs {g}",
-                    sig.name
-                );
-            }
-            (a, g) => panic!("{}: null mismatch {a:?} vs {g:?}", sig.name),
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_through_503_lost_acks_and_resyncs() {
-    let (url, srv, _h) = spawn_server(|n| match n {
+    let (url, srv, _h) = spawn_server(|n, _| match n {
         2 | 9 => Fault::Unavailable,
         4 => Fault::LostAck,
         6 | 13 => Fault::ForgetSession,
@@ -354,9 +114,7 @@ async fn an_outage_across_an_edge_restart_loses_nothing() {
     let spool_dir = dir.path().join("spool");
 
     // Run 1: nobody listens on this port. The edge retries, spools, and is stopped.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead_url = format!("http://{}", dead.local_addr().unwrap());
-    drop(dead);
+    let dead_url = dead_url();
     let cancel = CancellationToken::new();
     let sh = shared(config(&dead_url), &spool_dir, cancel.clone());
     let c2 = cancel.clone();
@@ -385,7 +143,7 @@ async fn an_outage_across_an_edge_restart_loses_nothing() {
 
     // Run 2: a server now (which loses the session's state once, while the
     // spooled batches of run 1 are delivered); the same replay is started again.
-    let (url, srv, _h) = spawn_server(|n| {
+    let (url, srv, _h) = spawn_server(|n, _| {
         if n == 2 {
             Fault::ForgetSession
         } else {
@@ -439,80 +197,18 @@ async fn an_outage_across_an_edge_restart_loses_nothing() {
 /// per-vehicle seed predictor; a 503 on the way must not lose a reading.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_wire_sends_every_reading_once() {
-    use lockstep_codec::SeedPredictor;
-    use lockstep_proto::telemetry::TelemetryReading;
-    use prost::Message;
-
-    #[derive(Default)]
-    struct Seed {
-        requests: u64,
-        predictors: HashMap<String, SeedPredictor>,
-        last_ts: HashMap<String, i64>,
-        stored: BTreeMap<(String, i64), [Option<f64>; 4]>,
-    }
-    async fn handler(
-        State(s): State<Arc<Mutex<Seed>>>,
-        headers: HeaderMap,
-        body: Bytes,
-    ) -> axum::response::Response {
-        assert_eq!(
-            headers.get("content-type").unwrap(),
-            lockstep_proto::CONTENT_TYPE_SEED
-        );
-        let r = TelemetryReading::decode(body).unwrap();
-        let mut g = s.lock().unwrap();
-        g.requests += 1;
-        if g.requests == 3 {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [("retry-after", "0")],
-                "{}",
-            )
-                .into_response();
-        }
-        if g.last_ts
-            .get(&r.vehicle_vin)
-            .is_some_and(|&t| r.timestamp <= t)
-        {
-            return json_reply(StatusCode::OK, serde_json::json!({"status": "success"}));
-        }
-        g.last_ts.insert(r.vehicle_vin.clone(), r.timestamp);
-        let rec = g
-            .predictors
-            .entry(r.vehicle_vin.clone())
-            .or_default()
-            .reconstruct(&r);
-        g.stored
-            .insert((r.vehicle_vin.clone(), r.timestamp), rec.values);
-        json_reply(StatusCode::OK, serde_json::json!({"status": "success"}))
-    }
-    let state = Arc::new(Mutex::new(Seed::default()));
-    let app = Router::new()
-        .route("/api/telemetry", post(handler))
-        .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-
+    let (url, state) = spawn_seed_server(vec![3]).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = SenderConfig {
         seed_wire: true,
         ..config(&url)
     };
     let sh = shared(cfg, dir.path(), CancellationToken::new());
-    let fleet = Fleet::Simulate {
-        vehicles: 2,
-        rate_hz: 1.0,
-        duration_s: Some(60.0),
-        rng_seed: 4,
-    };
-    let summary = tokio::time::timeout(Duration::from_secs(60), app::run(sh, fleet, true, 1.0))
-        .await
-        .unwrap()
-        .unwrap();
+    let summary = run_fleet(sh, simulated(2, 60, 4)).await.unwrap();
     println!("{summary}");
     assert_eq!(summary.stats.readings_acked, 120);
     assert!(summary.stats.retries >= 1);
+    assert_eq!(Spool::open(dir.path()).unwrap().count(), 0);
     let g = state.lock().unwrap();
     assert_eq!(g.stored.len(), 120);
     let catalog = Catalog::default_v1();
@@ -539,9 +235,204 @@ async fn seed_wire_sends_every_reading_once() {
     }
 }
 
+/// The seed form spools like batches: an outage, a stop and a restart lose
+/// no reading (each is spooled before it is posted, removed after a 2xx).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_wire_outage_across_a_restart_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let trip = sources::Trip {
+        name: "seed-drive.csv".into(),
+        readings: (0..40)
+            .scan(Vehicle::new(6, 0, 1_600_000_000_000, 1000), |v, _| {
+                Some(v.next_reading())
+            })
+            .collect(),
+        repairs: Default::default(),
+    };
+    let seed_cfg = |url: &str| SenderConfig {
+        seed_wire: true,
+        ..config(url)
+    };
+    // Run 1: nobody listens. Readings are spooled, one file each, until the stop.
+    let cancel = CancellationToken::new();
+    let sh = shared(seed_cfg(&dead_url()), dir.path(), cancel.clone());
+    let stopper = {
+        let dir = dir.path().to_owned();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while spooled_readings(&dir) < 3 {
+                assert!(Instant::now() < deadline, "nothing spooled");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            cancel.cancel();
+        })
+    };
+    let s1 = replay(sh, &trip).await;
+    stopper.await.unwrap();
+    println!("run 1:\n{s1}");
+    assert_eq!(s1.stats.readings_acked, 0);
+    assert!(s1.stats.readings > 0);
+    assert_eq!(
+        spooled_readings(dir.path()) as u64,
+        s1.stats.readings,
+        "every reading produced is spooled"
+    );
+
+    // Run 2: the server is up; the spool goes first, the replay resumes after it.
+    let (url, state) = spawn_seed_server(vec![]).await;
+    let s2 = replay(
+        shared(seed_cfg(&url), dir.path(), CancellationToken::new()),
+        &trip,
+    )
+    .await;
+    println!("run 2:\n{s2}");
+    assert_eq!(s2.recovered.readings_acked, s1.stats.readings);
+    assert_eq!(s1.stats.readings + s2.stats.readings, 40);
+    assert_eq!(s2.spool_left, 0);
+    let g = state.lock().unwrap();
+    let stored: Vec<i64> = g.stored.keys().map(|k| k.1).collect();
+    let recorded: Vec<i64> = trip.readings.iter().map(|r| r.timestamp_ms).collect();
+    assert_eq!(stored, recorded, "every reading once, in order");
+}
+
+/// 413: the batch is sent again in halves, down to single readings; only a
+/// single reading the server still refuses goes to `rejected/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_413_splits_the_batch_and_rejects_only_the_single_reading_refused() {
+    // More than 4 readings is too large; the reading at seq 37 always is.
+    let (url, srv, _stop) = spawn_server(|_, cb| {
+        if cb.len() > 4 || (cb.first_seq()..=cb.last_seq()).contains(&37) {
+            Fault::TooLarge
+        } else {
+            Fault::None
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let sh = shared(config(&url), dir.path(), CancellationToken::new());
+    let summary = run_fleet(sh, simulated(1, 100, 8)).await.unwrap();
+    println!("{summary}");
+    assert!(summary.stats.splits >= 5, "{:?}", summary.stats);
+    assert_eq!(summary.stats.rejected, 1, "only the one reading");
+    assert_eq!(summary.stats.readings_acked, 99);
+    assert_eq!(summary.spool_left, 0);
+    let rejected: Vec<_> = std::fs::read_dir(dir.path().join("rejected"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".batch"))
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    let (kept, _) = Spool::open(dir.path().join("rejected"))
+        .unwrap()
+        .load_all()
+        .unwrap();
+    assert_eq!((kept[0].first_seq, kept[0].readings.len()), (37, 1));
+    let g = srv.inner.lock().unwrap();
+    assert!(g.too_large.contains(&20), "{:?}", g.too_large);
+    assert_eq!(g.double_stores, 0);
+    let seqs: Vec<u64> = g.stored.keys().map(|k| k.2).collect();
+    let expected: Vec<u64> = (0..100).filter(|&q| q != 37).collect();
+    assert_eq!(seqs, expected, "every other reading exactly once");
+}
+
+/// 429 is honoured like 503: Retry-After waited, the batch kept, nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_waits_retry_after_and_loses_nothing() {
+    let (url, srv, _stop) = spawn_server(|n, _| match n {
+        2 | 5 => Fault::TooMany,
+        _ => Fault::None,
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let sh = shared(config(&url), dir.path(), CancellationToken::new());
+    let summary = run_fleet(sh, simulated(1, 120, 9)).await.unwrap();
+    assert_eq!(summary.stats.retries, 2);
+    assert_eq!(summary.stats.readings_acked, 120);
+    assert_eq!(summary.spool_left, 0);
+    let g = srv.inner.lock().unwrap();
+    assert_eq!(g.stored.len(), 120);
+    assert_eq!(g.double_stores, 0);
+    assert_eq!(g.retry_after_checks.len(), 2);
+    assert!(
+        g.retry_after_checks
+            .iter()
+            .all(|d| *d >= Duration::from_millis(950)),
+        "Retry-After honoured: {:?}",
+        g.retry_after_checks
+    );
+}
+
+/// 401/403: retrying cannot help. The run stops with an error naming the
+/// vehicle and the status; the readings stay spooled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_401_is_fatal_names_the_vehicle_and_keeps_the_spool() {
+    let (url, srv, _stop) = spawn_server(|_, _| Fault::Unauthorized).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SenderConfig {
+        token: Some("wrong-token".into()),
+        ..config(&url)
+    };
+    let sh = shared(cfg, dir.path(), CancellationToken::new());
+    let err = run_fleet(sh, simulated(1, 30, 3)).await.unwrap_err();
+    let text = format!("{err:#}");
+    let vin = sim_vin(3, 0).to_string();
+    assert!(text.contains(&vin) && text.contains("401"), "{text}");
+    assert!(Spool::open(dir.path()).unwrap().count() > 0);
+    let g = srv.inner.lock().unwrap();
+    assert_eq!(g.requests, 1, "not retried");
+    assert_eq!(g.auth, vec![Some("Bearer wrong-token".to_owned())]);
+}
+
+/// Two servers sharing one store; the first goes away mid-run. The edge
+/// moves to the second and every reading is stored (and acknowledged) once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_to_the_second_server_loses_nothing() {
+    let srv = test_server(|_, _| Fault::None);
+    let (first, stop_first) = spawn_endpoint(srv.clone(), 0).await;
+    let (second, _stop_second) = spawn_endpoint(srv.clone(), 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SenderConfig {
+        servers: vec![first, second],
+        max_batch_readings: 10,
+        ..config("unused")
+    };
+    let sh = shared(cfg, dir.path(), CancellationToken::new());
+    // Real time, 40 Hz: 4 s of readings, so the first server goes while they flow.
+    let fleet = Fleet::Simulate {
+        vehicles: 2,
+        rate_hz: 40.0,
+        duration_s: Some(4.0),
+        rng_seed: 12,
+    };
+    let run = tokio::spawn(app::run(sh, fleet, false, 1.0));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while srv.inner.lock().unwrap().requests < 4 {
+        assert!(Instant::now() < deadline, "the first server got no batches");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_first.cancel();
+    let summary = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("finishes")
+        .unwrap()
+        .unwrap();
+    println!("{summary}");
+    let g = srv.inner.lock().unwrap();
+    assert!(
+        g.by_endpoint.get(&1).is_some_and(|&n| n > 0),
+        "{:?}",
+        g.by_endpoint
+    );
+    assert_eq!(g.double_stores, 0);
+    assert_eq!(summary.stats.readings, 320);
+    assert_eq!(summary.stats.readings_acked, 320);
+    assert_eq!(g.stored.len(), 320, "every reading stored once");
+    assert_eq!(summary.spool_left, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catalog_mismatch_is_fatal_and_keeps_the_spool() {
-    let (url, _srv, _h) = spawn_server(|_| Fault::CatalogMismatch).await;
+    let (url, _srv, _h) = spawn_server(|_, _| Fault::CatalogMismatch).await;
     let dir = tempfile::tempdir().unwrap();
     let sh = shared(config(&url), dir.path(), CancellationToken::new());
     let fleet = Fleet::Simulate {
