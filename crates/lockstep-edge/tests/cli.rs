@@ -1,9 +1,14 @@
 //! The binary as a user runs it: `report --json` on a real Twizy trip, the
-//! help texts, and a SIGTERM during an outage that leaves the batches spooled.
+//! help texts, and a SIGTERM during an outage that leaves the batches spooled;
+//! and the same command line run in-process through `lockstep_edge::cli::run`.
+
+mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+
+use support::{Fault, spawn_server};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lockstep-edge"))
@@ -149,4 +154,49 @@ fn sigterm_during_an_outage_leaves_the_batches_spooled() {
             .to_string_lossy()
             .starts_with("cursor-")
     }));
+}
+
+/// `cli::run` is the whole command line as a library call: another binary
+/// runs the logger in its own process with it. The default spool lands under
+/// the data directory; a usage error is exit code 2, a refused device 1.
+#[test]
+fn cli_run_in_process_sends_and_reports_failures_in_the_exit_code() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (url, srv, _stop) = rt.block_on(spawn_server(|_, _| Fault::None));
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_str().unwrap();
+    let simulate = |url: &str| {
+        lockstep_edge::cli::run([
+            "lockstep-edge",
+            "simulate",
+            "--vehicles",
+            "2",
+            "--duration",
+            "30",
+            "--as-fast-as-possible",
+            "--rng-seed",
+            "5",
+            "--grace",
+            "0.2",
+            "--server",
+            url,
+            "--data-dir",
+            data_dir,
+        ])
+    };
+    assert_eq!(simulate(&url), ExitCode::SUCCESS);
+    assert_eq!(srv.inner.lock().unwrap().stored.len(), 60);
+    let spool = data.path().join("edge-spool").join("simulate-rng-seed-5");
+    assert!(spool.is_dir(), "default spool under the data dir");
+
+    let (refusing, _, _stop) = rt.block_on(spawn_server(|_, _| Fault::Unauthorized));
+    assert_eq!(simulate(&refusing), ExitCode::FAILURE);
+    assert!(
+        lockstep_edge::spool::Spool::open(&spool).unwrap().count() > 0,
+        "the refused readings stay spooled"
+    );
+    assert_eq!(
+        lockstep_edge::cli::run(["lockstep-edge", "simulate", "--no-such-flag"]),
+        ExitCode::from(2)
+    );
 }
