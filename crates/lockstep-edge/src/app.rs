@@ -4,12 +4,14 @@
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use lockstep_codec::{Reading, Vin};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::sender::{Live, Pace, ReadingSource, Session, Shared, Stats, drain_spool, run_session};
+use crate::sender::{
+    Live, Pace, ReadingSource, Session, Shared, Stats, drain_spool, join_sessions, run_session,
+};
 use crate::sim::{Vehicle, replay_vin};
 use crate::sources::{RepairReport, Trip};
 
@@ -205,7 +207,7 @@ pub async fn run(shared: Shared, fleet: Fleet, asap: bool, speed: f64) -> Result
         .progress
         .is_none()
         .then(|| tokio::spawn(progress_lines(shared.clone())));
-    let joined = join_vehicles(&shared, &mut set, &mut summary.stats).await;
+    let joined = join_sessions(&shared, &mut set, &mut summary.stats).await;
     if let Some(t) = ticker {
         t.abort();
     }
@@ -301,25 +303,4 @@ async fn progress_lines(sh: Shared) {
             "Progress."
         );
     }
-}
-
-/// Waits for every vehicle, merging their stats into `stats`. The first
-/// fatal error (catalog mismatch, 401/403, spool I/O) stops everyone (their
-/// spools are kept) and is returned.
-async fn join_vehicles(
-    shared: &Shared,
-    set: &mut JoinSet<Result<Stats>>,
-    stats: &mut Stats,
-) -> Result<()> {
-    let mut first_err = None;
-    while let Some(res) = set.join_next().await {
-        match res.context("a vehicle task panicked").and_then(|r| r) {
-            Ok(s) => stats.merge(&s),
-            Err(e) => {
-                shared.cancel.cancel();
-                first_err.get_or_insert(e);
-            }
-        }
-    }
-    first_err.map_or(Ok(()), Err)
 }

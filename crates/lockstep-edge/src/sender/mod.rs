@@ -376,9 +376,21 @@ pub async fn drain_spool(shared: &Shared) -> Result<Stats> {
         let session = Session::recovered(shared.catalog.clone(), g)?;
         set.spawn(run_session(shared.clone(), session, None, Pace::Asap));
     }
+    join_sessions(shared, &mut set, &mut stats).await?;
+    Ok(stats)
+}
+
+/// Waits for every session task, merging their stats into `stats`. The
+/// first fatal error (catalog mismatch, 401/403, untrusted certificate, spool
+/// I/O) cancels the others (their spools are kept) and is returned.
+pub async fn join_sessions(
+    shared: &Shared,
+    set: &mut tokio::task::JoinSet<Result<Stats>>,
+    stats: &mut Stats,
+) -> Result<()> {
     let mut first_err = None;
-    while let Some(r) = set.join_next().await {
-        match r.context("spool task panicked").and_then(|r| r) {
+    while let Some(res) = set.join_next().await {
+        match res.context("a vehicle task panicked").and_then(|r| r) {
             Ok(s) => stats.merge(&s),
             Err(e) => {
                 shared.cancel.cancel();
@@ -386,8 +398,5 @@ pub async fn drain_spool(shared: &Shared) -> Result<Stats> {
             }
         }
     }
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(stats),
-    }
+    first_err.map_or(Ok(()), Err)
 }

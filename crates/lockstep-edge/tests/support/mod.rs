@@ -419,3 +419,15 @@ pub fn spooled_readings(dir: &std::path::Path) -> usize {
         .map(|b| b.readings.len())
         .sum()
 }
+
+/// `n` sessions were told to come back after 1 s (503/429) and did not come back earlier.
+pub fn assert_retry_after_honoured(g: &Inner, n: usize) {
+    assert_eq!(g.retry_after_checks.len(), n, "{:?}", g.retry_after_checks);
+    assert!(
+        g.retry_after_checks
+            .iter()
+            .all(|d| *d >= Duration::from_millis(950)),
+        "Retry-After honoured: {:?}",
+        g.retry_after_checks
+    );
+}
