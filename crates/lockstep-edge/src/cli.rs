@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{self, Fleet};
 use crate::report;
-use crate::sender::{SenderConfig, Shared, TlsFiles};
+use crate::sender::{DeviceToken, SenderConfig, Shared, TlsFiles};
 use crate::sources::{self, Format};
 use crate::spool::Spool;
 
@@ -386,7 +386,11 @@ fn sender_config(a: &SendArgs, pacing: &Pacing) -> SenderConfig {
         request_timeout: Duration::from_secs_f64(a.request_timeout.max(0.1)),
         seed_wire: a.seed_wire,
         resume_cursor: pacing.resume,
-        token: a.token.clone().filter(|t| !t.is_empty()),
+        token: a
+            .token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(DeviceToken::new),
         tls: TlsFiles {
             ca_cert: a.ca_cert.clone(),
             client_cert: a.client_cert.clone(),
@@ -555,6 +559,25 @@ mod tests {
             spool_dir(Some(Path::new("/s")), &a.send.data_dir, "replay-x.csv"),
             Path::new("/s")
         );
+    }
+
+    #[test]
+    fn the_token_reaches_the_config_but_never_its_debug_output() {
+        let Command::Simulate(a) = parse(&["simulate", "--token", "s3cret-t0ken"]).command else {
+            panic!("simulate");
+        };
+        let pacing = Pacing {
+            asap: true,
+            speed: 1.0,
+            resume: false,
+            stop_after: None,
+        };
+        let cfg = sender_config(&a.send, &pacing);
+        assert_eq!(
+            cfg.token.as_ref().map(DeviceToken::expose),
+            Some("s3cret-t0ken")
+        );
+        assert!(!format!("{cfg:?}").contains("s3cret"), "{cfg:?}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use lockstep_codec::Catalog;
 use lockstep_edge::app::{self, Fleet};
-use lockstep_edge::sender::SenderConfig;
+use lockstep_edge::sender::{DeviceToken, SenderConfig};
 use lockstep_edge::sim::{Vehicle, sim_vin};
 use lockstep_edge::sources::{self, Format};
 use lockstep_edge::spool::Spool;
@@ -355,7 +355,7 @@ async fn a_401_is_fatal_names_the_vehicle_and_keeps_the_spool() {
     let (url, srv, _stop) = spawn_server(|_, _| Fault::Unauthorized).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = SenderConfig {
-        token: Some("wrong-token".into()),
+        token: Some(DeviceToken::new("wrong-token")),
         ..config(&url)
     };
     let sh = shared(cfg, dir.path(), CancellationToken::new());

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use lockstep_edge::sender::{SenderConfig, TlsFiles};
+use lockstep_edge::sender::{DeviceToken, SenderConfig, TlsFiles};
 use lockstep_edge::sim::sim_vin;
 use lockstep_edge::spool::Spool;
 use rcgen::{
@@ -133,7 +133,7 @@ async fn https_server(
 
 fn https_config(url: &str, token: Option<&str>, tls: TlsFiles) -> SenderConfig {
     SenderConfig {
-        token: token.map(str::to_owned),
+        token: token.map(DeviceToken::new),
         tls,
         ..config(url)
     }

@@ -175,7 +175,14 @@ impl SessionActor {
     fn on_reply(&mut self, reply: Reply) -> Result<()> {
         match reply {
             Reply::Ack { duplicate } => self.on_ack(duplicate),
-            Reply::Retry { after, why, .. } => {
+            Reply::Retry {
+                after,
+                why,
+                failover,
+            } => {
+                // The next attempt goes to another server: the failed one's
+                // Retry-After does not apply to it.
+                let after = after.filter(|_| !(failover && self.shared.servers.len() > 1));
                 self.on_retry(after, &why);
                 Ok(())
             }

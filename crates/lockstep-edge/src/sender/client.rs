@@ -15,7 +15,7 @@ pub fn build(config: &SenderConfig) -> Result<reqwest::Client> {
         .timeout(config.request_timeout)
         .user_agent(concat!("lockstep-edge/", env!("CARGO_PKG_VERSION")));
     if let Some(token) = &config.token {
-        let mut v = HeaderValue::from_str(&format!("Bearer {token}"))
+        let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
             .context("the device token has characters that cannot go in an HTTP header")?;
         v.set_sensitive(true);
         b = b.default_headers(HeaderMap::from_iter([(AUTHORIZATION, v)]));

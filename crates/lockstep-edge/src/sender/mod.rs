@@ -56,6 +56,27 @@ pub use session::Session;
 
 use crate::spool::{Spool, SpooledBatch};
 
+/// The device token: printed as `***` so a logged config never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DeviceToken(String);
+
+impl DeviceToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The token itself, for the `Authorization` header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for DeviceToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceToken(***)")
+    }
+}
+
 /// Certificate files for https:// servers (PEM); all optional.
 #[derive(Debug, Clone, Default)]
 pub struct TlsFiles {
@@ -92,7 +113,7 @@ pub struct SenderConfig {
     /// Replays: keep a per-VIN cursor in the spool so a restart resumes.
     pub resume_cursor: bool,
     /// Device token: `Authorization: Bearer <token>` on every request.
-    pub token: Option<String>,
+    pub token: Option<DeviceToken>,
     pub tls: TlsFiles,
 }
 

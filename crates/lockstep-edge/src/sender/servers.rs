@@ -82,6 +82,16 @@ impl Servers {
         }
     }
 
+    /// Number of servers.
+    pub fn len(&self) -> usize {
+        self.urls.len()
+    }
+
+    /// Never: there is at least one server.
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+
     /// The index of the server in use.
     pub fn current(&self) -> usize {
         self.lock().current
