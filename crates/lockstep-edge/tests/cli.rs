@@ -200,3 +200,27 @@ fn cli_run_in_process_sends_and_reports_failures_in_the_exit_code() {
         ExitCode::from(2)
     );
 }
+
+/// Called from inside a tokio runtime, `cli::run` does not nest runtimes (it
+/// would panic): it runs on a thread of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_run_inside_a_runtime_runs_on_its_own_thread() {
+    let (url, srv, _stop) = spawn_server(|_, _| Fault::None).await;
+    let spool = tempfile::tempdir().unwrap();
+    let spool_dir = spool.path().to_str().unwrap().to_owned();
+    let code = tokio::task::block_in_place(|| {
+        lockstep_edge::cli::run([
+            "lockstep-edge",
+            "simulate",
+            "--duration",
+            "20",
+            "--as-fast-as-possible",
+            "--server",
+            &url,
+            "--spool",
+            &spool_dir,
+        ])
+    });
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert_eq!(srv.inner.lock().unwrap().stored.len(), 20);
+}
