@@ -4,7 +4,8 @@
 //! - [`cli`]: the command line (`cli::run(args) -> ExitCode`);
 //! - [`sources`]: recorded drives (Twizy, cycling, generic CSV) → readings, with repairs;
 //! - [`sim`]: a deterministic fleet simulator;
-//! - [`sender`]: batching, the HTTP sender with retries and resyncs;
+//! - [`sender`]: batching, the per-vehicle sender actor with retries, resyncs and
+//!   413 splits, the HTTP client (token, TLS) and failover between servers;
 //! - [`spool`]: the on-disk spool that makes delivery survive outages and restarts;
 //! - [`backoff`]: retry delays;
 //! - [`report`]: the codec report (a server-less round trip against baselines);

@@ -3,15 +3,18 @@
 //! restart loses nothing.
 //!
 //! One file per batch, `<VIN>_<session hex>_<first seq, 20 digits>.batch`, so
-//! a directory listing sorted by name is each session's send order. A file
-//! holds the encoded body *and the raw readings it encodes*: after a resync
-//! (or on a restart) the readings are encoded again from a keyframe.
+//! a directory listing sorted by name is each session's send order. The seed
+//! wire form spools one reading per file under session 0 with the reading's
+//! timestamp as its sequence number. A file holds the encoded body *and the
+//! raw readings it encodes*: after a resync (or on a restart) the readings are
+//! encoded again from a keyframe.
+//!
 //! Files are written to a temporary name, synced (`fdatasync`) and renamed,
 //! and the directory is synced after every rename, create and delete, so a
 //! crash of the process or a power loss leaves either the old file or the new
-//! one, and an acknowledged batch does not come back. Unreadable files are moved to
-//! `corrupt/`, batches the server refuses for good (4xx other than 409) to
-//! `rejected/`: kept for a human, never silently dropped.
+//! one, and an acknowledged batch does not come back. Unreadable files are
+//! moved to `corrupt/`, batches the server refuses for good to `rejected/`
+//! (with the reason beside them): kept for a human, never silently dropped.
 //!
 //! File layout (little-endian): `LKSPOOL1`, VIN (u8 length + bytes),
 //! session id u64, first seq u64, catalog hash u64, channels u32, readings u32,
