@@ -440,3 +440,13 @@ async fn a_catalog_mismatch_is_fatal_and_keeps_the_spool() {
         "nothing acknowledged, nothing dropped"
     );
 }
+
+/// A vehicle with no readings at all (`--duration 0`) finishes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_source_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sh = shared(config(&dead_url()), dir.path(), CancellationToken::new());
+    let summary = run_fleet(sh, simulated(2, 0, 1)).await.unwrap();
+    assert_eq!((summary.vehicles, summary.stats.readings), (2, 0));
+    assert_eq!(summary.spool_left, 0);
+}

@@ -69,6 +69,10 @@ impl SessionActor {
     pub async fn run(mut self) -> Result<Stats> {
         loop {
             self.send_front_if_ready();
+            // A source with nothing (more) to give (e.g. `--duration 0`) is done.
+            if self.source.as_mut().is_some_and(|s| s.peek().is_none()) {
+                self.source = None;
+            }
             if self.source.is_none() && self.session.is_idle() && self.inflight.is_none() {
                 break;
             }
