@@ -363,7 +363,10 @@ async fn a_401_is_fatal_names_the_vehicle_and_keeps_the_spool() {
     let text = format!("{err:#}");
     let vin = sim_vin(3, 0).to_string();
     assert!(text.contains(&vin) && text.contains("401"), "{text}");
-    assert!(Spool::open(dir.path()).unwrap().count() > 0);
+    assert!(
+        spooled_readings(dir.path()) > 0,
+        "the readings stay spooled"
+    );
     let g = srv.inner.lock().unwrap();
     assert_eq!(g.requests, 1, "not retried");
     assert_eq!(g.auth, vec![Some("Bearer wrong-token".to_owned())]);

@@ -65,8 +65,21 @@ impl SessionActor {
 
     /// Runs until the source is exhausted and everything is acknowledged, or
     /// until cancellation plus the grace period. An error (catalog mismatch,
-    /// 401/403, untrusted certificate, spool I/O) leaves the spool as it is.
+    /// 401/403, untrusted certificate, spool I/O) spools the open batch
+    /// (when it can) and keeps everything unacknowledged there.
     pub async fn run(mut self) -> Result<Stats> {
+        match self.event_loop().await {
+            Ok(()) => self.finish(),
+            Err(e) => {
+                if self.session.open_len() > 0 {
+                    let _ = self.cut();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn event_loop(&mut self) -> Result<()> {
         loop {
             self.send_front_if_ready();
             // A source with nothing (more) to give (e.g. `--duration 0`) is done.
@@ -95,7 +108,7 @@ impl SessionActor {
                 _ = sleep_opt(self.retry_at) => {}
             }
         }
-        self.finish()
+        Ok(())
     }
 
     /// Starts sending the front batch when nothing is in flight and no retry is pending.
