@@ -49,6 +49,12 @@ export interface CompressionStats {
   skipped_readings: number;
   compression_ratio: number;
   bytes_received?: number;
+  /** Fleet readings, when the server sends them (needed for "bytes saved" once `vehicles` is partial). */
+  readings?: number;
+  /**
+   * Per-vehicle statistics. For a large fleet the server sends only the vehicles this page is
+   * subscribed to, so a vehicle missing here keeps its last known numbers.
+   */
   vehicles?: Record<string, VehicleStats>;
 }
 
@@ -70,12 +76,14 @@ export interface LoggerStatus {
   last_run_s: number | null;
 }
 
-/** `GET /api/vehicles` element. */
+/** One element of `GET /api/vehicles` → `vehicles`. */
 export interface VehicleSummary {
   vin: string;
   first_seen_ms: number;
   last_seen_ms: number;
   readings: number;
+  model?: string | null;
+  year?: number | null;
 }
 
 /** Body of `POST /logger/start` and of the WS `start_logger` message. */
