@@ -56,6 +56,11 @@ await run('dashboard (real server)', async (ctx) => {
   const b = await openBrowser();
   ctx.browser = b.browser;
   const { page } = b;
+  if ((await fetch(`${base}/api/session`)).status === 404) {
+    // A server from before the session API: the page treats the 404 as "no read auth".
+    step('NOTE: this server has no /api/session yet; its 404 is tolerated');
+    b.allow(/status of 404 .*\/api\/session\]$/);
+  }
   const res = await page.goto(`${base}/`);
   expect(res && res.ok(), `GET / answered ${res && res.status()}`);
   expect(/Lockstep/.test(await page.title()), 'the page title is not Lockstep (placeholder page instead of the dashboard?)');

@@ -146,7 +146,8 @@ export async function openBrowser() {
   page.on('pageerror', (e) => errors.push(`page error: ${e.message}`));
   page.on('console', (m) => {
     if (m.type() !== 'error') return;
-    const text = m.text();
+    const url = m.location()?.url;
+    const text = url ? `${m.text()} [${url}]` : m.text();
     if ([...allowed].some((re) => re.test(text))) {
       step(`(expected console error: ${text})`);
       return;

@@ -16,7 +16,8 @@ interface Props {
 }
 
 const COLOR = '#0072b2';
-const BAND = 'rgba(0, 114, 178, 0.18)';
+const MEAN = '#003b5c';
+const BAND = 'rgba(0, 114, 178, 0.25)';
 const noPath = () => null;
 const HEIGHT = 160;
 
@@ -24,9 +25,9 @@ function series(kind: HistoryColumns['kind']): uPlot.Series[] {
   if (kind === 'buckets') {
     return [
       {},
-      { label: 'min', stroke: 'rgba(0, 114, 178, 0.45)', width: 1, points: { show: false }, spanGaps: false },
-      { label: 'max', stroke: 'rgba(0, 114, 178, 0.45)', width: 1, points: { show: false }, spanGaps: false },
-      { label: 'mean', stroke: COLOR, width: 1.5, points: { show: false }, spanGaps: false },
+      { label: 'min', stroke: 'rgba(0, 114, 178, 0.35)', width: 1, points: { show: false }, spanGaps: false },
+      { label: 'max', stroke: 'rgba(0, 114, 178, 0.35)', width: 1, points: { show: false }, spanGaps: false },
+      { label: 'mean', stroke: MEAN, width: 1.5, points: { show: false }, spanGaps: false },
     ];
   }
   return [

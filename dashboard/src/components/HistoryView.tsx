@@ -184,9 +184,16 @@ function LoadStatus({ load, range }: { load: Load; range: TimeRange | null }) {
   if (load.state !== 'done' || !range) return null;
   const d = load.data;
   const n = readingsIn(d);
-  if (n === 0) return <p className="muted" data-testid="history-status">No readings in this range.</p>;
+  // data-range names the range this text is about (the browser test waits on it after a zoom).
+  const forRange = `${d.range.from}-${d.range.to}`;
+  if (n === 0)
+    return (
+      <p className="muted" data-testid="history-status" data-range={forRange}>
+        No readings in this range.
+      </p>
+    );
   return (
-    <p data-testid="history-status" data-kind={d.kind}>
+    <p data-testid="history-status" data-kind={d.kind} data-range={forRange}>
       {d.kind === 'raw' ? (
         <>
           {formatCount(n)} readings, each drawn: <strong>filled</strong> = transmitted, <strong>hollow</strong> = reconstructed by the shared predictor.
