@@ -153,7 +153,7 @@ function VehicleTable({ client, state, now, charted }: { client: DashboardClient
         </button>
         <span className="muted">
           {state.selected.length === 0
-            ? `Watching all ${list.length} vehicles; all of them are charted.`
+            ? `Watching all ${list.length} vehicles; every one with readings on this page is charted.`
             : `Watching ${state.selected.length} of ${list.length} vehicles; only they are charted.`}{' '}
           Tick vehicles to watch only those.
         </span>
