@@ -1,7 +1,7 @@
 // The server's HTTP query API (`/api/*`): wire shapes, URL builders, tolerant parsers and a small
 // client. No DOM, no React; `fetch` is injected so tests drive it with canned answers.
 
-import { SIGNALS, type Signal, type VehicleSummary } from './protocol';
+import { SIGNALS, type Signal, type SignalValues, type VehicleSummary } from './protocol';
 
 export interface FetchInit {
   method?: string;
@@ -40,15 +40,8 @@ export interface VehicleDetail {
 }
 
 /** One stored reading of `GET /api/vehicles/{vin}/telemetry` (raw form). */
-export interface StoredReading {
+export interface StoredReading extends SignalValues {
   timestamp: number;
-  speed?: number | null;
-  battery?: number | null;
-  power?: number | null;
-  heading?: number | null;
-  latitude?: number | null;
-  longitude?: number | null;
-  altitude?: number | null;
   transmitted?: string[];
 }
 

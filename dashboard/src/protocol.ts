@@ -15,17 +15,13 @@ export const SIGNAL_UNITS: Record<Signal, string> = {
   altitude: 'm',
 };
 
+/** A value per signal; null (or missing) where the reading has none. */
+export type SignalValues = { [S in Signal]?: number | null };
+
 /** One committed reading as the server broadcasts it (`telemetry`, and each element of `history`). */
-export interface TelemetryReading {
+export interface TelemetryReading extends SignalValues {
   timestamp: number;
   vehicle_vin: string;
-  speed?: number | null;
-  battery?: number | null;
-  power?: number | null;
-  heading?: number | null;
-  latitude?: number | null;
-  longitude?: number | null;
-  altitude?: number | null;
   /** Fields whose value travelled on the wire. */
   transmitted?: string[];
   /** Fields the server reconstructed with the shared predictor. */
