@@ -187,6 +187,8 @@ await run('dashboard (real server)', async (ctx) => {
       expect(n === shown.filter((x) => x === line).length, `log line shown ${n} times after reconnect: ${line}`);
     }
     step(`no log line doubled after a reconnect (${after.length} lines)`);
+  } else {
+    step('NOT CHECKED: log lines not doubled after a reconnect (E2E_SKIP_LOG_REPLAY=1)');
   }
 
   // Restart the server on the same port and database: the page reconnects by itself.

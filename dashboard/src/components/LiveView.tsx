@@ -140,8 +140,8 @@ function VehicleTable({ client, state, now, charted }: { client: DashboardClient
   if (list.length === 0) {
     return (
       <p className="muted" data-testid="no-vehicles">
-        No vehicles yet. Press <strong>Start logger</strong> below to simulate a few, or from a checkout of the repository run{' '}
-        <code>cargo run --release -p lockstep-edge -- simulate --server {window.location.origin}</code>.
+        No vehicles yet. Press <strong>Start logger</strong> below to simulate a few, or from a checkout of the repository run
+        <code className="cmd">cargo run --release -p lockstep-edge -- simulate --server {window.location.origin}</code>
       </p>
     );
   }
