@@ -310,8 +310,18 @@ export class Api {
   async allVehicles(pageSize = 500, maxPages = 20): Promise<VehicleSummary[]> {
     const out: VehicleSummary[] = [];
     let cursor: string | null = null;
+    let limit: number | undefined = pageSize;
     for (let i = 0; i < maxPages; i++) {
-      const page = parseVehiclePage(await this.get(urls.vehicles(pageSize, cursor)));
+      let body: unknown;
+      try {
+        body = await this.get(urls.vehicles(limit, cursor));
+      } catch (e) {
+        // A server with a smaller page cap refuses our `limit`: use its default page size.
+        if (!(e instanceof ApiError && e.status === 400 && limit !== undefined)) throw e;
+        limit = undefined;
+        body = await this.get(urls.vehicles(limit, cursor));
+      }
+      const page = parseVehiclePage(body);
       out.push(...page.vehicles);
       cursor = page.next_cursor;
       if (cursor === null) break;
@@ -339,8 +349,18 @@ export class Api {
   async raw(vin: string, from: number, to: number, pageSize = 1000, maxReadings = 5000): Promise<{ readings: StoredReading[]; truncated: boolean }> {
     const readings: StoredReading[] = [];
     let cursor: string | null = null;
+    let limit: number | undefined = pageSize;
     for (;;) {
-      const t = parseTelemetry(await this.get(urls.telemetry(vin, from, to, { limit: pageSize, cursor })));
+      let body: unknown;
+      try {
+        body = await this.get(urls.telemetry(vin, from, to, { limit, cursor }));
+      } catch (e) {
+        // As for vehicles: a `limit` above the server's cap falls back to its default.
+        if (!(e instanceof ApiError && e.status === 400 && limit !== undefined)) throw e;
+        limit = undefined;
+        body = await this.get(urls.telemetry(vin, from, to, { limit, cursor }));
+      }
+      const t = parseTelemetry(body);
       if (isBucketed(t)) throw new ApiError(200, 'The server sent buckets where raw readings were asked for.');
       readings.push(...t.readings);
       cursor = t.next_cursor;

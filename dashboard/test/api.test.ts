@@ -58,6 +58,22 @@ describe('Api', () => {
     expect(f.calls.every((c) => c.init?.credentials === 'same-origin')).toBe(true);
   });
 
+  it('a page size above the server cap (400) falls back to the server default', async () => {
+    const v = (vin: string) => ({ vin, first_seen_ms: 1, last_seen_ms: 2, readings: 3 });
+    const f = fakeFetch({
+      '/api/vehicles?limit=500': [400, { status: 'error', error: 'limit must be at most 100' }],
+      '/api/vehicles': [200, { vehicles: [v('A')], next_cursor: 'A' }],
+      '/api/vehicles?cursor=A': [200, { vehicles: [v('B')], next_cursor: null }],
+      [urls.telemetry(VIN_A, 0, 10, { limit: 1000 })]: [400, { status: 'error', error: 'limit too large' }],
+      [urls.telemetry(VIN_A, 0, 10)]: [200, { vin: VIN_A, readings: [{ timestamp: 1 }], next_cursor: null }],
+    });
+    const api = new Api(f.fetch);
+    expect((await api.allVehicles()).map((x) => x.vin)).toEqual(['A', 'B']);
+    expect((await api.raw(VIN_A, 0, 10)).readings).toHaveLength(1);
+    // Other errors are not retried.
+    await expect(new Api(fakeFetch({}).fetch).allVehicles()).rejects.toMatchObject({ status: 404 });
+  });
+
   it('an unknown VIN is null, other errors carry the server sentence, 401 is reported', async () => {
     let unauthorized = 0;
     const f = fakeFetch({
