@@ -29,6 +29,8 @@ export class DashboardClient {
   private poll: unknown = null;
   private started = false;
   private checking: Promise<void> | null = null;
+  /** Whether the server has answered `GET /api/session` since the page started. */
+  private sessionKnown = false;
   /** Sent as `Authorization: Bearer …` on logger calls; only needed when not on loopback. */
   private adminToken = '';
 
@@ -46,9 +48,9 @@ export class DashboardClient {
         onMessage: (msg) => dispatch({ kind: 'message', msg, now: this.now() }),
         onPhase: (phase, attempt, retryInMs) => {
           dispatch({ kind: 'connection', phase, attempt, retryInMs });
-          // A refused upgrade looks like any drop; when read auth is on, ask whether the
-          // session is still good before hammering the server.
-          if (phase === 'reconnecting' && this.store.state.auth.readAuth === 'required') void this.checkSession();
+          // A refused upgrade looks like any drop; when read auth is on (or the server never
+          // said), ask whether the session is still good before hammering the server.
+          if (phase === 'reconnecting' && (this.store.state.auth.readAuth === 'required' || !this.sessionKnown)) void this.checkSession();
         },
         onOpen: () => this.onOpen(),
       },
@@ -99,6 +101,7 @@ export class DashboardClient {
     this.checking = (async () => {
       try {
         const session = await this.api.session();
+        this.sessionKnown = true;
         this.store.dispatch({ kind: 'session', session });
       } catch {
         // Server unreachable: keep what we knew; the connection's retries go on.

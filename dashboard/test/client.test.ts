@@ -188,4 +188,25 @@ describe('DashboardClient', () => {
     expect(t.sockets).toHaveLength(1);
     expect(t.client.store.state.auth).toMatchObject({ checked: true, readAuth: 'off' });
   });
+
+  it('a server unreachable at start is asked again on the next drop (it may require sign-in)', async () => {
+    let up = false;
+    const routes: Record<string, { status: number; body: unknown }> = {};
+    const t = setup(routes);
+    const fetch = (t.client.api as unknown as { fetch: FetchLike }).fetch;
+    (t.client.api as unknown as { fetch: FetchLike }).fetch = async (url, init) => {
+      if (!up) throw new Error('connection refused');
+      return fetch(url, init);
+    };
+    await t.client.start();
+    expect(t.client.store.state.auth).toMatchObject({ checked: true, readAuth: 'off' });
+    expect(t.sockets).toHaveLength(1);
+    up = true;
+    routes['/api/session'] = { status: 200, body: { authenticated: false, role: null, read_auth: 'required' } };
+    t.sockets[0].drop(); // the upgrade was refused
+    await flush();
+    await flush();
+    expect(t.client.store.state.auth).toMatchObject({ readAuth: 'required', authenticated: false });
+    expect((t.client.connection as unknown as { timers: FakeTimers }).timers.pending()).toEqual([]);
+  });
 });
