@@ -20,6 +20,7 @@ export default defineConfig({
       '/api': target,
       '/logger': target,
       '/status': target,
+      '/docs': target,
     },
   },
   test: {

@@ -1,79 +1,60 @@
-import { useEffect, useState, useSyncExternalStore } from 'react';
+// The page shell: header (navigation, connection, session), the login form when the server
+// wants one, and the view the hash route names.
+
+import { useEffect, useState, useSyncExternalStore, type FormEvent } from 'react';
 import type { DashboardClient } from './client';
-import { formatAge, formatBytes, formatPct, formatTime, VEHICLE_COLORS } from './format';
-import { SIGNALS, type LoggerStartRequest, type Signal } from './protocol';
-import {
-  chartedVins,
-  MAX_CHARTED,
-  overallStats,
-  vehicleList,
-  vehicleStats,
-  type DashboardState,
-  type StatsView,
-} from './store';
-import { SignalChart } from './components/SignalChart';
-import { TrackPlot } from './components/TrackPlot';
+import { formatCount } from './format';
+import { parseRoute, routeHref, type Route } from './route';
+import { needsLogin, readingsHeld, type DashboardState } from './store';
+import { HistoryView } from './components/HistoryView';
+import { LiveView } from './components/LiveView';
+import { VehiclePage } from './components/VehiclePage';
 
-const CHART_SIGNALS: Signal[] = SIGNALS.filter((s) => s !== 'latitude' && s !== 'longitude');
-
-function useNow(everyMs: number): number {
-  const [now, setNow] = useState(() => Date.now());
+function useRoute(): Route {
+  const [route, setRoute] = useState(() => parseRoute(window.location.hash));
   useEffect(() => {
-    const h = setInterval(() => setNow(Date.now()), everyMs);
-    return () => clearInterval(h);
-  }, [everyMs]);
-  return now;
+    const on = () => setRoute(parseRoute(window.location.hash));
+    window.addEventListener('hashchange', on);
+    return () => window.removeEventListener('hashchange', on);
+  }, []);
+  return route;
 }
 
 export function App({ client }: { client: DashboardClient }) {
   const version = useSyncExternalStore(client.store.subscribe, client.store.getVersion);
   const state = client.store.state;
-  const now = useNow(1000);
-  const charted = chartedVins(state);
+  const route = useRoute();
+  const login = needsLogin(state);
   return (
     <div className="page">
       <header>
         <h1>Lockstep</h1>
-        <ConnectionBadge state={state} />
-        <span className="muted" data-testid="summary" data-history={state.historyReadings ?? ''}>
-          {state.vehicles.size} vehicle{state.vehicles.size === 1 ? '' : 's'} · history{' '}
-          {state.historyReadings === null ? 'not loaded' : `${state.historyReadings} readings`}
-          {state.lagged.events > 0 && <span className="warn"> · {state.lagged.dropped} messages dropped (lagged)</span>}
-        </span>
+        <nav>
+          <a href={routeHref({ view: 'live' })} className={route.view === 'live' ? 'current' : undefined}>
+            Live
+          </a>
+          <a href={routeHref({ view: 'history', vin: null, from: null, to: null })} className={route.view === 'history' ? 'current' : undefined}>
+            History
+          </a>
+          <a href="/docs" target="_blank" rel="noopener" data-testid="docs-link" title="the server's interactive API documentation">
+            API docs ↗
+          </a>
+        </nav>
+        {!login && <ConnectionBadge state={state} />}
+        {!login && <Summary state={state} />}
+        <SessionBox client={client} state={state} />
       </header>
-      <main>
-        <section className="panel vehicles-panel">
-          <h2>Vehicles</h2>
-          <VehicleTable client={client} state={state} now={now} charted={charted} />
-        </section>
-        <section className="panel charts-panel">
-          <h2>
-            Live signals{' '}
-            <span className="muted">
-              {charted.length === 0 ? '— no vehicle yet' : `— ${charted.join(', ')}`}
-            </span>
-          </h2>
-          <Legend vins={charted} />
-          <div className="charts" data-charted={charted.join(',')}>
-            {CHART_SIGNALS.map((s) => (
-              <SignalChart key={s} state={state} version={version} signal={s} vins={charted} />
-            ))}
-            <TrackPlot state={state} version={version} vins={charted} />
-          </div>
-        </section>
-        <section className="panel stats-panel">
-          <h2>Compression</h2>
-          <StatsPanel state={state} charted={charted} />
-        </section>
-        <section className="panel logger-panel">
-          <h2>Logger</h2>
-          <LoggerPanel client={client} state={state} />
-        </section>
-        <section className="panel log-panel">
-          <h2>Log</h2>
-          <LogPanel state={state} />
-        </section>
-      </main>
+      {!state.auth.checked ? (
+        <p className="muted">Asking the server who may read…</p>
+      ) : login ? (
+        <LoginForm client={client} state={state} />
+      ) : route.view === 'history' ? (
+        <HistoryView client={client} route={route} />
+      ) : route.view === 'vehicle' ? (
+        <VehiclePage client={client} vin={route.vin} />
+      ) : (
+        <LiveView client={client} version={version} />
+      )}
     </div>
   );
 }
@@ -93,246 +74,63 @@ function ConnectionBadge({ state }: { state: DashboardState }) {
   );
 }
 
-function Legend({ vins }: { vins: string[] }) {
+/** What the page holds: vehicles known, readings charted, and how many came with the connect. */
+function Summary({ state }: { state: DashboardState }) {
+  const held = readingsHeld(state);
+  const n = state.vehicles.size;
   return (
-    <div className="legend">
-      <span>
-        <svg width="14" height="14"><circle cx="7" cy="7" r="4" fill="#444" stroke="#444" /></svg> transmitted (sent on the wire)
-      </span>
-      <span>
-        <svg width="14" height="14"><circle cx="7" cy="7" r="4" fill="#fff" stroke="#444" strokeWidth="1.5" /></svg> reconstructed by the shared predictor (not sent)
-      </span>
-      <span>
-        <svg width="20" height="14"><line x1="0" y1="7" x2="20" y2="7" stroke="#444" /></svg> value the server holds
-      </span>
-      {vins.map((vin, i) => (
-        <span key={vin}>
-          <svg width="14" height="14"><rect x="2" y="2" width="10" height="10" fill={VEHICLE_COLORS[i % VEHICLE_COLORS.length]} /></svg> {vin}
-        </span>
-      ))}
-    </div>
+    <span className="muted" data-testid="summary">
+      {n} vehicle{n === 1 ? '' : 's'} · {formatCount(held)} reading{held === 1 ? '' : 's'} charted
+      {state.historyReadings !== null && state.historyReadings > 0 && ` (${formatCount(state.historyReadings)} recent ones loaded on connect)`}
+      {state.lagged.events > 0 && <span className="warn"> · {state.lagged.dropped} messages dropped (lagged)</span>}
+    </span>
   );
 }
 
-function VehicleTable({ client, state, now, charted }: { client: DashboardClient; state: DashboardState; now: number; charted: string[] }) {
-  const list = vehicleList(state);
-  const selected = new Set(state.selected);
-  if (list.length === 0) {
-    return <p className="muted" data-testid="no-vehicles">No vehicles yet. Start the logger below, or run <code>lockstep-edge simulate</code>.</p>;
-  }
+function SessionBox({ client, state }: { client: DashboardClient; state: DashboardState }) {
+  const a = state.auth;
+  if (a.readAuth !== 'required' || !a.authenticated) return null;
   return (
-    <>
-      <div className="row">
-        <button onClick={() => client.select([])} disabled={state.selected.length === 0}>
-          Watch all
-        </button>
-        <span className="muted">
-          {state.selected.length === 0 ? 'Watching all vehicles.' : `Watching ${state.selected.length}.`} Tick vehicles to watch and chart them (up to {MAX_CHARTED} charted).
-        </span>
-      </div>
-      <div className="table-scroll">
-        <table data-testid="vehicles">
-          <thead>
-            <tr>
-              <th />
-              <th>VIN</th>
-              <th>last seen</th>
-              <th>points</th>
-              <th>skipped</th>
-            </tr>
-          </thead>
-          <tbody>
-            {list.map((v) => {
-              const ci = charted.indexOf(v.vin);
-              const sv = vehicleStats(v.stats);
-              return (
-                <tr key={v.vin} className={ci >= 0 ? 'charted' : undefined}>
-                  <td>
-                    <input type="checkbox" aria-label={`watch ${v.vin}`} checked={selected.has(v.vin)} onChange={() => client.toggle(v.vin)} />
-                  </td>
-                  <td className="mono">
-                    {ci >= 0 && <span className="swatch" style={{ background: VEHICLE_COLORS[ci % VEHICLE_COLORS.length] }} />}
-                    {v.vin}
-                  </td>
-                  <td title={v.lastSeenMs === null ? '' : `last reading ${new Date(v.lastSeenMs).toISOString()}`}>
-                    {formatAge(lastSeen(v.lastReceivedAt, v.lastSeenMs), now)}
-                  </td>
-                  <td>{v.t.length}</td>
-                  <td>{formatPct(sv?.skippedPct)}</td>
-                </tr>
-              );
-            })}
-          </tbody>
-        </table>
-      </div>
-    </>
+    <span className="session" data-testid="session">
+      signed in as <strong data-testid="role">{a.role ?? 'unknown role'}</strong>{' '}
+      <button onClick={() => void client.logout()} data-testid="logout">
+        Log out
+      </button>
+    </span>
   );
 }
 
-/** The newer of "this page received a reading" and "the server saw a reading" (vehicle clock). */
-function lastSeen(received: number | null, seen: number | null): number | null {
-  if (received === null) return seen;
-  if (seen === null) return received;
-  return Math.max(received, seen);
-}
-
-function StatsRows({ s }: { s: StatsView }) {
-  return (
-    <>
-      <td>{s.fieldsTotal}</td>
-      <td>{s.fieldsTransmitted}</td>
-      <td className="strong">{formatPct(s.skippedPct)}</td>
-      <td>{formatBytes(s.bytesReceived)}</td>
-      <td>{formatBytes(s.bytesSaved)}</td>
-    </>
-  );
-}
-
-function StatsPanel({ state, charted }: { state: DashboardState; charted: string[] }) {
-  const overall = overallStats(state.stats);
-  if (!overall) return <p className="muted" data-testid="stats-empty">No statistics yet.</p>;
-  const perVehicle = vehicleList(state).filter((v) => v.stats);
-  // With many vehicles, list the charted ones first and cap the table.
-  const rows = [...perVehicle.filter((v) => charted.includes(v.vin)), ...perVehicle.filter((v) => !charted.includes(v.vin))].slice(0, 12);
-  return (
-    <div className="table-scroll">
-      <table data-testid="stats" data-total={overall.fieldsTotal} data-updates={state.statsUpdates}>
-        <thead>
-          <tr>
-            <th />
-            <th>fields</th>
-            <th>sent</th>
-            <th>skipped</th>
-            <th>bytes in</th>
-            <th title={'estimated against raw readings: 8 B per field + 25 B per reading'}>bytes saved*</th>
-          </tr>
-        </thead>
-        <tbody>
-          <tr className="overall">
-            <td>all</td>
-            <StatsRows s={overall} />
-          </tr>
-          {rows.map((v) => (
-            <tr key={v.vin}>
-              <td className="mono" title={v.vin}>…{v.vin.slice(-6)}</td>
-              <StatsRows s={vehicleStats(v.stats)!} />
-            </tr>
-          ))}
-        </tbody>
-      </table>
-      <p className="muted small">
-        * saved versus raw readings (8-byte doubles plus a 25-byte VIN/timestamp header).
-        {perVehicle.length > rows.length && ` Showing ${rows.length} of ${perVehicle.length} vehicles.`}
-      </p>
-    </div>
-  );
-}
-
-function LoggerPanel({ client, state }: { client: DashboardClient; state: DashboardState }) {
-  const [mode, setMode] = useState<'simulate' | 'replay'>('simulate');
-  const [vehicles, setVehicles] = useState(3);
-  const [rate, setRate] = useState(5);
-  const [duration, setDuration] = useState('');
-  const [replay, setReplay] = useState('');
-  const [format, setFormat] = useState<'twizy' | 'cycling' | 'csv'>('twizy');
-  const [speed, setSpeed] = useState(1);
-  const l = state.logger;
-  const running = l?.running === true;
-
-  const start = () => {
-    const req: LoggerStartRequest =
-      mode === 'simulate'
-        ? { vehicles, rate, ...(duration.trim() ? { duration_s: Number(duration) } : {}) }
-        : { replay: replay.split(/[\n,]/).map((s) => s.trim()).filter(Boolean), format, speed };
-    void client.startLogger(req);
+function LoginForm({ client, state }: { client: DashboardClient; state: DashboardState }) {
+  const [token, setToken] = useState('');
+  const submit = (e: FormEvent) => {
+    e.preventDefault();
+    if (token.trim()) void client.login(token).then((ok) => ok && setToken(''));
   };
-
   return (
-    <div>
-      <p data-testid="logger-state" data-running={running ? 'true' : 'false'}>
-        {l === null
-          ? 'state unknown'
-          : running
-            ? `running (pid ${l.pid ?? '?'}, since ${formatTime(l.started_at_ms)})`
-            : `stopped${l.last_exit_code !== null ? ` (last exit code ${l.last_exit_code}` : ''}${l.last_run_s !== null && l.last_exit_code !== null ? `, ran ${l.last_run_s.toFixed(1)} s)` : l.last_exit_code !== null ? ')' : ''}`}
-      </p>
+    <form className="panel login" onSubmit={submit} data-testid="login-form">
+      <h2>Sign in</h2>
+      <p>This server only shows its data to signed-in readers. Paste the access token you were given (viewer, operator or admin).</p>
       <div className="row">
-        <label>
-          <input type="radio" checked={mode === 'simulate'} onChange={() => setMode('simulate')} /> simulate
-        </label>
-        <label>
-          <input type="radio" checked={mode === 'replay'} onChange={() => setMode('replay')} /> replay a file
-        </label>
-      </div>
-      {mode === 'simulate' ? (
-        <div className="row">
-          <label>
-            vehicles <input type="number" min={1} max={500} value={vehicles} onChange={(e) => setVehicles(Number(e.target.value))} data-testid="logger-vehicles" />
-          </label>
-          <label>
-            rate (Hz) <input type="number" min={0.1} step={0.1} value={rate} onChange={(e) => setRate(Number(e.target.value))} data-testid="logger-rate" />
-          </label>
-          <label>
-            duration (s) <input type="number" min={1} placeholder="until stopped" value={duration} onChange={(e) => setDuration(e.target.value)} />
-          </label>
-        </div>
-      ) : (
-        <div className="row">
-          <label className="grow">
-            file path(s) on the server <input className="grow" value={replay} onChange={(e) => setReplay(e.target.value)} placeholder="testdata/…" />
-          </label>
-          <label>
-            format{' '}
-            <select value={format} onChange={(e) => setFormat(e.target.value as 'twizy' | 'cycling' | 'csv')}>
-              <option value="twizy">twizy</option>
-              <option value="cycling">cycling</option>
-              <option value="csv">csv</option>
-            </select>
-          </label>
-          <label>
-            speed × <input type="number" min={0.1} step={0.1} value={speed} onChange={(e) => setSpeed(Number(e.target.value))} />
-          </label>
-        </div>
-      )}
-      <div className="row">
-        <button data-testid="logger-start" onClick={start} disabled={running || state.loggerBusy || (mode === 'replay' && !replay.trim())}>
-          Start logger
-        </button>
-        <button data-testid="logger-stop" onClick={() => void client.stopLogger()} disabled={!running || state.loggerBusy}>
-          Stop logger
-        </button>
-      </div>
-      {state.loggerError && <p className="error" data-testid="logger-error">{state.loggerError}</p>}
-      <details className="small">
-        <summary>admin token</summary>
-        <p className="muted">
-          Only needed when this page is not opened from the server's own machine (the server accepts logger commands from
-          loopback, or with <code>LOCKSTEP_ADMIN_TOKEN</code>). Kept in this tab only.
-        </p>
         <input
           type="password"
+          className="grow"
           autoComplete="off"
-          defaultValue={sessionStorage.getItem('lockstep-admin-token') ?? ''}
-          onChange={(e) => {
-            sessionStorage.setItem('lockstep-admin-token', e.target.value);
-            client.setAdminToken(e.target.value);
-          }}
+          aria-label="access token"
+          placeholder="access token"
+          value={token}
+          onChange={(e) => setToken(e.target.value)}
+          data-testid="login-token"
         />
-      </details>
-    </div>
-  );
-}
-
-function LogPanel({ state }: { state: DashboardState }) {
-  const entries = state.logs.slice(-200).reverse();
-  if (entries.length === 0) return <p className="muted">No log messages yet.</p>;
-  return (
-    <ol className="log" data-testid="log" data-count={state.logs.length}>
-      {entries.map((e, i) => (
-        <li key={`${state.logs.length - i}`} className={`log-${e.level}`}>
-          <span className="muted mono">{formatTime(e.timestamp)}</span> <span className="tag">{e.source}</span> {e.message}
-        </li>
-      ))}
-    </ol>
+        <button type="submit" disabled={state.auth.busy || !token.trim()} data-testid="login-submit">
+          Sign in
+        </button>
+      </div>
+      {state.auth.error && (
+        <p className="error" data-testid="login-error">
+          {state.auth.error}
+        </p>
+      )}
+      <p className="muted small">The token is sent once; the server answers with a session cookie this page cannot read.</p>
+    </form>
   );
 }

@@ -32,5 +32,17 @@ export function formatTime(ms: number | null): string {
   return Number.isNaN(d.getTime()) ? '–' : d.toLocaleTimeString();
 }
 
-/** Colours for up to MAX_CHARTED vehicles (chosen to stay distinct for colour-blind readers). */
-export const VEHICLE_COLORS = ['#0072b2', '#d55e00', '#009e73', '#cc79a7'];
+/** Colours for up to MAX_CHARTED vehicles (Okabe–Ito, distinct for colour-blind readers; yellow swapped for wine). */
+export const VEHICLE_COLORS = ['#0072b2', '#d55e00', '#009e73', '#cc79a7', '#e69f00', '#56b4e9', '#000000', '#882255'];
+
+export function formatCount(n: number): string {
+  return n.toLocaleString('en-US');
+}
+
+/** "2026-12-01 05:25:24" in local time, for absolute times on the history and vehicle pages. */
+export function formatDateTime(ms: number | null): string {
+  if (ms === null || !Number.isFinite(ms)) return '–';
+  const d = new Date(ms);
+  const p = (n: number) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}

@@ -15,17 +15,13 @@ export const SIGNAL_UNITS: Record<Signal, string> = {
   altitude: 'm',
 };
 
+/** A value per signal; null (or missing) where the reading has none. */
+export type SignalValues = { [S in Signal]?: number | null };
+
 /** One committed reading as the server broadcasts it (`telemetry`, and each element of `history`). */
-export interface TelemetryReading {
+export interface TelemetryReading extends SignalValues {
   timestamp: number;
   vehicle_vin: string;
-  speed?: number | null;
-  battery?: number | null;
-  power?: number | null;
-  heading?: number | null;
-  latitude?: number | null;
-  longitude?: number | null;
-  altitude?: number | null;
   /** Fields whose value travelled on the wire. */
   transmitted?: string[];
   /** Fields the server reconstructed with the shared predictor. */
@@ -49,6 +45,12 @@ export interface CompressionStats {
   skipped_readings: number;
   compression_ratio: number;
   bytes_received?: number;
+  /** Fleet readings, when the server sends them (needed for "bytes saved" once `vehicles` is partial). */
+  readings?: number;
+  /**
+   * Per-vehicle statistics. For a large fleet the server sends only the vehicles this page is
+   * subscribed to, so a vehicle missing here keeps its last known numbers.
+   */
   vehicles?: Record<string, VehicleStats>;
 }
 
@@ -70,12 +72,14 @@ export interface LoggerStatus {
   last_run_s: number | null;
 }
 
-/** `GET /api/vehicles` element. */
+/** One element of `GET /api/vehicles` → `vehicles`. */
 export interface VehicleSummary {
   vin: string;
   first_seen_ms: number;
   last_seen_ms: number;
   readings: number;
+  model?: string | null;
+  year?: number | null;
 }
 
 /** Body of `POST /logger/start` and of the WS `start_logger` message. */

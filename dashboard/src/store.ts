@@ -4,6 +4,7 @@
 // mutated in place (bounded column buffers per vehicle; 50 vehicles at 10 Hz would otherwise
 // allocate a lot) and every change bumps `version`, which React watches through `Store`.
 
+import type { Role, Session } from './api';
 import {
   SIGNALS,
   type CompressionStats,
@@ -21,8 +22,8 @@ import {
 export const MAX_POINTS = 600;
 /** Log lines kept. */
 export const MAX_LOG = 300;
-/** At most this many vehicles are drawn in the charts at once. */
-export const MAX_CHARTED = 4;
+/** Vehicles drawn in the charts at once; more are paged through, never silently left out. */
+export const MAX_CHARTED = 8;
 
 export type ConnectionPhase = 'connecting' | 'connected' | 'reconnecting';
 
@@ -48,7 +49,19 @@ export interface VehicleState {
   stats: VehicleStats | null;
 }
 
+/** What the server said about read access (`GET /api/session`). */
+export interface AuthState {
+  /** False until the first answer: the page shows neither the login form nor data yet. */
+  checked: boolean;
+  readAuth: 'required' | 'off';
+  authenticated: boolean;
+  role: Role | null;
+  busy: boolean;
+  error: string | null;
+}
+
 export interface DashboardState {
+  auth: AuthState;
   connection: {
     phase: ConnectionPhase;
     /** Consecutive failed attempts since the last successful connection. */
@@ -62,6 +75,8 @@ export interface DashboardState {
   /** Vehicles the page is subscribed to; empty means all. */
   selected: string[];
   stats: CompressionStats | null;
+  /** Vehicles listed in the latest `compression_stats` (a bounded message lists only some). */
+  statsVins: string[];
   /** Compression statistics updates received. */
   statsUpdates: number;
   logs: LogEntry[];
@@ -81,14 +96,18 @@ export type Action =
   | { kind: 'vehicles'; list: VehicleSummary[] }
   | { kind: 'logger_status'; status: LoggerStatus }
   | { kind: 'logger_request'; busy: boolean; error: string | null }
-  | { kind: 'local_log'; level: LogLevel; message: string; now: number };
+  | { kind: 'local_log'; level: LogLevel; message: string; now: number }
+  | { kind: 'session'; session: Session }
+  | { kind: 'auth_request'; busy: boolean; error: string | null };
 
 export function initialState(): DashboardState {
   return {
+    auth: { checked: false, readAuth: 'off', authenticated: false, role: null, busy: false, error: null },
     connection: { phase: 'connecting', attempt: 0, retryInMs: null, connects: 0 },
     vehicles: new Map(),
     selected: [],
     stats: null,
+    statsVins: [],
     statsUpdates: 0,
     logs: [],
     logger: null,
@@ -192,9 +211,39 @@ export function applyReading(state: DashboardState, r: TelemetryReading, now: nu
   return true;
 }
 
-function pushLog(state: DashboardState, entry: LogEntry): void {
-  state.logs.push(entry);
-  if (state.logs.length > MAX_LOG) state.logs.splice(0, state.logs.length - MAX_LOG);
+// A line from a child process that logs with its own clock starts with an RFC 3339 time and a
+// level ("2026-12-01T05:25:24.123Z  INFO simulating…"); the page shows the entry's time and
+// colours by level already, so both go.
+const SEP = String.raw`(?:\s|\x1b\[[0-9;]*m)`;
+const LEADING_STAMP = new RegExp(
+  String.raw`^(?:\x1b\[[0-9;]*m)*\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?` +
+    `${SEP}+(?:(?:TRACE|DEBUG|INFO|WARN|ERROR)${SEP}+)?`,
+);
+const ANSI = /\x1b\[[0-9;]*m/g;
+
+/** The message without a leading timestamp/level of its own and without terminal colour codes. */
+export function cleanLogMessage(message: string): string {
+  return message.replace(LEADING_STAMP, '').replace(ANSI, '');
+}
+
+const sameLog = (a: LogEntry, b: LogEntry) =>
+  a.timestamp === b.timestamp && a.message === b.message && a.source === b.source && a.level === b.level;
+
+/**
+ * Adds a log line in time order. The server repeats its recent lines after every (re)connect, so
+ * a line already held (same time, source, level and text) is dropped. Returns whether it was added.
+ */
+export function pushLog(state: DashboardState, raw: LogEntry): boolean {
+  const entry: LogEntry = { ...raw, message: cleanLogMessage(raw.message) };
+  const logs = state.logs;
+  let i = logs.length;
+  while (i > 0 && logs[i - 1].timestamp > entry.timestamp) i--;
+  // Equal timestamps sit just before i.
+  for (let j = i - 1; j >= 0 && logs[j].timestamp === entry.timestamp; j--) if (sameLog(logs[j], entry)) return false;
+  if (i === 0 && logs.length >= MAX_LOG) return false; // older than everything kept
+  logs.splice(i, 0, entry);
+  if (logs.length > MAX_LOG) logs.splice(0, logs.length - MAX_LOG);
+  return true;
 }
 
 function applyMessage(state: DashboardState, msg: ServerMessage, now: number): void {
@@ -210,7 +259,11 @@ function applyMessage(state: DashboardState, msg: ServerMessage, now: number): v
     case 'compression_stats':
       state.stats = msg.data;
       state.statsUpdates += 1;
-      for (const [vin, s] of Object.entries(msg.data.vehicles ?? {})) vehicle(state, vin).stats = s;
+      // Vehicles left out of a bounded message keep their last known numbers.
+      state.statsVins = Object.keys(msg.data.vehicles ?? {}).sort();
+      for (const [vin, s] of Object.entries(msg.data.vehicles ?? {})) {
+        if (s && typeof s === 'object' && typeof s.fields_total === 'number') vehicle(state, vin).stats = s;
+      }
       break;
     case 'log':
       pushLog(state, msg.data);
@@ -264,6 +317,16 @@ export function reduce(state: DashboardState, action: Action): void {
     case 'local_log':
       pushLog(state, { level: action.level, source: 'dashboard', message: action.message, timestamp: action.now });
       break;
+    case 'session':
+      state.auth.checked = true;
+      state.auth.readAuth = action.session.read_auth;
+      state.auth.authenticated = action.session.authenticated;
+      state.auth.role = action.session.role;
+      break;
+    case 'auth_request':
+      state.auth.busy = action.busy;
+      state.auth.error = action.error;
+      break;
   }
   state.version += 1;
 }
@@ -275,14 +338,49 @@ export function vehicleList(state: DashboardState): VehicleState[] {
   return [...state.vehicles.values()].sort((a, b) => (a.vin < b.vin ? -1 : a.vin > b.vin ? 1 : 0));
 }
 
+/** Readings currently held (and charted) by this page, over all vehicles. */
+export function readingsHeld(state: DashboardState): number {
+  let n = 0;
+  for (const v of state.vehicles.values()) n += v.t.length;
+  return n;
+}
+
+/** Which vehicles the charts show. */
+export interface ChartPlan {
+  /** The vehicles drawn now (one page of `pool`). */
+  vins: string[];
+  /** Every vehicle that is to be charted: the watched ones, or all vehicles with readings. */
+  pool: string[];
+  /** Zero-based page shown, and the number of pages (MAX_CHARTED vehicles each). */
+  page: number;
+  pages: number;
+}
+
 /**
- * The vehicles drawn in the charts: the selected ones (at most MAX_CHARTED), or, when watching
- * all, the first vehicle (by VIN) that has points.
+ * The watched vehicles (or, when watching all, every vehicle with readings on the page), by VIN,
+ * MAX_CHARTED per page; `page` is clamped into range.
  */
+export function chartPlan(state: DashboardState, page = 0): ChartPlan {
+  const pool = state.selected.length > 0 ? state.selected : vehicleList(state).filter((v) => v.t.length > 0).map((v) => v.vin);
+  const pages = Math.max(1, Math.ceil(pool.length / MAX_CHARTED));
+  const p = Math.min(Math.max(0, Math.floor(page)), pages - 1);
+  return { vins: pool.slice(p * MAX_CHARTED, (p + 1) * MAX_CHARTED), pool, page: p, pages };
+}
+
+/** The vehicles drawn on the first chart page. */
 export function chartedVins(state: DashboardState): string[] {
-  if (state.selected.length > 0) return state.selected.slice(0, MAX_CHARTED);
-  const first = vehicleList(state).find((v) => v.t.length > 0);
-  return first ? [first.vin] : [];
+  return chartPlan(state).vins;
+}
+
+/** Whether the logger may be started/stopped from this page: always without read auth, else operator or admin. */
+export function canOperate(state: DashboardState): boolean {
+  if (state.auth.readAuth === 'off') return true;
+  return state.auth.authenticated && (state.auth.role === 'operator' || state.auth.role === 'admin');
+}
+
+/** Whether the page must ask for a token before it can show anything. */
+export function needsLogin(state: DashboardState): boolean {
+  return state.auth.checked && state.auth.readAuth === 'required' && !state.auth.authenticated;
 }
 
 /** Per charted vehicle: the full reconstructed line, transmitted points only, reconstructed points only. */
@@ -386,8 +484,10 @@ function view(total: number, transmitted: number, skipped: number, readings: num
 
 export function overallStats(stats: CompressionStats | null): StatsView | null {
   if (!stats) return null;
-  const perVehicle = Object.values(stats.vehicles ?? {});
-  const readings = perVehicle.length ? perVehicle.reduce((n, v) => n + v.readings, 0) : null;
+  // Fleet readings: sent by the server, or (older servers, which list every vehicle) the sum.
+  const perVehicle = Object.values(stats.vehicles ?? {}).filter((v) => v && typeof v.readings === 'number');
+  const readings =
+    typeof stats.readings === 'number' ? stats.readings : perVehicle.length ? perVehicle.reduce((n, v) => n + v.readings, 0) : null;
   return view(
     stats.total_readings,
     stats.transmitted_readings,

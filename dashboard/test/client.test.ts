@@ -46,9 +46,9 @@ describe('DashboardClient', () => {
   it('on connect loads logger status and the vehicle list; messages reach the store', async () => {
     const t = setup({
       '/logger/status': { status: 200, body: { running: false, pid: null, started_at_ms: null, last_exit_code: null, last_run_s: null } },
-      '/api/vehicles': { status: 200, body: [{ vin: VIN_B, first_seen_ms: 1, last_seen_ms: 2, readings: 3 }] },
+      '/api/vehicles?limit=500': { status: 200, body: { vehicles: [{ vin: VIN_B, first_seen_ms: 1, last_seen_ms: 2, readings: 3, model: null, year: null }], next_cursor: null } },
     });
-    t.client.start();
+    await t.client.start();
     t.sockets[0].open();
     t.sockets[0].receive({ type: 'history', data: [reading(VIN_A, 1000)] });
     await flush();
@@ -64,7 +64,7 @@ describe('DashboardClient', () => {
 
   it('subscribe: choosing vehicles sends the set; it is re-sent after a reconnect', async () => {
     const t = setup();
-    t.client.start();
+    await t.client.start();
     t.sockets[0].open();
     t.client.toggle(VIN_B);
     t.client.toggle(VIN_A);
@@ -122,16 +122,91 @@ describe('DashboardClient', () => {
   });
 
   it('polls the vehicle list only while connected', async () => {
-    const t = setup({ '/api/vehicles': { status: 200, body: [] } });
-    t.client.start();
+    const t = setup({ '/api/vehicles?limit=500': { status: 200, body: { vehicles: [], next_cursor: null } } });
+    await t.client.start();
     expect(t.intervals).toHaveLength(1);
+    const vehicleCalls = () => t.calls.filter((c) => c.url.startsWith('/api/vehicles')).length;
     t.intervals[0]();
-    expect(t.calls).toHaveLength(0);
+    expect(vehicleCalls()).toBe(0);
     t.sockets[0].open();
     await flush();
-    const before = t.calls.filter((c) => c.url === '/api/vehicles').length;
+    const before = vehicleCalls();
     t.intervals[0]();
     await flush();
-    expect(t.calls.filter((c) => c.url === '/api/vehicles').length).toBe(before + 1);
+    expect(vehicleCalls()).toBe(before + 1);
+  });
+
+  it('read auth: no WebSocket until signed in; login retries it; logout closes it', async () => {
+    const routes: Record<string, { status: number; body: unknown }> = {
+      '/api/session': { status: 200, body: { authenticated: false, role: null, read_auth: 'required' } },
+      '/api/login': { status: 401, body: { status: 'error', error: 'Unknown token.' } },
+    };
+    const t = setup(routes);
+    await t.client.start();
+    expect(t.sockets).toHaveLength(0);
+    expect(t.client.store.state.auth).toMatchObject({ checked: true, readAuth: 'required', authenticated: false });
+
+    expect(await t.client.login('bad')).toBe(false);
+    expect(t.client.store.state.auth.error).toContain('Unknown token.');
+    expect(t.sockets).toHaveLength(0);
+
+    routes['/api/login'] = { status: 204, body: null };
+    routes['/api/session'] = { status: 200, body: { authenticated: true, role: 'viewer', read_auth: 'required' } };
+    expect(await t.client.login('  good  ')).toBe(true);
+    const login = t.calls.filter((c) => c.url === '/api/login').at(-1)!;
+    expect(login).toMatchObject({ method: 'POST', body: JSON.stringify({ token: 'good' }), headers: { 'content-type': 'application/json' } });
+    expect(t.sockets).toHaveLength(1);
+    expect(t.client.store.state.auth).toMatchObject({ authenticated: true, role: 'viewer', error: null });
+
+    routes['/api/logout'] = { status: 204, body: null };
+    routes['/api/session'] = { status: 200, body: { authenticated: false, role: null, read_auth: 'required' } };
+    await t.client.logout();
+    expect(t.calls.find((c) => c.url === '/api/logout')).toMatchObject({ method: 'POST', headers: { 'content-type': 'application/json' } });
+    expect(t.sockets[0].closed).toBe(true);
+    expect(t.client.store.state.auth.authenticated).toBe(false);
+  });
+
+  it('a dropped socket while read auth is on re-checks the session (an expired one shows the form)', async () => {
+    const routes: Record<string, { status: number; body: unknown }> = {
+      '/api/session': { status: 200, body: { authenticated: true, role: 'operator', read_auth: 'required' } },
+    };
+    const t = setup(routes);
+    await t.client.start();
+    t.sockets[0].open();
+    routes['/api/session'] = { status: 200, body: { authenticated: false, role: null, read_auth: 'required' } };
+    t.sockets[0].drop();
+    await flush();
+    await flush();
+    expect(t.client.store.state.auth.authenticated).toBe(false);
+    // The retry is cancelled: no new socket until the user signs in again.
+    expect((t.client.connection as unknown as { timers: FakeTimers }).timers.pending()).toEqual([]);
+  });
+
+  it('without read auth (or an older server without /api/session) the page connects at once', async () => {
+    const t = setup();
+    await t.client.start();
+    expect(t.sockets).toHaveLength(1);
+    expect(t.client.store.state.auth).toMatchObject({ checked: true, readAuth: 'off' });
+  });
+
+  it('a server unreachable at start is asked again on the next drop (it may require sign-in)', async () => {
+    let up = false;
+    const routes: Record<string, { status: number; body: unknown }> = {};
+    const t = setup(routes);
+    const fetch = (t.client.api as unknown as { fetch: FetchLike }).fetch;
+    (t.client.api as unknown as { fetch: FetchLike }).fetch = async (url, init) => {
+      if (!up) throw new Error('connection refused');
+      return fetch(url, init);
+    };
+    await t.client.start();
+    expect(t.client.store.state.auth).toMatchObject({ checked: true, readAuth: 'off' });
+    expect(t.sockets).toHaveLength(1);
+    up = true;
+    routes['/api/session'] = { status: 200, body: { authenticated: false, role: null, read_auth: 'required' } };
+    t.sockets[0].drop(); // the upgrade was refused
+    await flush();
+    await flush();
+    expect(t.client.store.state.auth).toMatchObject({ readAuth: 'required', authenticated: false });
+    expect((t.client.connection as unknown as { timers: FakeTimers }).timers.pending()).toEqual([]);
   });
 });

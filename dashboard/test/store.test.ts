@@ -1,8 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import type { CompressionStats, ServerMessage } from '../src/protocol';
 import {
+  canOperate,
   chartData,
   chartedVins,
+  chartPlan,
+  cleanLogMessage,
+  needsLogin,
+  readingsHeld,
   initialState,
   MAX_CHARTED,
   MAX_LOG,
@@ -152,15 +157,28 @@ describe('buffer bounds', () => {
     expect(v.received).toBe(MAX_POINTS + 150);
   });
 
-  it('50 vehicles stay bounded and charts show the selected ones only', () => {
+  it('50 vehicles stay bounded; watching all charts every vehicle, a page at a time', () => {
     const s = initialState();
     const vins = Array.from({ length: 50 }, (_, i) => `LOCKSTEPTEST${String(i).padStart(5, '0')}`);
     for (let k = 1; k <= 700; k++) for (const vin of vins) msg(s, { type: 'telemetry', data: reading(vin, k * 100, { seq: k }) });
     expect(s.vehicles.size).toBe(50);
     for (const v of s.vehicles.values()) expect(v.t.length).toBe(MAX_POINTS);
-    expect(chartedVins(s)).toEqual([vins[0]]);
+    const pages = Math.ceil(50 / MAX_CHARTED);
+    expect(chartPlan(s).pages).toBe(pages);
+    const seen = Array.from({ length: pages }, (_, p) => chartPlan(s, p).vins).flat();
+    expect(seen).toEqual(vins);
+    expect(chartPlan(s, 99).page).toBe(pages - 1);
+    expect(chartPlan(s, -3).vins).toEqual(vins.slice(0, MAX_CHARTED));
     reduce(s, { kind: 'select', vins: vins.slice(10, 20) });
     expect(chartedVins(s)).toEqual(vins.slice(10, 10 + MAX_CHARTED));
+    expect(chartPlan(s, 1).vins).toEqual(vins.slice(10 + MAX_CHARTED, 20));
+  });
+
+  it('watching all with three vehicles charts all three', () => {
+    const s = initialState();
+    for (const vin of [VIN_B, VIN_A, 'LOCKSTEPTEST00003']) msg(s, { type: 'telemetry', data: reading(vin, 1000) });
+    expect(chartPlan(s)).toEqual({ vins: [VIN_A, VIN_B, 'LOCKSTEPTEST00003'], pool: [VIN_A, VIN_B, 'LOCKSTEPTEST00003'], page: 0, pages: 1 });
+    expect(readingsHeld(s)).toBe(3);
   });
 
   it(`keeps the newest ${MAX_LOG} log lines`, () => {
@@ -285,5 +303,72 @@ describe('Store', () => {
     off();
     store.dispatch({ kind: 'select', vins: [] });
     expect(calls).toBe(2);
+  });
+});
+
+describe('log lines', () => {
+  const line = (timestamp: number, message: string, source = 'server') => ({ level: 'info' as const, source, message, timestamp });
+
+  it('strips the timestamp and level a child process printed itself (one time per line)', () => {
+    expect(cleanLogMessage('2026-12-01T05:25:24.123456Z  INFO simulating 3 vehicles')).toBe('simulating 3 vehicles');
+    expect(cleanLogMessage('\x1b[2m2026-12-01T05:25:24Z\x1b[0m \x1b[32m WARN\x1b[0m spool full')).toBe('spool full');
+    expect(cleanLogMessage('Logger started (pid 7)')).toBe('Logger started (pid 7)');
+    const s = initialState();
+    msg(s, { type: 'log', data: line(5, '2026-12-01T05:25:24.1Z ERROR lockstep-edge: connection refused', 'logger') });
+    expect(s.logs[0].message).toBe('lockstep-edge: connection refused');
+  });
+
+  it('recent lines repeated after a reconnect are not shown twice, and stay in time order', () => {
+    const s = initialState();
+    // First connect: the server replays two recent lines, then a live one arrives.
+    for (const l of [line(10, 'a'), line(20, 'b'), line(30, 'live')]) msg(s, { type: 'log', data: l });
+    // Reconnect: the replay repeats them and includes one the page missed while away.
+    for (const l of [line(10, 'a'), line(20, 'b'), line(25, 'missed'), line(30, 'live')]) msg(s, { type: 'log', data: l });
+    expect(s.logs.map((l) => l.message)).toEqual(['a', 'b', 'missed', 'live']);
+    // Same time, different text is a different line.
+    msg(s, { type: 'log', data: line(30, 'other') });
+    expect(s.logs).toHaveLength(5);
+  });
+});
+
+describe('bounded compression_stats', () => {
+  const vs = (readings: number) => ({ readings, fields_total: readings * 7, fields_transmitted: readings, fields_skipped: readings * 6, bytes_received: readings * 10, compression_ratio: 6 / 7 });
+
+  it('vehicles missing from a later message keep their numbers; the panel lists the ones sent', () => {
+    const s = initialState();
+    msg(s, { type: 'compression_stats', data: { total_readings: 140, transmitted_readings: 20, skipped_readings: 120, compression_ratio: 6 / 7, vehicles: { [VIN_A]: vs(10), [VIN_B]: vs(10) } } });
+    msg(s, { type: 'compression_stats', data: { total_readings: 280, transmitted_readings: 40, skipped_readings: 240, compression_ratio: 6 / 7, readings: 40, bytes_received: 400, vehicles: { [VIN_B]: vs(30) } } });
+    expect(s.vehicles.get(VIN_A)!.stats!.readings).toBe(10);
+    expect(s.vehicles.get(VIN_B)!.stats!.readings).toBe(30);
+    expect(s.statsVins).toEqual([VIN_B]);
+    // Fleet readings come from the message, not from the partial per-vehicle list.
+    expect(overallStats(s.stats)!.bytesSaved).toBe(40 * 25 + 280 * 8 - 400);
+  });
+
+  it('a message without any vehicles is fine', () => {
+    const s = initialState();
+    msg(s, { type: 'compression_stats', data: { total_readings: 7, transmitted_readings: 1, skipped_readings: 6, compression_ratio: 6 / 7 } });
+    expect(s.statsVins).toEqual([]);
+    expect(overallStats(s.stats)!.fieldsTotal).toBe(7);
+  });
+});
+
+describe('session', () => {
+  it('without read auth everything is allowed; with it, the logger needs operator or admin', () => {
+    const s = initialState();
+    expect(needsLogin(s)).toBe(false); // not asked yet: no form flashes up
+    reduce(s, { kind: 'session', session: { authenticated: false, role: null, read_auth: 'off' } });
+    expect(canOperate(s)).toBe(true);
+    expect(needsLogin(s)).toBe(false);
+    reduce(s, { kind: 'session', session: { authenticated: false, role: null, read_auth: 'required' } });
+    expect(needsLogin(s)).toBe(true);
+    expect(canOperate(s)).toBe(false);
+    reduce(s, { kind: 'session', session: { authenticated: true, role: 'viewer', read_auth: 'required' } });
+    expect(needsLogin(s)).toBe(false);
+    expect(canOperate(s)).toBe(false);
+    for (const role of ['operator', 'admin'] as const) {
+      reduce(s, { kind: 'session', session: { authenticated: true, role, read_auth: 'required' } });
+      expect(canOperate(s)).toBe(true);
+    }
   });
 });
