@@ -27,7 +27,8 @@ use crate::actors::writer::{WriteRequest, WriterHandle};
 use crate::model::{Counters, SEED_SESSION, SessionRecord, Signals, TelemetryRow};
 use crate::protocol::{ReadingJson, ServerMsg};
 use crate::store::{Store, StoreError};
-use crate::vehicles::{SeedState, Vehicles};
+use crate::vehicles::Vehicles;
+use lockstep_codec::seed::SeedState;
 
 /// Which wire form a body is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
