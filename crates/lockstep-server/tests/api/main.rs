@@ -12,5 +12,6 @@ mod cli;
 mod ingest;
 mod logger;
 mod shutdown;
+mod status;
 mod store_down;
 mod websocket;
