@@ -690,15 +690,8 @@ async fn add_signal_columns(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    for name in cols.missing(&existing) {
-        tracing::info!(
-            column = name,
-            "Adding a value column for a new catalog signal."
-        );
-        tx.batch_execute(&format!(
-            "ALTER TABLE telemetry_data ADD COLUMN IF NOT EXISTS \"{name}\" DOUBLE PRECISION"
-        ))
-        .await?;
+    for alter in cols.add_missing(&existing, "DOUBLE PRECISION") {
+        tx.batch_execute(&alter).await?;
     }
     Ok(())
 }
