@@ -17,7 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::model::{Counters, SessionRecord, TelemetryRow};
+use crate::model::{Counters, SessionRecord, Signals, TelemetryRow};
 use crate::settings::StoreConfig;
 
 pub mod postgres;
@@ -26,14 +26,75 @@ pub mod sqlite;
 /// A boxed future, so that [`Store`] stays object safe.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The store cannot serve now; callers answer 503 and retry later.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("store unavailable: {0}")]
-pub struct StoreError(pub String);
+/// Why a store call failed. Mapped to HTTP once, in `http::error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot serve now (connection lost, pool exhausted, database
+    /// busy); nothing was written, retrying later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The write contradicts what is stored (a uniqueness or reference rule).
+    #[error("store conflict: {0}")]
+    Conflict(String),
+    /// Stored data cannot be read back as what it must be.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The caller broke the store's contract (a bug), e.g. a row naming a
+    /// vehicle that is not in its batch.
+    #[error("invalid store request: {0}")]
+    Invalid(String),
+    /// The server is shutting down and the write path is closed.
+    #[error("the store is closing: {0}")]
+    Closed(String),
+}
 
 impl StoreError {
-    pub fn new(e: impl std::fmt::Display) -> Self {
-        Self(e.to_string())
+    pub fn unavailable(e: impl std::fmt::Display) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+
+    /// True when retrying later may succeed (answered 503 + `Retry-After`).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Closed(_))
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as C;
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) => match f.code {
+                C::ConstraintViolation => Self::Conflict(e.to_string()),
+                C::DatabaseCorrupt | C::NotADatabase => Self::Corrupt(e.to_string()),
+                _ => Self::Unavailable(e.to_string()),
+            },
+            rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..) => Self::Corrupt(e.to_string()),
+            _ => Self::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let text = e.to_string();
+        match e.code().map(|c| c.code()) {
+            // Class 23: integrity constraint violation.
+            Some(c) if c.starts_with("23") => Self::Conflict(text),
+            // Class 22: data exception; XX001/XX002: data or index corrupted.
+            Some(c) if c.starts_with("22") || c == "XX001" || c == "XX002" => Self::Corrupt(text),
+            _ => Self::Unavailable(text),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            e => Self::Unavailable(e.to_string()),
+        }
     }
 }
 
@@ -102,12 +163,113 @@ pub trait Store: Send + Sync + 'static {
     fn ping(&self) -> BoxFut<'_, Result<(), StoreError>>;
 }
 
-/// Opens the configured store and applies its migrations.
-pub async fn open(config: &StoreConfig, pg_pool: usize) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the configured store and applies its migrations; `signals` (the
+/// catalog's) name the value columns, added to an existing table if missing.
+pub async fn open(
+    config: &StoreConfig,
+    pg_pool: usize,
+    signals: &Signals,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let columns = SignalColumns::new(signals)?;
     Ok(match config {
-        StoreConfig::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path).await?),
-        StoreConfig::Postgres(url) => Arc::new(postgres::PgStore::connect(url, pg_pool).await?),
+        StoreConfig::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path, columns).await?),
+        StoreConfig::Postgres(url) => {
+            Arc::new(postgres::PgStore::connect(url, pg_pool, columns).await?)
+        }
     })
+}
+
+/// Columns of `telemetry_data` that are not signals.
+const FIXED_COLUMNS: [&str; 7] = [
+    "id",
+    "vehicle_id",
+    "session_id",
+    "seq",
+    "ts",
+    "transmitted_mask",
+    "keyframe",
+];
+
+/// The value columns of `telemetry_data`, one per catalog signal, in channel
+/// order: every SQL text that names them (DDL, insert, COPY, select) is
+/// generated here, so adding a signal to the catalog is the whole change.
+#[derive(Debug, Clone)]
+pub struct SignalColumns {
+    signals: Signals,
+}
+
+impl SignalColumns {
+    /// Checks that every name is a plain lowercase SQL identifier that does
+    /// not collide with a fixed column (names are also quoted in SQL).
+    pub fn new(signals: &Signals) -> anyhow::Result<Self> {
+        anyhow::ensure!(!signals.is_empty(), "the signal catalog is empty");
+        anyhow::ensure!(
+            signals.len() <= 64,
+            "the signal catalog has {} signals; transmitted_mask holds 64",
+            signals.len()
+        );
+        for name in signals.names() {
+            let ok = name.len() <= 63
+                && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            anyhow::ensure!(
+                ok,
+                "signal name {name:?} cannot be a column: use lowercase letters, digits and _"
+            );
+            anyhow::ensure!(
+                !FIXED_COLUMNS.contains(&&**name),
+                "signal name {name:?} is a reserved column of telemetry_data"
+            );
+        }
+        Ok(Self {
+            signals: signals.clone(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.signals.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.signals.is_empty()
+    }
+
+    pub fn names(&self) -> &[Arc<str>] {
+        self.signals.names()
+    }
+
+    /// `"speed", "battery", …`, each prefixed with `alias.` if given.
+    pub fn list(&self, alias: Option<&str>) -> String {
+        let prefix = alias.map(|a| format!("{a}.")).unwrap_or_default();
+        self.names()
+            .iter()
+            .map(|n| format!("{prefix}\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The column definitions for `CREATE TABLE`, one `"name" TYPE,` line each.
+    pub fn ddl(&self, sql_type: &str) -> String {
+        self.names()
+            .iter()
+            .map(|n| format!("    \"{n}\" {sql_type},\n"))
+            .collect()
+    }
+
+    /// `ALTER TABLE` statements adding the signals with no column in
+    /// `existing` (a catalog that grew), each logged.
+    pub fn add_missing(&self, existing: &[String], sql_type: &str) -> Vec<String> {
+        self.names()
+            .iter()
+            .filter(|n| !existing.iter().any(|e| e == &***n))
+            .map(|name| {
+                tracing::info!(column = %name, "Adding a value column for a new catalog signal.");
+                format!("ALTER TABLE telemetry_data ADD COLUMN \"{name}\" {sql_type}")
+            })
+            .collect()
+    }
 }
 
 /// Bit-preserving conversions between the wire's u64 and SQL's BIGINT.
@@ -117,11 +279,4 @@ pub(crate) fn to_sql_u64(v: u64) -> i64 {
 
 pub(crate) fn from_sql_u64(v: i64) -> u64 {
     v as u64
-}
-
-/// Array of the value columns from nullable column reads.
-pub(crate) fn values_from(
-    get: impl FnMut(usize) -> Option<f64>,
-) -> [Option<f64>; crate::model::CHANNELS] {
-    std::array::from_fn(get)
 }

@@ -28,12 +28,14 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    BoxFut, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals, WriteBatch, from_sql_u64,
-    to_sql_u64, values_from,
+    BoxFut, SignalColumns, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals, WriteBatch,
+    from_sql_u64, to_sql_u64,
 };
 use crate::model::{Counters, TelemetryRow};
 
 /// Numbered migrations, applied in order; `schema_migrations` lists the applied ones.
+/// `{signal_columns}` stands for the catalog's value columns
+/// ([`SignalColumns::ddl`]); later signals are added by `add_signal_columns`.
 const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE vehicles (
     id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -49,14 +51,7 @@ CREATE TABLE telemetry_data (
     session_id        BIGINT NOT NULL,  -- the u64 session id's 64 bits; 0 = seed form
     seq               BIGINT NOT NULL,  -- seed form: the timestamp
     ts                BIGINT NOT NULL,  -- Unix ms, as sent
-    speed             DOUBLE PRECISION,
-    battery           DOUBLE PRECISION,
-    power             DOUBLE PRECISION,
-    heading           DOUBLE PRECISION,
-    latitude          DOUBLE PRECISION,
-    longitude         DOUBLE PRECISION,
-    altitude          DOUBLE PRECISION,
-    transmitted_mask  BIGINT NOT NULL,  -- bit i = catalog channel i transmitted
+{signal_columns}    transmitted_mask  BIGINT NOT NULL,  -- bit i = catalog channel i transmitted
     keyframe          BOOLEAN NOT NULL,
     UNIQUE (vehicle_id, session_id, seq)
 );
@@ -80,36 +75,75 @@ CREATE TABLE sessions (
 );
 "#];
 
-const TELEMETRY_COLUMNS: &str = "vehicle_id, session_id, seq, ts, speed, battery, power, heading, latitude, longitude, altitude, transmitted_mask, keyframe";
+/// The statements that name the value columns, generated once from the catalog.
+struct Sql {
+    channels: usize,
+    /// Column list of COPY and of the staging table.
+    copy_columns: String,
+    copy_types: Vec<Type>,
+    insert_telemetry: String,
+    recent: String,
+}
 
-const COPY_TYPES: [Type; 13] = [
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::INT8,
-    Type::BOOL,
-];
+impl Sql {
+    fn new(cols: &SignalColumns) -> Self {
+        let n = cols.len();
+        let copy_columns = format!(
+            "vehicle_id, session_id, seq, ts, {}, transmitted_mask, keyframe",
+            cols.list(None)
+        );
+        let mut copy_types = vec![Type::INT8; 4];
+        copy_types.extend(std::iter::repeat_n(Type::FLOAT8, n));
+        copy_types.extend([Type::INT8, Type::BOOL]);
+        // unnest($1 vins, $2 sessions, $3 seqs, $4 ts, $5.. values, mask, keyframe)
+        let value_params: Vec<String> = (0..n).map(|i| format!("${}::float8[]", 5 + i)).collect();
+        let value_names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+        let insert_telemetry = format!(
+            "INSERT INTO telemetry_data ({copy_columns})
+     SELECT v.id, t.s, t.q, t.ts, {vals}, t.m, t.k
+     FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], {params}, ${m}::int8[], ${k}::bool[])
+          WITH ORDINALITY AS t(vin, s, q, ts, {names}, m, k, ord)
+     JOIN vehicles v ON v.vin = t.vin
+     ORDER BY t.ord
+     ON CONFLICT (vehicle_id, session_id, seq) DO NOTHING",
+            vals = value_names
+                .iter()
+                .map(|c| format!("t.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            params = value_params.join(", "),
+            names = value_names.join(", "),
+            m = 5 + n,
+            k = 6 + n,
+        );
+        let recent = format!(
+            "SELECT v.vin, t.session_id, t.seq, t.ts, t.transmitted_mask, t.keyframe, {}
+             FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id ORDER BY t.id DESC LIMIT $1",
+            cols.list(Some("t"))
+        );
+        Self {
+            channels: n,
+            copy_columns,
+            copy_types,
+            insert_telemetry,
+            recent,
+        }
+    }
+}
 
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: Pool,
+    sql: Sql,
 }
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::new(e)
+fn invalid(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Invalid(e.to_string())
 }
 
 impl PgStore {
     /// Builds the pool, checks the connection and applies the migrations.
-    pub async fn connect(url: &str, pool_size: usize) -> anyhow::Result<Self> {
+    pub async fn connect(url: &str, pool_size: usize, cols: SignalColumns) -> anyhow::Result<Self> {
         let mut cfg: tokio_postgres::Config = url
             .parse()
             .context("DATABASE_URL is not a valid PostgreSQL connection string")?;
@@ -139,15 +173,18 @@ impl PgStore {
             .recycle_timeout(Some(Duration::from_secs(2)))
             .build()
             .context("cannot build the PostgreSQL pool")?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            sql: Sql::new(&cols),
+        };
         store
-            .migrate()
+            .migrate(&cols)
             .await
             .context("cannot reach PostgreSQL or apply the migrations")?;
         Ok(store)
     }
 
-    async fn migrate(&self) -> anyhow::Result<()> {
+    async fn migrate(&self, cols: &SignalColumns) -> anyhow::Result<()> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // Serialise concurrent starts on the same database.
@@ -162,8 +199,9 @@ impl PgStore {
             )
             .await?
             .get(0);
+        let original = applied == 0 && original::set_aside(&tx).await?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
-            tx.batch_execute(sql)
+            tx.batch_execute(&sql.replace("{signal_columns}", &cols.ddl("DOUBLE PRECISION")))
                 .await
                 .with_context(|| format!("migration {}", i + 1))?;
             tx.execute(
@@ -171,6 +209,10 @@ impl PgStore {
                 &[&(i as i32 + 1)],
             )
             .await?;
+        }
+        add_signal_columns(&tx, cols).await?;
+        if original {
+            original::import(&tx, cols).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -193,7 +235,9 @@ impl PgStore {
                 );
                 match self.commit_with(&b, CopyInto::Staging).await? {
                     Copied::Stored => Ok(()),
-                    Copied::Duplicate => Err(err("the staging path reported a duplicate")),
+                    Copied::Duplicate => Err(StoreError::Conflict(
+                        "the staging path reported a duplicate".into(),
+                    )),
                 }
             }
         }
@@ -202,17 +246,17 @@ impl PgStore {
     /// One attempt at [`Self::commit_batch`]. `Copied::Duplicate` (only with
     /// [`CopyInto::Table`]) means the transaction was rolled back.
     async fn commit_with(&self, b: &WriteBatch, into: CopyInto) -> Result<Copied, StoreError> {
-        let mut client = self.pool.get().await.map_err(err)?;
-        let tx = client.transaction().await.map_err(err)?;
+        let mut client = self.pool.get().await.map_err(StoreError::from)?;
+        let tx = client.transaction().await.map_err(StoreError::from)?;
         let small = b.rows.len() <= SMALL_BATCH;
         // Prepared once per connection, then taken from its cache.
         let (vehicles_st, telemetry_st, sessions_st, stats_st) = futures_util::try_join!(
             tx.prepare_cached(UPSERT_VEHICLES),
-            tx.prepare_cached(INSERT_TELEMETRY),
+            tx.prepare_cached(&self.sql.insert_telemetry),
             tx.prepare_cached(UPSERT_SESSIONS),
             tx.prepare_cached(UPSERT_STATS),
         )
-        .map_err(err)?;
+        .map_err(StoreError::from)?;
 
         let vins: Vec<&str> = b.vehicles.iter().map(|(v, _)| &**v).collect();
         let seen: Vec<i64> = b.vehicles.iter().map(|(_, s)| *s).collect();
@@ -250,31 +294,21 @@ impl PgStore {
         };
 
         if small {
-            let rows = RowColumns::new(&b.rows);
+            let rows = RowColumns::new(&b.rows, self.sql.channels);
             let insert_rows = async {
                 if b.rows.is_empty() {
                     return Ok(0);
                 }
-                let v = &rows.values;
-                tx.execute(
-                    &telemetry_st,
-                    &[
-                        &rows.vin,
-                        &rows.session,
-                        &rows.seq,
-                        &rows.ts,
-                        &v[0],
-                        &v[1],
-                        &v[2],
-                        &v[3],
-                        &v[4],
-                        &v[5],
-                        &v[6],
-                        &rows.mask,
-                        &rows.keyframe,
-                    ],
-                )
-                .await
+                let mut p: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(rows.values.len() + 6);
+                p.extend([
+                    &rows.vin as &(dyn ToSql + Sync),
+                    &rows.session,
+                    &rows.seq,
+                    &rows.ts,
+                ]);
+                p.extend(rows.values.iter().map(|v| v as &(dyn ToSql + Sync)));
+                p.extend([&rows.mask as &(dyn ToSql + Sync), &rows.keyframe]);
+                tx.execute(&telemetry_st, &p).await
             };
             let vehicle_params: [&(dyn ToSql + Sync); 2] = [&vins, &seen];
             futures_util::try_join!(
@@ -283,24 +317,24 @@ impl PgStore {
                 upsert_sessions,
                 upsert_stats,
             )
-            .map_err(err)?;
+            .map_err(StoreError::from)?;
         } else {
             let ids: HashMap<String, i64> = tx
                 .query(&vehicles_st, &[&vins, &seen])
                 .await
-                .map_err(err)?
+                .map_err(StoreError::from)?
                 .into_iter()
                 .map(|r| (r.get(1), r.get(0)))
                 .collect();
-            if copy_rows(&tx, &b.rows, &ids, into).await? == Copied::Duplicate {
+            if copy_rows(&tx, &self.sql, &b.rows, &ids, into).await? == Copied::Duplicate {
                 // The upserts were never polled; they only borrow `tx`.
                 drop((upsert_sessions, upsert_stats));
-                tx.rollback().await.map_err(err)?;
+                tx.rollback().await.map_err(StoreError::from)?;
                 return Ok(Copied::Duplicate);
             }
-            futures_util::try_join!(upsert_sessions, upsert_stats).map_err(err)?;
+            futures_util::try_join!(upsert_sessions, upsert_stats).map_err(StoreError::from)?;
         }
-        tx.commit().await.map_err(err)?;
+        tx.commit().await.map_err(StoreError::from)?;
         Ok(Copied::Stored)
     }
 
@@ -309,9 +343,9 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
-        let client = self.pool.get().await.map_err(err)?;
-        let st = client.prepare_cached(sql).await.map_err(err)?;
-        client.query(&st, params).await.map_err(err)
+        let client = self.pool.get().await.map_err(StoreError::from)?;
+        let st = client.prepare_cached(sql).await.map_err(StoreError::from)?;
+        client.query(&st, params).await.map_err(StoreError::from)
     }
 }
 
@@ -325,15 +359,6 @@ const SMALL_BATCH: usize = 256;
 const UPSERT_VEHICLES: &str = "INSERT INTO vehicles (vin, first_seen, last_seen) SELECT v, s, s FROM unnest($1::text[], $2::int8[]) AS t(v, s)
      ON CONFLICT (vin) DO UPDATE SET last_seen = GREATEST(vehicles.last_seen, EXCLUDED.last_seen)
      RETURNING id, vin";
-
-const INSERT_TELEMETRY: &str = "INSERT INTO telemetry_data (vehicle_id, session_id, seq, ts, speed, battery, power, heading, latitude, longitude, altitude, transmitted_mask, keyframe)
-     SELECT v.id, t.s, t.q, t.ts, t.c0, t.c1, t.c2, t.c3, t.c4, t.c5, t.c6, t.m, t.k
-     FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::float8[], $6::float8[], $7::float8[], $8::float8[],
-                 $9::float8[], $10::float8[], $11::float8[], $12::int8[], $13::bool[])
-          WITH ORDINALITY AS t(vin, s, q, ts, c0, c1, c2, c3, c4, c5, c6, m, k, ord)
-     JOIN vehicles v ON v.vin = t.vin
-     ORDER BY t.ord
-     ON CONFLICT (vehicle_id, session_id, seq) DO NOTHING";
 
 const UPSERT_SESSIONS: &str =
     "INSERT INTO sessions (vehicle_id, session_id, next_seq, state, updated_at)
@@ -363,7 +388,7 @@ fn check_vins(b: &WriteBatch) -> Result<(), StoreError> {
         .chain(b.stats.iter().map(|s| &*s.vin));
     for vin in named {
         if !known.contains(vin) {
-            return Err(err(format!("vehicle {vin} missing from the batch")));
+            return Err(invalid(format!("vehicle {vin} missing from the batch")));
         }
     }
     Ok(())
@@ -375,20 +400,21 @@ struct RowColumns<'a> {
     session: Vec<i64>,
     seq: Vec<i64>,
     ts: Vec<i64>,
-    values: [Vec<Option<f64>>; 7],
+    /// One array per catalog channel.
+    values: Vec<Vec<Option<f64>>>,
     mask: Vec<i64>,
     keyframe: Vec<bool>,
 }
 
 impl<'a> RowColumns<'a> {
-    fn new(rows: &'a [TelemetryRow]) -> Self {
+    fn new(rows: &'a [TelemetryRow], channels: usize) -> Self {
         let n = rows.len();
         let mut c = Self {
             vin: Vec::with_capacity(n),
             session: Vec::with_capacity(n),
             seq: Vec::with_capacity(n),
             ts: Vec::with_capacity(n),
-            values: std::array::from_fn(|_| Vec::with_capacity(n)),
+            values: (0..channels).map(|_| Vec::with_capacity(n)).collect(),
             mask: Vec::with_capacity(n),
             keyframe: Vec::with_capacity(n),
         };
@@ -397,8 +423,8 @@ impl<'a> RowColumns<'a> {
             c.session.push(to_sql_u64(r.session_id));
             c.seq.push(to_sql_u64(r.seq));
             c.ts.push(r.ts_ms);
-            for (col, v) in c.values.iter_mut().zip(r.values) {
-                col.push(v);
+            for (i, col) in c.values.iter_mut().enumerate() {
+                col.push(r.values.get(i).copied().flatten());
             }
             c.mask.push(to_sql_u64(r.transmitted));
             c.keyframe.push(r.keyframe);
@@ -473,6 +499,203 @@ enum CopyInto {
     Staging,
 }
 
+/// A database that already holds the original (Python/Supabase) server's
+/// tables: `vehicles`, `telemetry_data`, `compression_stats` as in its
+/// `schema.sql`. At the first start they move, untouched, into the schema
+/// `lockstep_legacy`; Lockstep's tables are created and filled from them in
+/// the same transaction:
+/// - vehicles keep their ids; `first_seen` = `created_at`, `last_seen` = the
+///   latest reading's `created_at`;
+/// - every reading becomes a row of session [`IMPORTED_SESSION`] with `seq`
+///   = its original id, `ts` = its `"timestamp"`, the values of the columns
+///   the catalog also has, and `transmitted_mask` = non-null fields not in
+///   `predicted_fields`;
+/// - `compression_stats` is recomputed per vehicle and UTC day of receipt
+///   from those readings (the original counted per day for all vehicles, so
+///   its rows stay in `lockstep_legacy.compression_stats` only).
+///
+/// Nothing is dropped: `DROP SCHEMA lockstep_legacy CASCADE` once satisfied.
+mod original {
+    use super::SignalColumns;
+    use crate::model::IMPORTED_SESSION;
+    use crate::store::to_sql_u64;
+
+    const TABLES: [&str; 3] = ["vehicles", "telemetry_data", "compression_stats"];
+
+    async fn columns(
+        tx: &deadpool_postgres::Transaction<'_>,
+        schema: &str,
+        table: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        Ok(tx
+            .query(
+                "SELECT column_name::text FROM information_schema.columns
+                 WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+                &[&schema, &table],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    /// Moves the original tables aside if this is such a database; true if so.
+    pub(super) async fn set_aside(tx: &deadpool_postgres::Transaction<'_>) -> anyhow::Result<bool> {
+        let schema: String = tx
+            .query_one("SELECT current_schema()::text", &[])
+            .await?
+            .get(0);
+        let vehicles = columns(tx, &schema, "vehicles").await?;
+        // The original `vehicles` has `created_at`; Lockstep's has `first_seen`.
+        let has = |c: &str| vehicles.iter().any(|v| v == c);
+        if !has("created_at") || has("first_seen") {
+            return Ok(false);
+        }
+        tracing::warn!(
+            "This database holds the original server's tables: moving them into schema lockstep_legacy and importing their rows."
+        );
+        tx.batch_execute("CREATE SCHEMA IF NOT EXISTS lockstep_legacy")
+            .await?;
+        for table in TABLES {
+            if !columns(tx, &schema, table).await?.is_empty() {
+                tx.batch_execute(&format!(
+                    "ALTER TABLE \"{schema}\".{table} SET SCHEMA lockstep_legacy"
+                ))
+                .await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Fills Lockstep's (new, empty) tables from `lockstep_legacy`.
+    pub(super) async fn import(
+        tx: &deadpool_postgres::Transaction<'_>,
+        cols: &SignalColumns,
+    ) -> anyhow::Result<()> {
+        let ms = |e: &str| format!("(EXTRACT(EPOCH FROM {e}) * 1000)::bigint");
+        let legacy = columns(tx, "lockstep_legacy", "telemetry_data").await?;
+        let has_predicted = legacy.iter().any(|c| c == "predicted_fields");
+        // Channels the catalog and the original table both have.
+        let shared: Vec<(usize, &str)> = cols
+            .names()
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i, &**n))
+            .filter(|(_, n)| legacy.iter().any(|c| c == n))
+            .collect();
+        let sent = |n: &str| {
+            if has_predicted {
+                format!("t.\"{n}\" IS NOT NULL AND NOT ('{n}' = ANY(t.predicted_fields))")
+            } else {
+                format!("t.\"{n}\" IS NOT NULL")
+            }
+        };
+        let sum = |parts: Vec<String>| {
+            if parts.is_empty() {
+                "0".to_owned()
+            } else {
+                parts.join(" + ")
+            }
+        };
+        let mask = sum(shared
+            .iter()
+            .map(|(i, n)| format!("(CASE WHEN {} THEN 1::bigint << {i} ELSE 0 END)", sent(n)))
+            .collect());
+        let non_null = sum(shared
+            .iter()
+            .map(|(_, n)| format!("(CASE WHEN t.\"{n}\" IS NOT NULL THEN 1 ELSE 0 END)"))
+            .collect());
+        let transmitted = sum(shared
+            .iter()
+            .map(|(_, n)| format!("(CASE WHEN {} THEN 1 ELSE 0 END)", sent(n)))
+            .collect());
+        let names: Vec<String> = shared.iter().map(|(_, n)| format!("\"{n}\"")).collect();
+        let values: Vec<String> = shared.iter().map(|(_, n)| format!("t.\"{n}\"")).collect();
+        let (names, values) = if shared.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (
+                format!("{}, ", names.join(", ")),
+                format!("{}, ", values.join(", ")),
+            )
+        };
+        let has_telemetry = !legacy.is_empty();
+        let last_seen = if has_telemetry {
+            format!(
+                "GREATEST({}, COALESCE((SELECT {} FROM lockstep_legacy.telemetry_data t WHERE t.vehicle_id = v.id), 0))",
+                ms("v.created_at"),
+                ms("MAX(t.created_at)")
+            )
+        } else {
+            ms("v.created_at")
+        };
+        let vehicles = tx
+            .execute(
+                &format!(
+                    "INSERT INTO vehicles (id, vin, model, year, first_seen, last_seen) OVERRIDING SYSTEM VALUE
+                     SELECT v.id, v.vin, v.model, v.year, {}, {last_seen}
+                     FROM lockstep_legacy.vehicles v ORDER BY v.id",
+                    ms("v.created_at")
+                ),
+                &[],
+            )
+            .await?;
+        tx.batch_execute(
+            "SELECT setval(pg_get_serial_sequence('vehicles', 'id'), COALESCE((SELECT MAX(id) FROM vehicles), 0) + 1, false)",
+        )
+        .await?;
+        let mut readings = 0;
+        if has_telemetry {
+            readings = tx
+                .execute(
+                    &format!(
+                        "INSERT INTO telemetry_data (vehicle_id, session_id, seq, ts, {names}transmitted_mask, keyframe)
+                         SELECT t.vehicle_id, $1, t.id, {}, {values}{mask}, false
+                         FROM lockstep_legacy.telemetry_data t ORDER BY t.id",
+                        ms("t.\"timestamp\"")
+                    ),
+                    &[&to_sql_u64(IMPORTED_SESSION)],
+                )
+                .await?;
+            tx.batch_execute(&format!(
+                "INSERT INTO compression_stats (vehicle_id, day, readings, fields_total, fields_transmitted, fields_skipped, bytes_received)
+                 SELECT t.vehicle_id, (t.created_at AT TIME ZONE 'UTC')::date, COUNT(*),
+                        SUM({non_null}), SUM({transmitted}), SUM({non_null}) - SUM({transmitted}), 0
+                 FROM lockstep_legacy.telemetry_data t
+                 GROUP BY t.vehicle_id, (t.created_at AT TIME ZONE 'UTC')::date"
+            ))
+            .await?;
+        }
+        tracing::warn!(
+            vehicles,
+            readings,
+            "Imported the original server's rows; its tables stay in schema lockstep_legacy."
+        );
+        Ok(())
+    }
+}
+
+/// Adds a column for each catalog signal the table does not have yet.
+async fn add_signal_columns(
+    tx: &deadpool_postgres::Transaction<'_>,
+    cols: &SignalColumns,
+) -> anyhow::Result<()> {
+    let existing: Vec<String> = tx
+        .query(
+            "SELECT column_name::text FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = 'telemetry_data'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for alter in cols.add_missing(&existing, "DOUBLE PRECISION") {
+        tx.batch_execute(&alter).await?;
+    }
+    Ok(())
+}
+
 /// What a COPY attempt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Copied {
@@ -485,6 +708,7 @@ enum Copied {
 /// Large batches: binary COPY, see [`CopyInto`].
 async fn copy_rows(
     tx: &deadpool_postgres::Transaction<'_>,
+    sql: &Sql,
     rows: &[TelemetryRow],
     ids: &HashMap<String, i64>,
     into: CopyInto,
@@ -494,7 +718,7 @@ async fn copy_rows(
         .map(|r| {
             ids.get(&*r.vin)
                 .copied()
-                .ok_or_else(|| err(format!("vehicle {} missing from the batch", r.vin)))
+                .ok_or_else(|| invalid(format!("vehicle {} missing from the batch", r.vin)))
         })
         .collect::<Result<Vec<i64>, _>>()?;
     let table = match into {
@@ -502,28 +726,30 @@ async fn copy_rows(
         CopyInto::Staging => {
             tx.batch_execute(&format!(
                 "CREATE TEMP TABLE IF NOT EXISTS telemetry_staging ON COMMIT DELETE ROWS
-                 AS SELECT {TELEMETRY_COLUMNS} FROM telemetry_data WITH NO DATA"
+                 AS SELECT {} FROM telemetry_data WITH NO DATA",
+                sql.copy_columns
             ))
             .await
-            .map_err(err)?;
+            .map_err(StoreError::from)?;
             "telemetry_staging"
         }
     };
-    let copied = write_copy(tx, table, rows, &vids).await;
+    let copied = write_copy(tx, sql, table, rows, &vids).await;
     match copied {
         Ok(_) => {}
         Err(e) if into == CopyInto::Table && e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             return Ok(Copied::Duplicate);
         }
-        Err(e) => return Err(err(e)),
+        Err(e) => return Err(e.into()),
     }
     if into == CopyInto::Staging {
         tx.batch_execute(&format!(
-            "INSERT INTO telemetry_data ({TELEMETRY_COLUMNS}) SELECT {TELEMETRY_COLUMNS} FROM telemetry_staging
-             ON CONFLICT (vehicle_id, session_id, seq) DO NOTHING"
+            "INSERT INTO telemetry_data ({c}) SELECT {c} FROM telemetry_staging
+             ON CONFLICT (vehicle_id, session_id, seq) DO NOTHING",
+            c = sql.copy_columns
         ))
         .await
-        .map_err(err)?;
+        .map_err(StoreError::from)?;
     }
     Ok(Copied::Stored)
 }
@@ -532,16 +758,19 @@ async fn copy_rows(
 /// their order, so `id` follows the order of arrival.
 async fn write_copy(
     tx: &deadpool_postgres::Transaction<'_>,
+    sql: &Sql,
     table: &str,
     rows: &[TelemetryRow],
     vids: &[i64],
 ) -> Result<u64, tokio_postgres::Error> {
     let sink = tx
         .copy_in(&format!(
-            "COPY {table} ({TELEMETRY_COLUMNS}) FROM STDIN BINARY"
+            "COPY {table} ({}) FROM STDIN BINARY",
+            sql.copy_columns
         ))
         .await?;
-    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    let writer = BinaryCopyInWriter::new(sink, &sql.copy_types);
+    let mut values: Vec<Option<f64>> = vec![None; sql.channels];
     pin_mut!(writer);
     for (r, &vid) in rows.iter().zip(vids) {
         let (sid, seq, mask) = (
@@ -549,22 +778,13 @@ async fn write_copy(
             to_sql_u64(r.seq),
             to_sql_u64(r.transmitted),
         );
-        let v = &r.values;
-        let row: [&(dyn ToSql + Sync); 13] = [
-            &vid,
-            &sid,
-            &seq,
-            &r.ts_ms,
-            &v[0],
-            &v[1],
-            &v[2],
-            &v[3],
-            &v[4],
-            &v[5],
-            &v[6],
-            &mask,
-            &r.keyframe,
-        ];
+        for (i, slot) in values.iter_mut().enumerate() {
+            *slot = r.values.get(i).copied().flatten();
+        }
+        let mut row: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(sql.channels + 6);
+        row.extend([&vid as &(dyn ToSql + Sync), &sid, &seq, &r.ts_ms]);
+        row.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
+        row.extend([&mask as &(dyn ToSql + Sync), &r.keyframe]);
         writer.as_mut().write(&row).await?;
     }
     writer.finish().await
@@ -608,14 +828,8 @@ impl Store for PgStore {
 
     fn recent(&self, limit: usize) -> BoxFut<'_, Result<Vec<TelemetryRow>, StoreError>> {
         Box::pin(async move {
-            let rows = self
-                .query(
-                    "SELECT v.vin, t.session_id, t.seq, t.ts, t.speed, t.battery, t.power, t.heading, t.latitude, t.longitude, t.altitude,
-                            t.transmitted_mask, t.keyframe
-                     FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id ORDER BY t.id DESC LIMIT $1",
-                    &[&(limit as i64)],
-                )
-                .await?;
+            let rows = self.query(&self.sql.recent, &[&(limit as i64)]).await?;
+            let n = self.sql.channels;
             Ok(rows
                 .iter()
                 .rev()
@@ -624,9 +838,9 @@ impl Store for PgStore {
                     session_id: from_sql_u64(r.get(1)),
                     seq: from_sql_u64(r.get(2)),
                     ts_ms: r.get(3),
-                    values: values_from(|i| r.get(4 + i)),
-                    transmitted: from_sql_u64(r.get(11)),
-                    keyframe: r.get(12),
+                    values: (0..n).map(|i| r.get(6 + i)).collect(),
+                    transmitted: from_sql_u64(r.get(4)),
+                    keyframe: r.get(5),
                 })
                 .collect())
         })
@@ -675,8 +889,11 @@ impl Store for PgStore {
 
     fn ping(&self) -> BoxFut<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let client = self.pool.get().await.map_err(err)?;
-            client.simple_query("SELECT 1").await.map_err(err)?;
+            let client = self.pool.get().await.map_err(StoreError::from)?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(StoreError::from)?;
             Ok(())
         })
     }
@@ -685,7 +902,7 @@ impl Store for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::CHANNELS;
+    use crate::model::Signals;
 
     const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -699,7 +916,7 @@ mod tests {
                     session_id: 7,
                     seq: q,
                     ts_ms: 1_700_000_000_000 + q as i64,
-                    values: [Some(q as f64 + offset); CHANNELS],
+                    values: vec![Some(q as f64 + offset); 7],
                     transmitted: 1,
                     keyframe: q == 0,
                 })
@@ -729,7 +946,11 @@ mod tests {
             .expect("CREATE DATABASE");
         let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
         let outcome = tokio::spawn(async move {
-            let store = PgStore::connect(&url, 2).await.expect("connect");
+            let cols = SignalColumns::new(&Signals::from_catalog(
+                &lockstep_codec::Catalog::default_v1(),
+            ))
+            .unwrap();
+            let store = PgStore::connect(&url, 2, cols).await.expect("connect");
             let vin: Arc<str> = Arc::from("5YJ3E1EA000000001");
             const { assert!(SMALL_BATCH < 300, "the batches must take the COPY path") };
             store

@@ -7,9 +7,12 @@ mod helpers;
 
 mod bad_input;
 mod batching;
+mod catalog;
 mod cli;
 mod ingest;
 mod logger;
+mod original_schema;
 mod shutdown;
+mod status;
 mod store_down;
 mod websocket;
