@@ -220,7 +220,8 @@ function statsMessage(vins = null) {
   return {
     type: 'compression_stats',
     data: {
-      total_readings: totals.total,
+      total_readings: readings,
+      fields_total: totals.total,
       transmitted_readings: totals.transmitted,
       skipped_readings: totals.skipped,
       compression_ratio: totals.total ? totals.skipped / totals.total : 0,

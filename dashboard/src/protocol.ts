@@ -40,7 +40,10 @@ export interface VehicleStats {
 }
 
 export interface CompressionStats {
+  /** Readings (servers before `fields_total` existed sent the field count here). */
   total_readings: number;
+  /** Fields (readings × signals); absent from older servers. */
+  fields_total?: number;
   transmitted_readings: number;
   skipped_readings: number;
   compression_ratio: number;

@@ -486,10 +486,18 @@ export function overallStats(stats: CompressionStats | null): StatsView | null {
   if (!stats) return null;
   // Fleet readings: sent by the server, or (older servers, which list every vehicle) the sum.
   const perVehicle = Object.values(stats.vehicles ?? {}).filter((v) => v && typeof v.readings === 'number');
-  const readings =
-    typeof stats.readings === 'number' ? stats.readings : perVehicle.length ? perVehicle.reduce((n, v) => n + v.readings, 0) : null;
+  // Current servers send `fields_total` and count readings in `total_readings`; older ones
+  // sent the field count as `total_readings` and no reading count.
+  const hasFields = typeof stats.fields_total === 'number';
+  const readings = hasFields
+    ? stats.total_readings
+    : typeof stats.readings === 'number'
+      ? stats.readings
+      : perVehicle.length
+        ? perVehicle.reduce((n, v) => n + v.readings, 0)
+        : null;
   return view(
-    stats.total_readings,
+    hasFields ? (stats.fields_total as number) : stats.total_readings,
     stats.transmitted_readings,
     stats.skipped_readings,
     readings,

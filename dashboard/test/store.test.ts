@@ -220,6 +220,21 @@ describe('statistics', () => {
     expect(v.fieldsTransmitted).toBe(200);
   });
 
+  it('reads fields from fields_total and readings from total_readings when the server sends both', () => {
+    const o = overallStats({
+      total_readings: 100,
+      fields_total: 700,
+      transmitted_readings: 200,
+      skipped_readings: 500,
+      compression_ratio: 5 / 7,
+      bytes_received: 1500,
+    })!;
+    expect(o.fieldsTotal).toBe(700);
+    expect(o.skippedPct).toBeCloseTo(71.43, 2);
+    // raw = 100 readings * 25 B + 700 fields * 8 B = 8100 B; received 1500.
+    expect(o.bytesSaved).toBe(6600);
+  });
+
   it('unknown bytes or zero fields give no numbers rather than nonsense', () => {
     const o = overallStats({ total_readings: 0, transmitted_readings: 0, skipped_readings: 0, compression_ratio: 0 })!;
     expect(o.skippedPct).toBeNull();
