@@ -5,8 +5,24 @@ use clap::Parser;
 use lockstep_server::{App, Settings, app::shutdown_signal};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // `lockstep-server edge …` is the edge logger itself (the same code as
+    // `lockstep-edge …`): the server re-executes itself this way to start a
+    // logger, so `cargo run -p lockstep-server` alone gives a working Start logger.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|a| a == "edge") {
+        return lockstep_edge::cli::run(std::iter::once("lockstep-server edge".into()).chain(args));
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt.block_on(serve()),
+        Err(e) => {
+            eprintln!("lockstep-server: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> std::process::ExitCode {
     // .env first: real environment variables win over it.
     let dotenv = dotenvy::dotenv();
     let settings = Settings::parse();

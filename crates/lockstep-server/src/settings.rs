@@ -182,8 +182,8 @@ pub struct Settings {
     )]
     pub retry_after_s: u32,
 
-    /// The edge logger binary started by /logger/start. Default: `lockstep-edge`
-    /// next to this binary.
+    /// The edge logger binary started by /logger/start. Default: this server
+    /// binary's built-in logger (`lockstep-server edge …`).
     #[arg(help_heading = "Logger control", long, env = "LOCKSTEP_EDGE_BIN")]
     pub edge_bin: Option<PathBuf>,
 

@@ -336,7 +336,8 @@ impl Server {
             .args(["--database-url", &self.db_url])
             .args(["--data-dir", data.to_str().unwrap()])
             .args(["--enable-supabase", "false"])
-            .args(["--edge-bin", binary("lockstep-edge").to_str().unwrap()])
+            // No --edge-bin: the logger is the server's built-in one
+            // (`lockstep-server edge …`), as on a fresh clone.
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log_file(&self.log_path()))

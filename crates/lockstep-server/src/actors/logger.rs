@@ -178,22 +178,24 @@ pub struct LoggerConfig {
 }
 
 impl LoggerConfig {
-    fn binary(&self) -> Result<PathBuf, LoggerError> {
-        let path = match &self.bin {
-            Some(p) => p.clone(),
+    /// The program and the arguments that precede the edge's own: the
+    /// configured binary as is, or else this server binary's `edge` subcommand
+    /// (always present and always the same version as the server).
+    fn program(&self) -> Result<(PathBuf, Vec<String>), LoggerError> {
+        match &self.bin {
+            Some(p) if p.is_file() => Ok((p.clone(), Vec::new())),
+            Some(p) => Err(LoggerError::Unavailable(format!(
+                "the logger binary {} (LOCKSTEP_EDGE_BIN) does not exist; unset LOCKSTEP_EDGE_BIN to use the server's built-in logger",
+                p.display()
+            ))),
             None => std::env::current_exe()
+                .map(|exe| (exe, vec!["edge".to_owned()]))
                 .map_err(|e| {
-                    LoggerError::Unavailable(format!("cannot locate the server binary: {e}"))
-                })?
-                .with_file_name("lockstep-edge"),
-        };
-        if !path.is_file() {
-            return Err(LoggerError::Unavailable(format!(
-                "the logger binary {} does not exist; build it (cargo build -p lockstep-edge) or set LOCKSTEP_EDGE_BIN",
-                path.display()
-            )));
+                    LoggerError::Unavailable(format!(
+                        "cannot locate the server binary to start its built-in logger ({e}); set LOCKSTEP_EDGE_BIN to a lockstep-edge binary"
+                    ))
+                }),
         }
-        Ok(path)
     }
 }
 
@@ -279,7 +281,8 @@ impl Supervisor {
         let args = req
             .command_line(&self.config)
             .map_err(LoggerError::BadRequest)?;
-        let bin = self.config.binary()?;
+        let (bin, prefix) = self.config.program()?;
+        let args: Vec<String> = prefix.into_iter().chain(args).collect();
         let mut cmd = tokio::process::Command::new(&bin);
         cmd.args(&args)
             .stdin(Stdio::null())
