@@ -330,18 +330,19 @@ enum LockstepStatus lockstep_seed_encode(struct LockstepSeedPredictor *p,
 
 // Cloud side of the seed form (what the server stores for one body):
 // `values` receives speed, battery, power, heading (NaN = null), then the
-// predictor learns the transmitted fields. `transmitted` (NULL = not wanted)
-// receives their bits. The server also drops a reading whose timestamp is
+// predictor learns the transmitted fields. `transmitted` and `timestamp_ms`
+// (NULL = not wanted) receive their bits and the reading's time. The server also drops a reading whose timestamp is
 // not later than the last one of that VIN; this function does not.
 //
 // # Safety
 // `p` is NULL or live; `body` NULL or readable for `len` bytes; `values`
-// NULL or writable for 4 doubles; `transmitted` NULL or writable.
+// NULL or writable for 4 doubles; `transmitted` and `timestamp_ms` NULL or writable.
 enum LockstepStatus lockstep_seed_reconstruct(struct LockstepSeedPredictor *p,
                                               const uint8_t *body,
                                               size_t len,
                                               double *values,
-                                              uint8_t *transmitted);
+                                              uint8_t *transmitted,
+                                              int64_t *timestamp_ms);
 
 // The predictor's state, to keep across restarts: the smoothed value of
 // speed, battery, power, heading (NaN = no value yet) into `state`.

@@ -1089,13 +1089,13 @@ pub unsafe extern "C" fn lockstep_seed_encode(
 
 /// Cloud side of the seed form (what the server stores for one body):
 /// `values` receives speed, battery, power, heading (NaN = null), then the
-/// predictor learns the transmitted fields. `transmitted` (NULL = not wanted)
-/// receives their bits. The server also drops a reading whose timestamp is
+/// predictor learns the transmitted fields. `transmitted` and `timestamp_ms`
+/// (NULL = not wanted) receive their bits and the reading's time. The server also drops a reading whose timestamp is
 /// not later than the last one of that VIN; this function does not.
 ///
 /// # Safety
 /// `p` is NULL or live; `body` NULL or readable for `len` bytes; `values`
-/// NULL or writable for 4 doubles; `transmitted` NULL or writable.
+/// NULL or writable for 4 doubles; `transmitted` and `timestamp_ms` NULL or writable.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn lockstep_seed_reconstruct(
     p: *mut LockstepSeedPredictor,
@@ -1103,6 +1103,7 @@ pub unsafe extern "C" fn lockstep_seed_reconstruct(
     len: usize,
     values: *mut f64,
     transmitted: *mut u8,
+    timestamp_ms: *mut i64,
 ) -> LockstepStatus {
     guard(|| {
         // SAFETY: NULL or live, by the contract.
@@ -1122,6 +1123,8 @@ pub unsafe extern "C" fn lockstep_seed_reconstruct(
         unsafe { values.cast::<[f64; 4]>().write_unaligned(out) };
         // SAFETY: forwarded contract.
         unsafe { put(transmitted, rec.transmitted) };
+        // SAFETY: forwarded contract.
+        unsafe { put(timestamp_ms, msg.timestamp) };
         Ok(())
     })
 }
