@@ -270,7 +270,8 @@ int main(int argc, char **argv) try {
     CURL *curl = curl_easy_init();
     std::mt19937_64 rng(std::random_device{}());
     int failures = 0;
-    const int64_t first_ts = drive.readings.empty() ? 0 : drive.readings[0].timestamp_ms;
+    // Pacing starts with the first reading this run sends.
+    const int64_t first_ts = next_row < drive.readings.size() ? drive.readings[next_row].timestamp_ms : 0;
     while (true) {
         if (!batch) {
             if (next_row >= drive.readings.size()) break;
