@@ -34,7 +34,10 @@ use lockstep_proto::telemetry::TelemetryReading;
 pub const LOCKSTEP_MAX_CHANNELS: usize = 64;
 /// How many following readings the encoder looks at (`lockstep_encoder_push_window`).
 pub const LOCKSTEP_LOOKAHEAD: usize = 120;
-const _: () = assert!(LOCKSTEP_LOOKAHEAD == LOOKAHEAD, "the header states the codec's lookahead");
+const _: () = assert!(
+    LOCKSTEP_LOOKAHEAD == LOOKAHEAD,
+    "the header states the codec's lookahead"
+);
 /// Fields of the seed form: speed, battery, power, heading.
 pub const LOCKSTEP_SEED_FIELDS: usize = 4;
 
@@ -232,7 +235,12 @@ fn statics() -> &'static Statics {
 }
 
 const VERSION: &CStr = match CStr::from_bytes_with_nul(
-    concat!("lockstep-codec ", env!("CARGO_PKG_VERSION"), " protocol v1\0").as_bytes(),
+    concat!(
+        "lockstep-codec ",
+        env!("CARGO_PKG_VERSION"),
+        " protocol v1\0"
+    )
+    .as_bytes(),
 ) {
     Ok(c) => c,
     Err(_) => panic!("the version string has one NUL, at the end"),
@@ -523,12 +531,7 @@ pub unsafe extern "C" fn lockstep_encoder_open(
                 "keyframe_interval_ms is negative",
             );
         }
-        let enc = Encoder::new(
-            statics().catalog.clone(),
-            vin,
-            session_id,
-            config.into(),
-        );
+        let enc = Encoder::new(statics().catalog.clone(), vin, session_id, config.into());
         // SAFETY: `out` is non-null and writable, by the contract above.
         unsafe { out.write(new_handle(enc)) };
         Ok(())

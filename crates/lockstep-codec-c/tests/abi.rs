@@ -31,7 +31,11 @@ fn rows(n: usize) -> Vec<[f64; 7]> {
                 (t * 2.5) % 360.0,
                 34.0 + t * 1e-5,
                 -6.8 + t * 2e-5,
-                if i % 17 == 3 { f64::NAN } else { 20.0 + t * 0.05 },
+                if i % 17 == 3 {
+                    f64::NAN
+                } else {
+                    20.0 + t * 0.05
+                },
             ]
         })
         .collect()
@@ -153,7 +157,10 @@ fn batches_are_the_rust_encoders_bytes_and_decode_to_the_frames() {
         };
         state = Some(s);
         for (d, f) in readings.iter().zip(&frames) {
-            assert_eq!((d.seq, d.timestamp_ms, d.transmitted), (f.seq, f.timestamp_ms, f.transmitted));
+            assert_eq!(
+                (d.seq, d.timestamp_ms, d.transmitted),
+                (f.seq, f.timestamp_ms, f.transmitted)
+            );
             for (ch, v) in d.values.iter().enumerate() {
                 match v {
                     Some(v) => assert_eq!(v.to_bits(), f.values[ch].to_bits()),
@@ -163,10 +170,8 @@ fn batches_are_the_rust_encoders_bytes_and_decode_to_the_frames() {
         }
     }
     // SAFETY: live encoder.
-    assert_eq!(
-        unsafe { lockstep_encoder_state_checksum(enc) },
-        state.unwrap().checksum()
-    );
+    let checksum = unsafe { lockstep_encoder_state_checksum(enc) };
+    assert_eq!(checksum, state.unwrap().checksum());
     // SAFETY: released once.
     unsafe { lockstep_encoder_free(enc) };
 }
@@ -181,8 +186,14 @@ fn a_restored_encoder_continues_bit_for_bit() {
         let r = reading(1_600_000_000_000 + i as i64 * 1000, v);
         // SAFETY: live encoders, a valid reading, no frame wanted.
         unsafe {
-            assert_eq!(lockstep_encoder_push(plain, &r, ptr::null_mut()), LockstepStatus::Ok);
-            assert_eq!(lockstep_encoder_push(restarted, &r, ptr::null_mut()), LockstepStatus::Ok);
+            assert_eq!(
+                lockstep_encoder_push(plain, &r, ptr::null_mut()),
+                LockstepStatus::Ok
+            );
+            assert_eq!(
+                lockstep_encoder_push(restarted, &r, ptr::null_mut()),
+                LockstepStatus::Ok
+            );
         }
         if i % 25 == 24 {
             a.push(cut(plain));
@@ -230,7 +241,10 @@ fn failures_have_codes_and_messages_and_change_nothing() {
         let enc = open(5);
         let v = rows(3);
         let mut r = reading(1_000, &v[0]);
-        assert_eq!(lockstep_encoder_push(enc, &r, ptr::null_mut()), LockstepStatus::Ok);
+        assert_eq!(
+            lockstep_encoder_push(enc, &r, ptr::null_mut()),
+            LockstepStatus::Ok
+        );
         // Saving needs the readings cut first.
         let mut len = 0;
         assert_eq!(
@@ -239,18 +253,31 @@ fn failures_have_codes_and_messages_and_change_nothing() {
         );
         // A presence bit beyond the catalog, a NULL values pointer, a wild timestamp: refused, nothing encoded.
         r.present = 1 << 7;
-        assert_eq!(lockstep_encoder_push(enc, &r, ptr::null_mut()), LockstepStatus::InvalidArgument);
+        assert_eq!(
+            lockstep_encoder_push(enc, &r, ptr::null_mut()),
+            LockstepStatus::InvalidArgument
+        );
         r.present = 1;
         r.values = ptr::null();
-        assert_eq!(lockstep_encoder_push(enc, &r, ptr::null_mut()), LockstepStatus::NullPointer);
+        assert_eq!(
+            lockstep_encoder_push(enc, &r, ptr::null_mut()),
+            LockstepStatus::NullPointer
+        );
         let far = reading(1 << 51, &v[1]);
-        assert_eq!(lockstep_encoder_push(enc, &far, ptr::null_mut()), LockstepStatus::InvalidArgument);
+        assert_eq!(
+            lockstep_encoder_push(enc, &far, ptr::null_mut()),
+            LockstepStatus::InvalidArgument
+        );
         let window = [reading(2_000, &v[1]), far];
         assert_eq!(
             lockstep_encoder_push_window(enc, window.as_ptr(), 2, 2, ptr::null_mut()),
             LockstepStatus::InvalidArgument
         );
-        assert_eq!(lockstep_encoder_next_seq(enc), 1, "no reading was half encoded");
+        assert_eq!(
+            lockstep_encoder_next_seq(enc),
+            1,
+            "no reading was half encoded"
+        );
         assert_eq!(lockstep_encoder_pending(enc), 1);
 
         // A buffer that is too small says the size and keeps the batch.
@@ -317,8 +344,14 @@ fn catalog_and_version_are_the_codecs() {
             CStr::from_ptr(lockstep_catalog_text()).to_str().unwrap(),
             c.canonical_text()
         );
-        assert_eq!(CStr::from_ptr(lockstep_channel_name(4)).to_str().unwrap(), "latitude");
-        assert_eq!(CStr::from_ptr(lockstep_channel_unit(0)).to_str().unwrap(), "km/h");
+        assert_eq!(
+            CStr::from_ptr(lockstep_channel_name(4)).to_str().unwrap(),
+            "latitude"
+        );
+        assert_eq!(
+            CStr::from_ptr(lockstep_channel_unit(0)).to_str().unwrap(),
+            "km/h"
+        );
         assert!(
             CStr::from_ptr(lockstep_version())
                 .to_str()
@@ -358,7 +391,14 @@ fn seed_predictor_round_trips_and_survives_a_restart() {
             assert_eq!(sent & 0b1000, 0, "heading was not measured");
             let mut rec = [0.0; 4];
             let (mut tx, mut ts) = (0u8, 0i64);
-            let s = lockstep_seed_reconstruct(cloud, body.as_ptr(), len, rec.as_mut_ptr(), &mut tx, &mut ts);
+            let s = lockstep_seed_reconstruct(
+                cloud,
+                body.as_ptr(),
+                len,
+                rec.as_mut_ptr(),
+                &mut tx,
+                &mut ts,
+            );
             assert_eq!(s, LockstepStatus::Ok);
             assert_eq!((tx, ts), (sent, k));
             assert!(rec[3].is_nan());
@@ -388,14 +428,24 @@ fn seed_predictor_round_trips_and_survives_a_restart() {
         assert_eq!(before.map(f64::to_bits), after.map(f64::to_bits));
         // Restored from its four values, it predicts like the original.
         let mut copy = ptr::null_mut();
-        assert_eq!(lockstep_seed_restore(after.as_ptr(), &mut copy), LockstepStatus::Ok);
+        assert_eq!(
+            lockstep_seed_restore(after.as_ptr(), &mut copy),
+            LockstepStatus::Ok
+        );
         let mut again = [0.0; 4];
         lockstep_seed_save(copy, again.as_mut_ptr());
         assert_eq!(after.map(f64::to_bits), again.map(f64::to_bits));
         let garbage = [0xffu8; 3];
         let mut rec = [0.0; 4];
         assert_eq!(
-            lockstep_seed_reconstruct(cloud, garbage.as_ptr(), 3, rec.as_mut_ptr(), ptr::null_mut(), ptr::null_mut()),
+            lockstep_seed_reconstruct(
+                cloud,
+                garbage.as_ptr(),
+                3,
+                rec.as_mut_ptr(),
+                ptr::null_mut(),
+                ptr::null_mut()
+            ),
             LockstepStatus::Malformed
         );
         lockstep_seed_free(edge);

@@ -136,7 +136,9 @@ impl CppEdge {
         let file = |n: &str| std::fs::File::create(dir.path().join(n)).unwrap();
         // 1049 s of recording at 100× ≈ 10.5 s, batches of 20: rows arrive steadily.
         let child = Command::new(cpp_programs().join("lockstep-cpp-edge"))
-            .args(["--server", server, "--vin", vin, "--batch", "20", "--speed", "100"])
+            .args([
+                "--server", server, "--vin", vin, "--batch", "20", "--speed", "100",
+            ])
             .arg("--spool")
             .arg(spool)
             .arg(csv)
@@ -223,7 +225,10 @@ async fn cpp_edge_replay_survives_kills(db: Db) {
     wait_for_readings(&db, 600).await;
     edge.kill();
     let at_edge_kill = db.readings().await;
-    assert!(at_edge_kill < total, "the replay finished before the edge kill");
+    assert!(
+        at_edge_kill < total,
+        "the replay finished before the edge kill"
+    );
     let first_stderr = edge.output("stderr");
     let mut second = CppEdge::start(&server.base(), &vin, &csv, &spool);
     let summary = second.finish().await;
