@@ -266,3 +266,81 @@ async fn cpp_edge_replay_on_sqlite_survives_server_and_edge_kills() {
 async fn cpp_edge_replay_on_postgres_survives_server_and_edge_kills() {
     cpp_edge_replay_survives_kills(Db::postgres().await).await;
 }
+
+/// The cloud lost the session (here: the edge's spool is taken to a server on
+/// another, empty database): the resumed C++ edge's next batch is refused with
+/// 409 `unknown_session`, the edge rewinds to that batch's first reading and
+/// sends again from a keyframe, and everything from there lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpp_edge_resyncs_when_the_server_lost_its_session() {
+    let (vin, trip) = expected_trip(SHORT_TRIP);
+    let work = tempfile::tempdir().unwrap();
+    let csv = work.path().join("trip.csv");
+    write_generic_csv(&trip.readings, &csv);
+    let spool = work.path().join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    cpp_programs();
+
+    let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first_db = Db::sqlite(first_dir.path());
+    let first = Server::start(&first_db.url(), &[]).await;
+    let mut edge = CppEdge::start(&first.base(), &vin, &csv, &spool);
+    wait_for_readings(&first_db, 200).await;
+    edge.kill();
+    drop(first);
+
+    let db = Db::sqlite(second_dir.path());
+    let server = Server::start(&db.url(), &[]).await;
+    let mut second = CppEdge::start(&server.base(), &vin, &csv, &spool);
+    let summary = second.finish().await;
+    println!("{}", summary.text);
+    let stderr = second.output("stderr");
+    let from: usize = stderr
+        .split("re-sending from seq ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the edge resynced:\n{stderr}"));
+    println!("C++ edge resync: unknown_session, re-sent from seq {from}");
+    assert!(stderr.contains("(unknown_session)"), "{stderr}");
+    assert_eq!(summary.resyncs, 1);
+    assert!(from > 0 && from < trip.readings.len());
+    let stored = db.rows_of(&vin).await;
+    assert_exactly_once_within_tolerance(&trip.readings[from..], &stored);
+    assert_eq!(db.readings().await, (trip.readings.len() - from) as i64);
+}
+
+/// PostgreSQL cut off behind a proxy: the server answers 503 with
+/// `Retry-After: 2`, the C++ edge waits exactly that long between attempts,
+/// and once the database is back the trip lands exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpp_edge_honours_retry_after() {
+    let db = Db::postgres().await;
+    let (vin, trip) = expected_trip(SHORT_TRIP);
+    let work = tempfile::tempdir().unwrap();
+    let csv = work.path().join("trip.csv");
+    write_generic_csv(&trip.readings, &csv);
+    cpp_programs();
+
+    let proxy = Proxy::start(PG_ADDR.to_owned()).await;
+    let server = Server::start(&db.url_via(&proxy.addr), &["--retry-after-s", "2"]).await;
+    let mut edge = CppEdge::start(&server.base(), &vin, &csv, work.path());
+    wait_for_readings(&db, 200).await;
+    proxy.close();
+    // Backoff alone would wait 125–250 ms after a first failure: 2000 ms is the header.
+    eventually(
+        Duration::from_secs(30),
+        "two 503s answered with Retry-After: 2",
+        || async {
+            let e = edge.output("stderr");
+            (e.matches("HTTP 503").count() >= 2 && e.contains("retrying in 2000 ms")).then_some(())
+        },
+    )
+    .await;
+    proxy.reopen();
+    let summary = edge.finish().await;
+    println!("{}", summary.text);
+    assert!(summary.retries >= 2);
+    assert_eq!(summary.acknowledged, trip.readings.len() as u64);
+    assert_trip_stored(&db, &vin, &trip).await;
+}
