@@ -75,16 +75,7 @@ impl Encoder {
     /// reading is a keyframe with sequence number 0.
     pub fn new(catalog: Arc<Catalog>, vin: Vin, session_id: u64, config: EncoderConfig) -> Self {
         let state = SessionState::new(&catalog, 0);
-        Self {
-            catalog,
-            vin,
-            session_id,
-            config,
-            state,
-            keyframe_due: true,
-            last_keyframe_ts: 0,
-            pending: Pending::default(),
-        }
+        Self::resume(catalog, vin, session_id, config, state, (true, 0))
     }
 
     /// An encoder that continues a saved session: `state` and `schedule`

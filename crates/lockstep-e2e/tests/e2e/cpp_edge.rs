@@ -124,6 +124,36 @@ fn write_generic_csv(readings: &[Reading], path: &Path) {
     std::fs::write(path, s).unwrap();
 }
 
+/// [`SHORT_TRIP`] as the C++ edge replays it: its VIN and readings, the
+/// generic CSV of them and an empty spool folder, in a temp dir; the C++
+/// programs built.
+struct Replay {
+    vin: String,
+    trip: lockstep_edge::sources::Trip,
+    csv: PathBuf,
+    spool: PathBuf,
+    _work: tempfile::TempDir,
+}
+
+impl Replay {
+    fn new() -> Self {
+        let (vin, trip) = expected_trip(SHORT_TRIP);
+        let work = tempfile::tempdir().unwrap();
+        let csv = work.path().join("trip.csv");
+        write_generic_csv(&trip.readings, &csv);
+        let spool = work.path().join("spool");
+        std::fs::create_dir_all(&spool).unwrap();
+        cpp_programs();
+        Self {
+            vin,
+            trip,
+            csv,
+            spool,
+            _work: work,
+        }
+    }
+}
+
 /// A `lockstep-cpp-edge` process with its output in files.
 struct CppEdge {
     dir: tempfile::TempDir,
@@ -198,17 +228,11 @@ impl Drop for CppEdge {
 /// over its spool (saved encoder state + unacknowledged batch). Every reading
 /// stored exactly once, each value within its tolerance of the recording.
 async fn cpp_edge_replay_survives_kills(db: Db) {
-    let (vin, trip) = expected_trip(SHORT_TRIP);
-    let total = trip.readings.len() as i64;
-    let work = tempfile::tempdir().unwrap();
-    let csv = work.path().join("trip.csv");
-    write_generic_csv(&trip.readings, &csv);
-    let spool = work.path().join("spool");
-    std::fs::create_dir_all(&spool).unwrap();
-    cpp_programs();
+    let r = Replay::new();
+    let total = r.trip.readings.len() as i64;
 
     let mut server = Server::start(&db.url(), &[]).await;
-    let mut edge = CppEdge::start(&server.base(), &vin, &csv, &spool);
+    let mut edge = CppEdge::start(&server.base(), &r.vin, &r.csv, &r.spool);
     wait_for_readings(&db, 300).await;
     server.kill();
     let at_kill = db.readings().await;
@@ -230,7 +254,7 @@ async fn cpp_edge_replay_survives_kills(db: Db) {
         "the replay finished before the edge kill"
     );
     let first_stderr = edge.output("stderr");
-    let mut second = CppEdge::start(&server.base(), &vin, &csv, &spool);
+    let mut second = CppEdge::start(&server.base(), &r.vin, &r.csv, &r.spool);
     let summary = second.finish().await;
     println!("{}", summary.text);
     println!(
@@ -248,10 +272,10 @@ async fn cpp_edge_replay_survives_kills(db: Db) {
         "the second edge resumed from the spool"
     );
     assert!(summary.produced < total as u64, "it did not start over");
-    assert_trip_stored(&db, &vin, &trip).await;
+    assert_trip_stored(&db, &r.vin, &r.trip).await;
     assert_eq!(db.readings().await, total);
     assert!(
-        !spool.join("edge.spool").exists(),
+        !r.spool.join("edge.spool").exists(),
         "the spool is empty at the end"
     );
 }
@@ -273,25 +297,19 @@ async fn cpp_edge_replay_on_postgres_survives_server_and_edge_kills() {
 /// sends again from a keyframe, and everything from there lands exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpp_edge_resyncs_when_the_server_lost_its_session() {
-    let (vin, trip) = expected_trip(SHORT_TRIP);
-    let work = tempfile::tempdir().unwrap();
-    let csv = work.path().join("trip.csv");
-    write_generic_csv(&trip.readings, &csv);
-    let spool = work.path().join("spool");
-    std::fs::create_dir_all(&spool).unwrap();
-    cpp_programs();
+    let r = Replay::new();
 
     let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let first_db = Db::sqlite(first_dir.path());
     let first = Server::start(&first_db.url(), &[]).await;
-    let mut edge = CppEdge::start(&first.base(), &vin, &csv, &spool);
+    let mut edge = CppEdge::start(&first.base(), &r.vin, &r.csv, &r.spool);
     wait_for_readings(&first_db, 200).await;
     edge.kill();
     drop(first);
 
     let db = Db::sqlite(second_dir.path());
     let server = Server::start(&db.url(), &[]).await;
-    let mut second = CppEdge::start(&server.base(), &vin, &csv, &spool);
+    let mut second = CppEdge::start(&server.base(), &r.vin, &r.csv, &r.spool);
     let summary = second.finish().await;
     println!("{}", summary.text);
     let stderr = second.output("stderr");
@@ -304,10 +322,10 @@ async fn cpp_edge_resyncs_when_the_server_lost_its_session() {
     println!("C++ edge resync: unknown_session, re-sent from seq {from}");
     assert!(stderr.contains("(unknown_session)"), "{stderr}");
     assert_eq!(summary.resyncs, 1);
-    assert!(from > 0 && from < trip.readings.len());
-    let stored = db.rows_of(&vin).await;
-    assert_exactly_once_within_tolerance(&trip.readings[from..], &stored);
-    assert_eq!(db.readings().await, (trip.readings.len() - from) as i64);
+    assert!(from > 0 && from < r.trip.readings.len());
+    let stored = db.rows_of(&r.vin).await;
+    assert_exactly_once_within_tolerance(&r.trip.readings[from..], &stored);
+    assert_eq!(db.readings().await, (r.trip.readings.len() - from) as i64);
 }
 
 /// PostgreSQL cut off behind a proxy: the server answers 503 with
@@ -316,15 +334,11 @@ async fn cpp_edge_resyncs_when_the_server_lost_its_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpp_edge_honours_retry_after() {
     let db = Db::postgres().await;
-    let (vin, trip) = expected_trip(SHORT_TRIP);
-    let work = tempfile::tempdir().unwrap();
-    let csv = work.path().join("trip.csv");
-    write_generic_csv(&trip.readings, &csv);
-    cpp_programs();
+    let r = Replay::new();
 
     let proxy = Proxy::start(PG_ADDR.to_owned()).await;
     let server = Server::start(&db.url_via(&proxy.addr), &["--retry-after-s", "2"]).await;
-    let mut edge = CppEdge::start(&server.base(), &vin, &csv, work.path());
+    let mut edge = CppEdge::start(&server.base(), &r.vin, &r.csv, &r.spool);
     wait_for_readings(&db, 200).await;
     proxy.close();
     // Backoff alone would wait 125–250 ms after a first failure: 2000 ms is the header.
@@ -341,6 +355,6 @@ async fn cpp_edge_honours_retry_after() {
     let summary = edge.finish().await;
     println!("{}", summary.text);
     assert!(summary.retries >= 2);
-    assert_eq!(summary.acknowledged, trip.readings.len() as u64);
-    assert_trip_stored(&db, &vin, &trip).await;
+    assert_eq!(summary.acknowledged, r.trip.readings.len() as u64);
+    assert_trip_stored(&db, &r.vin, &r.trip).await;
 }
