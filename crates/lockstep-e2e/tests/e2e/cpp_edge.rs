@@ -68,7 +68,10 @@ fn cpp_programs() -> &'static Path {
                 .arg("-C")
                 .arg(workspace().join("examples/cpp-edge"))
                 .arg(format!("BUILD={}", out.display()))
-                .arg(format!("LOCKSTEP_LIB_DIR={}", profile_dir.display())),
+                .arg(format!("LOCKSTEP_LIB_DIR={}", profile_dir.display()))
+                // Not the benchmark: the tests do not run it.
+                .arg(out.join("lockstep-cpp-edge"))
+                .arg(out.join("lockstep-cpp-conformance")),
             "make -C examples/cpp-edge",
         );
         out
