@@ -24,5 +24,6 @@ target="${CARGO_TARGET_DIR:-target}"
 cargo build -p lockstep-codec-c
 cargo test -p lockstep-codec-c --test header
 make -C examples/cpp-edge LOCKSTEP_LIB_DIR="$(cd "$target/debug" && pwd)"
+examples/cpp-edge/build/hello-c
 examples/cpp-edge/build/lockstep-cpp-conformance crates/lockstep-codec/conformance
 echo "cpp-edge: C ABI, header and C++ conformance OK"

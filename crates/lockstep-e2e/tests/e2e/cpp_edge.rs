@@ -71,7 +71,8 @@ fn cpp_programs() -> &'static Path {
                 .arg(format!("LOCKSTEP_LIB_DIR={}", profile_dir.display()))
                 // Not the benchmark: the tests do not run it.
                 .arg(out.join("lockstep-cpp-edge"))
-                .arg(out.join("lockstep-cpp-conformance")),
+                .arg(out.join("lockstep-cpp-conformance"))
+                .arg(out.join("hello-c")),
             "make -C examples/cpp-edge",
         );
         out
@@ -79,9 +80,17 @@ fn cpp_programs() -> &'static Path {
 }
 
 /// Every `*.json` vector under the codec's conformance folder (all versions),
-/// reproduced byte for byte and value for value by the C++ runner.
+/// reproduced byte for byte and value for value by the C++ runner; and the
+/// header compiles as strict C99 (`hello.c`), whose loop runs.
 #[test]
 fn cpp_conformance_runner_reproduces_every_vector() {
+    let hello = Command::new(cpp_programs().join("hello-c"))
+        .output()
+        .unwrap();
+    assert!(
+        hello.status.success() && String::from_utf8_lossy(&hello.stdout).contains("10 batches"),
+        "hello-c: {hello:?}"
+    );
     let dir = workspace().join("crates/lockstep-codec/conformance");
     let mut vectors = 0;
     let mut stack = vec![dir.clone()];
