@@ -269,7 +269,13 @@ int main(int argc, char **argv) try {
     Stats st;
     CURL *curl = curl_easy_init();
     std::mt19937_64 rng(std::random_device{}());
-    int failures = 0;
+    int failures = 0, resyncs_in_a_row = 0;
+    // Exponential backoff with jitter, 250 ms .. 30 s.
+    auto backoff_ms = [&] {
+        const double cap = std::min(30000.0, 250.0 * std::pow(2.0, std::min(failures - 1, 7)));
+        return std::uniform_real_distribution<double>(cap / 2, cap)(rng);
+    };
+    auto sleep_ms = [](double ms) { std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(ms)); };
     // Pacing starts with the first reading this run sends.
     const int64_t first_ts = next_row < drive.readings.size() ? drive.readings[next_row].timestamp_ms : 0;
     while (true) {
@@ -293,7 +299,7 @@ int main(int argc, char **argv) try {
             st.readings_acked += batch->info.count;
             st.bytes_acked += batch->body.size();
             batch.reset();
-            failures = 0;
+            failures = resyncs_in_a_row = 0;
             continue;
         }
         if (r.status == 409 && r.body.is_object() && r.body.value("resync_required", false)) {
@@ -314,6 +320,11 @@ int main(int argc, char **argv) try {
             batch.reset();
             if (from < end) batch = encode(enc.get(), drive, size_t(from), size_t(end), nullptr);
             spool_write(opt.spool, enc.get(), batch);
+            // A server that keeps asking for resyncs is not hammered.
+            if (++resyncs_in_a_row > 2) {
+                failures++;
+                sleep_ms(backoff_ms());
+            }
             continue;
         }
         const bool retry = r.status == 0 || r.status == 408 || r.status == 429 || r.status >= 500;
@@ -325,13 +336,11 @@ int main(int argc, char **argv) try {
         }
         st.retries++;
         failures++;
-        // Exponential backoff with jitter, 250 ms .. 30 s, unless the server says when.
-        const double cap_ms = std::min(30000.0, 250.0 * std::pow(2.0, std::min(failures - 1, 7)));
-        double wait_ms = std::uniform_real_distribution<double>(cap_ms / 2, cap_ms)(rng);
-        if (r.retry_after_s >= 0) wait_ms = double(r.retry_after_s) * 1000.0;
+        // The server's Retry-After (seconds) when it says when, else backoff.
+        const double wait_ms = r.retry_after_s >= 0 ? double(r.retry_after_s) * 1000.0 : backoff_ms();
         std::cerr << "The server did not take a batch (" << (r.status ? "HTTP " + std::to_string(r.status) + ": " : "")
                   << r.error << "); retrying in " << long(wait_ms) << " ms.\n";
-        std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(wait_ms));
+        sleep_ms(wait_ms);
     }
     curl_easy_cleanup(curl);
     if (!opt.spool.empty()) std::remove((opt.spool + "/edge.spool").c_str());
