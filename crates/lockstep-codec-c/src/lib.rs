@@ -23,6 +23,7 @@ use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::{Arc, OnceLock};
 
+use lockstep_codec::catalog::fnv1a32;
 use lockstep_codec::encoder::LOOKAHEAD;
 use lockstep_codec::seed::SEED_TOLERANCES;
 use lockstep_codec::state::TS_LIMIT;
@@ -848,7 +849,9 @@ pub unsafe extern "C" fn lockstep_encoder_request_keyframe(
 /// Saved encoder layout, version 1 (all integers little-endian):
 /// magic `LSE1`, catalog hash u64, session id u64, VIN 17 bytes,
 /// keyframe interval i64, checksum u8, keyframe due u8, last keyframe i64,
-/// then the predictor state as `SessionState::to_bytes` (docs/protocol.md).
+/// then the predictor state as `SessionState::to_bytes` (docs/protocol.md),
+/// then FNV-1a 32 of everything before it (a damaged spool file is refused,
+/// not restored into a state the server would not share).
 const SAVE_MAGIC: &[u8; 4] = b"LSE1";
 
 fn save_bytes(e: &LockstepEncoder) -> Result<Vec<u8>, Error> {
@@ -871,12 +874,20 @@ fn save_bytes(e: &LockstepEncoder) -> Result<Vec<u8>, Error> {
     b.push(u8::from(due));
     b.extend_from_slice(&last_kf.to_le_bytes());
     b.extend_from_slice(&enc.state().to_bytes());
+    let sum = fnv1a32(&b);
+    b.extend_from_slice(&sum.to_le_bytes());
     Ok(b)
 }
 
 fn restore_bytes(bytes: &[u8]) -> Result<Encoder, Error> {
     let bad = |why: &str| fail(LockstepStatus::BadState, format!("saved encoder: {why}"));
-    let mut r = bytes;
+    let Some((body, sum)) = bytes.split_last_chunk::<4>() else {
+        return bad("truncated");
+    };
+    if fnv1a32(body) != u32::from_le_bytes(*sum) {
+        return bad("checksum mismatch (damaged or cut short)");
+    }
+    let mut r = body;
     let mut take = |n: usize| -> Option<&[u8]> {
         let (h, t) = r.split_at_checked(n)?;
         r = t;
