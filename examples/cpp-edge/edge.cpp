@@ -6,7 +6,7 @@
 // /api/telemetry until the server acknowledges it.
 //
 //   lockstep-cpp-edge --server http://127.0.0.1:8001 --vin 5YJ3E1EA000000001 drive.csv
-//                     [--batch 60] [--speed X] [--spool DIR]
+//                     [--batch 60] [--speed X] [--spool DIR] [--seed-wire]
 //
 // - network errors, 408, 429, 5xx: retried with exponential backoff, or after
 //   the server's Retry-After;
@@ -18,6 +18,8 @@
 //   every cut; a restarted edge sends that batch first and continues the
 //   same session exactly where it stopped (the readings' sequence number is
 //   their row in the file).
+// - --seed-wire: the form loggers send today, one telemetry.TelemetryReading
+//   per POST with the seed predictor (speed, battery, power, heading only).
 //
 // Prints a summary in the form of `lockstep-edge` on stdout, logs on stderr.
 #include <curl/curl.h>
@@ -112,9 +114,9 @@ static size_t collect(char *p, size_t size, size_t n, void *out) {
     return size * n;
 }
 
-static Reply post(CURL *curl, const std::string &url, const std::vector<uint8_t> &body) {
+static Reply post(CURL *curl, const std::string &url, const char *content_type, const std::vector<uint8_t> &body) {
     std::string text;
-    curl_slist *headers = curl_slist_append(nullptr, (std::string("Content-Type: ") + lockstep_batch_content_type()).c_str());
+    curl_slist *headers = curl_slist_append(nullptr, (std::string("Content-Type: ") + content_type).c_str());
     curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
     curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.data());
@@ -136,6 +138,47 @@ static Reply post(CURL *curl, const std::string &url, const std::vector<uint8_t>
     r.error = r.body.is_object() && r.body.contains("error") ? r.body["error"].get<std::string>() : text.substr(0, 200);
     return r;
 }
+
+struct Stats {
+    uint64_t readings = 0, fields = 0, transmitted = 0, acked = 0, readings_acked = 0, bytes_acked = 0,
+             bytes_posted = 0, retries = 0, resyncs = 0, duplicates = 0, rejected = 0;
+};
+
+// Posts one body until the server gives a final answer: network errors, 408,
+// 429 and 5xx are retried after the server's Retry-After (seconds) or an
+// exponential backoff with jitter (250 ms .. 30 s). Returns 2xx, 409 or another 4xx.
+struct Sender {
+    CURL *curl = curl_easy_init();
+    std::string url;
+    std::mt19937_64 rng{std::random_device{}()};
+    int failures = 0;
+
+    ~Sender() { curl_easy_cleanup(curl); }
+
+    double backoff_ms() {
+        const double cap = std::min(30000.0, 250.0 * std::pow(2.0, std::min(failures - 1, 7)));
+        return std::uniform_real_distribution<double>(cap / 2, cap)(rng);
+    }
+    static void sleep_ms(double ms) { std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(ms)); }
+
+    Reply deliver(const char *content_type, const std::vector<uint8_t> &body, Stats &st) {
+        while (true) {
+            st.bytes_posted += body.size();
+            Reply r = post(curl, url, content_type, body);
+            if (r.status != 0 && r.status != 408 && r.status != 429 && r.status < 500) {
+                if (r.status < 300) failures = 0;
+                return r;
+            }
+            st.retries++;
+            failures++;
+            const double ms = r.retry_after_s >= 0 ? double(r.retry_after_s) * 1000.0 : backoff_ms();
+            std::cerr << "The server did not take a request ("
+                      << (r.status ? "HTTP " + std::to_string(r.status) + ": " : "") << r.error << "); retrying in "
+                      << long(ms) << " ms.\n";
+            sleep_ms(ms);
+        }
+    }
+};
 
 // ----------------------------------------------------------------- spool
 
@@ -194,15 +237,11 @@ static bool spool_read(const std::string &dir, lockstep::Encoder &enc, std::opti
 
 // ----------------------------------------------------------------- edge
 
-struct Stats {
-    uint64_t readings = 0, fields = 0, transmitted = 0, acked = 0, readings_acked = 0, bytes_acked = 0,
-             bytes_posted = 0, retries = 0, resyncs = 0, duplicates = 0, rejected = 0;
-};
-
 struct Options {
     std::string server = "http://127.0.0.1:8001", vin, file, spool;
     size_t batch = 60;
     double speed = 0;  // 0 = as fast as the server acknowledges
+    bool seed_wire = false;
 };
 
 static Options parse_args(int argc, char **argv) {
@@ -218,12 +257,13 @@ static Options parse_args(int argc, char **argv) {
         else if (a == "--batch") o.batch = std::stoul(value());
         else if (a == "--speed") o.speed = std::stod(value());
         else if (a == "--spool") o.spool = value();
+        else if (a == "--seed-wire") o.seed_wire = true;
         else if (!a.empty() && a[0] == '-') throw std::runtime_error("unknown option " + a);
         else o.file = a;
     }
     if (o.vin.empty() || o.file.empty() || o.batch == 0)
         throw std::runtime_error(
-            "usage: lockstep-cpp-edge --vin VIN [--server URL] [--batch N] [--speed X] [--spool DIR] FILE.csv");
+            "usage: lockstep-cpp-edge --vin VIN [--server URL] [--batch N] [--speed X] [--spool DIR] [--seed-wire] FILE.csv");
     return o;
 }
 
@@ -250,56 +290,88 @@ static Batch encode(LockstepEncoder *enc, const Drive &d, size_t from, size_t to
     return b;
 }
 
+// Sleeps until the reading at `ts` is due: `speed` times faster than recorded,
+// counted from the first reading this run sends (0 = no pacing).
+struct Pace {
+    Clock::time_point start = Clock::now();
+    int64_t first_ts = 0;
+    double speed = 0;
+    void wait(int64_t ts) const {
+        if (speed > 0)
+            std::this_thread::sleep_until(start + std::chrono::duration<double>(double(ts - first_ts) / 1000.0 / speed));
+    }
+};
+
+// The seed wire form: each reading encoded with the seed predictor and posted
+// alone, retried until acknowledged. No sequence numbers, so no spool or resync.
+static void run_seed(const Options &opt, const Drive &d, Sender &http, const Pace &pace, Stats &st) {
+    LockstepSeedPredictor *pred = lockstep_seed_new();
+    std::vector<uint8_t> body(256);
+    for (const LockstepReading &r : d.readings) {
+        pace.wait(r.timestamp_ms);
+        size_t len = 0;
+        uint8_t sent = 0;
+        // Speed, battery, power, heading are channels 0..3 of the catalog, the seed form's order.
+        lockstep::check(lockstep_seed_encode(pred, opt.vin.c_str(), r.timestamp_ms, r.values, uint8_t(r.present & 0xF),
+                                             nullptr, body.data(), body.size(), &len, &sent),
+                        "lockstep_seed_encode");
+        st.readings++;
+        st.transmitted += uint64_t(__builtin_popcount(sent));
+        const std::vector<uint8_t> b(body.begin(), body.begin() + long(len));
+        const Reply reply = http.deliver(lockstep_seed_content_type(), b, st);
+        if (reply.status >= 300) {
+            std::cerr << "The server refused a seed reading for good (HTTP " << reply.status << ": " << reply.error
+                      << "); skipped.\n";
+            st.rejected++;
+            continue;
+        }
+        st.duplicates += reply.body.is_object() && reply.body.value("duplicate", false);
+        st.acked++;
+        st.readings_acked++;
+        st.bytes_acked += b.size();
+    }
+    lockstep_seed_free(pred);
+}
+
 int main(int argc, char **argv) try {
     const Options opt = parse_args(argc, argv);
     const auto started = Clock::now();
     const Drive drive = read_csv(opt.file);
-    const std::string url = opt.server + "/api/telemetry";
+    Sender http;
+    http.url = opt.server + "/api/telemetry";
+    Stats st;
 
     lockstep::Encoder enc;
     std::optional<Batch> batch;  // cut, not yet acknowledged
-    const bool resumed = spool_read(opt.spool, enc, batch);
+    const bool resumed = !opt.seed_wire && spool_read(opt.spool, enc, batch);
     if (!resumed) enc = lockstep::open(opt.vin, random_session_id());
     // A reading's sequence number is its row: the session started at row 0.
     size_t next_row = size_t(lockstep_encoder_next_seq(enc.get()));
     if (resumed)
         std::cerr << "Resuming session " << std::hex << lockstep_encoder_session_id(enc.get()) << std::dec
                   << " from the spool at row " << next_row << (batch ? ", one batch to send first" : "") << ".\n";
+    Pace pace;
+    pace.speed = opt.speed;
+    if (next_row < drive.readings.size()) pace.first_ts = drive.readings[next_row].timestamp_ms;
 
-    Stats st;
-    CURL *curl = curl_easy_init();
-    std::mt19937_64 rng(std::random_device{}());
-    int failures = 0, resyncs_in_a_row = 0;
-    // Exponential backoff with jitter, 250 ms .. 30 s.
-    auto backoff_ms = [&] {
-        const double cap = std::min(30000.0, 250.0 * std::pow(2.0, std::min(failures - 1, 7)));
-        return std::uniform_real_distribution<double>(cap / 2, cap)(rng);
-    };
-    auto sleep_ms = [](double ms) { std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(ms)); };
-    // Pacing starts with the first reading this run sends.
-    const int64_t first_ts = next_row < drive.readings.size() ? drive.readings[next_row].timestamp_ms : 0;
-    while (true) {
+    int resyncs_in_a_row = 0;
+    while (!opt.seed_wire) {
         if (!batch) {
             if (next_row >= drive.readings.size()) break;
             const size_t to = std::min(drive.readings.size(), next_row + opt.batch);
-            if (opt.speed > 0) {  // the batch is cut when its last reading is due
-                const double due_s = double(drive.readings[to - 1].timestamp_ms - first_ts) / 1000.0 / opt.speed;
-                std::this_thread::sleep_until(started + std::chrono::duration<double>(due_s));
-            }
-            batch = encode(enc.get(), drive, next_row, to, &st);
+            pace.wait(drive.readings[to - 1].timestamp_ms);  // the batch is cut when its last reading is due
+            batch.emplace(encode(enc.get(), drive, next_row, to, &st));
             next_row = to;
             spool_write(opt.spool, enc.get(), batch);  // spooled before it is posted
         }
-        st.bytes_posted += batch->body.size();
-        const Reply r = post(curl, url, batch->body);
-        if (r.status >= 200 && r.status < 300) {
-            const bool dup = r.body.is_object() && r.body.value("duplicate", false);
-            st.duplicates += dup;
+        const Reply r = http.deliver(lockstep_batch_content_type(), batch->body, st);
+        if (r.status < 300) {
+            st.duplicates += r.body.is_object() && r.body.value("duplicate", false);
             st.acked++;
             st.readings_acked += batch->info.count;
             st.bytes_acked += batch->body.size();
             batch.reset();
-            failures = resyncs_in_a_row = 0;
+            resyncs_in_a_row = 0;
             continue;
         }
         if (r.status == 409 && r.body.is_object() && r.body.value("resync_required", false)) {
@@ -318,32 +390,21 @@ int main(int argc, char **argv) try {
                       << " with a keyframe.\n";
             lockstep::check(lockstep_encoder_rewind(enc.get(), from), "lockstep_encoder_rewind");
             batch.reset();
-            if (from < end) batch = encode(enc.get(), drive, size_t(from), size_t(end), nullptr);
+            if (from < end) batch.emplace(encode(enc.get(), drive, size_t(from), size_t(end), nullptr));
             spool_write(opt.spool, enc.get(), batch);
             // A server that keeps asking for resyncs is not hammered.
             if (++resyncs_in_a_row > 2) {
-                failures++;
-                sleep_ms(backoff_ms());
+                http.failures++;
+                Sender::sleep_ms(http.backoff_ms());
             }
             continue;
         }
-        const bool retry = r.status == 0 || r.status == 408 || r.status == 429 || r.status >= 500;
-        if (!retry) {
-            std::cerr << "The server refused a batch for good (HTTP " << r.status << ": " << r.error << "); dropped.\n";
-            st.rejected++;
-            batch.reset();
-            continue;
-        }
-        st.retries++;
-        failures++;
-        // The server's Retry-After (seconds) when it says when, else backoff.
-        const double wait_ms = r.retry_after_s >= 0 ? double(r.retry_after_s) * 1000.0 : backoff_ms();
-        std::cerr << "The server did not take a batch (" << (r.status ? "HTTP " + std::to_string(r.status) + ": " : "")
-                  << r.error << "); retrying in " << long(wait_ms) << " ms.\n";
-        sleep_ms(wait_ms);
+        std::cerr << "The server refused a batch for good (HTTP " << r.status << ": " << r.error << "); dropped.\n";
+        st.rejected++;
+        batch.reset();
     }
-    curl_easy_cleanup(curl);
-    if (!opt.spool.empty()) std::remove((opt.spool + "/edge.spool").c_str());
+    if (opt.seed_wire) run_seed(opt, drive, http, pace, st);
+    if (!opt.spool.empty() && !opt.seed_wire) std::remove((opt.spool + "/edge.spool").c_str());
 
     // The summary, in lockstep-edge's words.
     const double secs = std::chrono::duration<double>(Clock::now() - started).count();
@@ -351,7 +412,7 @@ int main(int argc, char **argv) try {
     const size_t first_row = drive.readings.size() - size_t(st.readings);
     for (size_t i = first_row; i < drive.readings.size(); i++)
         fields += uint64_t(__builtin_popcountll(drive.readings[i].present));
-    std::printf("lockstep-edge summary (lockstep batches, %.1f s):\n", secs);
+    std::printf("lockstep-edge summary (%s, %.1f s):\n", opt.seed_wire ? "seed wire form" : "lockstep batches", secs);
     std::printf("  vehicles: 1\n");
     std::printf("  readings: %llu produced, %llu acknowledged\n", (unsigned long long)st.readings,
                 (unsigned long long)st.readings_acked);

@@ -166,6 +166,9 @@ impl Replay {
     }
 }
 
+/// 1049 s of recording at 100× ≈ 10.5 s, batches of 20: rows arrive steadily.
+const PACED: [&str; 4] = ["--batch", "20", "--speed", "100"];
+
 /// A `lockstep-cpp-edge` process with its output in files.
 struct CppEdge {
     dir: tempfile::TempDir,
@@ -173,17 +176,16 @@ struct CppEdge {
 }
 
 impl CppEdge {
-    fn start(server: &str, vin: &str, csv: &Path, spool: &Path) -> Self {
+    /// Replays `r` into `server` with `args` (e.g. [`PACED`]) and `r`'s spool.
+    fn start(server: &str, r: &Replay, args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let file = |n: &str| std::fs::File::create(dir.path().join(n)).unwrap();
-        // 1049 s of recording at 100× ≈ 10.5 s, batches of 20: rows arrive steadily.
         let child = Command::new(cpp_programs().join("lockstep-cpp-edge"))
-            .args([
-                "--server", server, "--vin", vin, "--batch", "20", "--speed", "100",
-            ])
+            .args(["--server", server, "--vin", &r.vin])
+            .args(args)
             .arg("--spool")
-            .arg(spool)
-            .arg(csv)
+            .arg(&r.spool)
+            .arg(&r.csv)
             .stdin(Stdio::null())
             .stdout(file("stdout"))
             .stderr(file("stderr"))
@@ -244,7 +246,7 @@ async fn cpp_edge_replay_survives_kills(db: Db) {
     let total = r.trip.readings.len() as i64;
 
     let mut server = Server::start(&db.url(), &[]).await;
-    let mut edge = CppEdge::start(&server.base(), &r.vin, &r.csv, &r.spool);
+    let mut edge = CppEdge::start(&server.base(), &r, &PACED);
     wait_for_readings(&db, 300).await;
     server.kill();
     let at_kill = db.readings().await;
@@ -266,7 +268,7 @@ async fn cpp_edge_replay_survives_kills(db: Db) {
         "the replay finished before the edge kill"
     );
     let first_stderr = edge.output("stderr");
-    let mut second = CppEdge::start(&server.base(), &r.vin, &r.csv, &r.spool);
+    let mut second = CppEdge::start(&server.base(), &r, &PACED);
     let summary = second.finish().await;
     println!("{}", summary.text);
     println!(
@@ -314,14 +316,14 @@ async fn cpp_edge_resyncs_when_the_server_lost_its_session() {
     let (first_dir, second_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let first_db = Db::sqlite(first_dir.path());
     let first = Server::start(&first_db.url(), &[]).await;
-    let mut edge = CppEdge::start(&first.base(), &r.vin, &r.csv, &r.spool);
+    let mut edge = CppEdge::start(&first.base(), &r, &PACED);
     wait_for_readings(&first_db, 200).await;
     edge.kill();
     drop(first);
 
     let db = Db::sqlite(second_dir.path());
     let server = Server::start(&db.url(), &[]).await;
-    let mut second = CppEdge::start(&server.base(), &r.vin, &r.csv, &r.spool);
+    let mut second = CppEdge::start(&server.base(), &r, &PACED);
     let summary = second.finish().await;
     println!("{}", summary.text);
     let stderr = second.output("stderr");
@@ -350,7 +352,7 @@ async fn cpp_edge_honours_retry_after() {
 
     let proxy = Proxy::start(PG_ADDR.to_owned()).await;
     let server = Server::start(&db.url_via(&proxy.addr), &["--retry-after-s", "2"]).await;
-    let mut edge = CppEdge::start(&server.base(), &r.vin, &r.csv, &r.spool);
+    let mut edge = CppEdge::start(&server.base(), &r, &PACED);
     wait_for_readings(&db, 200).await;
     proxy.close();
     // Backoff alone would wait 125–250 ms after a first failure: 2000 ms is the header.
@@ -369,4 +371,26 @@ async fn cpp_edge_honours_retry_after() {
     assert!(summary.retries >= 2);
     assert_eq!(summary.acknowledged, r.trip.readings.len() as u64);
     assert_trip_stored(&db, &r.vin, &r.trip).await;
+}
+
+/// `--seed-wire`: the form loggers send today, one `TelemetryReading` per POST
+/// through the C ABI's seed predictor. Every reading stored once, every recorded
+/// value within the seed tolerance, and none the recording lacks invented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpp_edge_seed_wire_replay_on_postgres() {
+    let db = Db::postgres().await;
+    let r = Replay::new();
+    let server = Server::start(&db.url(), &[]).await;
+    let mut edge = CppEdge::start(&server.base(), &r, &["--seed-wire"]);
+    let summary = edge.finish().await;
+    println!("{}", summary.text);
+    assert!(summary.text.contains("seed wire form"));
+    assert_eq!(summary.acknowledged, r.trip.readings.len() as u64);
+    let check = check_seed_rows(&r.trip.readings, &db.rows_of(&r.vin).await);
+    assert!(
+        check.out_of_tolerance.is_empty(),
+        "{:?}",
+        check.out_of_tolerance
+    );
+    assert!(check.invented.is_empty(), "{:?}", check.invented);
 }
