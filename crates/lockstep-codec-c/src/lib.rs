@@ -689,40 +689,39 @@ pub unsafe extern "C" fn lockstep_encoder_push_window(
     total: usize,
     frames: *mut LockstepFrame,
 ) -> LockstepStatus {
-    // SAFETY: forwarded contract.
-    unsafe {
-        with_encoder(enc, |e| {
-            if count > total {
-                return fail(
-                    LockstepStatus::InvalidArgument,
-                    format!("count {count} exceeds total {total}"),
-                );
+    let run = |e: &mut LockstepEncoder| {
+        if count > total {
+            return fail(
+                LockstepStatus::InvalidArgument,
+                format!("count {count} exceeds total {total}"),
+            );
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        if readings.is_null() {
+            return null("readings");
+        }
+        let used = total.min(count.saturating_add(LOOKAHEAD));
+        // SAFETY: non-null, and `total >= used` valid readings by the contract.
+        let raw = unsafe { std::slice::from_raw_parts(readings, used) };
+        let channels = e.enc.catalog().len();
+        let rs = raw
+            .iter()
+            // SAFETY: each reading's `values` is NULL or `channels` doubles by the contract.
+            .map(|r| unsafe { reading_in(r, channels) })
+            .collect::<Result<Vec<_>, _>>()?;
+        for j in 0..count {
+            let f = e.enc.push_with_lookahead(&rs[j], &rs[j + 1..]);
+            if !frames.is_null() {
+                // SAFETY: non-null and writable for `count > j` frames by the contract.
+                unsafe { frames.add(j).write(frame_out(e.enc.catalog(), &f)) };
             }
-            if count == 0 {
-                return Ok(());
-            }
-            if readings.is_null() {
-                return null("readings");
-            }
-            let used = total.min(count.saturating_add(LOOKAHEAD));
-            // SAFETY: `readings` points to `total >= used` readings by the contract.
-            let raw = std::slice::from_raw_parts(readings, used);
-            let channels = e.enc.catalog().len();
-            let rs = raw
-                .iter()
-                // SAFETY: each reading's `values` is valid by the contract.
-                .map(|r| reading_in(r, channels))
-                .collect::<Result<Vec<_>, _>>()?;
-            for j in 0..count {
-                let f = e.enc.push_with_lookahead(&rs[j], &rs[j + 1..]);
-                if !frames.is_null() {
-                    // SAFETY: `frames` is writable for `count > j` frames.
-                    frames.add(j).write(frame_out(e.enc.catalog(), &f));
-                }
-            }
-            Ok(())
-        })
-    }
+        }
+        Ok(())
+    };
+    // SAFETY: `enc` is NULL or a live, unshared handle by the contract.
+    unsafe { with_encoder(enc, run) }
 }
 
 /// Takes the pending readings as one encoded `lockstep.v1.Batch`, or the
@@ -759,24 +758,28 @@ pub unsafe extern "C" fn lockstep_encoder_cut(
     len: *mut usize,
     info: *mut LockstepBatchInfo,
 ) -> LockstepStatus {
-    // SAFETY: forwarded contract.
-    unsafe {
-        with_encoder(enc, |e| {
-            if len.is_null() {
-                return null("len");
-            }
-            let Some((bytes, i)) = take_cut(e) else {
+    let run = |e: &mut LockstepEncoder| {
+        if len.is_null() {
+            return null("len");
+        }
+        let Some((bytes, i)) = take_cut(e) else {
+            // SAFETY: `info` is NULL or writable, `len` non-null and writable, by the contract.
+            unsafe {
                 put(info, LockstepBatchInfo::default());
                 len.write(0);
-                return Ok(());
-            };
-            let i = *i;
-            copy_out(bytes, buf, cap, len)?;
-            put(info, i);
-            e.cut = None;
-            Ok(())
-        })
-    }
+            }
+            return Ok(());
+        };
+        let i = *i;
+        // SAFETY: `buf` is NULL or writable for `cap` bytes, `len` writable, by the contract.
+        unsafe { copy_out(bytes, buf, cap, len)? };
+        // SAFETY: `info` is NULL or writable by the contract.
+        unsafe { put(info, i) };
+        e.cut = None;
+        Ok(())
+    };
+    // SAFETY: `enc` is NULL or a live, unshared handle by the contract.
+    unsafe { with_encoder(enc, run) }
 }
 
 /// Like `lockstep_encoder_cut`, into a buffer the library allocates:
@@ -791,19 +794,21 @@ pub unsafe extern "C" fn lockstep_encoder_cut_alloc(
     out: *mut LockstepBuffer,
     info: *mut LockstepBatchInfo,
 ) -> LockstepStatus {
-    // SAFETY: forwarded contract.
-    unsafe {
-        with_encoder(enc, |e| {
-            if out.is_null() {
-                return null("out");
-            }
-            take_cut(e);
-            let (bytes, i) = e.cut.take().unwrap_or_default();
+    let run = |e: &mut LockstepEncoder| {
+        if out.is_null() {
+            return null("out");
+        }
+        take_cut(e);
+        let (bytes, i) = e.cut.take().unwrap_or_default();
+        // SAFETY: `out` is non-null and writable, `info` NULL or writable, by the contract.
+        unsafe {
             out.write(give(bytes));
             put(info, i);
-            Ok(())
-        })
-    }
+        }
+        Ok(())
+    };
+    // SAFETY: `enc` is NULL or a live, unshared handle by the contract.
+    unsafe { with_encoder(enc, run) }
 }
 
 /// Rewinds to `seq`, dropping pending readings and any batch not handed out:
@@ -819,14 +824,13 @@ pub unsafe extern "C" fn lockstep_encoder_rewind(
     enc: *mut LockstepEncoder,
     seq: u64,
 ) -> LockstepStatus {
-    // SAFETY: forwarded contract.
-    unsafe {
-        with_encoder(enc, |e| {
-            e.cut = None;
-            e.enc.rewind(seq);
-            Ok(())
-        })
-    }
+    let run = |e: &mut LockstepEncoder| {
+        e.cut = None;
+        e.enc.rewind(seq);
+        Ok(())
+    };
+    // SAFETY: `enc` is NULL or a live, unshared handle by the contract.
+    unsafe { with_encoder(enc, run) }
 }
 
 /// The next reading will be a keyframe (nothing else changes).
@@ -837,13 +841,12 @@ pub unsafe extern "C" fn lockstep_encoder_rewind(
 pub unsafe extern "C" fn lockstep_encoder_request_keyframe(
     enc: *mut LockstepEncoder,
 ) -> LockstepStatus {
-    // SAFETY: forwarded contract.
-    unsafe {
-        with_encoder(enc, |e| {
-            e.enc.request_keyframe();
-            Ok(())
-        })
-    }
+    let run = |e: &mut LockstepEncoder| {
+        e.enc.request_keyframe();
+        Ok(())
+    };
+    // SAFETY: `enc` is NULL or a live, unshared handle by the contract.
+    unsafe { with_encoder(enc, run) }
 }
 
 /// Saved encoder layout, version 1 (all integers little-endian):
@@ -967,8 +970,13 @@ pub unsafe extern "C" fn lockstep_encoder_save(
     cap: usize,
     len: *mut usize,
 ) -> LockstepStatus {
-    // SAFETY: forwarded contract.
-    unsafe { with_encoder(enc, |e| copy_out(&save_bytes(e)?, buf, cap, len)) }
+    let run = |e: &mut LockstepEncoder| {
+        let bytes = save_bytes(e)?;
+        // SAFETY: `buf` is NULL or writable for `cap` bytes, `len` NULL or writable, by the contract.
+        unsafe { copy_out(&bytes, buf, cap, len) }
+    };
+    // SAFETY: `enc` is NULL or a live, unshared handle by the contract.
+    unsafe { with_encoder(enc, run) }
 }
 
 /// Like `lockstep_encoder_save`, into a buffer the library allocates
@@ -981,8 +989,17 @@ pub unsafe extern "C" fn lockstep_encoder_save_alloc(
     enc: *mut LockstepEncoder,
     out: *mut LockstepBuffer,
 ) -> LockstepStatus {
-    // SAFETY: forwarded contract.
-    unsafe { with_encoder(enc, |e| put_required(out, give(save_bytes(e)?), "out")) }
+    let run = |e: &mut LockstepEncoder| {
+        if out.is_null() {
+            return null("out");
+        }
+        let bytes = save_bytes(e)?;
+        // SAFETY: `out` is non-null and writable by the contract.
+        unsafe { out.write(give(bytes)) };
+        Ok(())
+    };
+    // SAFETY: `enc` is NULL or a live, unshared handle by the contract.
+    unsafe { with_encoder(enc, run) }
 }
 
 /// Opens an encoder from bytes `lockstep_encoder_save` wrote (possibly by
@@ -1000,9 +1017,13 @@ pub unsafe extern "C" fn lockstep_encoder_restore(
     guard(|| {
         // SAFETY: forwarded contract.
         let bytes = unsafe { bytes_in(bytes, len, "bytes")? };
+        if out.is_null() {
+            return null("out");
+        }
         let enc = restore_bytes(bytes)?;
-        // SAFETY: forwarded contract.
-        unsafe { put_required(out, new_handle(enc), "out") }
+        // SAFETY: `out` is non-null and writable by the contract.
+        unsafe { out.write(new_handle(enc)) };
+        Ok(())
     })
 }
 
@@ -1188,11 +1209,12 @@ pub unsafe extern "C" fn lockstep_seed_restore(
                 pred.update(i, v);
             }
         }
+        if out.is_null() {
+            return null("out");
+        }
         let h = Box::into_raw(Box::new(LockstepSeedPredictor { pred }));
-        // SAFETY: forwarded contract.
-        unsafe { put_required(out, h, "out") }.inspect_err(|_| {
-            // SAFETY: `h` was just made by `Box::into_raw` and never handed out.
-            drop(unsafe { Box::from_raw(h) });
-        })
+        // SAFETY: `out` is non-null and writable by the contract.
+        unsafe { out.write(h) };
+        Ok(())
     })
 }

@@ -322,6 +322,10 @@ fn failures_have_codes_and_messages_and_change_nothing() {
             LockstepStatus::BadState
         );
         assert!(out.is_null());
+        assert_eq!(
+            lockstep_encoder_restore(good.as_ptr(), good.len(), ptr::null_mut()),
+            LockstepStatus::NullPointer
+        );
 
         // NULL handles are refused, not dereferenced.
         assert_eq!(
