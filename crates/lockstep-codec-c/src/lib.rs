@@ -273,27 +273,26 @@ pub extern "C" fn lockstep_channel_count() -> usize {
     value_or(0, || statics().catalog.len())
 }
 
-/// The name of channel `ch` (static; the CSV column and JSON key), or NULL
-/// beyond the catalog.
-#[unsafe(no_mangle)]
-pub extern "C" fn lockstep_channel_name(ch: usize) -> *const c_char {
+/// Entry `ch` of a per-channel list of static strings, or NULL beyond it.
+fn channel_str(list: fn(&'static Statics) -> &'static [CString], ch: usize) -> *const c_char {
     value_or(std::ptr::null(), || {
-        statics()
-            .names
+        list(statics())
             .get(ch)
             .map_or(std::ptr::null(), |n| n.as_ptr())
     })
 }
 
+/// The name of channel `ch` (static; the CSV column and JSON key), or NULL
+/// beyond the catalog.
+#[unsafe(no_mangle)]
+pub extern "C" fn lockstep_channel_name(ch: usize) -> *const c_char {
+    channel_str(|s| &s.names, ch)
+}
+
 /// The unit of channel `ch` (static), or NULL beyond the catalog.
 #[unsafe(no_mangle)]
 pub extern "C" fn lockstep_channel_unit(ch: usize) -> *const c_char {
-    value_or(std::ptr::null(), || {
-        statics()
-            .units
-            .get(ch)
-            .map_or(std::ptr::null(), |n| n.as_ptr())
-    })
+    channel_str(|s| &s.units, ch)
 }
 
 /// The tolerance of channel `ch` in its unit (metres of 2-D distance for the
