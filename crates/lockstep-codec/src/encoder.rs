@@ -75,16 +75,40 @@ impl Encoder {
     /// reading is a keyframe with sequence number 0.
     pub fn new(catalog: Arc<Catalog>, vin: Vin, session_id: u64, config: EncoderConfig) -> Self {
         let state = SessionState::new(&catalog, 0);
+        Self::resume(catalog, vin, session_id, config, state, (true, 0))
+    }
+
+    /// An encoder that continues a saved session: `state` and `schedule`
+    /// as [`Self::state`] and [`Self::keyframe_schedule`] returned them when
+    /// no reading was pending. It encodes the next readings exactly as the
+    /// saved encoder would have (an edge's spool across restarts).
+    pub fn resume(
+        catalog: Arc<Catalog>,
+        vin: Vin,
+        session_id: u64,
+        config: EncoderConfig,
+        state: SessionState,
+        schedule: (bool, i64),
+    ) -> Self {
         Self {
             catalog,
             vin,
             session_id,
             config,
             state,
-            keyframe_due: true,
-            last_keyframe_ts: 0,
+            keyframe_due: schedule.0,
+            last_keyframe_ts: schedule.1,
             pending: Pending::default(),
         }
+    }
+
+    /// Whether the next reading is a keyframe, and the time of the last one.
+    pub fn keyframe_schedule(&self) -> (bool, i64) {
+        (self.keyframe_due, self.last_keyframe_ts)
+    }
+
+    pub fn config(&self) -> EncoderConfig {
+        self.config
     }
 
     pub fn catalog(&self) -> &Arc<Catalog> {

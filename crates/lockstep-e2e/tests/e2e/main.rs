@@ -7,10 +7,13 @@
 //! - [`logger`]: the server starts and stops the edge over the WebSocket;
 //! - [`replay`]: a recorded Twizy trip lands exactly once, within tolerance —
 //!   plainly, and across a SIGKILL + restart of the server;
+//! - [`cpp_edge`]: the C++ example edge on the codec's C ABI: conformance
+//!   vectors from C++, a Twizy trip across server and edge SIGKILLs;
 //! - [`outage`]: PostgreSQL cut off behind a proxy mid-replay: 503s, backoff, catch-up.
 
 mod harness;
 
+mod cpp_edge;
 mod logger;
 mod outage;
 mod replay;
