@@ -66,7 +66,8 @@ pub fn binary(name: &str) -> PathBuf {
         )
     };
     let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for krate in [name, "lockstep-codec", "lockstep-proto"] {
+    // The server carries the edge (its built-in logger), so its sources count too.
+    for krate in [name, "lockstep-edge", "lockstep-codec", "lockstep-proto"] {
         if let Some((newest, path)) = newest_source(&crates.join(krate)) {
             assert!(
                 newest <= built,
