@@ -1,6 +1,14 @@
 //! Who may start processes (logger control): loopback peers (unless turned
 //! off) or a request with `Authorization: Bearer $LOCKSTEP_ADMIN_TOKEN`.
 
+pub mod cli;
+pub mod db;
+pub mod origin;
+pub mod service;
+pub mod token;
+
+pub use service::{Auth, AuthConfig, Mode, PeerIdentity, Principal, Role, Scope};
+
 use std::net::SocketAddr;
 
 use axum::http::{HeaderMap, header};

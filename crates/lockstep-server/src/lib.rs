@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod logger;
 pub mod model;
 pub mod routes;
+pub mod sandbox;
 pub mod settings;
 pub mod stats;
 pub mod store;
