@@ -4,8 +4,10 @@
 pub mod cli;
 pub mod db;
 pub mod origin;
+pub mod policy;
 pub mod service;
 pub mod token;
+pub mod web;
 
 pub use service::{Auth, AuthConfig, Mode, PeerIdentity, Principal, Role, Scope};
 

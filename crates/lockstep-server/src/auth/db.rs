@@ -178,6 +178,17 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl AuthDb {
+    /// Opens the auth tables of the configured store (creating them if needed).
+    pub async fn open(config: &crate::StoreConfig) -> anyhow::Result<Self> {
+        match config {
+            crate::StoreConfig::Sqlite(path) => Self::open_sqlite(path).await,
+            crate::StoreConfig::Postgres(url) => {
+                let store = crate::store::postgres::PgStore::connect(url, 2).await?;
+                Self::postgres(store.pool()).await
+            }
+        }
+    }
+
     /// Opens its own connection to the SQLite file and applies the auth migrations.
     pub async fn open_sqlite(path: &Path) -> anyhow::Result<Self> {
         let path = path.to_owned();

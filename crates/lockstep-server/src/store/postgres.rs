@@ -147,6 +147,11 @@ impl PgStore {
         Ok(store)
     }
 
+    /// The connection pool (the auth tables use it too).
+    pub fn pool(&self) -> Pool {
+        self.pool.clone()
+    }
+
     async fn migrate(&self) -> anyhow::Result<()> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
