@@ -10,6 +10,7 @@ mod batching;
 mod cli;
 mod ingest;
 mod logger;
+mod security;
 mod shutdown;
 mod store_down;
 mod websocket;
