@@ -326,17 +326,7 @@ impl Settings {
             return Ok(None);
         }
         let origins: Vec<String> = if self.cors_origins.is_empty() {
-            let mut ports = vec![port, 3000, 5173, 8080];
-            ports.dedup();
-            ports
-                .iter()
-                .flat_map(|p| {
-                    [
-                        format!("http://localhost:{p}"),
-                        format!("http://127.0.0.1:{p}"),
-                    ]
-                })
-                .collect()
+            self.default_origins(port)
         } else {
             self.cors_origins
                 .iter()
@@ -352,6 +342,29 @@ impl Settings {
             }
         }
         Ok(Some(origins))
+    }
+
+    /// This server's own origin and the dashboard's dev ports, on localhost and 127.0.0.1.
+    pub fn default_origins(&self, port: u16) -> Vec<String> {
+        let mut ports = vec![port, 3000, 5173, 8080];
+        ports.dedup();
+        let mut origins: Vec<String> = ports
+            .iter()
+            .flat_map(|p| {
+                [
+                    format!("http://localhost:{p}"),
+                    format!("http://127.0.0.1:{p}"),
+                ]
+            })
+            .collect();
+        let host = self.host.to_canonical();
+        if !host.is_unspecified() && !host.is_loopback() {
+            match host {
+                IpAddr::V4(ip) => origins.push(format!("http://{ip}:{port}")),
+                IpAddr::V6(ip) => origins.push(format!("http://[{ip}]:{port}")),
+            }
+        }
+        origins
     }
 
     /// `LOCKSTEP_DEVICE_AUTH`, or its default for the listening address.

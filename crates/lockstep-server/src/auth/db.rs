@@ -39,7 +39,7 @@ CREATE TABLE web_sessions (
 CREATE TABLE session_owners (
     vin         TEXT NOT NULL,
     session_id  INTEGER NOT NULL,
-    credential  TEXT NOT NULL,           -- public id of the token that opened the session
+    credential  TEXT NOT NULL,           -- identity that opened the session: vin:<VIN> or fleet:<prefix>
     PRIMARY KEY (vin, session_id)
 );
 "#];
@@ -174,7 +174,7 @@ fn sqlite_migrate(conn: &mut Connection) -> rusqlite::Result<()> {
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::new(e)
+    StoreError::unavailable(e)
 }
 
 impl AuthDb {

@@ -72,6 +72,17 @@ pub enum Scope {
     VinPrefix(String),
 }
 
+impl Scope {
+    /// The identity a device or fleet credential proves (session ownership).
+    pub fn identity(&self) -> String {
+        match self {
+            Scope::Role(r) => format!("role:{}", r.as_str()),
+            Scope::Vin(v) => format!("vin:{v}"),
+            Scope::VinPrefix(p) => format!("fleet:{p}"),
+        }
+    }
+}
+
 /// `required` or `off`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,8 +107,11 @@ impl FromStr for Mode {
 pub enum Principal {
     /// No credential.
     Anonymous,
-    /// A device or fleet credential; `credential` names it (token public id,
-    /// or `mtls:<VIN>`) for session ownership.
+    /// A device or fleet credential; `credential` names the identity it
+    /// proves (`vin:<VIN>` for a device token or certificate, `fleet:<prefix>`
+    /// for a fleet token) for session ownership: a rotated token, or the next
+    /// run of the spawned logger, continues its sessions; another identity
+    /// cannot.
     Device { credential: String, scope: Scope },
     /// A person or tool; `credential` is the token's public id (`None` for the
     /// bootstrap admin token).
@@ -250,9 +264,10 @@ impl Auth {
             });
         }
         if let Some(vin) = peer.and_then(|p| p.vin.as_ref()) {
+            let scope = Scope::Vin(vin.clone());
             return Ok(Principal::Device {
-                credential: format!("mtls:{vin}"),
-                scope: Scope::Vin(vin.clone()),
+                credential: scope.identity(),
+                scope,
             });
         }
         Ok(Principal::Anonymous)
@@ -292,7 +307,7 @@ impl Auth {
                 role,
             },
             scope => Principal::Device {
-                credential: rec.info.public_id,
+                credential: scope.identity(),
                 scope,
             },
         })

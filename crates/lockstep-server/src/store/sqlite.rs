@@ -119,7 +119,7 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || {
                 for (batch, reply) in rx {
-                    let r = commit(&mut conn, &batch).map_err(StoreError::new);
+                    let r = commit(&mut conn, &batch).map_err(StoreError::from);
                     let _ = reply.send(r);
                 }
             })?;
@@ -135,13 +135,13 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let conn = self.read.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = conn
-                .lock()
-                .map_err(|_| StoreError::new("the SQLite read connection is poisoned"))?;
-            f(&conn).map_err(StoreError::new)
+            let conn = conn.lock().map_err(|_| {
+                StoreError::Unavailable("the SQLite read connection is poisoned".into())
+            })?;
+            f(&conn).map_err(StoreError::from)
         })
         .await
-        .map_err(StoreError::new)?
+        .map_err(StoreError::unavailable)?
     }
 }
 
@@ -271,9 +271,9 @@ impl Store for SqliteStore {
             let (tx, rx) = oneshot::channel();
             self.writer
                 .send((batch, tx))
-                .map_err(|_| StoreError::new("the SQLite writer thread stopped"))?;
+                .map_err(|_| StoreError::Closed("the SQLite writer thread stopped".into()))?;
             rx.await
-                .map_err(|_| StoreError::new("the SQLite writer thread stopped"))?
+                .map_err(|_| StoreError::Closed("the SQLite writer thread stopped".into()))?
         })
     }
 
@@ -286,6 +286,23 @@ impl Store for SqliteStore {
             c.prepare_cached("SELECT s.state FROM sessions s JOIN vehicles v ON v.id = s.vehicle_id WHERE v.vin = ?1 AND s.session_id = ?2")?
                 .query_row(params![&*vin, to_sql_u64(session_id)], |r| r.get(0))
                 .optional()
+        }))
+    }
+
+    fn stored_count(
+        &self,
+        vin: Arc<str>,
+        session_id: u64,
+        first: u64,
+        last: u64,
+    ) -> BoxFut<'_, Result<u64, StoreError>> {
+        Box::pin(self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT count(*) FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id WHERE v.vin = ?1 AND t.session_id = ?2 AND t.seq BETWEEN ?3 AND ?4")?;
+            let mut n = 0u64;
+            for (a, b) in super::sql_ranges(first, last) {
+                n += st.query_row(params![&*vin, to_sql_u64(session_id), a, b], |r| r.get::<_, i64>(0))? as u64;
+            }
+            Ok(n)
         }))
     }
 

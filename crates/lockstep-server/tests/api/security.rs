@@ -65,7 +65,7 @@ fn seed(vin: &str, ts: i64) -> TelemetryReading {
         vehicle_vin: vin.to_owned(),
         timestamp: ts,
         speed: Some(50.0),
-        battery_level: Some(80.0),
+        battery: Some(80.0),
         ..Default::default()
     }
 }
@@ -103,7 +103,11 @@ fn sample(method: &Method, path: &str, vin_a: &str) -> (String, Option<&'static 
             (path, Some(BATCH), b.encode_to_vec())
         }
         // Invalid options: authorised callers get 400 and no process is spawned.
-        ("POST", "/logger/start") => (path, Some("application/json"), br#"{"vehicles":0}"#.to_vec()),
+        ("POST", "/logger/start") => (
+            path,
+            Some("application/json"),
+            br#"{"vehicles":0}"#.to_vec(),
+        ),
         ("POST", "/api/tokens") => (
             path,
             Some("application/json"),
@@ -169,11 +173,22 @@ async fn every_route_against_every_caller(backend: Backend) {
                     "{caller} on {method} {path} ({policy:?}): {text}"
                 );
             }
-            assert!(!text.contains(ADMIN), "{method} {path} leaked the admin token");
+            assert!(
+                !text.contains(ADMIN),
+                "{method} {path} leaked the admin token"
+            );
         }
     }
     // A wrong token is 401 everywhere a credential is checked, even on public routes' peers.
-    let (code, _) = send(&app, Method::GET, "/api/vehicles", Some("lst_000000000000_00"), None, vec![]).await;
+    let (code, _) = send(
+        &app,
+        Method::GET,
+        "/api/vehicles",
+        Some("lst_000000000000_00"),
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(code, 401);
     let status = app.get_json("/status").await.to_string();
     assert!(!status.contains(ADMIN) && !status.contains(&tok_a[17..]));
@@ -184,7 +199,11 @@ async fn every_route_against_every_caller(backend: Backend) {
             "SELECT count(*) FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id WHERE v.vin = '{a}'"
         ))
         .await;
-    assert_eq!(stored, 1 + 2, "device A's seed reading and its batch of two");
+    assert_eq!(
+        stored,
+        1 + 2,
+        "device A's seed reading and its batch of two"
+    );
 }
 
 async fn device_tokens_write_only_their_vin(backend: Backend) {
@@ -195,29 +214,78 @@ async fn device_tokens_write_only_their_vin(backend: Backend) {
     let post_seed = |tok: Option<String>, v: String, ts: i64| {
         let app = &app;
         async move {
-            send(app, Method::POST, "/api/telemetry", tok.as_deref(), Some(SEED), seed(&v, ts).encode_to_vec()).await.0
+            send(
+                app,
+                Method::POST,
+                "/api/telemetry",
+                tok.as_deref(),
+                Some(SEED),
+                seed(&v, ts).encode_to_vec(),
+            )
+            .await
+            .0
         }
     };
     assert_eq!(post_seed(Some(tok_a.clone()), a.clone(), T0).await, 200);
-    assert_eq!(post_seed(Some(tok_a.clone()), b.clone(), T0).await, 403, "A's token for B");
+    assert_eq!(
+        post_seed(Some(tok_a.clone()), b.clone(), T0).await,
+        403,
+        "A's token for B"
+    );
     assert_eq!(post_seed(None, b.clone(), T0).await, 401, "no token");
     let wrong = format!("{}0{}", &tok_a[..17], &tok_a[18..]);
-    assert_eq!(post_seed(Some(wrong), a.clone(), T0 + 1000).await, 401, "wrong secret");
+    assert_eq!(
+        post_seed(Some(wrong), a.clone(), T0 + 1000).await,
+        401,
+        "wrong secret"
+    );
     // A batch for B signed by A.
     let mut enc = encoder(&b, 5);
     let bb = batch(&mut enc, 0..3, T0);
-    let (code, _) = send(&app, Method::POST, "/api/v1/batch", Some(&tok_a), Some(BATCH), bb.encode_to_vec()).await;
+    let (code, _) = send(
+        &app,
+        Method::POST,
+        "/api/v1/batch",
+        Some(&tok_a),
+        Some(BATCH),
+        bb.encode_to_vec(),
+    )
+    .await;
     assert_eq!(code, 403);
     // Keyframe takeover: the fleet token may write A, but not A's session opened by A's token.
     let mut enc = encoder(&a, 9);
     let first = batch(&mut enc, 0..3, T0);
-    let (code, _) = send(&app, Method::POST, "/api/v1/batch", Some(&tok_a), Some(BATCH), first.encode_to_vec()).await;
+    let (code, _) = send(
+        &app,
+        Method::POST,
+        "/api/v1/batch",
+        Some(&tok_a),
+        Some(BATCH),
+        first.encode_to_vec(),
+    )
+    .await;
     assert_eq!(code, 200);
     enc.rewind(3);
     let takeover = batch(&mut enc, 3..4, T0);
-    let (code, text) = send(&app, Method::POST, "/api/v1/batch", Some(&fleet), Some(BATCH), takeover.encode_to_vec()).await;
+    let (code, text) = send(
+        &app,
+        Method::POST,
+        "/api/v1/batch",
+        Some(&fleet),
+        Some(BATCH),
+        takeover.encode_to_vec(),
+    )
+    .await;
     assert_eq!(code, 403, "{text}");
-    let (code, _) = send(&app, Method::POST, "/api/v1/batch", Some(&tok_a), Some(BATCH), takeover.encode_to_vec()).await;
+    let (code, _) = send(
+        &app,
+        Method::POST,
+        "/api/v1/batch",
+        Some(&tok_a),
+        Some(BATCH),
+        takeover.encode_to_vec(),
+    )
+    .await;
     assert_eq!(code, 200, "the owner continues");
     let b_rows = app
         .db
@@ -226,14 +294,26 @@ async fn device_tokens_write_only_their_vin(backend: Backend) {
     assert_eq!(b_rows, 0, "nothing was stored for B");
 
     // Revocation reaches the server within seconds (its cache lives 3 s).
-    let (code, _) = send(&app, Method::POST, &format!("/api/tokens/{id_a}/revoke"), Some(ADMIN), None, vec![]).await;
+    let (code, _) = send(
+        &app,
+        Method::POST,
+        &format!("/api/tokens/{id_a}/revoke"),
+        Some(ADMIN),
+        None,
+        vec![],
+    )
+    .await;
     assert_eq!(code, 204);
     let mut ts = T0 + 10_000;
-    eventually(Duration::from_secs(10), "the revoked token to be refused", || {
-        ts += 1000;
-        let f = post_seed(Some(tok_a.clone()), a.clone(), ts);
-        async move { (f.await == 401).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the revoked token to be refused",
+        || {
+            ts += 1000;
+            let f = post_seed(Some(tok_a.clone()), a.clone(), ts);
+            async move { (f.await == 401).then_some(()) }
+        },
+    )
     .await;
 }
 
@@ -258,7 +338,10 @@ async fn forward_jump_cannot_turn_genuine_batches_into_duplicates(backend: Backe
     let next = batch(&mut genuine, 10..20, T0);
     let r = app.post_batch(&next).await;
     let body: Value = r.json().await.unwrap();
-    assert_ne!(body["duplicate"], true, "a genuine batch called a duplicate: {body}");
+    assert_ne!(
+        body["duplicate"], true,
+        "a genuine batch called a duplicate: {body}"
+    );
     if body["resync_required"] == true {
         // What lockstep-edge does: re-encode from the first unacknowledged reading with a keyframe.
         genuine.rewind(10);
@@ -288,12 +371,18 @@ async fn seed_timestamps_outside_the_window_are_refused(backend: Backend) {
         (T0 * 1000, "microseconds"),
         (T0 / 1000, "seconds"),
         (900_000_000_000, "1998"),
-        (lockstep_server::model::now_ms() + 3 * 86_400_000, "three days ahead"),
+        (
+            lockstep_server::model::now_ms() + 3 * 86_400_000,
+            "three days ahead",
+        ),
     ] {
         let r = app.post_seed(&seed(&v, ts)).await;
         assert_eq!(r.status(), 422, "{what}");
         let body: Value = r.json().await.unwrap();
-        assert!(body["error"].as_str().unwrap().contains("timestamp"), "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("timestamp"),
+            "{body}"
+        );
     }
     // The genuine reading is stored; its retry is acknowledged and stored once.
     assert_eq!(app.post_seed(&seed(&v, T0)).await.status(), 200);
@@ -319,7 +408,12 @@ async fn cross_site_requests_and_websockets_are_refused() {
         ("application/json", Some("http://evil.example"), None, 403),
         ("text/plain", Some("http://evil.example"), None, 403),
         // DNS rebinding: the attacker's name resolves here; Host gives it away.
-        ("application/json", Some(own.as_str()), Some("rebind.evil.example"), 403),
+        (
+            "application/json",
+            Some(own.as_str()),
+            Some("rebind.evil.example"),
+            403,
+        ),
     ];
     for (ct, origin, host, want) in cases {
         let mut req = app
@@ -379,7 +473,9 @@ async fn dashboard_login_trades_a_token_for_a_session_cookie() {
             .json(&body)
             .send()
     };
-    let r = login(json!({"token": "lst_000000000000_00"})).await.unwrap();
+    let r = login(json!({"token": "lst_000000000000_00"}))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["status"], "error");
@@ -403,7 +499,11 @@ async fn dashboard_login_trades_a_token_for_a_session_cookie() {
         json!({"authenticated": true, "role": "viewer", "read_auth": "required"})
     );
     assert_eq!(get("/api/vehicles").await.unwrap().status(), 200);
-    assert_eq!(app.get_json("/api/vehicles").await["status"], "error", "no cookie: 401");
+    assert_eq!(
+        app.get_json("/api/vehicles").await["status"],
+        "error",
+        "no cookie: 401"
+    );
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = format!("ws://127.0.0.1:{}/ws", app.port)
         .into_client_request()
@@ -420,7 +520,12 @@ async fn dashboard_login_trades_a_token_for_a_session_cookie() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
-    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
     assert_eq!(get("/api/vehicles").await.unwrap().status(), 401);
 }
 
@@ -436,7 +541,11 @@ async fn token_cli_creates_lists_and_revokes() {
             .args(args)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
     let v = vin(41);
@@ -454,15 +563,22 @@ async fn token_cli_creates_lists_and_revokes() {
     };
     assert_eq!(post(&tok, T0).await.unwrap().status(), 200);
     let list = run(&["token", "list"]);
-    assert!(list.contains(&v) && list.contains("car") && !list.contains(&tok[17..]), "{list}");
+    assert!(
+        list.contains(&v) && list.contains("car") && !list.contains(&tok[17..]),
+        "{list}"
+    );
     let id = &tok[4..16];
     run(&["token", "revoke", id]);
     let mut ts = T0;
-    eventually(Duration::from_secs(10), "the revoked token to be refused", || {
-        ts += 1000;
-        let f = post(&tok, ts);
-        async move { (f.await.unwrap().status() == 401).then_some(()) }
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the revoked token to be refused",
+        || {
+            ts += 1000;
+            let f = post(&tok, ts);
+            async move { (f.await.unwrap().status() == 401).then_some(()) }
+        },
+    )
     .await;
 }
 
@@ -508,10 +624,14 @@ async fn the_spawned_logger_is_confined() {
         "/dev/zero",
         "passwd.csv",
     ] {
-        let r = start(json!({"replay": [bad], "format": "csv"})).await.unwrap();
+        let r = start(json!({"replay": [bad], "format": "csv"}))
+            .await
+            .unwrap();
         assert_eq!(r.status(), 400, "{bad}");
     }
-    let r = start(json!({"vehicles": 1000, "rate": 1000})).await.unwrap();
+    let r = start(json!({"vehicles": 1000, "rate": 1000}))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400, "vehicles × rate is bounded");
 
     let ws = |t: String| async move {
@@ -527,11 +647,17 @@ async fn the_spawned_logger_is_confined() {
     };
     let mut op_ws = ws(operator.clone()).await;
     let mut viewer_ws = ws(viewer.clone()).await;
-    let r = start(json!({"replay": ["trip.csv"], "format": "csv"})).await.unwrap();
+    let r = start(json!({"replay": ["trip.csv"], "format": "csv"}))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let mut env = Vec::new();
     loop {
-        let m = op_ws.until(Duration::from_secs(10), "log", |m| m["data"]["source"] == "logger").await;
+        let m = op_ws
+            .until(Duration::from_secs(10), "log", |m| {
+                m["data"]["source"] == "logger"
+            })
+            .await;
         let line = m["data"]["message"].as_str().unwrap().to_owned();
         if line == "ENV-DONE" {
             break;
@@ -540,8 +666,17 @@ async fn the_spawned_logger_is_confined() {
     }
     let names: Vec<&str> = env.iter().filter_map(|l| l.split('=').next()).collect();
     let allowed = [
-        "PATH", "HOME", "LANG", "LC_ALL", "TZ", "RUST_LOG", "RUST_BACKTRACE",
-        "LOCKSTEP_DEVICE_TOKEN", "PWD", "SHLVL", "_",
+        "PATH",
+        "HOME",
+        "LANG",
+        "LC_ALL",
+        "TZ",
+        "RUST_LOG",
+        "RUST_BACKTRACE",
+        "LOCKSTEP_DEVICE_TOKEN",
+        "PWD",
+        "SHLVL",
+        "_",
     ];
     for n in &names {
         assert!(allowed.contains(n), "the child inherited {n}: {env:?}");
@@ -550,9 +685,17 @@ async fn the_spawned_logger_is_confined() {
     assert!(!env.iter().any(|l| l.contains(ADMIN)));
     // The viewer saw no logger output.
     let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
-    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut viewer_ws.stream)).await {
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(
+        deadline,
+        futures_util::StreamExt::next(&mut viewer_ws.stream),
+    )
+    .await
+    {
         let text = m.into_text().unwrap_or_default();
-        assert!(!text.contains("\"source\":\"logger\""), "a viewer got logger output: {text}");
+        assert!(
+            !text.contains("\"source\":\"logger\""),
+            "a viewer got logger output: {text}"
+        );
     }
     let r = app
         .http

@@ -11,9 +11,8 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
@@ -21,10 +20,11 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
-use crate::hub::{Level, log_json};
-use crate::logger::{StartRequest, Started, Stopped};
+use crate::actors::hub::{Level, log_json};
+use crate::actors::logger::{StartRequest, Started, Stopped};
+use crate::http::extract::Operator;
 use crate::model::{ReadingJson, envelope};
+use crate::state::AppState;
 
 /// Largest client message, bytes.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
@@ -58,13 +58,13 @@ enum Ctl {
     Send(String),
 }
 
-pub async fn ws_handler(
+/// `GET /ws`.
+pub async fn upgrade(
     ws: WebSocketUpgrade,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    operator: Operator,
     State(app): State<AppState>,
 ) -> Response {
-    let admin = app.admin.allows(peer, &headers);
+    let (admin, peer) = (operator.allowed, operator.peer);
     ws.max_message_size(MAX_CLIENT_MESSAGE)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
@@ -129,7 +129,7 @@ async fn client(
     cancel: CancellationToken,
 ) {
     let _guard = app.hub.client();
-    let mut events = app.hub.subscribe();
+    let mut events = app.hub.subscribe_as(admin);
     let (mut sink, stream) = socket.split();
     tracing::debug!("WebSocket client connected.");
 
@@ -253,7 +253,7 @@ async fn read_loop(
             Ok(ClientMsg::StartLogger(_) | ClientMsg::StopLogger) if !admin => Some(log_json(
                 Level::Error,
                 "server",
-                "logger control refused: connect from loopback or send Authorization: Bearer <LOCKSTEP_ADMIN_TOKEN>",
+                "logger control refused: it needs the operator role (log in, or send Authorization: Bearer <token>)",
             )),
             Ok(ClientMsg::StartLogger(req)) => Some(match app.logger.start(req).await {
                 Ok(Started::Started { pid }) => log_json(

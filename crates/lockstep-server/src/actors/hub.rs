@@ -28,6 +28,9 @@ pub struct HubEvent {
     /// The vehicle, for subscription filters; `None` = for every client.
     pub vin: Option<Arc<str>>,
     pub text: Utf8Bytes,
+    /// Only for clients allowed to control the logger (its output may name
+    /// files and settings a viewer has no business seeing).
+    pub operators_only: bool,
 }
 
 /// The fan-out point.
@@ -118,6 +121,7 @@ impl Mailbox {
         &self,
         hub: &Hub,
         vins: &HashSet<String>,
+        operator: bool,
         out: &mut Vec<Utf8Bytes>,
         max: usize,
     ) -> bool {
@@ -132,7 +136,7 @@ impl Mailbox {
             let Some(ev) = st.queue.pop_front() else {
                 break;
             };
-            if passes(&ev, vins) {
+            if passes(&ev, vins, operator) {
                 out.push(ev.text);
             }
         }
@@ -145,7 +149,10 @@ impl Mailbox {
 }
 
 /// Whether a client subscribed to `vins` (empty = all) gets `ev`.
-fn passes(ev: &HubEvent, vins: &HashSet<String>) -> bool {
+fn passes(ev: &HubEvent, vins: &HashSet<String>, operator: bool) -> bool {
+    if ev.operators_only && !operator {
+        return false;
+    }
     match &ev.vin {
         Some(vin) => vins.is_empty() || vins.contains(&**vin),
         None => true,
@@ -157,6 +164,8 @@ fn passes(ev: &HubEvent, vins: &HashSet<String>) -> bool {
 pub struct Subscription {
     hub: Arc<Hub>,
     feed: Feed,
+    /// Receives operator-only messages too.
+    operator: bool,
 }
 
 enum Feed {
@@ -173,17 +182,24 @@ impl Subscription {
     /// `out` (a lag becomes a `lagged` message). Cancel-safe. `false` = the
     /// hub is gone.
     pub async fn recv(&mut self, out: &mut Vec<Utf8Bytes>, max: usize) -> bool {
+        let operator = self.operator;
+        let none = HashSet::new();
         match &mut self.feed {
             Feed::All(rx) => {
-                match rx.recv().await {
-                    Ok(ev) => out.push(ev.text),
-                    Err(broadcast::error::RecvError::Lagged(n)) => out.push(self.hub.lagged(n)),
-                    Err(broadcast::error::RecvError::Closed) => return false,
+                loop {
+                    match rx.recv().await {
+                        Ok(ev) if passes(&ev, &none, operator) => out.push(ev.text),
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(n)) => out.push(self.hub.lagged(n)),
+                        Err(broadcast::error::RecvError::Closed) => return false,
+                    }
+                    break;
                 }
                 // What is already queued goes with it (no await from here on).
                 for _ in 1..max {
                     match rx.try_recv() {
-                        Ok(ev) => out.push(ev.text),
+                        Ok(ev) if passes(&ev, &none, operator) => out.push(ev.text),
+                        Ok(_) => {}
                         Err(broadcast::error::TryRecvError::Lagged(n)) => {
                             out.push(self.hub.lagged(n))
                         }
@@ -193,7 +209,7 @@ impl Subscription {
                 true
             }
             Feed::Vins { mailbox, vins, .. } => loop {
-                if mailbox.take(&self.hub, vins, out, max) {
+                if mailbox.take(&self.hub, vins, operator, out, max) {
                     return true;
                 }
                 mailbox.ready.notified().await;
@@ -206,6 +222,7 @@ impl Subscription {
     /// or repeated by the switch; a newly added VIN's messages come from now on.
     pub fn set_filter(&mut self, vins: HashSet<String>, out: &mut Vec<Utf8Bytes>) {
         let hub = self.hub.clone();
+        let operator = self.operator;
         // Publishing waits meanwhile, so nothing slips between the old and the new feed.
         let mut routes = hub.routes();
         match &mut self.feed {
@@ -213,7 +230,7 @@ impl Subscription {
             Feed::All(rx) => {
                 loop {
                     match rx.try_recv() {
-                        Ok(ev) if passes(&ev, &vins) => out.push(ev.text),
+                        Ok(ev) if passes(&ev, &vins, operator) => out.push(ev.text),
                         Ok(_) => {}
                         Err(broadcast::error::TryRecvError::Lagged(n)) => out.push(hub.lagged(n)),
                         Err(_) => break,
@@ -233,7 +250,7 @@ impl Subscription {
                 routes.remove(*id, old);
                 if vins.is_empty() {
                     let rx = hub.all.subscribe();
-                    mailbox.take(&hub, &vins, out, usize::MAX);
+                    mailbox.take(&hub, &vins, operator, out, usize::MAX);
                     self.feed = Feed::All(rx);
                 } else {
                     // What is queued is filtered when taken, by the new filter.
@@ -352,9 +369,15 @@ impl Hub {
 
     /// A subscription to every message, from now on.
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        self.subscribe_as(false)
+    }
+
+    /// Like [`Self::subscribe`], also receiving operator-only messages when `operator`.
+    pub fn subscribe_as(self: &Arc<Self>, operator: bool) -> Subscription {
         Subscription {
             hub: self.clone(),
             feed: Feed::All(self.all.subscribe()),
+            operator,
         }
     }
 
@@ -381,12 +404,22 @@ impl Hub {
         self.publish(HubEvent {
             vin: None,
             text: text.into(),
+            operators_only: false,
         });
     }
 
     /// Publishes `{"type":"log"}`.
     pub fn log(&self, level: Level, source: &str, message: &str) {
         self.broadcast_text(log_json(level, source, message));
+    }
+
+    /// Publishes `{"type":"log"}` for operators only (the logger's output).
+    pub fn log_operators(&self, level: Level, source: &str, message: &str) {
+        self.publish(HubEvent {
+            vin: None,
+            text: log_json(level, source, message).into(),
+            operators_only: true,
+        });
     }
 }
 
@@ -414,6 +447,7 @@ mod tests {
 
     fn ev(vin: Option<&str>, text: &str) -> HubEvent {
         HubEvent {
+            operators_only: false,
             vin: vin.map(Into::into),
             text: text.to_owned().into(),
         }

@@ -1,0 +1,57 @@
+//! Logger control: `POST /logger/start`, `POST /logger/stop` (the operator
+//! group's policy) and `GET /logger/status` (a read).
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::actors::logger::{LoggerStatus, StartRequest, Started, Stopped};
+use crate::http::error::ApiError;
+use crate::http::extract::require_json;
+use crate::state::AppState;
+
+/// `POST /logger/start` with an optional JSON body.
+pub async fn start(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    require_json(&headers, &body)?;
+    let req: StartRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        StartRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!("the body is not valid logger options: {e}"))
+        })?
+    };
+    Ok(match app.logger.start(req).await? {
+        Started::Started { pid } => (
+            StatusCode::OK,
+            Json(json!({"status": "started", "pid": pid})),
+        )
+            .into_response(),
+        Started::AlreadyRunning { pid } => (
+            StatusCode::CONFLICT,
+            Json(json!({"status": "already_running", "pid": pid})),
+        )
+            .into_response(),
+    })
+}
+
+/// `POST /logger/stop`.
+pub async fn stop(State(app): State<AppState>) -> Response {
+    match app.logger.stop().await {
+        Stopped::Stopped { exit_code } => {
+            Json(json!({"status": "stopped", "exit_code": exit_code})).into_response()
+        }
+        Stopped::NotRunning => Json(json!({"status": "not_running"})).into_response(),
+    }
+}
+
+/// `GET /logger/status`.
+pub async fn status(State(app): State<AppState>) -> Json<LoggerStatus> {
+    Json(app.logger.status())
+}

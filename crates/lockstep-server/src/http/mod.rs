@@ -1,0 +1,205 @@
+//! The HTTP layer: the router (every route, listed in [`router`]), thin
+//! handlers per resource, shared extractors and the one [`error::ApiError`].
+//! Handlers call services and actor handles; nothing below imports this
+//! module.
+//!
+//! Routes are grouped by who may call them, each group one list of
+//! (method, path, handler) under one access policy ([`crate::auth::policy`]),
+//! so a route added to a group inherits the group's policy, and
+//! [`policy_table`] lists every route with its policy (the role × route test
+//! enumerates it). A route registered outside the groups has no policy and
+//! is refused with 500 by [`unlisted`].
+//! - [`device_ingest`]: vehicles and edge loggers sending readings (device credentials);
+//! - [`reads`]: clients reading stored data and the live stream (viewer and up);
+//! - [`operator`]: logger control (operator and up);
+//! - [`admin`]: tokens (admin);
+//! - [`public`]: health/status, the dashboard and its login.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{Next, from_fn_with_state, map_response_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::policy::{Guard, Policy, enforce};
+use crate::state::AppState;
+
+pub mod dashboard;
+pub mod error;
+pub mod extract;
+pub mod logger;
+pub mod status;
+pub mod telemetry;
+pub mod tokens;
+pub mod vehicles;
+pub mod ws;
+
+/// One route of a group.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub handler: MethodRouter<AppState>,
+}
+
+fn route(method: Method, path: &'static str, handler: MethodRouter<AppState>) -> Route {
+    Route {
+        method,
+        path,
+        handler,
+    }
+}
+
+/// The embedded dashboard's routes (its own router, merged into the public group).
+const DASHBOARD: &[&str] = &["/", "/index.html", "/favicon.svg", "/assets/{*path}"];
+
+/// Every group with its policy: the single source of the router and of [`policy_table`].
+pub fn groups() -> Vec<(Policy, Vec<Route>)> {
+    vec![
+        (Policy::Ingest, device_ingest()),
+        (Policy::Read, reads()),
+        (Policy::Operate, operator()),
+        (Policy::Admin, admin()),
+        (Policy::Public, public()),
+    ]
+}
+
+/// Every route with its policy, as the router serves them.
+pub fn policy_table() -> Vec<(Method, &'static str, Policy)> {
+    let mut t: Vec<_> = groups()
+        .into_iter()
+        .flat_map(|(policy, routes)| routes.into_iter().map(move |r| (r.method, r.path, policy)))
+        .collect();
+    t.extend(DASHBOARD.iter().map(|p| (Method::GET, *p, Policy::Public)));
+    t
+}
+
+/// The whole HTTP surface. `cors`: allowed origins, `None` = any.
+pub fn router(state: AppState, cors: Option<Vec<String>>) -> Router {
+    let origins = match cors {
+        None => AllowOrigin::any(),
+        Some(list) => AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok())),
+    };
+    let cors = CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
+    let body_limit = state.settings.body_limit;
+    let listed: Arc<HashSet<(Method, &'static str)>> =
+        Arc::new(policy_table().into_iter().map(|(m, p, _)| (m, p)).collect());
+    let mut app = Router::new();
+    for (policy, routes) in groups() {
+        let mut group = Router::new();
+        for r in routes {
+            group = group.route(r.path, r.handler);
+        }
+        if policy == Policy::Public {
+            group = group.merge(dashboard::router());
+        }
+        let guard = Guard {
+            auth: state.auth.clone(),
+            origins: state.origins.clone(),
+            policy,
+        };
+        app = app.merge(group.route_layer(from_fn_with_state(guard, enforce)));
+    }
+    app.route_layer(from_fn_with_state(listed, unlisted))
+        .fallback(status::not_found)
+        // Ingest reads its body itself (413 as JSON); this bounds every other extractor.
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(map_response_with_state(state.clone(), set_retry_after))
+        .layer(cors)
+        // One span per request (debug level: enable with RUST_LOG=tower_http=debug).
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Refuses a route that is not in [`policy_table`] (registered outside the
+/// groups): no route is served without a policy.
+async fn unlisted(
+    State(listed): State<Arc<HashSet<(Method, &'static str)>>>,
+    path: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let method = if req.method() == Method::HEAD {
+        Method::GET
+    } else {
+        req.method().clone()
+    };
+    match path {
+        Some(p) if listed.contains(&(method.clone(), p.as_str())) => next.run(req).await,
+        p => {
+            tracing::error!(%method, path = ?p.as_ref().map(MatchedPath::as_str), "A route without an access policy was called; add it to a group in http::groups.");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(serde_json::json!({"status": "error", "error": "internal error"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Readings from vehicles and edge loggers.
+pub fn device_ingest() -> Vec<Route> {
+    vec![
+        route(
+            Method::POST,
+            "/api/telemetry",
+            post(telemetry::post_telemetry),
+        ),
+        route(Method::POST, "/api/v1/batch", post(telemetry::post_batch)),
+    ]
+}
+
+/// Stored data and the live stream (`/ws` checks logger commands per message).
+pub fn reads() -> Vec<Route> {
+    vec![
+        route(Method::GET, "/api/vehicles", get(vehicles::list)),
+        route(Method::GET, "/logger/status", get(logger::status)),
+        route(Method::GET, "/ws", get(ws::upgrade)),
+    ]
+}
+
+/// Starting and stopping the logger child.
+pub fn operator() -> Vec<Route> {
+    vec![
+        route(Method::POST, "/logger/start", post(logger::start)),
+        route(Method::POST, "/logger/stop", post(logger::stop)),
+    ]
+}
+
+/// Tokens.
+pub fn admin() -> Vec<Route> {
+    vec![
+        route(Method::GET, "/api/tokens", get(tokens::list)),
+        route(Method::POST, "/api/tokens", post(tokens::create)),
+        route(
+            Method::POST,
+            "/api/tokens/{id}/revoke",
+            post(tokens::revoke),
+        ),
+    ]
+}
+
+/// Health/status, the dashboard's login (the dashboard's files are merged in [`router`]).
+pub fn public() -> Vec<Route> {
+    use crate::auth::web;
+    vec![
+        route(Method::GET, "/status", get(status::status)),
+        route(Method::GET, "/api/session", get(web::session)),
+        route(Method::POST, "/api/login", post(web::login)),
+        route(Method::POST, "/api/logout", post(web::logout)),
+    ]
+}
+
+/// Fills `Retry-After` on 503s of an unavailable store from the settings.
+async fn set_retry_after(State(app): State<AppState>, mut resp: Response) -> Response {
+    error::apply_retry_after(&mut resp, app.settings.retry_after_s);
+    resp
+}
