@@ -116,7 +116,7 @@ pub fn decide(
             match (c.read, principal) {
                 // As before read auth existed: a remote caller without a token is refused, not asked.
                 (Mode::Off, Principal::Anonymous) => Err(Refusal::Forbidden(
-                    "logger control is allowed from loopback or with an operator token (Authorization: Bearer <token>)".into(),
+                    "logger control is allowed from loopback or with an operator token or LOCKSTEP_ADMIN_TOKEN (Authorization: Bearer <token>)".into(),
                 )),
                 _ => need(Role::Operator),
             }

@@ -184,7 +184,7 @@ pub fn check_seed_timestamp(ts: i64, now_ms: i64) -> Result<(), String> {
     let why = if ts < 0 {
         "is negative"
     } else if ts < SEED_TS_MIN {
-        if ts >= SEED_TS_MIN / 1000 {
+        if ts >= SEED_TS_MIN / 1000 && ts <= now_ms.saturating_add(SEED_TS_AHEAD_MS) / 1000 {
             "looks like seconds"
         } else {
             "is before 2000"
@@ -693,7 +693,7 @@ mod tests {
             )
             .await
             .unwrap_err();
-        assert!(matches!(err, IngestError::Invalid(_)), "{err:?}");
+        assert!(matches!(err, IngestError::Implausible(_)), "{err:?}");
         stop.cancel();
     }
 }
