@@ -68,16 +68,21 @@ impl OriginPolicy {
             .unwrap_or("null")
             .trim()
             .to_ascii_lowercase();
-        if origin == "null" || !self.origins.iter().any(|o| *o == origin) {
-            return Err(CrossSite::Origin(origin));
-        }
-        // With an allowed Origin, Host must be ours too (DNS rebinding).
         let host = headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .unwrap_or("");
+        // The dashboard opened by IP address (a server on 0.0.0.0 knows no names):
+        // same origin by an IP literal, which DNS rebinding cannot produce.
+        let same_ip_origin = origin.split_once("://").is_some_and(|(_, a)| {
+            a == host.to_ascii_lowercase() && host_name(a).parse::<IpAddr>().is_ok()
+        });
+        if origin == "null" || !(same_ip_origin || self.origins.contains(&origin)) {
+            return Err(CrossSite::Origin(origin));
+        }
+        // With an allowed Origin, Host must be ours too (DNS rebinding).
         let name = host_name(host);
-        if name.parse::<IpAddr>().is_ok() || self.hosts.iter().any(|h| *h == name) {
+        if name.parse::<IpAddr>().is_ok() || self.hosts.contains(&name) {
             Ok(())
         } else {
             Err(CrossSite::Host(host.to_owned()))
@@ -135,5 +140,10 @@ mod tests {
             p.check(&headers(Some("http://localhost:8001"), "[::1]:8001"))
                 .is_ok()
         );
+        // Opened by IP address: the same IP origin passes, another IP or a name does not.
+        let ip = |o: &'static str, h: &'static str| p.check(&headers(Some(o), h)).is_ok();
+        assert!(ip("http://10.0.0.5:8001", "10.0.0.5:8001"));
+        assert!(!ip("http://10.0.0.6:8001", "10.0.0.5:8001"));
+        assert!(!ip("http://evil.example:8001", "evil.example:8001"));
     }
 }
