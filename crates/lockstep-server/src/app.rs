@@ -1,8 +1,9 @@
 //! Start-up and shutdown: [`App::build`] opens the store, starts the actors
 //! (writer, logger supervisor, statistics broadcaster, store health) and
 //! binds the listener; [`App::run`] serves until the shutdown token fires,
-//! then drains in order: stop accepting and finish in-flight requests, close
-//! WebSockets with a Close frame, flush the writer, stop the logger child.
+//! then drains in order: stop the logger child (HTTP still serving, so it can
+//! send what it holds), stop accepting and finish in-flight requests, close
+//! WebSockets with a Close frame, flush the writer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use crate::actors::writer::Writer;
 use crate::auth::db::AuthDb;
 use crate::auth::origin::OriginPolicy;
 use crate::auth::{Auth, AuthConfig};
-use crate::model::COLUMNS;
+use crate::model::Signals;
 use crate::services::ingest::IngestService;
 use crate::settings::{Settings, StoreConfig, redact_url};
 use crate::state::AppState;
@@ -38,6 +39,8 @@ pub struct App {
     state: AppState,
     writer_stop: CancellationToken,
     writer: JoinHandle<()>,
+    /// Stops the logger supervisor (and its child) — first, at shutdown.
+    logger_stop: CancellationToken,
     logger: JoinHandle<()>,
     background: CancellationToken,
 }
@@ -45,6 +48,12 @@ pub struct App {
 impl App {
     /// Opens the store (applying migrations), starts the actors and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_catalog(settings, Catalog::default_v1()).await
+    }
+
+    /// Like [`Self::build`] with another signal catalog: the store gets a
+    /// value column per signal (added if missing), clients a JSON field each.
+    pub async fn build_with_catalog(settings: Settings, catalog: Catalog) -> anyhow::Result<Self> {
         let store_config = settings.store_config()?;
         match &store_config {
             StoreConfig::Sqlite(p) => {
@@ -54,21 +63,27 @@ impl App {
                 tracing::info!(url = %redact_url(u), "Using the PostgreSQL store.")
             }
         }
-        let store = store::open(&store_config, settings.pg_pool).await?;
-        Self::build_with_store(settings, store).await
+        let signals = Signals::from_catalog(&catalog);
+        let store = store::open(&store_config, settings.pg_pool, &signals).await?;
+        Self::assemble(settings, catalog, store).await
     }
 
-    /// Like [`Self::build`] with a given store (tests inject failing stores here).
+    /// Like [`Self::build`] with a given store (tests inject failing stores
+    /// here), opened for the default catalog.
     pub async fn build_with_store(
         settings: Settings,
         store: Arc<dyn Store>,
     ) -> anyhow::Result<Self> {
-        let catalog = Arc::new(Catalog::default_v1());
-        let names: Vec<&str> = catalog.signals().iter().map(|s| s.name.as_str()).collect();
-        anyhow::ensure!(
-            names == COLUMNS,
-            "the signal catalog {names:?} does not match the store columns {COLUMNS:?}"
-        );
+        Self::assemble(settings, Catalog::default_v1(), store).await
+    }
+
+    async fn assemble(
+        settings: Settings,
+        catalog: Catalog,
+        store: Arc<dyn Store>,
+    ) -> anyhow::Result<Self> {
+        let catalog = Arc::new(catalog);
+        let signals = Signals::from_catalog(&catalog);
         let listener = TcpListener::bind((settings.host, settings.port))
             .await
             .with_context(|| {
@@ -155,7 +170,8 @@ impl App {
         };
         let (supervisor, logger) = Supervisor::new(logger_config, hub.clone(), auth.clone());
         let shutdown = CancellationToken::new();
-        let logger_task = tokio::spawn(supervisor.run(shutdown.clone()));
+        let logger_stop = CancellationToken::new();
+        let logger_task = tokio::spawn(supervisor.run(logger_stop.clone()));
 
         tokio::spawn(stats::broadcast(
             stats.clone(),
@@ -168,6 +184,7 @@ impl App {
             origins: Arc::new(origins),
             settings: Arc::new(settings),
             catalog,
+            signals,
             store,
             ingest,
             writer: writer_handle,
@@ -187,6 +204,7 @@ impl App {
             state,
             writer_stop,
             writer: writer_task,
+            logger_stop,
             logger: logger_task,
             background,
         })
@@ -217,21 +235,34 @@ impl App {
             router,
             state,
             writer_stop,
-            writer,
+            logger_stop,
             logger,
+            writer,
             background,
         } = self;
         tracing::info!(%addr, "Listening on http://{addr}");
         state.hub.log(Level::Info, "server", "server started");
         let shutdown = state.shutdown.clone();
         let grace = state.settings.shutdown_grace();
+        // The logger child stops first, while HTTP still serves: on SIGTERM it
+        // sends what it holds (its spool) to this server before exiting.
+        let http_stop = CancellationToken::new();
+        let logger_done = tokio::spawn({
+            let (shutdown, http_stop) = (shutdown.clone(), http_stop.clone());
+            async move {
+                shutdown.cancelled().await;
+                logger_stop.cancel();
+                let _ = logger.await;
+                http_stop.cancel();
+            }
+        });
         let serve = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        .with_graceful_shutdown(http_stop.clone().cancelled_owned());
         let deadline = async {
-            shutdown.cancelled().await;
+            http_stop.cancelled().await;
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
@@ -239,7 +270,8 @@ impl App {
             () = deadline => tracing::warn!("In-flight requests did not finish within the shutdown grace period; closing them."),
         }
         shutdown.cancel(); // also when serve ended on its own
-        tracing::info!("Shutting down: HTTP closed, flushing the writer and stopping the logger.");
+        let _ = logger_done.await;
+        tracing::info!("Shutting down: logger stopped, HTTP closed, flushing the writer.");
         state.tasks.close();
         if tokio::time::timeout(Duration::from_secs(2), state.tasks.wait())
             .await
@@ -251,7 +283,6 @@ impl App {
         if tokio::time::timeout(grace, writer).await.is_err() {
             tracing::error!("The writer did not flush within the shutdown grace period.");
         }
-        let _ = logger.await;
         background.cancel();
         tracing::info!("Shutdown complete.");
         Ok(())

@@ -7,8 +7,9 @@
 //! - [`services`]: use cases without HTTP types ([`services::ingest`]);
 //! - [`actors`]: the writer, hub, stats, logger supervisor and store health;
 //! - [`store`]: the `Store` trait with SQLite and PostgreSQL backends;
-//! - leaves: [`model`], [`settings`], [`auth`] (identity, roles, access
-//!   policies), [`sandbox`] (what the spawned logger may touch), [`vehicles`]
+//! - leaves: [`model`], [`protocol`] (the WebSocket messages), [`settings`],
+//!   [`auth`] (identity, roles, access policies), [`sandbox`] (what the
+//!   spawned logger may touch), [`vehicles`]
 //!   (per-vehicle codec state registry).
 //!
 //! [`app`] wires them; [`state::AppState`] is what handlers get.
@@ -23,6 +24,7 @@ pub mod app;
 pub mod auth;
 pub mod http;
 pub mod model;
+pub mod protocol;
 pub mod sandbox;
 pub mod services;
 pub mod settings;

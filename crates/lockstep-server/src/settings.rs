@@ -436,6 +436,12 @@ mod tests {
     }
 
     #[test]
+    fn listens_on_loopback_unless_told_otherwise() {
+        assert_eq!(parse(&[]).host, IpAddr::from([127, 0, 0, 1]));
+        assert!(parse(&["--host", "0.0.0.0"]).host.is_unspecified());
+    }
+
+    #[test]
     fn store_selection() {
         let s = parse(&["--database-url", "sqlite:///tmp/x.db"]);
         assert_eq!(

@@ -14,6 +14,7 @@ use crate::actors::stats::StatsBook;
 use crate::actors::writer::WriterHandle;
 use crate::auth::Auth;
 use crate::auth::origin::OriginPolicy;
+use crate::model::Signals;
 use crate::services::ingest::IngestService;
 use crate::settings::Settings;
 use crate::store::Store;
@@ -24,6 +25,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// The signal catalog the server decodes and stores with.
     pub catalog: Arc<Catalog>,
+    /// The catalog's signal names: value columns and JSON field names.
+    pub signals: Signals,
     /// For reads; writes go through [`Self::ingest`] and the writer.
     pub store: Arc<dyn Store>,
     /// Both wire forms: decode, commit, acknowledge.

@@ -12,36 +12,15 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::hub::{Hub, Level};
 use crate::auth::{Auth, Scope};
-use crate::model::{envelope, now_ms};
-
-/// Options of `POST /logger/start` and `{"type":"start_logger"}`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-pub struct StartRequest {
-    /// Simulated vehicles (simulate mode; default 1).
-    pub vehicles: Option<u32>,
-    /// Readings per second per vehicle (default 1).
-    pub rate: Option<f64>,
-    /// Stop after this many seconds (default: run until stopped).
-    pub duration_s: Option<f64>,
-    /// Recorded files to replay (replay mode, with `format`).
-    pub replay: Option<Vec<String>>,
-    /// `twizy`, `cycling` or `csv`.
-    pub format: Option<String>,
-    /// Replay speed factor.
-    pub speed: Option<f64>,
-    /// Simulation seed.
-    pub seed: Option<u64>,
-    /// Send as fast as the server acknowledges instead of in real time.
-    #[serde(default)]
-    pub as_fast_as_possible: bool,
-}
+use crate::model::now_ms;
+use crate::protocol::ServerMsg;
+pub use crate::protocol::{LoggerStatus, StartRequest};
 
 impl StartRequest {
     /// The edge's command line (without the binary), or what is wrong.
@@ -152,16 +131,6 @@ impl StartRequest {
             "LKS"
         }
     }
-}
-
-/// `GET /logger/status` and the `data` of `{"type":"logger"}`.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct LoggerStatus {
-    pub running: bool,
-    pub pid: Option<u32>,
-    pub started_at_ms: Option<i64>,
-    pub last_exit_code: Option<i32>,
-    pub last_run_s: Option<f64>,
 }
 
 /// Result of a start.
@@ -301,13 +270,19 @@ impl Supervisor {
         )
     }
 
-    /// Runs until `shutdown`; then stops the child (if any) and returns.
+    /// Runs until `shutdown` (the first step of the server's shutdown, while
+    /// HTTP still serves); then stops the child (if any) and returns.
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     Some(Cmd::Start(req, reply)) => {
                         let r = self.start(&req).await;
+                        if let Err(e) = &r {
+                            // The caller gets 400/503; the operator's log says why.
+                            tracing::warn!(error = %e, "The logger was not started.");
+                            self.hub.log_operators(Level::Error, "server", &format!("Logger not started: {e}"));
+                        }
                         let _ = reply.send(r);
                     }
                     Some(Cmd::Stop(reply)) => {
@@ -336,7 +311,7 @@ impl Supervisor {
             f(&mut s);
             s.clone()
         };
-        self.hub.broadcast_text(envelope("logger", &snapshot));
+        self.hub.broadcast(&ServerMsg::Logger(snapshot));
     }
 
     async fn start(&mut self, req: &StartRequest) -> Result<Started, LoggerError> {

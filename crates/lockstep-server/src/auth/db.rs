@@ -183,8 +183,7 @@ impl AuthDb {
         match config {
             crate::StoreConfig::Sqlite(path) => Self::open_sqlite(path).await,
             crate::StoreConfig::Postgres(url) => {
-                let store = crate::store::postgres::PgStore::connect(url, 2).await?;
-                Self::postgres(store.pool()).await
+                Self::postgres(crate::store::postgres::build_pool(url, 2)?).await
             }
         }
     }

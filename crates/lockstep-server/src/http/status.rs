@@ -5,8 +5,8 @@ use axum::extract::State;
 use serde::Serialize;
 
 use crate::actors::logger::LoggerStatus;
-use crate::actors::stats::Summary;
 use crate::http::error::ApiError;
+use crate::protocol::Summary;
 use crate::state::AppState;
 use crate::store::StoreKind;
 
@@ -37,7 +37,8 @@ pub async fn status(State(app): State<AppState>) -> Json<StatusJson> {
     Json(StatusJson {
         status: if healthy { "healthy" } else { "degraded" },
         compression_stats: app.stats.summary(),
-        supabase_enabled: app.settings.enable_supabase,
+        // Only when ENABLE_SUPABASE made the server store in (Supabase's) PostgreSQL.
+        supabase_enabled: app.settings.enable_supabase && app.store.kind() == StoreKind::Postgres,
         store: StoreJson {
             kind: app.store.kind(),
             healthy,

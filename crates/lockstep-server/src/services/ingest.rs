@@ -34,11 +34,11 @@ use crate::actors::health::{HealthHandle, Observation};
 use crate::actors::hub::{Hub, HubEvent};
 use crate::actors::writer::{WriteRequest, WriterHandle};
 use crate::auth::{Auth, Principal};
-use crate::model::{
-    CHANNELS, Counters, ReadingJson, SEED_SESSION, SessionRecord, TelemetryRow, envelope,
-};
+use crate::model::{Counters, SEED_SESSION, SessionRecord, Signals, TelemetryRow};
+use crate::protocol::{ReadingJson, ServerMsg};
 use crate::store::{Store, StoreError};
-use crate::vehicles::{SeedState, Vehicles};
+use crate::vehicles::Vehicles;
+use lockstep_codec::seed::SeedState;
 
 /// Which wire form a body is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,6 +158,8 @@ pub struct IngestService {
 
 struct Inner {
     catalog: Arc<Catalog>,
+    /// JSON names of the values in `telemetry` messages.
+    signals: Signals,
     /// Catalog channel of each seed field (speed, battery, power, heading).
     seed_channels: [usize; 4],
     store: Arc<dyn Store>,
@@ -223,6 +225,7 @@ impl IngestService {
             .map_err(|_| anyhow::anyhow!("four seed fields"))?;
         Ok(Self {
             inner: Arc::new(Inner {
+                signals: Signals::from_catalog(&catalog),
                 catalog,
                 seed_channels,
                 store,
@@ -347,7 +350,7 @@ impl Inner {
         };
         let mut next = seed.clone();
         let rec = next.predictor.reconstruct(&reading);
-        let mut values = [None; CHANNELS];
+        let mut values = vec![None; self.catalog.len()];
         let mut transmitted = 0u64;
         for (i, name) in lockstep_codec::seed::SEED_FIELDS.iter().enumerate() {
             let ch = self.seed_channels[i];
@@ -355,7 +358,7 @@ impl Inner {
             if rec.transmitted & (1 << i) != 0 {
                 transmitted |= 1 << ch;
             }
-            debug_assert_eq!(crate::model::COLUMNS[ch], *name);
+            debug_assert_eq!(self.catalog.signals()[ch].name, *name);
         }
         let mut counters = Counters::default();
         counters.count_reading(&values, transmitted);
@@ -388,7 +391,7 @@ impl Inner {
             keyframe: false,
         };
         let events = if self.hub.has_clients() {
-            vec![event(&row)]
+            vec![self.event(&row)]
         } else {
             Vec::new()
         };
@@ -480,10 +483,10 @@ impl Inner {
                 state = None;
             }
         }
-        let outcome = cb.decode(&self.catalog, state).map_err(|e| {
-            tracing::info!(error = %e, "Batch refused; the edge must resync.");
-            IngestError::from_decode(e, next_seq)
-        })?;
+        // Refusals are logged (rate-limited) where they become HTTP answers.
+        let outcome = cb
+            .decode(&self.catalog, state)
+            .map_err(|e| IngestError::from_decode(e, next_seq))?;
         let (readings, new_state) = match outcome {
             BatchOutcome::Duplicate => {
                 return Ok(Ack::new(&Counters::default(), Some(batch_ack(true))));
@@ -499,10 +502,7 @@ impl Inner {
         let rows: Vec<TelemetryRow> = readings
             .into_iter()
             .map(|r| {
-                let mut values = [None; CHANNELS];
-                for (slot, v) in values.iter_mut().zip(r.values) {
-                    *slot = v;
-                }
+                let values = r.values;
                 counters.count_reading(&values, r.transmitted);
                 let row = TelemetryRow {
                     vin: vin.clone(),
@@ -514,7 +514,7 @@ impl Inner {
                     keyframe: r.keyframe,
                 };
                 if with_events {
-                    events.push(event(&row));
+                    events.push(self.event(&row));
                 }
                 row
             })
@@ -528,6 +528,14 @@ impl Inner {
         self.submit(vin, rows, session, counters, events).await?;
         vehicle.install(cb.session_id(), new_state);
         Ok(Ack::new(&counters, Some(batch_ack(false))))
+    }
+
+    fn event(&self, row: &TelemetryRow) -> HubEvent {
+        let msg = ServerMsg::Telemetry(ReadingJson {
+            row: row.clone(),
+            signals: self.signals.clone(),
+        });
+        HubEvent::new(Some(row.vin.clone()), &msg)
     }
 
     async fn submit(
@@ -563,27 +571,26 @@ fn refuse_foreign_vin(sender: &Principal, vin: &Vin) -> Result<(), IngestError> 
     Ok(())
 }
 
-fn event(row: &TelemetryRow) -> HubEvent {
-    HubEvent {
-        operators_only: false,
-        vin: Some(row.vin.clone()),
-        text: envelope("telemetry", &ReadingJson::from(row)).into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::actors::health::Health;
     use crate::actors::stats::StatsBook;
     use crate::actors::writer::Writer;
-    use crate::store::sqlite::SqliteStore;
+    use crate::settings::StoreConfig;
     use tokio_util::sync::CancellationToken;
 
     /// The service on a real SQLite store with its writer and health actor,
     /// no HTTP anywhere.
     async fn service(dir: &std::path::Path) -> (IngestService, Arc<dyn Store>, CancellationToken) {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("t.db")).await.unwrap());
+        let catalog = Arc::new(Catalog::default_v1());
+        let store = crate::store::open(
+            &StoreConfig::Sqlite(dir.join("t.db")),
+            1,
+            &Signals::from_catalog(&catalog),
+        )
+        .await
+        .unwrap();
         let hub = Arc::new(Hub::new(16));
         let stop = CancellationToken::new();
         let (health, health_handle) = Health::new(store.clone(), hub.clone());
@@ -598,7 +605,7 @@ mod tests {
         );
         tokio::spawn(writer.run(stop.clone()));
         let svc = IngestService::new(
-            Arc::new(Catalog::default_v1()),
+            catalog,
             store.clone(),
             writer_handle,
             hub,

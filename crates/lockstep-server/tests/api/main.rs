@@ -7,10 +7,12 @@ mod helpers;
 
 mod bad_input;
 mod batching;
+mod catalog;
 mod cli;
 mod ingest;
 mod logger;
 mod security;
 mod shutdown;
+mod status;
 mod store_down;
 mod websocket;
