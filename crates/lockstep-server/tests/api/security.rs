@@ -92,6 +92,19 @@ async fn send(
     (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
+/// Posts a lockstep batch with a bearer token.
+async fn batch_as(app: &TestApp, token: &str, b: &lockstep_proto::v1::Batch) -> (u16, String) {
+    send(
+        app,
+        Method::POST,
+        "/api/v1/batch",
+        Some(token),
+        Some(BATCH),
+        b.encode_to_vec(),
+    )
+    .await
+}
+
 /// The request each route gets in the matrix; a route without one fails the test.
 fn sample(method: &Method, path: &str, vin_a: &str) -> (String, Option<&'static str>, Vec<u8>) {
     let path = path.replace("{vin}", vin_a).replace("{id}", "000000000000");
@@ -233,7 +246,9 @@ async fn device_tokens_write_only_their_vin(backend: Backend) {
         "A's token for B"
     );
     assert_eq!(post_seed(None, b.clone(), T0).await, 401, "no token");
-    let wrong = format!("{}0{}", &tok_a[..17], &tok_a[18..]);
+    // The same id, one secret character changed.
+    let flipped = if &tok_a[17..18] == "0" { "1" } else { "0" };
+    let wrong = format!("{}{flipped}{}", &tok_a[..17], &tok_a[18..]);
     assert_eq!(
         post_seed(Some(wrong), a.clone(), T0 + 1000).await,
         401,
@@ -242,50 +257,18 @@ async fn device_tokens_write_only_their_vin(backend: Backend) {
     // A batch for B signed by A.
     let mut enc = encoder(&b, 5);
     let bb = batch(&mut enc, 0..3, T0);
-    let (code, _) = send(
-        &app,
-        Method::POST,
-        "/api/v1/batch",
-        Some(&tok_a),
-        Some(BATCH),
-        bb.encode_to_vec(),
-    )
-    .await;
+    let (code, _) = batch_as(&app, &tok_a, &bb).await;
     assert_eq!(code, 403);
     // Keyframe takeover: the fleet token may write A, but not A's session opened by A's token.
     let mut enc = encoder(&a, 9);
     let first = batch(&mut enc, 0..3, T0);
-    let (code, _) = send(
-        &app,
-        Method::POST,
-        "/api/v1/batch",
-        Some(&tok_a),
-        Some(BATCH),
-        first.encode_to_vec(),
-    )
-    .await;
+    let (code, _) = batch_as(&app, &tok_a, &first).await;
     assert_eq!(code, 200);
     enc.rewind(3);
     let takeover = batch(&mut enc, 3..4, T0);
-    let (code, text) = send(
-        &app,
-        Method::POST,
-        "/api/v1/batch",
-        Some(&fleet),
-        Some(BATCH),
-        takeover.encode_to_vec(),
-    )
-    .await;
+    let (code, text) = batch_as(&app, &fleet, &takeover).await;
     assert_eq!(code, 403, "{text}");
-    let (code, _) = send(
-        &app,
-        Method::POST,
-        "/api/v1/batch",
-        Some(&tok_a),
-        Some(BATCH),
-        takeover.encode_to_vec(),
-    )
-    .await;
+    let (code, _) = batch_as(&app, &tok_a, &takeover).await;
     assert_eq!(code, 200, "the owner continues");
     let b_rows = app
         .db
@@ -665,19 +648,14 @@ async fn the_spawned_logger_is_confined() {
         env.push(line);
     }
     let names: Vec<&str> = env.iter().filter_map(|l| l.split('=').next()).collect();
-    let allowed = [
-        "PATH",
-        "HOME",
-        "LANG",
-        "LC_ALL",
-        "TZ",
-        "RUST_LOG",
-        "RUST_BACKTRACE",
+    // What the child may see, and what sh itself sets.
+    let allowed = lockstep_server::sandbox::CHILD_ENV.iter().chain(&[
         "LOCKSTEP_DEVICE_TOKEN",
         "PWD",
         "SHLVL",
         "_",
-    ];
+    ]);
+    let allowed: Vec<&str> = allowed.copied().collect();
     for n in &names {
         assert!(allowed.contains(n), "the child inherited {n}: {env:?}");
     }
