@@ -516,6 +516,26 @@ fn forward(bytes: &[u8], name: &str, hub: &Hub) {
 mod tests {
     use super::*;
 
+    /// A child printing megabytes without a newline (a replay of /dev/zero)
+    /// gets one line of at most MAX_LINE bytes forwarded, the rest dropped.
+    #[tokio::test]
+    async fn output_lines_are_bounded() {
+        use tokio::io::AsyncReadExt as _;
+        let hub = Arc::new(Hub::new(16));
+        let (mut operator, _) = hub.subscribe_with_logs(true);
+        let endless = tokio::io::repeat(b'z').take(8 * 1024 * 1024);
+        let tail = &b"\nnext line\n"[..];
+        pump(endless.chain(tail), "stdout", hub.clone()).await;
+        let mut out = Vec::new();
+        while out.len() < 2 {
+            assert!(operator.recv(&mut out, 10).await);
+        }
+        let first: serde_json::Value = serde_json::from_str(out[0].as_str()).unwrap();
+        let line = first["data"]["message"].as_str().unwrap();
+        assert_eq!(line.len(), MAX_LINE);
+        assert!(out[1].as_str().contains("next line"));
+    }
+
     #[test]
     fn command_lines() {
         let url = "http://127.0.0.1:1";
