@@ -684,3 +684,53 @@ async fn the_spawned_logger_is_confined() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// Two instances on one PostgreSQL database: a login on one is a session on
+/// the other, and a revocation on one reaches the other within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_a_database_share_tokens_and_sessions() {
+    let one = secured(Backend::Postgres, &[]).await;
+    let two = spawn_app_with(
+        one.db.clone(),
+        &["--read-auth", "required", "--admin-token", ADMIN],
+    )
+    .await;
+    let (viewer, id) = token(&one, json!({"role": "viewer"})).await;
+    let r = two
+        .http
+        .post(format!("{}/api/login", two.addr))
+        .json(&json!({"token": viewer}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let read = |app: &TestApp| {
+        app.http
+            .get(format!("{}/api/vehicles", app.addr))
+            .header("cookie", &cookie)
+            .send()
+    };
+    assert_eq!(
+        read(&one).await.unwrap().status(),
+        200,
+        "a session opened on two"
+    );
+    let (code, _) = send(
+        &one,
+        Method::POST,
+        &format!("/api/tokens/{id}/revoke"),
+        Some(ADMIN),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(code, 204);
+    eventually(
+        Duration::from_secs(10),
+        "two to end the revoked token's session",
+        || async { (read(&two).await.unwrap().status() == 401).then_some(()) },
+    )
+    .await;
+}
