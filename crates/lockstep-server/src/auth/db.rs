@@ -478,6 +478,32 @@ impl AuthDb {
         }
     }
 
+    /// The identity that owns the session, if any.
+    pub async fn session_owner(
+        &self,
+        vin: &str,
+        session_id: u64,
+    ) -> Result<Option<String>, StoreError> {
+        const SELECT: &str =
+            "SELECT credential FROM session_owners WHERE vin = $1 AND session_id = $2";
+        let sid = session_id as i64;
+        match self {
+            Self::Sqlite(c) => {
+                let vin = vin.to_owned();
+                Self::sqlite(c, move |conn| {
+                    conn.query_row(&SELECT.replace('$', "?"), params![vin, sid], |r| r.get(0))
+                        .optional()
+                })
+                .await
+            }
+            Self::Postgres(p) => {
+                let c = p.get().await.map_err(err)?;
+                let row = c.query_opt(SELECT, &[&vin, &sid]).await.map_err(err)?;
+                Ok(row.map(|r| r.get(0)))
+            }
+        }
+    }
+
     /// Records `credential` as the owner of the session unless it has one;
     /// returns the owner (the given one, or the one recorded before).
     pub async fn claim_session(

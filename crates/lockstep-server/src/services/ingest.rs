@@ -170,7 +170,8 @@ struct Inner {
     max_batch_readings: usize,
     auth: Arc<Auth>,
     /// Session owners already confirmed by the store: (VIN, session) → credential.
-    owners: std::sync::Mutex<std::collections::HashMap<(Arc<str>, u64), String>>,
+    /// `None`: the store knows no owner (written without a credential so far).
+    owners: std::sync::Mutex<std::collections::HashMap<(Arc<str>, u64), Option<String>>>,
 }
 
 /// Sessions whose owner is cached; beyond this the cache starts over.
@@ -275,17 +276,16 @@ impl Inner {
         IngestError::Store(e)
     }
 
-    /// Whether `sender` may write the session (it opened it or is the first
-    /// to write it); devices only, anonymous writers own nothing.
+    /// Whether `sender` may write the session: a device credential may if it
+    /// opened it or is the first to write it (then it owns it); a writer
+    /// without a credential (device auth off) only if no credential owns it.
     async fn may_continue(
         &self,
         sender: &Principal,
         vin: &Arc<str>,
         session_id: u64,
     ) -> Result<(), IngestError> {
-        let Some(cred) = sender.device_credential() else {
-            return Ok(());
-        };
+        let cred = sender.device_credential();
         let key = (vin.clone(), session_id);
         let known = self
             .owners
@@ -293,10 +293,16 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
             .cloned();
-        let owner = match known {
-            Some(o) => o,
-            None => {
-                let o = match self.auth.db.claim_session(vin, session_id, cred).await {
+        let owner = match (known, cred) {
+            (Some(Some(o)), _) => Some(o),
+            (Some(None), None) => None,
+            (_, cred) => {
+                let db = &self.auth.db;
+                let o = match cred {
+                    Some(c) => db.claim_session(vin, session_id, c).await.map(Some),
+                    None => db.session_owner(vin, session_id).await,
+                };
+                let o = match o {
                     Ok(o) => o,
                     Err(e) => return Err(self.store_failed(e).await),
                 };
@@ -308,13 +314,15 @@ impl Inner {
                 o
             }
         };
-        if owner == cred {
-            Ok(())
-        } else {
-            tracing::warn!(vin = %vin, session_id = format_args!("{session_id:016x}"), "A credential tried to write a session another credential opened.");
-            Err(IngestError::Forbidden(format!(
-                "session {session_id:016x} of {vin} was opened by another credential; start a new session"
-            )))
+        match owner {
+            None => Ok(()),
+            Some(o) if Some(o.as_str()) == cred => Ok(()),
+            Some(_) => {
+                tracing::warn!(vin = %vin, session_id = format_args!("{session_id:016x}"), "A writer tried to write a session another credential opened.");
+                Err(IngestError::Forbidden(format!(
+                    "session {session_id:016x} of {vin} belongs to another credential; start a new session"
+                )))
+            }
         }
     }
 

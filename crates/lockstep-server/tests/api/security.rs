@@ -734,3 +734,31 @@ async fn instances_sharing_a_database_share_tokens_and_sessions() {
     )
     .await;
 }
+
+/// With device auth off (the quick start), a writer without a credential still
+/// cannot take over a session a device credential opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_writers_cannot_take_over_an_owned_session() {
+    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
+    let app = spawn_app_with(db, &["--admin-token", ADMIN]).await;
+    let a = vin(51);
+    let (tok_a, _) = token(&app, json!({"vin": a})).await;
+    let mut enc = encoder(&a, 12);
+    let (code, _) = batch_as(&app, &tok_a, &batch(&mut enc, 0..3, T0)).await;
+    assert_eq!(code, 200);
+    enc.rewind(3);
+    let takeover = batch(&mut enc, 3..4, T0);
+    let r = app.post_batch(&takeover).await;
+    assert_eq!(r.status(), 403);
+    // Its own sessions stay open to it.
+    let mut own = encoder(&a, 13);
+    assert_eq!(
+        app.post_batch(&batch(&mut own, 0..3, T0)).await.status(),
+        200
+    );
+    let stored = app
+        .db
+        .count("SELECT count(*) FROM telemetry_data WHERE session_id = 12")
+        .await;
+    assert_eq!(stored, 3);
+}
