@@ -170,9 +170,12 @@ struct Inner {
     max_batch_readings: usize,
     auth: Arc<Auth>,
     /// Session owners already confirmed by the store: (VIN, session) → credential.
-    /// `None`: the store knows no owner (written without a credential so far).
-    owners: std::sync::Mutex<std::collections::HashMap<(Arc<str>, u64), Option<String>>>,
+    owners: std::sync::Mutex<Owners>,
 }
+
+/// Session owners as the store told them: (VIN, session) → identity; `None`
+/// = no owner (written without a credential so far).
+type Owners = std::collections::HashMap<(Arc<str>, u64), Option<String>>;
 
 /// Sessions whose owner is cached; beyond this the cache starts over.
 const OWNERS_CACHED: usize = 100_000;
