@@ -59,23 +59,9 @@ pub struct CreateArgs {
 
 impl ScopeArgs {
     fn scope(&self) -> anyhow::Result<Scope> {
-        Ok(match (&self.vin, &self.vin_prefix, self.role) {
-            (Some(v), None, None) => Scope::Vin(
-                lockstep_codec::Vin::parse(v)
-                    .map_err(|e| anyhow::anyhow!("--vin {v:?}: {e}"))?
-                    .as_str()
-                    .to_owned(),
-            ),
-            (None, Some(p), None) => {
-                anyhow::ensure!(
-                    !p.is_empty() && p.len() <= 17 && p.bytes().all(|b| b.is_ascii_alphanumeric()),
-                    "--vin-prefix {p:?}: give 1 to 17 VIN characters"
-                );
-                Scope::VinPrefix(p.to_ascii_uppercase())
-            }
-            (None, None, Some(r)) => Scope::Role(r),
-            _ => anyhow::bail!("give exactly one of --vin, --vin-prefix, --role"),
-        })
+        let role = self.role.map(Role::as_str);
+        Scope::from_parts(self.vin.as_deref(), self.vin_prefix.as_deref(), role)
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 }
 

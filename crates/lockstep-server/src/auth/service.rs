@@ -73,6 +73,29 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// The scope of a new token from exactly one of a VIN, a VIN prefix and a
+    /// role (the CLI's and the admin API's input); the error says what is wrong.
+    pub fn from_parts(
+        vin: Option<&str>,
+        vin_prefix: Option<&str>,
+        role: Option<&str>,
+    ) -> Result<Self, String> {
+        match (vin, vin_prefix, role) {
+            (Some(v), None, None) => lockstep_codec::Vin::parse(v)
+                .map(|v| Scope::Vin(v.as_str().to_owned()))
+                .map_err(|e| format!("vin {v:?}: {e}")),
+            (None, Some(p), None) => {
+                if !p.is_empty() && p.len() <= 17 && p.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    Ok(Scope::VinPrefix(p.to_ascii_uppercase()))
+                } else {
+                    Err(format!("vin prefix {p:?}: give 1 to 17 VIN characters"))
+                }
+            }
+            (None, None, Some(r)) => r.parse().map(Scope::Role),
+            _ => Err("give exactly one of a VIN, a VIN prefix and a role".into()),
+        }
+    }
+
     /// The identity a device or fleet credential proves (session ownership).
     pub fn identity(&self) -> String {
         match self {

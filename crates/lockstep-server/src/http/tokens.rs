@@ -32,27 +32,12 @@ struct CreateToken {
 
 impl CreateToken {
     fn scope(&self) -> Result<Scope, ApiError> {
-        Ok(match (&self.vin, &self.vin_prefix, &self.role) {
-            (Some(v), None, None) => Scope::Vin(
-                lockstep_codec::Vin::parse(v)
-                    .map_err(|e| ApiError::InvalidVin(e.to_string()))?
-                    .as_str()
-                    .to_owned(),
-            ),
-            (None, Some(p), None)
-                if !p.is_empty()
-                    && p.len() <= 17
-                    && p.bytes().all(|b| b.is_ascii_alphanumeric()) =>
-            {
-                Scope::VinPrefix(p.to_ascii_uppercase())
-            }
-            (None, None, Some(r)) => Scope::Role(r.parse().map_err(ApiError::BadRequest)?),
-            _ => {
-                return Err(ApiError::BadRequest(
-                    "give exactly one of vin, vin_prefix (1 to 17 VIN characters), role".into(),
-                ));
-            }
-        })
+        Scope::from_parts(
+            self.vin.as_deref(),
+            self.vin_prefix.as_deref(),
+            self.role.as_deref(),
+        )
+        .map_err(ApiError::BadRequest)
     }
 }
 
