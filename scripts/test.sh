@@ -31,4 +31,6 @@ LOCKSTEP_REQUIRE_DASHBOARD=1 cargo nextest run --workspace --no-fail-fast
   LOCKSTEP_SERVER_BIN="$PWD/../target/debug/lockstep-server" \
   LOCKSTEP_EDGE_BIN="$PWD/../target/debug/lockstep-edge" \
     npm run e2e
+  # The dashboard's login (read auth required) in the same Chromium.
+  LOCKSTEP_SERVER_BIN="$PWD/../target/debug/lockstep-server" node e2e/login.e2e.mjs
 )

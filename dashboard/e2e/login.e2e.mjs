@@ -1,10 +1,10 @@
 #!/usr/bin/env node
 // Browser test of signing in when the server requires read auth.
 //
-//   npm run e2e:login        --target real: the server is started with the variables in
-//                            E2E_AUTH_ENV ("KEY=VALUE KEY2=VALUE2", whatever turns read auth on
-//                            and defines the tokens) and the tokens E2E_VIEWER_TOKEN and
-//                            E2E_OPERATOR_TOKEN
+//   npm run e2e:login        --target real: the real server with LOCKSTEP_READ_AUTH and
+//                            LOCKSTEP_DEVICE_AUTH required; the viewer and operator tokens are
+//                            made with `lockstep-server token create` on its database first
+//                            (extra server variables may be given in E2E_AUTH_ENV="K=V K2=V2")
 //   npm run e2e:login:mock   --target mock: scripts/mock-server.mjs --read-auth (tokens
 //                            viewer-token / operator-token)
 //
@@ -14,15 +14,18 @@
 // cookie is HttpOnly: the page's script cannot see it). Console and page errors fail the test,
 // except the one 401 of the wrong token.
 
-import { expect, freePort, openBrowser, run, startMockServer, startRealServer, step, targetFromArgs, textOf, waitFor, waitUp } from './lib.mjs';
+import { execFileSync } from 'node:child_process';
+import { join, resolve } from 'node:path';
+import { dashboardDir, expect, freePort, openBrowser, run, startMockServer, startRealServer, step, targetFromArgs, textOf, waitFor, waitUp } from './lib.mjs';
 
 const target = targetFromArgs({ allowMock: true });
-const viewerToken = target === 'mock' ? 'viewer-token' : process.env.E2E_VIEWER_TOKEN;
-const operatorToken = target === 'mock' ? 'operator-token' : process.env.E2E_OPERATOR_TOKEN;
-if (!viewerToken || !operatorToken) throw new Error('set E2E_VIEWER_TOKEN and E2E_OPERATOR_TOKEN (and E2E_AUTH_ENV) for --target real');
 
-function authEnv() {
-  const env = {};
+function authEnv(workDir) {
+  const env = {
+    DATABASE_URL: `sqlite://${join(workDir, 'lockstep.db')}`,
+    LOCKSTEP_READ_AUTH: 'required',
+    LOCKSTEP_DEVICE_AUTH: 'required',
+  };
   for (const kv of (process.env.E2E_AUTH_ENV ?? '').split(/\s+/).filter(Boolean)) {
     const i = kv.indexOf('=');
     if (i > 0) env[kv.slice(0, i)] = kv.slice(i + 1);
@@ -30,10 +33,24 @@ function authEnv() {
   return env;
 }
 
+/** A token made by the server's CLI on the test's own database: the last line of stdout. */
+function createToken(workDir, role) {
+  const bin = resolve(dashboardDir, process.env.LOCKSTEP_SERVER_BIN ?? '../target/debug/lockstep-server');
+  const out = execFileSync(bin, ['token', 'create', '--role', role, '--label', `browser test ${role}`], {
+    cwd: workDir,
+    env: { PATH: process.env.PATH ?? '', ...authEnv(workDir) },
+  }).toString();
+  const token = out.trim().split('\n').pop();
+  expect(token.startsWith('lst_'), `token create printed no token as its last line: ${out}`);
+  return token;
+}
+
 await run(`login (${target} server)`, async (ctx) => {
   const port = await freePort();
   const base = `http://127.0.0.1:${port}`;
-  const server = target === 'real' ? startRealServer(port, ctx.workDir, { extraEnv: authEnv() }) : startMockServer(port, ctx.workDir, ['--read-auth']);
+  const viewerToken = target === 'mock' ? 'viewer-token' : createToken(ctx.workDir, 'viewer');
+  const operatorToken = target === 'mock' ? 'operator-token' : createToken(ctx.workDir, 'operator');
+  const server = target === 'real' ? startRealServer(port, ctx.workDir, { extraEnv: authEnv(ctx.workDir) }) : startMockServer(port, ctx.workDir, ['--read-auth']);
   ctx.servers.push(server);
   await waitUp(server, base);
   const session = await (await fetch(`${base}/api/session`)).json();

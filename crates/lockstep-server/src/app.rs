@@ -22,7 +22,9 @@ use crate::actors::hub::{Hub, Level};
 use crate::actors::logger::{LoggerConfig, Supervisor};
 use crate::actors::stats::{self, StatsBook};
 use crate::actors::writer::Writer;
-use crate::auth::AdminPolicy;
+use crate::auth::db::AuthDb;
+use crate::auth::origin::OriginPolicy;
+use crate::auth::{Auth, AuthConfig};
 use crate::model::Signals;
 use crate::services::ingest::IngestService;
 use crate::settings::{Settings, StoreConfig, redact_url};
@@ -92,6 +94,31 @@ impl App {
             })?;
         let addr = listener.local_addr()?;
         let cors = settings.cors_allow_list(addr.port())?;
+        // `*` opens CORS for reads only: state changes still need a listed origin.
+        let origins = OriginPolicy::new(&match &cors {
+            Some(list) => list.clone(),
+            None => settings.default_origins(addr.port()),
+        });
+        let replay_dir = crate::sandbox::replay_dir(settings.replay_dir.as_deref())?;
+        let auth = Arc::new(Auth::new(
+            AuthDb::open(&settings.store_config()?)
+                .await
+                .context("cannot open the token tables")?,
+            AuthConfig {
+                device: settings.device_auth_mode(),
+                read: settings.read_auth_mode(),
+                admin_token: settings.admin_token.clone(),
+                trust_loopback: settings.trust_loopback,
+                secure_cookies: false,
+            },
+        ));
+        tracing::info!(
+            device_auth = ?auth.config.device,
+            read_auth = ?auth.config.read,
+            "Access: device auth {:?}, read auth {:?} (docs/security.md).",
+            auth.config.device,
+            auth.config.read
+        );
 
         let totals = store
             .totals()
@@ -117,6 +144,7 @@ impl App {
             hub.clone(),
             health_handle.clone(),
             settings.max_batch_readings,
+            auth.clone(),
         )?;
         // Nothing fails after this point: start the actors.
         tokio::spawn(health.run(background.clone()));
@@ -138,8 +166,9 @@ impl App {
             grace: settings.logger_grace(),
             server_url: format!("http://{host}:{}", addr.port()),
             spool: Some(settings.data_dir.join("edge-spool")),
+            replay_dir,
         };
-        let (supervisor, logger) = Supervisor::new(logger_config, hub.clone());
+        let (supervisor, logger) = Supervisor::new(logger_config, hub.clone(), auth.clone());
         let shutdown = CancellationToken::new();
         let logger_stop = CancellationToken::new();
         let logger_task = tokio::spawn(supervisor.run(logger_stop.clone()));
@@ -151,10 +180,8 @@ impl App {
         ));
 
         let state = AppState {
-            admin: AdminPolicy {
-                token: settings.admin_token.clone(),
-                trust_loopback: settings.trust_loopback,
-            },
+            auth,
+            origins: Arc::new(origins),
             settings: Arc::new(settings),
             catalog,
             signals,

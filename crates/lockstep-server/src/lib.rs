@@ -8,7 +8,8 @@
 //! - [`actors`]: the writer, hub, stats, logger supervisor and store health;
 //! - [`store`]: the `Store` trait with SQLite and PostgreSQL backends;
 //! - leaves: [`model`], [`protocol`] (the WebSocket messages), [`settings`],
-//!   [`auth`] (the admin policy), [`vehicles`]
+//!   [`auth`] (identity, roles, access policies), [`sandbox`] (what the
+//!   spawned logger may touch), [`vehicles`]
 //!   (per-vehicle codec state registry).
 //!
 //! [`app`] wires them; [`state::AppState`] is what handlers get.
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod http;
 pub mod model;
 pub mod protocol;
+pub mod sandbox;
 pub mod services;
 pub mod settings;
 pub mod state;

@@ -25,7 +25,10 @@ fn main() -> std::process::ExitCode {
 async fn serve() -> std::process::ExitCode {
     // .env first: real environment variables win over it.
     let dotenv = dotenvy::dotenv();
-    let settings = Settings::parse();
+    let mut settings = Settings::parse();
+    if let Some(command) = settings.command.take() {
+        return token_command(command, &settings).await;
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     if settings.log_format == "json" {
         tracing_subscriber::fmt()
@@ -49,6 +52,25 @@ async fn serve() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("lockstep-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `lockstep-server token …`: the token goes to stdout (its last line), errors to stderr.
+async fn token_command(
+    command: lockstep_server::auth::cli::Command,
+    settings: &Settings,
+) -> std::process::ExitCode {
+    let lockstep_server::auth::cli::Command::Token(cmd) = command;
+    let run = async {
+        let db = lockstep_server::auth::db::AuthDb::open(&settings.store_config()?).await?;
+        lockstep_server::auth::cli::run(&cmd, &db, &mut std::io::stdout().lock()).await
+    };
+    match run.await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lockstep-server token: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use clap::{ArgAction, Parser, builder::BoolishValueParser};
 
+use crate::auth::Mode;
+use crate::auth::cli::Command;
+
 /// A value that must never be printed (tokens, keys).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -43,8 +46,8 @@ pub struct Settings {
     #[arg(help_heading = "Network", long, env = "PORT", default_value_t = 8001)]
     pub port: u16,
 
-    /// Address to bind. Loopback by default: set 0.0.0.0 (or an interface's
-    /// address) to accept other machines.
+    /// Address to bind. On a loopback address both auth modes default to off (the
+    /// quick start); on any other address (e.g. 0.0.0.0) they default to required.
     #[arg(
         help_heading = "Network",
         long,
@@ -52,6 +55,25 @@ pub struct Settings {
         default_value = "127.0.0.1"
     )]
     pub host: IpAddr,
+
+    /// Device credentials for telemetry: `required` or `off`. Default: off on a
+    /// loopback LOCKSTEP_HOST, required otherwise.
+    #[arg(help_heading = "Access", long, env = "LOCKSTEP_DEVICE_AUTH")]
+    pub device_auth: Option<Mode>,
+
+    /// Credentials for `/ws` and the read APIs (viewer role and up): `required` or
+    /// `off`. Default: off on a loopback LOCKSTEP_HOST, required otherwise.
+    #[arg(help_heading = "Access", long, env = "LOCKSTEP_READ_AUTH")]
+    pub read_auth: Option<Mode>,
+
+    /// Directory the server's logger may replay recorded files from (canonicalised;
+    /// nothing outside it, no device files). Unset: replay through the server is off.
+    #[arg(help_heading = "Logger control", long, env = "LOCKSTEP_REPLAY_DIR")]
+    pub replay_dir: Option<PathBuf>,
+
+    /// `lockstep-server token …`: manage tokens instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
 
     /// Store: `sqlite://PATH` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB` (a Supabase
     /// connection string works as is). Default: SQLite file `lockstep.db` in the data directory.
@@ -90,7 +112,7 @@ pub struct Settings {
     )]
     pub supabase_service_key: Option<Secret>,
 
-    /// Bearer token that allows logger control from non-loopback peers.
+    /// Bootstrap admin token (`Authorization: Bearer …`): every role, no store entry needed.
     #[arg(
         help_heading = "Logger control",
         long,
@@ -99,8 +121,9 @@ pub struct Settings {
     )]
     pub admin_token: Option<Secret>,
 
-    /// Trust loopback peers for logger control without a token. Turn off when a
-    /// reverse proxy on this host forwards remote requests.
+    /// With read auth off, let loopback peers control the logger without a token.
+    /// Turn off when a reverse proxy on this host forwards remote requests. With read
+    /// auth required, loopback grants nothing.
     #[arg(help_heading = "Logger control", long, env = "LOCKSTEP_TRUST_LOOPBACK", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "true")]
     pub trust_loopback: bool,
 
@@ -215,6 +238,9 @@ Examples:
   lockstep-server                                   SQLite in ./data/lockstep.db, port 8001
   DATABASE_URL=postgres://postgres@127.0.0.1/lockstep lockstep-server
   PORT=9000 LOCKSTEP_ADMIN_TOKEN=s3cret lockstep-server
+  lockstep-server token create --vin 5YJ3E1EA7KF000001    a device token (last line of stdout)
+  lockstep-server token create --role viewer --label ops  a token for people and tools
+  lockstep-server token list | lockstep-server token revoke ID
 
 A .env file in the working directory is read first; real environment variables win.";
 
@@ -300,17 +326,7 @@ impl Settings {
             return Ok(None);
         }
         let origins: Vec<String> = if self.cors_origins.is_empty() {
-            let mut ports = vec![port, 3000, 5173, 8080];
-            ports.dedup();
-            ports
-                .iter()
-                .flat_map(|p| {
-                    [
-                        format!("http://localhost:{p}"),
-                        format!("http://127.0.0.1:{p}"),
-                    ]
-                })
-                .collect()
+            self.default_origins(port)
         } else {
             self.cors_origins
                 .iter()
@@ -328,6 +344,47 @@ impl Settings {
         Ok(Some(origins))
     }
 
+    /// This server's own origin and the dashboard's dev ports, on localhost and 127.0.0.1.
+    pub fn default_origins(&self, port: u16) -> Vec<String> {
+        let mut ports = vec![port, 3000, 5173, 8080];
+        ports.dedup();
+        let mut origins: Vec<String> = ports
+            .iter()
+            .flat_map(|p| {
+                [
+                    format!("http://localhost:{p}"),
+                    format!("http://127.0.0.1:{p}"),
+                ]
+            })
+            .collect();
+        let host = self.host.to_canonical();
+        if !host.is_unspecified() && !host.is_loopback() {
+            match host {
+                IpAddr::V4(ip) => origins.push(format!("http://{ip}:{port}")),
+                IpAddr::V6(ip) => origins.push(format!("http://[{ip}]:{port}")),
+            }
+        }
+        origins
+    }
+
+    /// `LOCKSTEP_DEVICE_AUTH`, or its default for the listening address.
+    pub fn device_auth_mode(&self) -> Mode {
+        self.device_auth.unwrap_or_else(|| self.default_mode())
+    }
+
+    /// `LOCKSTEP_READ_AUTH`, or its default for the listening address.
+    pub fn read_auth_mode(&self) -> Mode {
+        self.read_auth.unwrap_or_else(|| self.default_mode())
+    }
+
+    fn default_mode(&self) -> Mode {
+        if self.host.to_canonical().is_loopback() {
+            Mode::Off
+        } else {
+            Mode::Required
+        }
+    }
+
     pub fn logger_grace(&self) -> Duration {
         Duration::from_millis(self.logger_grace_ms)
     }
@@ -337,18 +394,36 @@ impl Settings {
     }
 }
 
-/// `postgres://user:password@host/db` → `postgres://user:****@host/db`, for logs.
+/// A connection string fit for logs: the password and every query parameter's
+/// value are masked (`postgres://user:****@host/db?sslmode=****`); a string that is
+/// not a URL is masked whole, since it may be a key=value string with a password.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return "****".to_owned();
     };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
     };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:****@{host}"),
-        None => url.to_owned(),
-    }
+    let rest = match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{user}:****@{host}")
+            } else {
+                format!("{user}@{host}")
+            }
+        }
+        None => rest.to_owned(),
+    };
+    let query = query.map_or_else(String::new, |q| {
+        let masked: Vec<String> = q
+            .split('&')
+            .map(|kv| format!("{}=****", kv.split('=').next().unwrap_or("")))
+            .collect();
+        format!("?{}", masked.join("&"))
+    });
+    format!("{scheme}://{rest}{query}")
 }
 
 #[cfg(test)]
@@ -405,10 +480,38 @@ mod tests {
     }
 
     #[test]
+    fn auth_modes_default_by_address() {
+        assert_eq!(parse(&[]).read_auth_mode(), Mode::Off);
+        assert_eq!(parse(&["--host", "::1"]).device_auth_mode(), Mode::Off);
+        assert_eq!(
+            parse(&["--host", "0.0.0.0"]).device_auth_mode(),
+            Mode::Required
+        );
+        assert_eq!(
+            parse(&["--host", "0.0.0.0"]).read_auth_mode(),
+            Mode::Required
+        );
+        let s = parse(&["--host", "0.0.0.0", "--read-auth", "off"]);
+        assert_eq!(
+            (s.read_auth_mode(), s.device_auth_mode()),
+            (Mode::Off, Mode::Required)
+        );
+        assert_eq!(
+            parse(&["--read-auth", "required"]).read_auth_mode(),
+            Mode::Required
+        );
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let s = parse(&["--admin-token", "hunter2"]);
         assert!(!format!("{s:?}").contains("hunter2"));
         assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:****@h/db");
+        assert_eq!(
+            redact_url("postgres://u:p@ss@h/db?password=x&sslmode=require"),
+            "postgres://u:****@h/db?password=****&sslmode=****"
+        );
+        assert_eq!(redact_url("host=h password=x"), "****");
     }
 
     #[test]

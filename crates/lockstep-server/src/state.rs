@@ -12,7 +12,8 @@ use crate::actors::hub::Hub;
 use crate::actors::logger::LoggerHandle;
 use crate::actors::stats::StatsBook;
 use crate::actors::writer::WriterHandle;
-use crate::auth::AdminPolicy;
+use crate::auth::Auth;
+use crate::auth::origin::OriginPolicy;
 use crate::model::Signals;
 use crate::services::ingest::IngestService;
 use crate::settings::Settings;
@@ -37,10 +38,19 @@ pub struct AppState {
     /// Read-only here: the health actor alone decides it.
     pub health: HealthHandle,
     pub logger: LoggerHandle,
-    pub admin: AdminPolicy,
+    /// Credentials, roles and web sessions.
+    pub auth: Arc<Auth>,
+    /// Origins allowed to change state and open WebSockets.
+    pub origins: Arc<OriginPolicy>,
     pub started: Instant,
     /// Fires on shutdown: WebSocket tasks close, the server stops accepting.
     pub shutdown: CancellationToken,
     /// WebSocket tasks, awaited (with a deadline) at shutdown.
     pub tasks: TaskTracker,
+}
+
+impl axum::extract::FromRef<AppState> for Arc<Auth> {
+    fn from_ref(app: &AppState) -> Self {
+        app.auth.clone()
+    }
 }

@@ -196,9 +196,10 @@ async fn logger_replay_stopped_and_started_again_resumes() {
     let db = Db::postgres().await;
     let (vin, trip) = expected_trip(SHORT_TRIP);
     let total = trip.readings.len() as i64;
-    let server = Server::start(&db.url(), &[]).await;
-    let path = testdata(&format!("twizy-ev/{SHORT_TRIP}"));
-    let start = json!({"replay": [path], "format": "twizy", "speed": 200});
+    // The server replays only from its replay directory (LOCKSTEP_REPLAY_DIR).
+    let replays = testdata("twizy-ev");
+    let server = Server::start(&db.url(), &["--replay-dir", replays.to_str().unwrap()]).await;
+    let start = json!({"replay": [SHORT_TRIP], "format": "twizy", "speed": 200});
 
     let started = control(&server, "/logger/start", Some(start.clone())).await;
     assert_eq!(started["status"], "started", "{started}");

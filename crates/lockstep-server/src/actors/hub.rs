@@ -31,6 +31,9 @@ pub struct HubEvent {
     /// The vehicle, for subscription filters; `None` = for every client.
     pub vin: Option<Arc<str>>,
     pub text: Utf8Bytes,
+    /// Only for clients allowed to control the logger (its output may name
+    /// files and settings a viewer has no business seeing).
+    pub operators_only: bool,
 }
 
 impl HubEvent {
@@ -39,6 +42,7 @@ impl HubEvent {
         Self {
             vin,
             text: msg.to_text().into(),
+            operators_only: false,
         }
     }
 }
@@ -54,7 +58,7 @@ pub struct Hub {
     dropped: AtomicU64,
     /// The last [`LOG_BACKLOG`] `log` messages, changed under the `routes`
     /// lock so that a new client sees each exactly once (backlog or live).
-    logs: Mutex<VecDeque<Utf8Bytes>>,
+    logs: Mutex<VecDeque<HubEvent>>,
 }
 
 /// The clients with a VIN filter.
@@ -134,6 +138,7 @@ impl Mailbox {
         &self,
         hub: &Hub,
         vins: &HashSet<String>,
+        operator: bool,
         out: &mut Vec<Utf8Bytes>,
         max: usize,
     ) -> bool {
@@ -148,7 +153,7 @@ impl Mailbox {
             let Some(ev) = st.queue.pop_front() else {
                 break;
             };
-            if passes(&ev, vins) {
+            if passes(&ev, vins, operator) {
                 out.push(ev.text);
             }
         }
@@ -161,7 +166,10 @@ impl Mailbox {
 }
 
 /// Whether a client subscribed to `vins` (empty = all) gets `ev`.
-fn passes(ev: &HubEvent, vins: &HashSet<String>) -> bool {
+fn passes(ev: &HubEvent, vins: &HashSet<String>, operator: bool) -> bool {
+    if ev.operators_only && !operator {
+        return false;
+    }
     match &ev.vin {
         Some(vin) => vins.is_empty() || vins.contains(&**vin),
         None => true,
@@ -173,6 +181,8 @@ fn passes(ev: &HubEvent, vins: &HashSet<String>) -> bool {
 pub struct Subscription {
     hub: Arc<Hub>,
     feed: Feed,
+    /// Receives operator-only messages too.
+    operator: bool,
 }
 
 enum Feed {
@@ -189,17 +199,25 @@ impl Subscription {
     /// `out` (a lag becomes a `lagged` message). Cancel-safe. `false` = the
     /// hub is gone.
     pub async fn recv(&mut self, out: &mut Vec<Utf8Bytes>, max: usize) -> bool {
+        let operator = self.operator;
+        let none = HashSet::new();
         match &mut self.feed {
             Feed::All(rx) => {
-                match rx.recv().await {
-                    Ok(ev) => out.push(ev.text),
-                    Err(broadcast::error::RecvError::Lagged(n)) => out.push(self.hub.lagged(n)),
-                    Err(broadcast::error::RecvError::Closed) => return false,
+                loop {
+                    match rx.recv().await {
+                        Ok(ev) if passes(&ev, &none, operator) => out.push(ev.text),
+                        // Not for this client (operators only): wait for the next.
+                        Ok(_) => continue,
+                        Err(broadcast::error::RecvError::Lagged(n)) => out.push(self.hub.lagged(n)),
+                        Err(broadcast::error::RecvError::Closed) => return false,
+                    }
+                    break;
                 }
                 // What is already queued goes with it (no await from here on).
                 for _ in 1..max {
                     match rx.try_recv() {
-                        Ok(ev) => out.push(ev.text),
+                        Ok(ev) if passes(&ev, &none, operator) => out.push(ev.text),
+                        Ok(_) => {}
                         Err(broadcast::error::TryRecvError::Lagged(n)) => {
                             out.push(self.hub.lagged(n))
                         }
@@ -209,7 +227,7 @@ impl Subscription {
                 true
             }
             Feed::Vins { mailbox, vins, .. } => loop {
-                if mailbox.take(&self.hub, vins, out, max) {
+                if mailbox.take(&self.hub, vins, operator, out, max) {
                     return true;
                 }
                 mailbox.ready.notified().await;
@@ -222,6 +240,7 @@ impl Subscription {
     /// or repeated by the switch; a newly added VIN's messages come from now on.
     pub fn set_filter(&mut self, vins: HashSet<String>, out: &mut Vec<Utf8Bytes>) {
         let hub = self.hub.clone();
+        let operator = self.operator;
         // Publishing waits meanwhile, so nothing slips between the old and the new feed.
         let mut routes = hub.routes();
         match &mut self.feed {
@@ -229,7 +248,7 @@ impl Subscription {
             Feed::All(rx) => {
                 loop {
                     match rx.try_recv() {
-                        Ok(ev) if passes(&ev, &vins) => out.push(ev.text),
+                        Ok(ev) if passes(&ev, &vins, operator) => out.push(ev.text),
                         Ok(_) => {}
                         Err(broadcast::error::TryRecvError::Lagged(n)) => out.push(hub.lagged(n)),
                         Err(_) => break,
@@ -249,7 +268,7 @@ impl Subscription {
                 routes.remove(*id, old);
                 if vins.is_empty() {
                     let rx = hub.all.subscribe();
-                    mailbox.take(&hub, &vins, out, usize::MAX);
+                    mailbox.take(&hub, &vins, operator, out, usize::MAX);
                     self.feed = Feed::All(rx);
                 } else {
                     // What is queued is filtered when taken, by the new filter.
@@ -347,9 +366,15 @@ impl Hub {
 
     /// A subscription to every message, from now on.
     pub fn subscribe(self: &Arc<Self>) -> Subscription {
+        self.subscribe_as(false)
+    }
+
+    /// Like [`Self::subscribe`], also receiving operator-only messages when `operator`.
+    pub fn subscribe_as(self: &Arc<Self>, operator: bool) -> Subscription {
         Subscription {
             hub: self.clone(),
             feed: Feed::All(self.all.subscribe()),
+            operator,
         }
     }
 
@@ -378,25 +403,43 @@ impl Hub {
 
     /// Publishes a `log` message and keeps it for clients that connect later.
     pub fn log(&self, level: Level, source: &str, message: &str) {
-        let ev = HubEvent::new(None, &ServerMsg::log(level, source, message));
+        self.log_event(HubEvent::new(None, &ServerMsg::log(level, source, message)));
+    }
+
+    /// Like [`Self::log`], for operators only (the spawned logger's output).
+    pub fn log_operators(&self, level: Level, source: &str, message: &str) {
+        self.log_event(HubEvent {
+            operators_only: true,
+            ..HubEvent::new(None, &ServerMsg::log(level, source, message))
+        });
+    }
+
+    fn log_event(&self, ev: HubEvent) {
         let routes = self.routes();
         {
             let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
             if logs.len() >= LOG_BACKLOG {
                 logs.pop_front();
             }
-            logs.push_back(ev.text.clone());
+            logs.push_back(ev.clone());
         }
         self.publish_locked(&routes, [ev]);
     }
 
     /// A subscription to every message from now on, and the `log` backlog
     /// up to now: together they hold each log message exactly once.
-    pub fn subscribe_with_logs(self: &Arc<Self>) -> (Subscription, Vec<Utf8Bytes>) {
+    /// `operator`: the client also gets operator-only messages.
+    pub fn subscribe_with_logs(self: &Arc<Self>, operator: bool) -> (Subscription, Vec<Utf8Bytes>) {
         let _routes = self.routes();
-        let sub = self.subscribe();
+        let sub = self.subscribe_as(operator);
         let logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
-        (sub, logs.iter().cloned().collect())
+        let none = HashSet::new();
+        let backlog = logs
+            .iter()
+            .filter(|ev| passes(ev, &none, operator))
+            .map(|ev| ev.text.clone())
+            .collect();
+        (sub, backlog)
     }
 }
 
@@ -408,7 +451,42 @@ mod tests {
         HubEvent {
             vin: vin.map(Into::into),
             text: text.to_owned().into(),
+            operators_only: false,
         }
+    }
+
+    #[tokio::test]
+    async fn operator_only_messages_reach_operators_only() {
+        let hub = Arc::new(Hub::new(16));
+        hub.log_operators(Level::Info, "logger", "SECRET=1");
+        hub.log(Level::Info, "server", "hello");
+        let (mut viewer, backlog) = hub.subscribe_with_logs(false);
+        assert_eq!(backlog.len(), 1);
+        assert!(!backlog[0].as_str().contains("SECRET"));
+        let (mut operator, backlog) = hub.subscribe_with_logs(true);
+        assert_eq!(backlog.len(), 2);
+        hub.log_operators(Level::Info, "logger", "SECRET=2");
+        hub.publish(ev(None, "after"));
+        let mut out = Vec::new();
+        assert!(viewer.recv(&mut out, 10).await);
+        assert_eq!(
+            out.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+            ["after"]
+        );
+        out.clear();
+        assert!(operator.recv(&mut out, 10).await);
+        assert_eq!(out.len(), 2, "{out:?}");
+        // Filtered clients too.
+        let mut filtered = hub.subscribe_as(false);
+        filtered.set_filter(vins(&["A"]), &mut out);
+        hub.log_operators(Level::Info, "logger", "SECRET=3");
+        hub.publish(ev(None, "later"));
+        out.clear();
+        assert!(filtered.recv(&mut out, 10).await);
+        assert_eq!(
+            out.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+            ["later"]
+        );
     }
 
     fn vins(v: &[&str]) -> HashSet<String> {
@@ -497,7 +575,7 @@ mod tests {
         for i in 0..LOG_BACKLOG + 5 {
             hub.log(Level::Info, "server", &format!("line {i}"));
         }
-        let (mut sub, backlog) = hub.subscribe_with_logs();
+        let (mut sub, backlog) = hub.subscribe_with_logs(false);
         assert_eq!(backlog.len(), LOG_BACKLOG);
         assert!(backlog[0].as_str().contains("\"line 5\""));
         assert!(

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::hub::{Hub, Level};
+use crate::auth::{Auth, Scope};
 use crate::model::now_ms;
 use crate::protocol::ServerMsg;
 pub use crate::protocol::{LoggerStatus, StartRequest};
@@ -89,15 +90,46 @@ impl StartRequest {
         Ok(a)
     }
 
-    /// [`Self::args`] plus `--spool DIR` when the server names one.
+    /// [`Self::args`] with the replay files resolved inside the replay
+    /// directory, plus `--spool DIR` when the server names one.
     fn command_line(&self, config: &LoggerConfig) -> Result<Vec<String>, String> {
-        let mut a = self.args(&config.server_url)?;
+        let mut confined = self.clone();
+        if let Some(files) = &self.replay {
+            confined.replay = Some(
+                files
+                    .iter()
+                    .map(|f| {
+                        crate::sandbox::resolve_replay(config.replay_dir.as_deref(), f)
+                            .map(|p| p.display().to_string())
+                    })
+                    .collect::<Result<_, _>>()?,
+            );
+        } else {
+            let load = f64::from(self.vehicles.unwrap_or(1)) * self.rate.unwrap_or(1.0);
+            if load > crate::sandbox::MAX_SIM_READINGS_PER_S {
+                return Err(format!(
+                    "vehicles × rate is {load} readings per second; the server's logger simulates at most {}",
+                    crate::sandbox::MAX_SIM_READINGS_PER_S
+                ));
+            }
+        }
+        let mut a = confined.args(&config.server_url)?;
         // A server killed outright cannot stop its child: the child watches.
         a.push("--exit-with-parent".into());
         if let Some(dir) = &config.spool {
             a.extend(["--spool".into(), dir.display().to_string()]);
         }
         Ok(a)
+    }
+
+    /// The VIN prefix the child writes (its credential's scope): the
+    /// simulator's `LKS`, or `LKR` for replays (see `lockstep-edge`'s `sim`).
+    fn vin_prefix(&self) -> &'static str {
+        if self.replay.as_ref().is_some_and(|r| !r.is_empty()) {
+            "LKR"
+        } else {
+            "LKS"
+        }
     }
 }
 
@@ -175,6 +207,8 @@ pub struct LoggerConfig {
     pub server_url: String,
     /// The child's spool directory (`--spool`), so it does not land in the server's working directory.
     pub spool: Option<PathBuf>,
+    /// `LOCKSTEP_REPLAY_DIR`, canonical; `None` = replay through the server is off.
+    pub replay_dir: Option<PathBuf>,
 }
 
 impl LoggerConfig {
@@ -203,7 +237,12 @@ struct Running {
     pid: u32,
     started: Instant,
     exit: oneshot::Receiver<Option<i32>>,
+    /// The run's fleet token, revoked when the run ends.
+    token_id: String,
 }
+
+/// How long the spawned logger's credential lives.
+const CHILD_TOKEN_TTL: Duration = Duration::from_secs(6 * 3600);
 
 /// The supervisor actor.
 pub struct Supervisor {
@@ -212,10 +251,12 @@ pub struct Supervisor {
     hub: Arc<Hub>,
     config: LoggerConfig,
     running: Option<Running>,
+    /// Issues the child's scoped, short-lived credential.
+    auth: Arc<Auth>,
 }
 
 impl Supervisor {
-    pub fn new(config: LoggerConfig, hub: Arc<Hub>) -> (Self, LoggerHandle) {
+    pub fn new(config: LoggerConfig, hub: Arc<Hub>, auth: Arc<Auth>) -> (Self, LoggerHandle) {
         let (tx, rx) = mpsc::channel(16);
         let status = Arc::new(Mutex::new(LoggerStatus::default()));
         (
@@ -225,6 +266,7 @@ impl Supervisor {
                 hub,
                 config,
                 running: None,
+                auth,
             },
             LoggerHandle { tx, status },
         )
@@ -237,11 +279,11 @@ impl Supervisor {
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     Some(Cmd::Start(req, reply)) => {
-                        let r = self.start(&req);
+                        let r = self.start(&req).await;
                         if let Err(e) = &r {
                             // The caller gets 400/503; the operator's log says why.
                             tracing::warn!(error = %e, "The logger was not started.");
-                            self.hub.log(Level::Error, "server", &format!("Logger not started: {e}"));
+                            self.hub.log_operators(Level::Error, "server", &format!("Logger not started: {e}"));
                         }
                         let _ = reply.send(r);
                     }
@@ -253,7 +295,7 @@ impl Supervisor {
                 },
                 code = exited(&mut self.running) => {
                     if let Some(r) = self.running.take() {
-                        self.finished(&r, code);
+                        self.finished(&r, code).await;
                     }
                 }
                 () = shutdown.cancelled() => break,
@@ -274,7 +316,7 @@ impl Supervisor {
         self.hub.broadcast(&ServerMsg::Logger(snapshot));
     }
 
-    fn start(&mut self, req: &StartRequest) -> Result<Started, LoggerError> {
+    async fn start(&mut self, req: &StartRequest) -> Result<Started, LoggerError> {
         if let Some(r) = &self.running {
             return Ok(Started::AlreadyRunning { pid: r.pid });
         }
@@ -283,16 +325,43 @@ impl Supervisor {
             .map_err(LoggerError::BadRequest)?;
         let (bin, prefix) = self.config.program()?;
         let args: Vec<String> = prefix.into_iter().chain(args).collect();
+        // A credential for this run only: the simulator's (or replayer's) VINs, for hours.
+        let (info, token) = self
+            .auth
+            .create_token(
+                Scope::VinPrefix(req.vin_prefix().into()),
+                "spawned logger",
+                Some(CHILD_TOKEN_TTL),
+            )
+            .await
+            .map_err(|e| {
+                LoggerError::Unavailable(format!("cannot issue the logger's credential: {e}"))
+            })?;
         let mut cmd = tokio::process::Command::new(&bin);
+        // A clean environment: the server's secrets (admin token, DATABASE_URL, keys) stay here.
+        cmd.env_clear();
+        for name in crate::sandbox::CHILD_ENV {
+            if let Some(v) = std::env::var_os(name) {
+                cmd.env(name, v);
+            }
+        }
+        cmd.env("LOCKSTEP_DEVICE_TOKEN", &token);
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
-        let mut child = cmd.spawn().map_err(|e| {
-            LoggerError::Unavailable(format!("cannot start {}: {e}", bin.display()))
-        })?;
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.auth.revoke(&info.public_id).await;
+                return Err(LoggerError::Unavailable(format!(
+                    "cannot start {}: {e}",
+                    bin.display()
+                )));
+            }
+        };
         let pid = child.id().unwrap_or(0);
         if let Some(out) = child.stdout.take() {
             tokio::spawn(pump(out, "stdout", self.hub.clone()));
@@ -311,11 +380,12 @@ impl Supervisor {
             args.join(" ")
         );
         tracing::info!(pid, "{line}");
-        self.hub.log(Level::Info, "server", &line);
+        self.hub.log_operators(Level::Info, "server", &line);
         self.running = Some(Running {
             pid,
             started: Instant::now(),
             exit: exit_rx,
+            token_id: info.public_id,
         });
         self.set_status(|s| {
             s.running = true;
@@ -338,11 +408,14 @@ impl Supervisor {
                 (&mut r.exit).await.unwrap_or(None)
             }
         };
-        self.finished(&r, code);
+        self.finished(&r, code).await;
         Stopped::Stopped { exit_code: code }
     }
 
-    fn finished(&self, r: &Running, code: Option<i32>) {
+    async fn finished(&self, r: &Running, code: Option<i32>) {
+        if let Err(e) = self.auth.revoke(&r.token_id).await {
+            tracing::warn!(error = %e, "The finished logger's credential could not be revoked; it expires by itself.");
+        }
         let run_s = r.started.elapsed().as_secs_f64();
         let code_text = code.map_or_else(|| "by a signal".to_owned(), |c| format!("with code {c}"));
         let line = format!(
@@ -386,40 +459,85 @@ fn signal(pid: u32, sig: rustix::process::Signal) {
     }
 }
 
-/// Longest logger line forwarded, bytes.
+/// Longest logger line forwarded, bytes; the rest of a longer line is dropped.
 const MAX_LINE: usize = 4096;
 
-/// Forwards each line of a child stream to tracing and the hub.
+/// Forwards each line of a child stream to tracing and to operators'
+/// WebSockets. Reads in bounded pieces: a child printing without newlines
+/// (or a replay of `/dev/zero`) cannot grow the server's memory.
 async fn pump(stream: impl AsyncRead + Unpin, name: &'static str, hub: Arc<Hub>) {
-    let mut reader = BufReader::new(stream);
-    let mut buf = Vec::new();
+    let mut reader = BufReader::with_capacity(MAX_LINE, stream);
+    let mut line = Vec::with_capacity(MAX_LINE);
+    let mut skipping = false;
     loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        buf.truncate(MAX_LINE);
-        let text = String::from_utf8_lossy(&buf);
-        let line = text.trim_end();
-        if line.is_empty() {
-            continue;
-        }
-        let level = if line.contains("ERROR") {
-            Level::Error
-        } else if line.contains("WARN") {
-            Level::Warn
-        } else {
-            Level::Info
+        let chunk = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(c) => c,
         };
-        tracing::info!(target: "lockstep_server::logger::child", stream = name, "{line}");
-        hub.log(level, "logger", line);
+        let (part, newline) = match chunk.iter().position(|b| *b == b'\n') {
+            Some(i) => (&chunk[..i], Some(i)),
+            None => (chunk, None),
+        };
+        if !skipping {
+            let room = MAX_LINE - line.len();
+            line.extend_from_slice(&part[..part.len().min(room)]);
+        }
+        let used = newline.map_or(part.len(), |i| i + 1);
+        reader.consume(used);
+        if newline.is_some() || line.len() >= MAX_LINE {
+            if !skipping {
+                forward(&line, name, &hub);
+            }
+            line.clear();
+            // A line longer than MAX_LINE: drop the rest of it.
+            skipping = newline.is_none();
+        }
     }
+    if !skipping {
+        forward(&line, name, &hub);
+    }
+}
+
+fn forward(bytes: &[u8], name: &str, hub: &Hub) {
+    let text = String::from_utf8_lossy(bytes);
+    let line = text.trim_end();
+    if line.is_empty() {
+        return;
+    }
+    let level = if line.contains("ERROR") {
+        Level::Error
+    } else if line.contains("WARN") {
+        Level::Warn
+    } else {
+        Level::Info
+    };
+    tracing::info!(target: "lockstep_server::logger::child", stream = name, "{line}");
+    hub.log_operators(level, "logger", line);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A child printing megabytes without a newline (a replay of /dev/zero)
+    /// gets one line of at most MAX_LINE bytes forwarded, the rest dropped.
+    #[tokio::test]
+    async fn output_lines_are_bounded() {
+        use tokio::io::AsyncReadExt as _;
+        let hub = Arc::new(Hub::new(16));
+        let (mut operator, _) = hub.subscribe_with_logs(true);
+        let endless = tokio::io::repeat(b'z').take(8 * 1024 * 1024);
+        let tail = &b"\nnext line\n"[..];
+        pump(endless.chain(tail), "stdout", hub.clone()).await;
+        let mut out = Vec::new();
+        while out.len() < 2 {
+            assert!(operator.recv(&mut out, 10).await);
+        }
+        let first: serde_json::Value = serde_json::from_str(out[0].as_str()).unwrap();
+        let line = first["data"]["message"].as_str().unwrap();
+        assert_eq!(line.len(), MAX_LINE);
+        assert!(out[1].as_str().contains("next line"));
+    }
 
     #[test]
     fn command_lines() {

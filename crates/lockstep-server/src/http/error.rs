@@ -21,7 +21,7 @@ pub enum ApiError {
     /// 400: the body is not what it claims to be.
     #[error("{0}")]
     BadRequest(String),
-    /// 403: logger control from a non-loopback peer without the admin token.
+    /// 403: a credential that does not allow this (another VIN, another's session).
     #[error("{0}")]
     Forbidden(String),
     /// 404: no such endpoint or resource.
@@ -46,6 +46,9 @@ pub enum ApiError {
     /// 415: a content type the endpoint does not take.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 422: a well-formed value that cannot be true (e.g. a seed timestamp out of the window).
+    #[error("{0}")]
+    Unprocessable(String),
     /// 422: the VIN is not 17 valid characters.
     #[error("invalid vehicle_vin: {0}")]
     InvalidVin(String),
@@ -77,7 +80,9 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::InvalidVin(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidVin(_) | ApiError::Unprocessable(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::StoreUnavailable | ApiError::NotAvailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -106,6 +111,9 @@ impl From<IngestError> for ApiError {
             IngestError::Invalid(m) => ApiError::BadRequest(m),
             IngestError::InvalidVin(v) => ApiError::InvalidVin(v),
             IngestError::TooManyReadings { count, max } => ApiError::TooManyReadings { count, max },
+            IngestError::Forbidden(m) => ApiError::Forbidden(m),
+            IngestError::Implausible(m) => ApiError::Unprocessable(m),
+            IngestError::Stale(m) => ApiError::Conflict(m),
             IngestError::Resync {
                 message,
                 kind,

@@ -1,5 +1,5 @@
 //! Extractors shared by the handlers: the request body under a byte limit,
-//! the media type, and the operator check of logger control.
+//! the media type, JSON-only bodies, and the operator check of the WebSocket.
 
 use std::net::SocketAddr;
 
@@ -9,6 +9,8 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use futures_util::StreamExt;
 
+use crate::auth::Principal;
+use crate::auth::policy::{Policy, decide};
 use crate::http::error::ApiError;
 use crate::state::AppState;
 
@@ -61,16 +63,10 @@ pub async fn read_body(
     Ok(buf.freeze())
 }
 
-/// The bearer token of `Authorization`, if any.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-}
-
-/// Whether the caller may control the logger (see [`crate::auth`]); read by
-/// the WebSocket, which refuses per message rather than per connection.
+/// Whether the caller may control the logger (the operator policy, see
+/// [`crate::auth::policy`]); read by the WebSocket, which refuses logger
+/// commands per message rather than per connection, and sends the logger's
+/// output only to operators.
 #[derive(Debug, Clone, Copy)]
 pub struct Operator {
     pub allowed: bool,
@@ -86,29 +82,26 @@ impl FromRequestParts<AppState> for Operator {
             .get::<ConnectInfo<SocketAddr>>()
             .copied()
             .ok_or_else(|| ApiError::Internal("no peer address on the request".into()))?;
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .ok_or_else(|| ApiError::Internal("no principal: the route has no policy".into()))?;
+        let loopback = peer.ip().to_canonical().is_loopback();
         Ok(Self {
-            allowed: app.admin.allows(peer.ip(), bearer(&parts.headers)),
+            allowed: decide(&app.auth, Policy::Operate, principal, loopback).is_ok(),
             peer,
         })
     }
 }
 
-/// An [`Operator`] that must be allowed: 403 otherwise.
-#[derive(Debug, Clone, Copy)]
-pub struct RequireOperator;
-
-impl FromRequestParts<AppState> for RequireOperator {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
-        let op = Operator::from_request_parts(parts, app).await?;
-        if op.allowed {
-            Ok(Self)
-        } else {
-            // Logged (rate-limited) with the other rejections.
-            Err(ApiError::Forbidden(
-                "logger control is allowed from loopback or with Authorization: Bearer <LOCKSTEP_ADMIN_TOKEN>".into(),
-            ))
-        }
+/// 415 unless the body is declared `application/json` (a cross-site form or
+/// `text/plain` post cannot declare it without a CORS preflight). An empty
+/// body without `Content-Type` passes: nothing to misread.
+pub fn require_json(headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    let declared = headers.contains_key(header::CONTENT_TYPE);
+    if crate::auth::web::is_json(headers) || (!declared && body.is_empty()) {
+        Ok(())
+    } else {
+        Err(unsupported(content_type(headers), "application/json"))
     }
 }

@@ -1,24 +1,25 @@
-//! Logger control: `POST /logger/start`, `POST /logger/stop` (operators
-//! only: loopback or the admin token) and `GET /logger/status`.
+//! Logger control: `POST /logger/start`, `POST /logger/stop` (the operator
+//! group's policy) and `GET /logger/status` (a read).
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::actors::logger::{LoggerStatus, StartRequest, Started, Stopped};
 use crate::http::error::ApiError;
-use crate::http::extract::RequireOperator;
+use crate::http::extract::require_json;
 use crate::state::AppState;
 
 /// `POST /logger/start` with an optional JSON body.
 pub async fn start(
     State(app): State<AppState>,
-    _: RequireOperator,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    require_json(&headers, &body)?;
     let req: StartRequest = if body.iter().all(u8::is_ascii_whitespace) {
         StartRequest::default()
     } else {
@@ -41,7 +42,7 @@ pub async fn start(
 }
 
 /// `POST /logger/stop`.
-pub async fn stop(State(app): State<AppState>, _: RequireOperator) -> Response {
+pub async fn stop(State(app): State<AppState>) -> Response {
     match app.logger.stop().await {
         Stopped::Stopped { exit_code } => {
             Json(json!({"status": "stopped", "exit_code": exit_code})).into_response()

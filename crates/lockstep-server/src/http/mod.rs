@@ -3,24 +3,31 @@
 //! Handlers call services and actor handles; nothing below imports this
 //! module.
 //!
-//! Routes are grouped by who may call them, so that a policy (auth, rate
-//! limit, body limit) can be layered on one group without touching the
-//! others:
-//! - [`device_ingest`]: vehicles and edge loggers sending readings;
-//! - [`reads`]: clients reading stored data and the live stream;
-//! - [`operator`]: logger control (loopback or the admin token today);
-//! - [`admin`]: server administration (none yet);
-//! - [`public`]: health/status and the embedded dashboard.
+//! Routes are grouped by who may call them, each group one list of
+//! (method, path, handler) under one access policy ([`crate::auth::policy`]),
+//! so a route added to a group inherits the group's policy, and
+//! [`policy_table`] lists every route with its policy (the role × route test
+//! enumerates it). A route registered outside the groups has no policy and
+//! is refused with 500 by [`unlisted`].
+//! - [`device_ingest`]: vehicles and edge loggers sending readings (device credentials);
+//! - [`reads`]: clients reading stored data and the live stream (viewer and up);
+//! - [`operator`]: logger control (operator and up);
+//! - [`admin`]: tokens (admin);
+//! - [`public`]: health/status, the dashboard and its login.
+
+use std::collections::HashSet;
+use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, Method, header};
-use axum::middleware::map_response_with_state;
-use axum::response::Response;
-use axum::routing::{get, post};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{Next, from_fn_with_state, map_response_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::auth::policy::{Guard, Policy, enforce};
 use crate::state::AppState;
 
 pub mod dashboard;
@@ -29,8 +36,48 @@ pub mod extract;
 pub mod logger;
 pub mod status;
 pub mod telemetry;
+pub mod tokens;
 pub mod vehicles;
 pub mod ws;
+
+/// One route of a group.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub handler: MethodRouter<AppState>,
+}
+
+fn route(method: Method, path: &'static str, handler: MethodRouter<AppState>) -> Route {
+    Route {
+        method,
+        path,
+        handler,
+    }
+}
+
+/// The embedded dashboard's routes (its own router, merged into the public group).
+const DASHBOARD: &[&str] = &["/", "/index.html", "/favicon.svg", "/assets/{*path}"];
+
+/// Every group with its policy: the single source of the router and of [`policy_table`].
+pub fn groups() -> Vec<(Policy, Vec<Route>)> {
+    vec![
+        (Policy::Ingest, device_ingest()),
+        (Policy::Read, reads()),
+        (Policy::Operate, operator()),
+        (Policy::Admin, admin()),
+        (Policy::Public, public()),
+    ]
+}
+
+/// Every route with its policy, as the router serves them.
+pub fn policy_table() -> Vec<(Method, &'static str, Policy)> {
+    let mut t: Vec<_> = groups()
+        .into_iter()
+        .flat_map(|(policy, routes)| routes.into_iter().map(move |r| (r.method, r.path, policy)))
+        .collect();
+    t.extend(DASHBOARD.iter().map(|p| (Method::GET, *p, Policy::Public)));
+    t
+}
 
 /// The whole HTTP surface. `cors`: allowed origins, `None` = any.
 pub fn router(state: AppState, cors: Option<Vec<String>>) -> Router {
@@ -43,12 +90,29 @@ pub fn router(state: AppState, cors: Option<Vec<String>>) -> Router {
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
     let body_limit = state.settings.body_limit;
-    Router::new()
-        .merge(device_ingest())
-        .merge(reads())
-        .merge(operator())
-        .merge(admin())
-        .merge(public())
+    let listed: Arc<HashSet<String>> = Arc::new(
+        policy_table()
+            .into_iter()
+            .map(|(_, p, _)| p.to_owned())
+            .collect(),
+    );
+    let mut app = Router::new();
+    for (policy, routes) in groups() {
+        let mut group = Router::new();
+        for r in routes {
+            group = group.route(r.path, r.handler);
+        }
+        if policy == Policy::Public {
+            group = group.merge(dashboard::router());
+        }
+        let guard = Guard {
+            auth: state.auth.clone(),
+            origins: state.origins.clone(),
+            policy,
+        };
+        app = app.merge(group.route_layer(from_fn_with_state(guard, enforce)));
+    }
+    app.route_layer(from_fn_with_state(listed, unlisted))
         .fallback(status::not_found)
         // Ingest reads its body itself (413 as JSON); this bounds every other extractor.
         .layer(DefaultBodyLimit::max(body_limit))
@@ -59,38 +123,80 @@ pub fn router(state: AppState, cors: Option<Vec<String>>) -> Router {
         .with_state(state)
 }
 
+/// Refuses a path that is not in [`policy_table`] (registered outside the
+/// groups): no route is served without a policy. (A listed path called with
+/// another method passes: the method router answers 405.)
+async fn unlisted(
+    State(listed): State<Arc<HashSet<String>>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    if path.as_deref().is_some_and(|p| listed.contains(p)) {
+        return next.run(req).await;
+    }
+    tracing::error!(method = %req.method(), ?path, "A route without an access policy was called; add it to a group in http::groups.");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(serde_json::json!({"status": "error", "error": "internal error"})),
+    )
+        .into_response()
+}
+
 /// Readings from vehicles and edge loggers.
-pub fn device_ingest() -> Router<AppState> {
-    Router::new()
-        .route("/api/telemetry", post(telemetry::post_telemetry))
-        .route("/api/v1/batch", post(telemetry::post_batch))
+pub fn device_ingest() -> Vec<Route> {
+    vec![
+        route(
+            Method::POST,
+            "/api/telemetry",
+            post(telemetry::post_telemetry),
+        ),
+        route(Method::POST, "/api/v1/batch", post(telemetry::post_batch)),
+    ]
 }
 
 /// Stored data and the live stream (`/ws` checks logger commands per message).
-pub fn reads() -> Router<AppState> {
-    Router::new()
-        .route("/api/vehicles", get(vehicles::list))
-        .route("/logger/status", get(logger::status))
-        .route("/ws", get(ws::upgrade))
+pub fn reads() -> Vec<Route> {
+    vec![
+        route(Method::GET, "/api/vehicles", get(vehicles::list)),
+        route(Method::GET, "/logger/status", get(logger::status)),
+        route(Method::GET, "/ws", get(ws::upgrade)),
+    ]
 }
 
 /// Starting and stopping the logger child.
-pub fn operator() -> Router<AppState> {
-    Router::new()
-        .route("/logger/start", post(logger::start))
-        .route("/logger/stop", post(logger::stop))
+pub fn operator() -> Vec<Route> {
+    vec![
+        route(Method::POST, "/logger/start", post(logger::start)),
+        route(Method::POST, "/logger/stop", post(logger::stop)),
+    ]
 }
 
-/// Server administration; no routes yet.
-pub fn admin() -> Router<AppState> {
-    Router::new()
+/// Tokens.
+pub fn admin() -> Vec<Route> {
+    vec![
+        route(Method::GET, "/api/tokens", get(tokens::list)),
+        route(Method::POST, "/api/tokens", post(tokens::create)),
+        route(
+            Method::POST,
+            "/api/tokens/{id}/revoke",
+            post(tokens::revoke),
+        ),
+    ]
 }
 
-/// Health/status and the embedded dashboard (`/`, `/assets/…`).
-pub fn public() -> Router<AppState> {
-    Router::new()
-        .route("/status", get(status::status))
-        .merge(dashboard::router())
+/// Health/status, the dashboard's login (the dashboard's files are merged in [`router`]).
+pub fn public() -> Vec<Route> {
+    use crate::auth::web;
+    vec![
+        route(Method::GET, "/status", get(status::status)),
+        route(Method::GET, "/api/session", get(web::session)),
+        route(Method::POST, "/api/login", post(web::login)),
+        route(Method::POST, "/api/logout", post(web::logout)),
+    ]
 }
 
 /// Fills `Retry-After` on 503s of an unavailable store from the settings.

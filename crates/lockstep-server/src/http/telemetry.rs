@@ -5,10 +5,11 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::HeaderMap;
 use lockstep_proto::{CONTENT_TYPE_BATCH, CONTENT_TYPE_SEED};
 
+use crate::auth::Principal;
 use crate::http::error::ApiError;
 use crate::http::extract::{content_type, read_body, unsupported};
 use crate::services::ingest::{Ack, Form};
@@ -17,6 +18,7 @@ use crate::state::AppState;
 /// `POST /api/telemetry`.
 pub async fn post_telemetry(
     State(app): State<AppState>,
+    Extension(sender): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Ack>, ApiError> {
@@ -31,12 +33,13 @@ pub async fn post_telemetry(
         }
     };
     let bytes = read_body(&headers, body, app.settings.body_limit).await?;
-    Ok(Json(app.ingest.accept(form, bytes).await?))
+    Ok(Json(app.ingest.accept(form, bytes, sender).await?))
 }
 
 /// `POST /api/v1/batch`.
 pub async fn post_batch(
     State(app): State<AppState>,
+    Extension(sender): Extension<Principal>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Ack>, ApiError> {
@@ -50,5 +53,5 @@ pub async fn post_batch(
         }
     }
     let bytes = read_body(&headers, body, app.settings.body_limit).await?;
-    Ok(Json(app.ingest.accept(Form::Batch, bytes).await?))
+    Ok(Json(app.ingest.accept(Form::Batch, bytes, sender).await?))
 }

@@ -113,7 +113,7 @@ async fn client(
     cancel: CancellationToken,
 ) {
     let _guard = app.hub.client();
-    let (mut events, logs) = app.hub.subscribe_with_logs();
+    let (mut events, logs) = app.hub.subscribe_with_logs(admin);
     let (mut sink, stream) = socket.split();
     tracing::debug!("WebSocket client connected.");
 
@@ -235,7 +235,7 @@ async fn read_loop(
             Ok(ClientMsg::StartLogger(_) | ClientMsg::StopLogger) if !admin => Some(reply(
                 Level::Error,
                 "server",
-                "logger control refused: connect from loopback or send Authorization: Bearer <LOCKSTEP_ADMIN_TOKEN>",
+                "logger control refused: it needs the operator role (log in, or send Authorization: Bearer <token>)",
             )),
             Ok(ClientMsg::StartLogger(req)) => Some(match app.logger.start(req).await {
                 Ok(Started::Started { pid }) => reply(

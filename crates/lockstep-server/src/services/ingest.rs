@@ -3,11 +3,20 @@
 //! [`Ack`] once the writer has committed the rows, or an [`IngestError`].
 //!
 //! - [`Form::Seed`]: one seed `TelemetryReading`, reconstructed with the
-//!   vehicle's seed predictor. A timestamp at or before the vehicle's last
-//!   accepted one is a duplicate: acknowledged, not stored. Stored with
-//!   session 0 and `seq` = timestamp.
+//!   vehicle's seed predictor. Timestamps outside a plausible window (Unix
+//!   ms from 2000 to a day ahead) are refused. A timestamp at or before the
+//!   vehicle's last accepted one is acknowledged only if that reading is
+//!   stored (a retry), and refused otherwise: never acknowledged and dropped.
+//!   Stored with session 0 and `seq` = timestamp.
 //! - [`Form::Batch`]: one `lockstep.v1.Batch`, decoded against the session's
-//!   state.
+//!   state. A batch before the session's `next_seq` is a duplicate only if
+//!   all its readings are stored; otherwise it does not continue the session:
+//!   starting with a keyframe it restarts the session there (the sender's
+//!   resync), else it is refused with a resync request. So no jump ahead can
+//!   turn later genuine readings into "duplicates".
+//!
+//! The sender's credential ([`Principal`]) is checked first: a device writes
+//! only its VINs, and a session belongs to the credential that opened it.
 //!
 //! Both run under the vehicle's lock from state lookup to commit. Failed
 //! state loads are reported to the health actor (the write path depends on
@@ -24,6 +33,7 @@ use serde::Serialize;
 use crate::actors::health::{HealthHandle, Observation};
 use crate::actors::hub::{Hub, HubEvent};
 use crate::actors::writer::{WriteRequest, WriterHandle};
+use crate::auth::{Auth, Principal};
 use crate::model::{Counters, SEED_SESSION, SessionRecord, Signals, TelemetryRow};
 use crate::protocol::{ReadingJson, ServerMsg};
 use crate::store::{Store, StoreError};
@@ -51,11 +61,21 @@ pub enum IngestError {
     /// A batch with more readings than the server takes in one request.
     #[error("the batch has {count} readings; send at most {max} per request")]
     TooManyReadings { count: usize, max: usize },
+    /// The credential may not write this VIN or session; nothing was stored.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A well-formed value that cannot be true (a seed timestamp out of the window).
+    #[error("{0}")]
+    Implausible(String),
+    /// A seed reading older than the vehicle's last one and not stored: refused.
+    #[error("{0}")]
+    Stale(String),
     /// The edge must resync (send a keyframe) before this session can continue.
     #[error("{message}")]
     Resync {
         message: String,
-        /// `catalog_mismatch`, `unknown_session`, `gap`, `overlap` or `checksum_mismatch`.
+        /// `catalog_mismatch`, `unknown_session`, `gap`, `overlap`, `checksum_mismatch`
+        /// or `not_continuing` (readings before `next_seq` that are not stored).
         kind: &'static str,
         next_seq: Option<u64>,
     },
@@ -148,6 +168,45 @@ struct Inner {
     hub: Arc<Hub>,
     health: HealthHandle,
     max_batch_readings: usize,
+    auth: Arc<Auth>,
+    /// Session owners already confirmed by the store: (VIN, session) → credential.
+    owners: std::sync::Mutex<Owners>,
+}
+
+/// Session owners as the store told them: (VIN, session) → identity; `None`
+/// = no owner (written without a credential so far).
+type Owners = std::collections::HashMap<(Arc<str>, u64), Option<String>>;
+
+/// Sessions whose owner is cached; beyond this the cache starts over.
+const OWNERS_CACHED: usize = 100_000;
+
+/// Seed timestamps before this (2000-01-01, Unix ms) are refused: seconds, or a broken clock.
+pub const SEED_TS_MIN: i64 = 946_684_800_000;
+/// Seed timestamps more than this ahead of the server's clock are refused.
+pub const SEED_TS_AHEAD_MS: i64 = 24 * 3600 * 1000;
+
+/// Whether a seed timestamp is plausible Unix epoch milliseconds; the error says why not.
+pub fn check_seed_timestamp(ts: i64, now_ms: i64) -> Result<(), String> {
+    let why = if ts < 0 {
+        "is negative"
+    } else if ts < SEED_TS_MIN {
+        if ts >= SEED_TS_MIN / 1000 && ts <= now_ms.saturating_add(SEED_TS_AHEAD_MS) / 1000 {
+            "looks like seconds"
+        } else {
+            "is before 2000"
+        }
+    } else if ts > now_ms.saturating_add(SEED_TS_AHEAD_MS) {
+        if ts / 1000 <= now_ms.saturating_add(SEED_TS_AHEAD_MS) && ts / 1000 >= SEED_TS_MIN {
+            "looks like microseconds"
+        } else {
+            "is more than a day in the future"
+        }
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "timestamp {ts} {why}; send Unix epoch milliseconds between 2000-01-01 and one day after the server's clock"
+    ))
 }
 
 impl IngestService {
@@ -158,6 +217,7 @@ impl IngestService {
         hub: Arc<Hub>,
         health: HealthHandle,
         max_batch_readings: usize,
+        auth: Arc<Auth>,
     ) -> anyhow::Result<Self> {
         let seed_channels = lockstep_codec::seed::SEED_FIELDS
             .map(|f| catalog.index_of(f))
@@ -178,6 +238,8 @@ impl IngestService {
                 hub,
                 health,
                 max_batch_readings,
+                auth,
+                owners: Default::default(),
             }),
         })
     }
@@ -186,12 +248,18 @@ impl IngestService {
     /// caller that goes away mid-request cannot cancel it between the commit
     /// and the installation of the new codec state, so memory and store
     /// never disagree.
-    pub async fn accept(&self, form: Form, bytes: Bytes) -> Result<Ack, IngestError> {
+    /// `sender`: the request's credential (a device writes only its VINs).
+    pub async fn accept(
+        &self,
+        form: Form,
+        bytes: Bytes,
+        sender: Principal,
+    ) -> Result<Ack, IngestError> {
         let inner = self.inner.clone();
         let task = tokio::spawn(async move {
             match form {
-                Form::Seed => inner.ingest_seed(&bytes).await,
-                Form::Batch => inner.ingest_batch(&bytes).await,
+                Form::Seed => inner.ingest_seed(&bytes, &sender).await,
+                Form::Batch => inner.ingest_batch(&bytes, &sender).await,
             }
         });
         match task.await {
@@ -211,8 +279,58 @@ impl Inner {
         IngestError::Store(e)
     }
 
+    /// Whether `sender` may write the session: a device credential may if it
+    /// opened it or is the first to write it (then it owns it); a writer
+    /// without a credential (device auth off) only if no credential owns it.
+    async fn may_continue(
+        &self,
+        sender: &Principal,
+        vin: &Arc<str>,
+        session_id: u64,
+    ) -> Result<(), IngestError> {
+        let cred = sender.device_credential();
+        let key = (vin.clone(), session_id);
+        let known = self
+            .owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let owner = match (known, cred) {
+            (Some(Some(o)), _) => Some(o),
+            (Some(None), None) => None,
+            (_, cred) => {
+                let db = &self.auth.db;
+                let o = match cred {
+                    Some(c) => db.claim_session(vin, session_id, c).await.map(Some),
+                    None => db.session_owner(vin, session_id).await,
+                };
+                let o = match o {
+                    Ok(o) => o,
+                    Err(e) => return Err(self.store_failed(e).await),
+                };
+                let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+                if owners.len() >= OWNERS_CACHED {
+                    owners.clear();
+                }
+                owners.insert(key, o.clone());
+                o
+            }
+        };
+        match owner {
+            None => Ok(()),
+            Some(o) if Some(o.as_str()) == cred => Ok(()),
+            Some(_) => {
+                tracing::warn!(vin = %vin, session_id = format_args!("{session_id:016x}"), "A writer tried to write a session another credential opened.");
+                Err(IngestError::Forbidden(format!(
+                    "session {session_id:016x} of {vin} belongs to another credential; start a new session"
+                )))
+            }
+        }
+    }
+
     #[tracing::instrument(name = "ingest_seed", skip_all, fields(vin))]
-    async fn ingest_seed(&self, bytes: &[u8]) -> Result<Ack, IngestError> {
+    async fn ingest_seed(&self, bytes: &[u8], sender: &Principal) -> Result<Ack, IngestError> {
         let reading = TelemetryReading::decode(bytes).map_err(|e| {
             IngestError::Invalid(format!(
                 "the body is not a valid telemetry.TelemetryReading: {e}"
@@ -221,12 +339,9 @@ impl Inner {
         let vin =
             Vin::parse(&reading.vehicle_vin).map_err(|e| IngestError::InvalidVin(e.to_string()))?;
         tracing::Span::current().record("vin", vin.as_str());
-        if reading.timestamp < 0 {
-            return Err(IngestError::Invalid(format!(
-                "timestamp {} is negative; send Unix epoch milliseconds",
-                reading.timestamp
-            )));
-        }
+        refuse_foreign_vin(sender, &vin)?;
+        check_seed_timestamp(reading.timestamp, crate::model::now_ms())
+            .map_err(IngestError::Implausible)?;
         if let Some((i, _)) = lockstep_codec::seed::seed_values(&reading)
             .iter()
             .enumerate()
@@ -258,9 +373,22 @@ impl Inner {
         }
         let mut counters = Counters::default();
         counters.count_reading(&values, transmitted);
-        if seed.last_ts.is_some_and(|last| reading.timestamp <= last) {
-            // A retry of a reading already stored (or older): acknowledge, change nothing.
-            return Ok(Ack::new(&counters, None));
+        if let Some(last) = seed.last_ts.filter(|last| reading.timestamp <= *last) {
+            // A retry of a stored reading: acknowledge, change nothing. Anything
+            // else this old is refused, so it is never acknowledged and dropped.
+            let ts = reading.timestamp as u64;
+            return match self
+                .store
+                .stored_count(vehicle.vin.clone(), SEED_SESSION, ts, ts)
+                .await
+            {
+                Ok(1..) => Ok(Ack::new(&counters, None)),
+                Ok(0) => Err(IngestError::Stale(format!(
+                    "timestamp {} is not after the vehicle's last stored reading ({last}); readings of one vehicle must come in time order",
+                    reading.timestamp
+                ))),
+                Err(e) => Err(self.store_failed(e).await),
+            };
         }
         counters.bytes_received = bytes.len() as u64;
         next.last_ts = Some(reading.timestamp);
@@ -294,7 +422,7 @@ impl Inner {
     }
 
     #[tracing::instrument(name = "ingest_batch", skip_all, fields(vin, session_id))]
-    async fn ingest_batch(&self, bytes: &[u8]) -> Result<Ack, IngestError> {
+    async fn ingest_batch(&self, bytes: &[u8], sender: &Principal) -> Result<Ack, IngestError> {
         let cb = CheckedBatch::parse(&self.catalog, bytes)
             .map_err(|e| IngestError::from_decode(e, None))?;
         let max = self.max_batch_readings;
@@ -306,6 +434,7 @@ impl Inner {
         }
         let span = tracing::Span::current();
         span.record("vin", cb.vin().as_str());
+        refuse_foreign_vin(sender, cb.vin())?;
         span.record(
             "session_id",
             format_args!("{:016x}", cb.session_id()).to_string(),
@@ -319,6 +448,8 @@ impl Inner {
 
         let handle = self.vehicles.get(cb.vin());
         let mut vehicle = handle.lock().await;
+        let vin = vehicle.vin.clone();
+        self.may_continue(sender, &vin, cb.session_id()).await?;
         let state = match vehicle
             .session(&*self.store, &self.catalog, cb.session_id())
             .await
@@ -327,6 +458,42 @@ impl Inner {
             Err(e) => return Err(self.store_failed(e).await),
         };
         let next_seq = state.map(|s| s.next_seq());
+        let mut state = state;
+        if next_seq.is_some_and(|n| cb.last_seq() < n) {
+            // Before the session's position: a retry only if all of it is stored.
+            let stored = match self
+                .store
+                .stored_count(vin.clone(), cb.session_id(), cb.first_seq(), cb.last_seq())
+                .await
+            {
+                Ok(n) => n,
+                Err(e) => return Err(self.store_failed(e).await),
+            };
+            if stored < cb.len() as u64 {
+                if !cb.starts_with_keyframe() {
+                    tracing::info!(
+                        stored,
+                        "Batch before next_seq is not stored; the edge must resync."
+                    );
+                    return Err(IngestError::Resync {
+                        message: format!(
+                            "readings {}..={} come before the session's next_seq {} but are not stored; resend them starting with a keyframe",
+                            cb.first_seq(),
+                            cb.last_seq(),
+                            next_seq.unwrap_or_default()
+                        ),
+                        kind: "not_continuing",
+                        next_seq: None,
+                    });
+                }
+                // The sender's resync: its keyframe restarts the session here.
+                tracing::warn!(
+                    stored,
+                    "A keyframe batch before next_seq restarts the session (the session had jumped ahead)."
+                );
+                state = None;
+            }
+        }
         // Refusals are logged (rate-limited) where they become HTTP answers.
         let outcome = cb
             .decode(&self.catalog, state)
@@ -337,7 +504,6 @@ impl Inner {
             }
             BatchOutcome::Fresh { readings, state } => (readings, state),
         };
-        let vin = vehicle.vin.clone();
         let mut counters = Counters {
             bytes_received: bytes.len() as u64,
             ..Counters::default()
@@ -404,6 +570,18 @@ impl Inner {
     }
 }
 
+/// 403 unless the sender may write `vin` (anonymous senders are the policy's concern).
+fn refuse_foreign_vin(sender: &Principal, vin: &Vin) -> Result<(), IngestError> {
+    if sender.may_write(vin.as_str()) == Some(false) {
+        tracing::warn!(vin = %vin.as_str(), "A device credential tried to write another VIN; nothing stored.");
+        return Err(IngestError::Forbidden(format!(
+            "this credential may not write VIN {}",
+            vin.as_str()
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,9 +622,42 @@ mod tests {
             hub,
             health_handle,
             100,
+            Arc::new(Auth::new(
+                crate::auth::db::AuthDb::open_sqlite(&dir.join("t.db"))
+                    .await
+                    .unwrap(),
+                crate::auth::AuthConfig {
+                    device: crate::auth::Mode::Off,
+                    read: crate::auth::Mode::Off,
+                    admin_token: None,
+                    trust_loopback: false,
+                    secure_cookies: false,
+                },
+            )),
         )
         .unwrap();
         (svc, store, stop)
+    }
+
+    const T: i64 = 1_764_000_000_000;
+
+    #[test]
+    fn seed_timestamps_must_be_plausible_milliseconds() {
+        let now = 1_764_000_000_000;
+        assert!(check_seed_timestamp(now, now).is_ok());
+        assert!(check_seed_timestamp(SEED_TS_MIN, now).is_ok());
+        assert!(check_seed_timestamp(now + SEED_TS_AHEAD_MS, now).is_ok());
+        for (ts, why) in [
+            (-1, "negative"),
+            (now / 1000, "seconds"),
+            (now * 1000, "microseconds"),
+            (i64::MAX, "future"),
+            (500_000_000_000, "before 2000"),
+            (now + SEED_TS_AHEAD_MS + 1, "future"),
+        ] {
+            let e = check_seed_timestamp(ts, now).unwrap_err();
+            assert!(e.contains(why), "{ts}: {e}");
+        }
     }
 
     #[tokio::test]
@@ -462,29 +673,45 @@ mod tests {
             heading: Some(90.0),
         };
         let ack = svc
-            .accept(Form::Seed, reading(1_000, 50.0).encode_to_vec().into())
+            .accept(
+                Form::Seed,
+                reading(T, 50.0).encode_to_vec().into(),
+                Principal::Anonymous,
+            )
             .await
             .unwrap();
         assert_eq!(ack.status, "success");
         assert_eq!(ack.transmitted_fields, 4);
         // A retry of the same timestamp is acknowledged and not stored twice.
-        svc.accept(Form::Seed, reading(1_000, 50.0).encode_to_vec().into())
-            .await
-            .unwrap();
+        svc.accept(
+            Form::Seed,
+            reading(T, 50.0).encode_to_vec().into(),
+            Principal::Anonymous,
+        )
+        .await
+        .unwrap();
         let rows = store.recent(10).await.unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].ts_ms, 1_000);
+        assert_eq!(rows[0].ts_ms, T);
 
         let err = svc
-            .accept(Form::Batch, Bytes::from_static(b"\xff\xff"))
+            .accept(
+                Form::Batch,
+                Bytes::from_static(b"\xff\xff"),
+                Principal::Anonymous,
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, IngestError::Invalid(_)), "{err:?}");
         let err = svc
-            .accept(Form::Seed, reading(-1, 1.0).encode_to_vec().into())
+            .accept(
+                Form::Seed,
+                reading(-1, 1.0).encode_to_vec().into(),
+                Principal::Anonymous,
+            )
             .await
             .unwrap_err();
-        assert!(matches!(err, IngestError::Invalid(_)), "{err:?}");
+        assert!(matches!(err, IngestError::Implausible(_)), "{err:?}");
         stop.cancel();
     }
 }

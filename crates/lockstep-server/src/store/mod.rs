@@ -155,6 +155,15 @@ pub trait Store: Send + Sync + 'static {
         session_id: u64,
     ) -> BoxFut<'_, Result<Option<Vec<u8>>, StoreError>>;
     /// The latest `limit` readings, oldest first.
+    /// How many readings of the session with `first <= seq <= last` are stored
+    /// (ingest calls a batch a duplicate only if all of it is).
+    fn stored_count(
+        &self,
+        vin: Arc<str>,
+        session_id: u64,
+        first: u64,
+        last: u64,
+    ) -> BoxFut<'_, Result<u64, StoreError>>;
     fn recent(&self, limit: usize) -> BoxFut<'_, Result<Vec<TelemetryRow>, StoreError>>;
     fn vehicles(&self) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>>;
     /// Lifetime statistics per vehicle.
@@ -275,6 +284,17 @@ impl SignalColumns {
 /// Bit-preserving conversions between the wire's u64 and SQL's BIGINT.
 pub(crate) fn to_sql_u64(v: u64) -> i64 {
     v as i64
+}
+
+/// `first..=last` of u64 sequence numbers as one or two ranges of their
+/// BIGINT bit patterns (a range that crosses 2^63 wraps to negative numbers).
+pub(crate) fn sql_ranges(first: u64, last: u64) -> Vec<(i64, i64)> {
+    let (a, b) = (to_sql_u64(first), to_sql_u64(last));
+    if a <= b {
+        vec![(a, b)]
+    } else {
+        vec![(a, i64::MAX), (i64::MIN, b)]
+    }
 }
 
 pub(crate) fn from_sql_u64(v: i64) -> u64 {

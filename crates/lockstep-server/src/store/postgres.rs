@@ -141,40 +141,45 @@ fn invalid(e: impl std::fmt::Display) -> StoreError {
     StoreError::Invalid(e.to_string())
 }
 
+/// A pool for `url` (connections are made on first use); the store and the
+/// auth tables (`auth::db`) share this set-up.
+pub fn build_pool(url: &str, pool_size: usize) -> anyhow::Result<Pool> {
+    let mut cfg: tokio_postgres::Config = url
+        .parse()
+        .context("DATABASE_URL is not a valid PostgreSQL connection string")?;
+    // No TLS connector is built in yet: `prefer` (the default) connects in clear text,
+    // `require` must fail at once with a message rather than deep in the pool.
+    anyhow::ensure!(
+        cfg.get_ssl_mode() != tokio_postgres::config::SslMode::Require,
+        "DATABASE_URL asks for sslmode=require, but this build connects to PostgreSQL without TLS; \
+         remove sslmode=require (or use a local TLS-terminating proxy)"
+    );
+    cfg.connect_timeout(Duration::from_secs(3));
+    if cfg.get_application_name().is_none() {
+        cfg.application_name("lockstep-server");
+    }
+    let mgr = Manager::from_config(
+        cfg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(pool_size.max(2))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(3)))
+        .recycle_timeout(Some(Duration::from_secs(2)))
+        .build()
+        .context("cannot build the PostgreSQL pool")
+}
+
 impl PgStore {
     /// Builds the pool, checks the connection and applies the migrations.
     pub async fn connect(url: &str, pool_size: usize, cols: SignalColumns) -> anyhow::Result<Self> {
-        let mut cfg: tokio_postgres::Config = url
-            .parse()
-            .context("DATABASE_URL is not a valid PostgreSQL connection string")?;
-        // No TLS connector is built in yet: `prefer` (the default) connects in clear text,
-        // `require` must fail at once with a message rather than deep in the pool.
-        anyhow::ensure!(
-            cfg.get_ssl_mode() != tokio_postgres::config::SslMode::Require,
-            "DATABASE_URL asks for sslmode=require, but this build connects to PostgreSQL without TLS; \
-             remove sslmode=require (or use a local TLS-terminating proxy)"
-        );
-        cfg.connect_timeout(Duration::from_secs(3));
-        if cfg.get_application_name().is_none() {
-            cfg.application_name("lockstep-server");
-        }
-        let mgr = Manager::from_config(
-            cfg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(mgr)
-            .max_size(pool_size.max(2))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(5)))
-            .create_timeout(Some(Duration::from_secs(3)))
-            .recycle_timeout(Some(Duration::from_secs(2)))
-            .build()
-            .context("cannot build the PostgreSQL pool")?;
         let store = Self {
-            pool,
+            pool: build_pool(url, pool_size)?,
             sql: Sql::new(&cols),
         };
         store
@@ -823,6 +828,28 @@ impl Store for PgStore {
                 )
                 .await?;
             Ok(rows.first().map(|r| r.get(0)))
+        })
+    }
+
+    fn stored_count(
+        &self,
+        vin: Arc<str>,
+        session_id: u64,
+        first: u64,
+        last: u64,
+    ) -> BoxFut<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let mut n = 0u64;
+            for (a, b) in super::sql_ranges(first, last) {
+                let rows = self
+                    .query(
+                        "SELECT count(*) FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id WHERE v.vin = $1 AND t.session_id = $2 AND t.seq BETWEEN $3 AND $4",
+                        &[&&*vin, &to_sql_u64(session_id), &a, &b],
+                    )
+                    .await?;
+                n += rows.first().map_or(0, |r| r.get::<_, i64>(0)) as u64;
+            }
+            Ok(n)
         })
     }
 

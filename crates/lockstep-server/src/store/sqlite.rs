@@ -324,6 +324,23 @@ impl Store for SqliteStore {
         }))
     }
 
+    fn stored_count(
+        &self,
+        vin: Arc<str>,
+        session_id: u64,
+        first: u64,
+        last: u64,
+    ) -> BoxFut<'_, Result<u64, StoreError>> {
+        Box::pin(self.read(move |c| {
+            let mut st = c.prepare_cached("SELECT count(*) FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id WHERE v.vin = ?1 AND t.session_id = ?2 AND t.seq BETWEEN ?3 AND ?4")?;
+            let mut n = 0u64;
+            for (a, b) in super::sql_ranges(first, last) {
+                n += st.query_row(params![&*vin, to_sql_u64(session_id), a, b], |r| r.get::<_, i64>(0))? as u64;
+            }
+            Ok(n)
+        }))
+    }
+
     fn recent(&self, limit: usize) -> BoxFut<'_, Result<Vec<TelemetryRow>, StoreError>> {
         let sql = self.sql.clone();
         Box::pin(self.read(move |c| {

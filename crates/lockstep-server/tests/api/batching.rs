@@ -45,6 +45,15 @@ impl Store for Instrumented {
     ) -> BoxFut<'_, Result<Option<Vec<u8>>, StoreError>> {
         self.inner.load_session(vin, session_id)
     }
+    fn stored_count(
+        &self,
+        vin: Arc<str>,
+        session_id: u64,
+        first: u64,
+        last: u64,
+    ) -> BoxFut<'_, Result<u64, StoreError>> {
+        self.inner.stored_count(vin, session_id, first, last)
+    }
     fn recent(
         &self,
         limit: usize,

@@ -169,7 +169,8 @@ async fn control_needs_loopback_or_the_admin_token() {
             .unwrap()
             .contains("LOCKSTEP_ADMIN_TOKEN")
     );
-    assert_eq!(post(&app, "/logger/stop", None, Some("wrong")).await.0, 403);
+    // A token that is presented but wrong is refused as such.
+    assert_eq!(post(&app, "/logger/stop", None, Some("wrong")).await.0, 401);
     let mut ws = app.ws().await;
     ws.send_json(json!({"type": "start_logger"})).await;
     let m = ws

@@ -12,6 +12,7 @@ mod cli;
 mod ingest;
 mod logger;
 mod original_schema;
+mod security;
 mod shutdown;
 mod status;
 mod store_down;
