@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use crate::actors::health::HealthHandle;
 use crate::actors::hub::Hub;
 use crate::actors::logger::LoggerHandle;
+use crate::actors::sinks::Sinks;
 use crate::actors::stats::StatsBook;
 use crate::actors::writer::WriterHandle;
 use crate::auth::AdminPolicy;
@@ -37,6 +38,8 @@ pub struct AppState {
     /// Read-only here: the health actor alone decides it.
     pub health: HealthHandle,
     pub logger: LoggerHandle,
+    /// The downstream sinks' status, for `/status`.
+    pub sinks: Sinks,
     pub admin: AdminPolicy,
     pub started: Instant,
     /// Fires on shutdown: WebSocket tasks close, the server stops accepting.
