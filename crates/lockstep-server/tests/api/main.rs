@@ -12,6 +12,7 @@ mod cli;
 mod ingest;
 mod logger;
 mod shutdown;
+mod sinks;
 mod status;
 mod store_down;
 mod websocket;

@@ -80,14 +80,15 @@ pub trait Broker: Send + 'static {
     /// have been: the caller publishes the whole batch again later.
     fn publish(&mut self, batch: &[Outgoing]) -> impl Future<Output = anyhow::Result<()>> + Send;
 
-    /// Whether the broker connection is up now.
-    fn connected(&self) -> bool;
+    /// Whether the broker connection is up, kept current by the connection
+    /// itself (also while a publish waits).
+    fn connected(&self) -> Arc<AtomicBool>;
 }
 
 /// What `/status` shows of one sink, updated by its actor.
 #[derive(Debug, Default)]
 pub struct SinkStatus {
-    connected: AtomicBool,
+    connected: Arc<AtomicBool>,
     active: AtomicBool,
     lag: AtomicU64,
     forwarded: AtomicU64,
@@ -207,7 +208,10 @@ fn spawn<B: Broker>(
     holder: Arc<str>,
     timing: SinkTiming,
 ) -> (&'static str, Arc<SinkStatus>) {
-    let status = Arc::new(SinkStatus::default());
+    let status = Arc::new(SinkStatus {
+        connected: broker.connected(),
+        ..SinkStatus::default()
+    });
     let sink = Sink {
         broker,
         store: ctx.store.clone(),
@@ -252,8 +256,7 @@ impl<B: Broker> Sink<B> {
         let forwarded = metrics::counter!("lockstep_sink_forwarded_readings_total", "sink" => name);
         let failures = metrics::counter!("lockstep_sink_publish_failures_total", "sink" => name);
         while !stop.is_cancelled() {
-            let connected = self.broker.connected();
-            self.status.connected.store(connected, Ordering::Relaxed);
+            let connected = self.status.connected.load(Ordering::Relaxed);
             connected_gauge.set(if connected { 1.0 } else { 0.0 });
 
             // 1. Hold the lease (renewed at a third of its length).
@@ -330,9 +333,6 @@ impl<B: Broker> Sink<B> {
                     tracing::warn!(sink = name, error = %e, "A sink cannot publish; retrying with back-off (readings wait in the store).");
                 }
                 broker_up = false;
-                self.status
-                    .connected
-                    .store(self.broker.connected(), Ordering::Relaxed);
                 backoff = self.wait_backoff(backoff, &stop).await;
                 continue;
             }
@@ -341,7 +341,6 @@ impl<B: Broker> Sink<B> {
                 broker_up = true;
             }
             backoff = Duration::from_millis(200);
-            self.status.connected.store(true, Ordering::Relaxed);
             forwarded.increment(n as u64);
             self.status.forwarded.fetch_add(n as u64, Ordering::Relaxed);
 

@@ -4,6 +4,8 @@
 //! published again on a new one, so retransmission is ours alone.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -22,6 +24,7 @@ pub struct MqttBroker {
     options: MqttOptions,
     topic: String,
     conn: Option<Conn>,
+    connected: Arc<AtomicBool>,
 }
 
 /// One live connection: the client, and the events its event loop task forwards.
@@ -94,13 +97,14 @@ impl MqttBroker {
             options,
             topic: topic.to_owned(),
             conn: None,
+            connected: Arc::default(),
         })
     }
 
     async fn connect(&mut self) -> anyhow::Result<()> {
         let (client, eventloop) = AsyncClient::new(self.options.clone(), 1024);
         let (tx, mut events) = mpsc::unbounded_channel();
-        let task = tokio::spawn(drive(eventloop, tx));
+        let task = tokio::spawn(drive(eventloop, tx, self.connected.clone()));
         let first = tokio::time::timeout(CONNECT_TIMEOUT, events.recv())
             .await
             .context("no CONNACK in time")?;
@@ -185,14 +189,22 @@ fn note(ev: Ack, in_flight: &mut HashSet<u16>, sent: &mut usize, acked: &mut usi
 
 /// Polls the event loop, forwarding connection, publish and PUBACK events;
 /// stops at the first error (the connection is then replaced).
-async fn drive(mut eventloop: EventLoop, tx: mpsc::UnboundedSender<Result<Ack, String>>) {
+async fn drive(
+    mut eventloop: EventLoop,
+    tx: mpsc::UnboundedSender<Result<Ack, String>>,
+    connected: Arc<AtomicBool>,
+) {
     loop {
         let ack = match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => Ack::Connected,
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                connected.store(true, Ordering::Relaxed);
+                Ack::Connected
+            }
             Ok(Event::Incoming(Packet::PubAck(p))) => Ack::Acked(p.pkid),
             Ok(Event::Outgoing(rumqttc::Outgoing::Publish(pkid))) => Ack::Sent(pkid),
             Ok(_) => continue,
             Err(e) => {
+                connected.store(false, Ordering::Relaxed);
                 let _ = tx.send(Err(e.to_string()));
                 return;
             }
@@ -212,11 +224,12 @@ impl Broker for MqttBroker {
             .unwrap_or_else(|_| Err(anyhow::anyhow!("no PUBACK within {BATCH_TIMEOUT:?}")));
         if r.is_err() {
             self.conn = None;
+            self.connected.store(false, Ordering::Relaxed);
         }
         r
     }
 
-    fn connected(&self) -> bool {
-        self.conn.as_ref().is_some_and(|c| !c.task.is_finished())
+    fn connected(&self) -> Arc<AtomicBool> {
+        self.connected.clone()
     }
 }

@@ -2,6 +2,8 @@
 //! stream (created if missing), with `Nats-Msg-Id: <vin>/<session>/<seq>` so
 //! JetStream drops a republished reading within its duplicate window.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -23,6 +25,7 @@ pub struct NatsBroker {
     js: Option<jetstream::Context>,
     /// The stream exists (checked once per connection, and after a failure).
     stream_ready: bool,
+    connected: Arc<AtomicBool>,
 }
 
 impl NatsBroker {
@@ -47,17 +50,35 @@ impl NatsBroker {
             client: None,
             js: None,
             stream_ready: false,
+            connected: Arc::default(),
         })
     }
 
     async fn context(&mut self) -> anyhow::Result<jetstream::Context> {
         if self.js.is_none() {
             // Connected once, the client reconnects by itself (for ever, with back-off).
+            let connected = self.connected.clone();
             let client = async_nats::ConnectOptions::new()
                 .connection_timeout(Duration::from_secs(3))
+                .event_callback(move |event| {
+                    let connected = connected.clone();
+                    async move {
+                        match event {
+                            async_nats::Event::Connected => {
+                                connected.store(true, Ordering::Relaxed)
+                            }
+                            async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                                connected.store(false, Ordering::Relaxed)
+                            }
+                            _ => {}
+                        }
+                    }
+                })
                 .connect(self.url.as_str())
                 .await
                 .context("cannot connect to NATS")?;
+            // The callback reports changes only: the first connection is up now.
+            self.connected.store(true, Ordering::Relaxed);
             self.js = Some(jetstream::new(client.clone()));
             self.client = Some(client);
             self.stream_ready = false;
@@ -117,9 +138,7 @@ impl Broker for NatsBroker {
         r
     }
 
-    fn connected(&self) -> bool {
-        self.client
-            .as_ref()
-            .is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected)
+    fn connected(&self) -> Arc<AtomicBool> {
+        self.connected.clone()
     }
 }
