@@ -263,6 +263,16 @@ pub struct Settings {
     )]
     pub sink_batch: usize,
 
+    /// Milliseconds a server holds a sink without renewing its lease before
+    /// another server on the same database may take the sink over.
+    #[arg(
+        help_heading = "Downstream sinks",
+        long,
+        env = "LOCKSTEP_SINK_LEASE_MS",
+        default_value_t = 15_000
+    )]
+    pub sink_lease_ms: u64,
+
     /// Log format: `text` or `json` (filter with RUST_LOG).
     #[arg(help_heading = "Operations", long, env = "LOCKSTEP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -25,6 +25,11 @@ both_stores!(
     a_broker_restart_loses_no_reading
 );
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_share_a_sink_and_take_it_over() {
+    one_server_drives_each_sink_and_another_takes_over().await
+}
+
 const T0: i64 = 1_764_000_000_000;
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -102,22 +107,26 @@ async fn stored(app: &TestApp) -> BTreeSet<(String, u64)> {
 }
 
 /// Waits until both sinks have forwarded everything stored: lag 0, cursor
-/// at the newest row.
+/// at the newest row, driven by this server.
 async fn caught_up(app: &TestApp) {
     let newest = app
         .db
         .count("SELECT COALESCE(max(id), 0) FROM telemetry_data")
         .await;
     eventually(WAIT, "both sinks to catch up", || async {
-        let s = app.status().await;
-        let done = ["nats", "mqtt"].iter().all(|k| {
-            s["sinks"][k]["lag_readings"] == 0
-                && s["sinks"][k]["position"] == newest
-                && s["sinks"][k]["active"] == true
-        });
-        done.then_some(())
+        drives_and_caught_up(app, newest).await.then_some(())
     })
     .await;
+}
+
+/// This server drives both sinks, and they forwarded up to row `newest`.
+async fn drives_and_caught_up(app: &TestApp, newest: i64) -> bool {
+    let s = app.status().await;
+    ["nats", "mqtt"].iter().all(|k| {
+        s["sinks"][k]["lag_readings"] == 0
+            && s["sinks"][k]["position"] == newest
+            && s["sinks"][k]["active"] == true
+    })
 }
 
 /// The (VIN, seq) of a reading JSON.
@@ -483,4 +492,60 @@ async fn a_broker_restart_loses_no_reading(backend: Backend) {
         duplicates(&keys)
     );
     app.stop().await;
+}
+
+/// Two servers on one PostgreSQL database, ingesting at the same time (their
+/// commits interleave): one drives both sinks, the other stands by; when the
+/// driver stops, the other takes over once the lease expires, from the
+/// stored cursor, and nothing is missing.
+async fn one_server_drives_each_sink_and_another_takes_over() {
+    let names = Names::new();
+    let nats = "nats://127.0.0.1:4222";
+    let sub = MqttSub::start(1883, &names.topic, false).await;
+    let mut flags = names.flags(nats, "mqtt://127.0.0.1:1883");
+    flags.extend(["--sink-lease-ms".to_owned(), "1500".to_owned()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let db = Arc::new(TestDb::new(Backend::Postgres).await);
+    let a = spawn_app_with(db.clone(), &flags).await;
+    let b = spawn_app_with(db.clone(), &flags).await;
+    let (mut ea, mut eb) = ([encoder(&vin(1), 31)], [encoder(&vin(2), 32)]);
+    for k in 0..4 {
+        let r = k * 20..(k + 1) * 20;
+        tokio::join!(ingest(&a, &mut ea, r.clone()), ingest(&b, &mut eb, r));
+    }
+    let newest = db.count("SELECT max(id) FROM telemetry_data").await;
+    let (driver, standby) = eventually(WAIT, "one server to drive the sinks", || async {
+        match (
+            drives_and_caught_up(&a, newest).await,
+            drives_and_caught_up(&b, newest).await,
+        ) {
+            (true, false) => Some((0, 1)),
+            (false, true) => Some((1, 0)),
+            _ => None,
+        }
+    })
+    .await;
+    let mut apps = [Some(a), Some(b)];
+    let standby_app = apps[standby].take().unwrap();
+    let s = standby_app.status().await;
+    assert_eq!(s["sinks"]["nats"]["active"], false, "{s}");
+    assert_eq!(s["sinks"]["mqtt"]["active"], false, "{s}");
+
+    apps[driver].take().unwrap().stop().await;
+    let mut rest = if standby == 0 { ea } else { eb };
+    ingest(&standby_app, &mut rest, 80..100).await;
+    caught_up(&standby_app).await;
+
+    let stored = stored(&standby_app).await;
+    assert_eq!(stored.len(), 180);
+    let in_stream = stream_messages(nats, &names.stream).await;
+    delete_stream(nats, &names.stream).await;
+    let got: BTreeSet<_> = in_stream.iter().map(|(v, ..)| key(v)).collect();
+    assert_eq!(got, stored, "NATS: none missing across the takeover");
+    eventually(WAIT, "every reading at the MQTT subscriber", || async {
+        let keys: BTreeSet<_> = sub.keys().into_iter().collect();
+        (keys == stored).then_some(())
+    })
+    .await;
+    standby_app.stop().await;
 }

@@ -173,6 +173,7 @@ pub fn start(settings: &Settings, ctx: SinkContext) -> anyhow::Result<Sinks> {
         format!("{}:{}:{:08x}", hostname(), std::process::id(), rand_u32()).into();
     let timing = SinkTiming {
         batch: settings.sink_batch.max(1),
+        lease: Duration::from_millis(settings.sink_lease_ms.max(300)),
         ..SinkTiming::default()
     };
     // Every setting is checked before any sink starts.
@@ -247,6 +248,9 @@ impl<B: Broker> Sink<B> {
     /// cursor only moves past acknowledged readings.
     pub async fn run(mut self, stop: CancellationToken) {
         let name = B::NAME;
+        // Renewals happen between waits: no wait may outlast a third of the lease.
+        self.timing.poll = self.timing.poll.min(self.timing.lease / 3);
+        self.timing.max_backoff = self.timing.max_backoff.min(self.timing.lease / 3);
         let mut held: Option<Held> = None;
         let mut backoff = self.timing.poll.min(Duration::from_millis(200));
         let mut counted: Option<Instant> = None;
