@@ -21,7 +21,6 @@ pub struct NatsBroker {
     url: String,
     stream: String,
     subject: String,
-    client: Option<async_nats::Client>,
     js: Option<jetstream::Context>,
     /// The stream exists (checked once per connection, and after a failure).
     stream_ready: bool,
@@ -47,7 +46,6 @@ impl NatsBroker {
             url: url.to_owned(),
             stream: stream.to_owned(),
             subject: subject.to_owned(),
-            client: None,
             js: None,
             stream_ready: false,
             connected: Arc::default(),
@@ -79,8 +77,7 @@ impl NatsBroker {
                 .context("cannot connect to NATS")?;
             // The callback reports changes only: the first connection is up now.
             self.connected.store(true, Ordering::Relaxed);
-            self.js = Some(jetstream::new(client.clone()));
-            self.client = Some(client);
+            self.js = Some(jetstream::new(client));
             self.stream_ready = false;
         }
         let js = self.js.clone().context("no JetStream context")?;
