@@ -11,6 +11,7 @@ mod catalog;
 mod cli;
 mod ingest;
 mod logger;
+mod original_schema;
 mod shutdown;
 mod sinks;
 mod status;
