@@ -217,6 +217,15 @@ impl MqttSub {
         Self { got, task }
     }
 
+    /// Waits until every reading of `stored` arrived (at least once).
+    async fn wait_for_all(&self, stored: &BTreeSet<(String, u64)>) {
+        eventually(WAIT, "every reading at the MQTT subscriber", || async {
+            let keys: BTreeSet<_> = self.keys().into_iter().collect();
+            (&keys == stored).then_some(())
+        })
+        .await;
+    }
+
     fn keys(&self) -> Vec<(String, u64)> {
         self.got.lock().unwrap().iter().map(key).collect()
     }
@@ -479,11 +488,7 @@ async fn a_broker_restart_loses_no_reading(backend: Backend) {
         "NATS: JetStream dropped the republished readings"
     );
 
-    eventually(WAIT, "every reading at the MQTT subscriber", || async {
-        let keys: BTreeSet<_> = sub.keys().into_iter().collect();
-        (keys == stored).then_some(())
-    })
-    .await;
+    sub.wait_for_all(&stored).await;
     let keys = sub.keys();
     println!(
         "MQTT: {} messages for {} readings ({} duplicates, allowed: at least once)",
@@ -542,10 +547,6 @@ async fn one_server_drives_each_sink_and_another_takes_over() {
     delete_stream(nats, &names.stream).await;
     let got: BTreeSet<_> = in_stream.iter().map(|(v, ..)| key(v)).collect();
     assert_eq!(got, stored, "NATS: none missing across the takeover");
-    eventually(WAIT, "every reading at the MQTT subscriber", || async {
-        let keys: BTreeSet<_> = sub.keys().into_iter().collect();
-        (keys == stored).then_some(())
-    })
-    .await;
+    sub.wait_for_all(&stored).await;
     standby_app.stop().await;
 }
