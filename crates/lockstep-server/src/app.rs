@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::actors::health::Health;
 use crate::actors::hub::{Hub, Level};
 use crate::actors::logger::{LoggerConfig, Supervisor};
+use crate::actors::sinks::{self, SinkContext};
 use crate::actors::stats::{self, StatsBook};
 use crate::actors::writer::Writer;
 use crate::auth::db::AuthDb;
@@ -146,6 +147,16 @@ impl App {
             settings.max_batch_readings,
             auth.clone(),
         )?;
+        // Checked before anything starts; they run until `background` stops.
+        let sinks = sinks::start(
+            &settings,
+            SinkContext {
+                store: store.clone(),
+                signals: signals.clone(),
+                commits: writer_handle.commits(),
+                stop: background.clone(),
+            },
+        )?;
         // Nothing fails after this point: start the actors.
         tokio::spawn(health.run(background.clone()));
         let writer_stop = CancellationToken::new();
@@ -192,6 +203,7 @@ impl App {
             stats,
             health: health_handle,
             logger,
+            sinks,
             started: Instant::now(),
             shutdown,
             tasks: TaskTracker::new(),

@@ -228,6 +228,74 @@ pub struct Settings {
     )]
     pub shutdown_grace_ms: u64,
 
+    /// Forward every stored reading to NATS JetStream at this URL
+    /// (`nats://HOST:PORT`, credentials in the URL if needed). Unset: no NATS sink.
+    #[arg(
+        help_heading = "Downstream sinks",
+        long,
+        env = "LOCKSTEP_NATS_URL",
+        hide_env_values = true
+    )]
+    pub nats_url: Option<Secret>,
+
+    /// The JetStream stream the NATS sink publishes into (created if missing,
+    /// covering `<LOCKSTEP_NATS_SUBJECT>.>`).
+    #[arg(
+        help_heading = "Downstream sinks",
+        long,
+        env = "LOCKSTEP_NATS_STREAM",
+        default_value = "LOCKSTEP_TELEMETRY"
+    )]
+    pub nats_stream: String,
+
+    /// Subject prefix of the NATS sink: readings go to `<prefix>.<VIN>`.
+    #[arg(
+        help_heading = "Downstream sinks",
+        long,
+        env = "LOCKSTEP_NATS_SUBJECT",
+        default_value = "lockstep.telemetry"
+    )]
+    pub nats_subject: String,
+
+    /// Forward every stored reading to an MQTT broker at this URL
+    /// (`mqtt://[USER:PASSWORD@]HOST[:PORT]`, QoS 1). Unset: no MQTT sink.
+    #[arg(
+        help_heading = "Downstream sinks",
+        long,
+        env = "LOCKSTEP_MQTT_URL",
+        hide_env_values = true
+    )]
+    pub mqtt_url: Option<Secret>,
+
+    /// Topic prefix of the MQTT sink: readings go to `<prefix>/<VIN>`.
+    #[arg(
+        help_heading = "Downstream sinks",
+        long,
+        env = "LOCKSTEP_MQTT_TOPIC",
+        default_value = "lockstep/telemetry"
+    )]
+    pub mqtt_topic: String,
+
+    /// Most readings a sink publishes before it waits for the broker's
+    /// acknowledgements and advances its cursor.
+    #[arg(
+        help_heading = "Downstream sinks",
+        long,
+        env = "LOCKSTEP_SINK_BATCH",
+        default_value_t = 500
+    )]
+    pub sink_batch: usize,
+
+    /// Milliseconds a server holds a sink without renewing its lease before
+    /// another server on the same database may take the sink over.
+    #[arg(
+        help_heading = "Downstream sinks",
+        long,
+        env = "LOCKSTEP_SINK_LEASE_MS",
+        default_value_t = 15_000
+    )]
+    pub sink_lease_ms: u64,
+
     /// Log format: `text` or `json` (filter with RUST_LOG).
     #[arg(help_heading = "Operations", long, env = "LOCKSTEP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 use crate::actors::health::HealthHandle;
 use crate::actors::hub::Hub;
 use crate::actors::logger::LoggerHandle;
+use crate::actors::sinks::Sinks;
 use crate::actors::stats::StatsBook;
 use crate::actors::writer::WriterHandle;
 use crate::auth::Auth;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Origins allowed to change state and open WebSockets.
     pub origins: Arc<OriginPolicy>,
+    /// The downstream sinks' status, for `/status`.
+    pub sinks: Sinks,
     pub started: Instant,
     /// Fires on shutdown: WebSocket tasks close, the server stops accepting.
     pub shutdown: CancellationToken,

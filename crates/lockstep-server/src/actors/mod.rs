@@ -1,10 +1,11 @@
 //! Long-lived work, each an actor that owns its receivers and runs until a
 //! shutdown token fires: the batching [`writer`], the WebSocket fan-out
 //! [`hub`], the [`stats`] book and its broadcaster, the [`logger`] child
-//! supervisor and the store's [`health`].
+//! supervisor, the store's [`health`] and the downstream [`sinks`].
 
 pub mod health;
 pub mod hub;
 pub mod logger;
+pub mod sinks;
 pub mod stats;
 pub mod writer;

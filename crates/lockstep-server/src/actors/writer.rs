@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::health::{HealthHandle, Observation};
@@ -37,6 +37,7 @@ type Reply = oneshot::Sender<Result<(), StoreError>>;
 pub struct WriterHandle {
     tx: mpsc::Sender<(WriteRequest, Reply)>,
     pending: Arc<AtomicUsize>,
+    commits: watch::Receiver<u64>,
 }
 
 impl WriterHandle {
@@ -56,6 +57,12 @@ impl WriterHandle {
         })
     }
 
+    /// Counts successful commits: `changed()` wakes the downstream sinks
+    /// without polling the store.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.clone()
+    }
+
     /// Readings queued or being committed.
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
@@ -71,6 +78,7 @@ pub struct Writer {
     health: HealthHandle,
     pending: Arc<AtomicUsize>,
     max_rows: usize,
+    commits: watch::Sender<u64>,
 }
 
 impl Writer {
@@ -84,7 +92,9 @@ impl Writer {
     ) -> (Self, WriterHandle) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let pending = Arc::new(AtomicUsize::new(0));
+        let (commits, commits_rx) = watch::channel(0);
         let w = Self {
+            commits,
             rx,
             store,
             hub,
@@ -93,7 +103,14 @@ impl Writer {
             pending: pending.clone(),
             max_rows: max_rows.max(1),
         };
-        (w, WriterHandle { tx, pending })
+        (
+            w,
+            WriterHandle {
+                tx,
+                pending,
+                commits: commits_rx,
+            },
+        )
     }
 
     /// Runs until `stop`, then commits what is still queued and returns.
@@ -180,6 +197,7 @@ impl Writer {
         if result.is_ok() {
             self.stats.add(stats.iter().map(|(vin, c)| (&**vin, c)));
             self.hub.publish_all(events);
+            self.commits.send_modify(|n| *n += 1);
         }
     }
 }

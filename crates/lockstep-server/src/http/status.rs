@@ -2,9 +2,12 @@
 
 use axum::Json;
 use axum::extract::State;
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::actors::logger::LoggerStatus;
+use crate::actors::sinks::SinkStatusJson;
 use crate::http::error::ApiError;
 use crate::protocol::Summary;
 use crate::state::AppState;
@@ -22,6 +25,8 @@ pub struct StatusJson {
     pub logger: LoggerStatus,
     /// WebSocket messages dropped for slow clients since start.
     pub ws_dropped_messages: u64,
+    /// The configured downstream sinks by name (`nats`, `mqtt`); `{}` when none.
+    pub sinks: BTreeMap<&'static str, SinkStatusJson>,
 }
 
 #[derive(Serialize)]
@@ -49,6 +54,7 @@ pub async fn status(State(app): State<AppState>) -> Json<StatusJson> {
         uptime_s: app.started.elapsed().as_secs(),
         logger: app.logger.status(),
         ws_dropped_messages: app.hub.dropped(),
+        sinks: app.sinks.status(),
     })
 }
 

@@ -170,6 +170,39 @@ pub trait Store: Send + Sync + 'static {
     fn totals(&self) -> BoxFut<'_, Result<Vec<VehicleTotals>, StoreError>>;
     /// A cheap round trip that proves the store answers.
     fn ping(&self) -> BoxFut<'_, Result<(), StoreError>>;
+
+    // Downstream sinks (see `actors::sinks`): a durable cursor per sink over
+    // `telemetry_data.id`, which grows in commit order (see the backends).
+
+    /// Up to `limit` stored readings with a position above `after`, in
+    /// position order, each with its position.
+    fn readings_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> BoxFut<'_, Result<Vec<(i64, TelemetryRow)>, StoreError>>;
+    /// How many stored readings have a position above `after` (a sink's lag).
+    fn count_after(&self, after: i64) -> BoxFut<'_, Result<u64, StoreError>>;
+    /// Takes or renews the lease on sink `lease.sink` for `lease.holder`
+    /// until `now_ms + ttl_ms` (a new sink starts at position 0). Returns the
+    /// sink's cursor if the caller now holds the lease, `None` if another
+    /// holder's lease has not expired.
+    fn lease_sink(&self, lease: SinkLease) -> BoxFut<'_, Result<Option<i64>, StoreError>>;
+    /// Moves the sink's cursor forward to `position` if `lease.holder` still
+    /// holds it; `false` when another holder took the sink over.
+    fn advance_sink(&self, lease: SinkLease, position: i64)
+    -> BoxFut<'_, Result<bool, StoreError>>;
+}
+
+/// Who asks for which sink's lease, and for how long.
+#[derive(Debug, Clone)]
+pub struct SinkLease {
+    /// `nats` or `mqtt`.
+    pub sink: Arc<str>,
+    /// This server instance (unique per process start).
+    pub holder: Arc<str>,
+    pub now_ms: i64,
+    pub ttl_ms: i64,
 }
 
 /// Opens the configured store and applies its migrations; `signals` (the

@@ -28,15 +28,16 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 
 use super::{
-    BoxFut, SignalColumns, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals, WriteBatch,
-    from_sql_u64, to_sql_u64,
+    BoxFut, SignalColumns, SinkLease, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals,
+    WriteBatch, from_sql_u64, to_sql_u64,
 };
 use crate::model::{Counters, TelemetryRow};
 
 /// Numbered migrations, applied in order; `schema_migrations` lists the applied ones.
 /// `{signal_columns}` stands for the catalog's value columns
 /// ([`SignalColumns::ddl`]); later signals are added by `add_signal_columns`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE vehicles (
     id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     vin         TEXT NOT NULL UNIQUE,
@@ -73,7 +74,17 @@ CREATE TABLE sessions (
     updated_at  BIGINT NOT NULL,  -- Unix ms
     PRIMARY KEY (vehicle_id, session_id)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE sink_cursors (
+    sink         TEXT PRIMARY KEY,  -- nats, mqtt
+    position     BIGINT NOT NULL,   -- last forwarded telemetry_data.id
+    holder       TEXT NOT NULL,     -- the server instance driving the sink
+    lease_until  BIGINT NOT NULL,   -- Unix ms; another instance may take over after it
+    updated_at   BIGINT NOT NULL    -- Unix ms
+);
+"#,
+];
 
 /// The statements that name the value columns, generated once from the catalog.
 struct Sql {
@@ -83,6 +94,7 @@ struct Sql {
     copy_types: Vec<Type>,
     insert_telemetry: String,
     recent: String,
+    readings_after: String,
 }
 
 impl Sql {
@@ -121,7 +133,15 @@ impl Sql {
              FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id ORDER BY t.id DESC LIMIT $1",
             cols.list(Some("t"))
         );
+        // Same columns as `recent`, then the position.
+        let readings_after = format!(
+            "SELECT v.vin, t.session_id, t.seq, t.ts, t.transmitted_mask, t.keyframe, {}, t.id
+             FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id
+             WHERE t.id > $1 ORDER BY t.id LIMIT $2",
+            cols.list(Some("t"))
+        );
         Self {
+            readings_after,
             channels: n,
             copy_columns,
             copy_types,
@@ -253,6 +273,11 @@ impl PgStore {
     async fn commit_with(&self, b: &WriteBatch, into: CopyInto) -> Result<Copied, StoreError> {
         let mut client = self.pool.get().await.map_err(StoreError::from)?;
         let tx = client.transaction().await.map_err(StoreError::from)?;
+        // Commits of several servers on one database take turns, so that
+        // `telemetry_data.id` grows in commit order (see [`COMMIT_ORDER_LOCK`]).
+        tx.batch_execute(COMMIT_ORDER_LOCK)
+            .await
+            .map_err(StoreError::from)?;
         let small = b.rows.len() <= SMALL_BATCH;
         // Prepared once per connection, then taken from its cache.
         let (vehicles_st, telemetry_st, sessions_st, stats_st) = futures_util::try_join!(
@@ -353,6 +378,25 @@ impl PgStore {
         client.query(&st, params).await.map_err(StoreError::from)
     }
 }
+
+/// Taken by every commit before it inserts, held until it ends. An identity
+/// value is drawn at insert but becomes visible at commit, so two concurrent
+/// transactions could otherwise commit out of `id` order, and a reader (a
+/// downstream sink's cursor over `id`) that saw the later one first would
+/// skip the earlier one's rows for ever. With the lock, a commit draws its
+/// ids only after the previous one is visible. One server's writer commits
+/// one batch at a time anyway, so the lock is only ever contended between
+/// servers sharing the database.
+const COMMIT_ORDER_LOCK: &str = "SELECT pg_advisory_xact_lock(7311208)";
+
+/// Takes a sink's lease ($1 sink, $2 holder, $3 now, $4 ttl) if it is free,
+/// ours, or expired; answers the cursor, or no row if another holder has it.
+const LEASE_SINK: &str =
+    "INSERT INTO sink_cursors (sink, position, holder, lease_until, updated_at)
+     VALUES ($1, 0, $2, $3::int8 + $4::int8, $3::int8)
+     ON CONFLICT (sink) DO UPDATE SET holder = EXCLUDED.holder, lease_until = EXCLUDED.lease_until
+     WHERE sink_cursors.holder = EXCLUDED.holder OR sink_cursors.lease_until < $3
+     RETURNING position";
 
 /// Batches of at most this many rows are inserted with one prepared
 /// `INSERT … SELECT FROM unnest(…)`, pipelined with the other statements (in
@@ -795,6 +839,19 @@ async fn write_copy(
     writer.finish().await
 }
 
+/// A row of `Sql::recent` or `Sql::readings_after`: fixed columns first, then `channels` values.
+fn row_to_reading(r: &Row, channels: usize) -> TelemetryRow {
+    TelemetryRow {
+        vin: r.get::<_, String>(0).into(),
+        session_id: from_sql_u64(r.get(1)),
+        seq: from_sql_u64(r.get(2)),
+        ts_ms: r.get(3),
+        values: (0..channels).map(|i| r.get(6 + i)).collect(),
+        transmitted: from_sql_u64(r.get(4)),
+        keyframe: r.get(5),
+    }
+}
+
 fn counters(r: &Row, at: usize) -> Counters {
     let g = |i: usize| r.get::<_, i64>(at + i).max(0) as u64;
     Counters {
@@ -857,19 +914,7 @@ impl Store for PgStore {
         Box::pin(async move {
             let rows = self.query(&self.sql.recent, &[&(limit as i64)]).await?;
             let n = self.sql.channels;
-            Ok(rows
-                .iter()
-                .rev()
-                .map(|r| TelemetryRow {
-                    vin: r.get::<_, String>(0).into(),
-                    session_id: from_sql_u64(r.get(1)),
-                    seq: from_sql_u64(r.get(2)),
-                    ts_ms: r.get(3),
-                    values: (0..n).map(|i| r.get(6 + i)).collect(),
-                    transmitted: from_sql_u64(r.get(4)),
-                    keyframe: r.get(5),
-                })
-                .collect())
+            Ok(rows.iter().rev().map(|r| row_to_reading(r, n)).collect())
         })
     }
 
@@ -922,6 +967,66 @@ impl Store for PgStore {
                 .await
                 .map_err(StoreError::from)?;
             Ok(())
+        })
+    }
+
+    fn readings_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> BoxFut<'_, Result<Vec<(i64, TelemetryRow)>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .query(&self.sql.readings_after, &[&after, &(limit as i64)])
+                .await?;
+            let n = self.sql.channels;
+            Ok(rows
+                .iter()
+                .map(|r| (r.get(6 + n), row_to_reading(r, n)))
+                .collect())
+        })
+    }
+
+    fn count_after(&self, after: i64) -> BoxFut<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .query(
+                    "SELECT count(*) FROM telemetry_data WHERE id > $1",
+                    &[&after],
+                )
+                .await?;
+            Ok(rows[0].get::<_, i64>(0).max(0) as u64)
+        })
+    }
+
+    fn lease_sink(&self, lease: SinkLease) -> BoxFut<'_, Result<Option<i64>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .query(
+                    LEASE_SINK,
+                    &[&&*lease.sink, &&*lease.holder, &lease.now_ms, &lease.ttl_ms],
+                )
+                .await?;
+            Ok(rows.first().map(|r| r.get(0)))
+        })
+    }
+
+    fn advance_sink(
+        &self,
+        lease: SinkLease,
+        position: i64,
+    ) -> BoxFut<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(StoreError::from)?;
+            let n = client
+                .execute(
+                    "UPDATE sink_cursors SET position = GREATEST(position, $3), updated_at = $4
+                     WHERE sink = $1 AND holder = $2",
+                    &[&&*lease.sink, &&*lease.holder, &position, &lease.now_ms],
+                )
+                .await
+                .map_err(StoreError::from)?;
+            Ok(n == 1)
         })
     }
 }

@@ -12,15 +12,16 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    BoxFut, SignalColumns, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals, WriteBatch,
-    from_sql_u64, to_sql_u64,
+    BoxFut, SignalColumns, SinkLease, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals,
+    WriteBatch, from_sql_u64, to_sql_u64,
 };
 use crate::model::{Counters, TelemetryRow, civil_date};
 
 /// Numbered migrations; `PRAGMA user_version` = how many are applied.
 /// `{signal_columns}` stands for the catalog's value columns
 /// ([`SignalColumns::ddl`]); later signals are added by [`add_signal_columns`].
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE vehicles (
     id          INTEGER PRIMARY KEY,
     vin         TEXT NOT NULL UNIQUE,
@@ -57,13 +58,30 @@ CREATE TABLE sessions (
     updated_at  INTEGER NOT NULL,       -- Unix ms
     PRIMARY KEY (vehicle_id, session_id)
 );
-"#];
+"#,
+    r#"
+CREATE TABLE sink_cursors (
+    sink         TEXT PRIMARY KEY,     -- nats, mqtt
+    position     INTEGER NOT NULL,     -- last forwarded telemetry_data.id
+    holder       TEXT NOT NULL,        -- the server instance driving the sink
+    lease_until  INTEGER NOT NULL,     -- Unix ms; another instance may take over after it
+    updated_at   INTEGER NOT NULL      -- Unix ms
+);
+"#,
+];
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
 
+/// Work for the writer thread: a batch, or a small write of its own (a sink's
+/// cursor), so that every write goes through the one write connection.
+enum Job {
+    Commit(WriteBatch, Reply),
+    Run(Box<dyn FnOnce(&mut Connection) + Send>),
+}
+
 /// The SQLite store.
 pub struct SqliteStore {
-    writer: mpsc::Sender<(WriteBatch, Reply)>,
+    writer: mpsc::Sender<Job>,
     read: Arc<Mutex<Connection>>,
     sql: Arc<Sql>,
 }
@@ -73,6 +91,7 @@ struct Sql {
     channels: usize,
     insert_telemetry: String,
     recent: String,
+    readings_after: String,
 }
 
 impl Sql {
@@ -91,6 +110,13 @@ impl Sql {
             recent: format!(
                 "SELECT v.vin, t.session_id, t.seq, t.ts, t.transmitted_mask, t.keyframe, {}
                  FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id ORDER BY t.id DESC LIMIT ?1",
+                cols.list(Some("t"))
+            ),
+            // Same columns as `recent`, then the position.
+            readings_after: format!(
+                "SELECT v.vin, t.session_id, t.seq, t.ts, t.transmitted_mask, t.keyframe, {}, t.id
+                 FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id
+                 WHERE t.id > ?1 ORDER BY t.id LIMIT ?2",
                 cols.list(Some("t"))
             ),
         }
@@ -152,14 +178,20 @@ impl SqliteStore {
         let sql = Arc::new(Sql::new(cols));
         let read = open_conn(path)?;
         // Unbounded is fine: the async writer actor awaits each commit, so at most one waits here.
-        let (tx, rx) = mpsc::channel::<(WriteBatch, Reply)>();
+        let (tx, rx) = mpsc::channel::<Job>();
         let writer_sql = sql.clone();
         thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
-                for (batch, reply) in rx {
-                    let r = commit(&mut conn, &writer_sql, &batch).map_err(StoreError::from);
-                    let _ = reply.send(r);
+                for job in rx {
+                    match job {
+                        Job::Commit(batch, reply) => {
+                            let r =
+                                commit(&mut conn, &writer_sql, &batch).map_err(StoreError::from);
+                            let _ = reply.send(r);
+                        }
+                        Job::Run(f) => f(&mut conn),
+                    }
                 }
             })?;
         Ok(Self {
@@ -182,6 +214,20 @@ impl SqliteStore {
         })
         .await
         .map_err(StoreError::unavailable)?
+    }
+
+    /// Runs `f` on the writer thread's connection (between batches).
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let job = Job::Run(Box::new(move |conn| {
+            let _ = tx.send(f(conn).map_err(StoreError::from));
+        }));
+        let closed = || StoreError::Closed("the SQLite writer thread stopped".into());
+        self.writer.send(job).map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
     }
 }
 
@@ -268,6 +314,15 @@ fn commit(conn: &mut Connection, sql: &Sql, b: &WriteBatch) -> rusqlite::Result<
     tx.commit()
 }
 
+/// Takes a sink's lease (?1 sink, ?2 holder, ?3 now, ?4 ttl) if it is free,
+/// ours, or expired; answers the cursor, or no row if another holder has it.
+const LEASE_SINK: &str =
+    "INSERT INTO sink_cursors (sink, position, holder, lease_until, updated_at)
+     VALUES (?1, 0, ?2, ?3 + ?4, ?3)
+     ON CONFLICT (sink) DO UPDATE SET holder = excluded.holder, lease_until = excluded.lease_until
+     WHERE sink_cursors.holder = excluded.holder OR sink_cursors.lease_until < ?3
+     RETURNING position";
+
 /// A row of [`Sql::recent`]: fixed columns first, then `channels` values.
 fn row_to_reading(r: &rusqlite::Row<'_>, channels: usize) -> rusqlite::Result<TelemetryRow> {
     let vin: String = r.get(0)?;
@@ -305,7 +360,7 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
             self.writer
-                .send((batch, tx))
+                .send(Job::Commit(batch, tx))
                 .map_err(|_| StoreError::Closed("the SQLite writer thread stopped".into()))?;
             rx.await
                 .map_err(|_| StoreError::Closed("the SQLite writer thread stopped".into()))?
@@ -378,5 +433,61 @@ impl Store for SqliteStore {
 
     fn ping(&self) -> BoxFut<'_, Result<(), StoreError>> {
         Box::pin(self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))))
+    }
+
+    // One writer thread commits in order, so `id` grows in commit order.
+
+    fn readings_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> BoxFut<'_, Result<Vec<(i64, TelemetryRow)>, StoreError>> {
+        let sql = self.sql.clone();
+        Box::pin(self.read(move |c| {
+            let mut st = c.prepare_cached(&sql.readings_after)?;
+            st.query_map(params![after, limit as i64], |r| {
+                Ok((r.get(6 + sql.channels)?, row_to_reading(r, sql.channels)?))
+            })?
+            .collect()
+        }))
+    }
+
+    fn count_after(&self, after: i64) -> BoxFut<'_, Result<u64, StoreError>> {
+        Box::pin(self.read(move |c| {
+            c.prepare_cached("SELECT count(*) FROM telemetry_data WHERE id > ?1")?
+                .query_row([after], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+        }))
+    }
+
+    fn lease_sink(&self, lease: SinkLease) -> BoxFut<'_, Result<Option<i64>, StoreError>> {
+        Box::pin(self.write(move |c| {
+            c.prepare_cached(LEASE_SINK)?
+                .query_row(
+                    params![&*lease.sink, &*lease.holder, lease.now_ms, lease.ttl_ms],
+                    |r| r.get(0),
+                )
+                .optional()
+        }))
+    }
+
+    fn advance_sink(
+        &self,
+        lease: SinkLease,
+        position: i64,
+    ) -> BoxFut<'_, Result<bool, StoreError>> {
+        Box::pin(self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE sink_cursors SET position = max(position, ?3), updated_at = ?4
+                 WHERE sink = ?1 AND holder = ?2",
+            )?
+            .execute(params![
+                &*lease.sink,
+                &*lease.holder,
+                position,
+                lease.now_ms
+            ])
+            .map(|n| n == 1)
+        }))
     }
 }

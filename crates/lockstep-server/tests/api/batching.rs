@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lockstep_server::store::{
-    self, BoxFut, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals, WriteBatch,
+    self, BoxFut, SinkLease, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals,
+    WriteBatch,
 };
 use lockstep_server::{App, StoreConfig};
 use serde_json::Value;
@@ -74,6 +75,26 @@ impl Store for Instrumented {
             return Box::pin(async { Err(StoreError::unavailable("injected failure")) });
         }
         self.inner.ping()
+    }
+    fn readings_after(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> BoxFut<'_, Result<Vec<(i64, lockstep_server::model::TelemetryRow)>, StoreError>> {
+        self.inner.readings_after(after, limit)
+    }
+    fn count_after(&self, after: i64) -> BoxFut<'_, Result<u64, StoreError>> {
+        self.inner.count_after(after)
+    }
+    fn lease_sink(&self, lease: SinkLease) -> BoxFut<'_, Result<Option<i64>, StoreError>> {
+        self.inner.lease_sink(lease)
+    }
+    fn advance_sink(
+        &self,
+        lease: SinkLease,
+        position: i64,
+    ) -> BoxFut<'_, Result<bool, StoreError>> {
+        self.inner.advance_sink(lease, position)
     }
 }
 

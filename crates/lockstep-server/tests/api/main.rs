@@ -14,6 +14,7 @@ mod logger;
 mod original_schema;
 mod security;
 mod shutdown;
+mod sinks;
 mod status;
 mod store_down;
 mod websocket;
