@@ -22,10 +22,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::pin_mut;
+use tokio_postgres::Row;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{NoTls, Row};
 
 use super::{
     BoxFut, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals, WriteBatch, from_sql_u64,
@@ -110,23 +110,19 @@ fn err(e: impl std::fmt::Display) -> StoreError {
 impl PgStore {
     /// Builds the pool, checks the connection and applies the migrations.
     pub async fn connect(url: &str, pool_size: usize) -> anyhow::Result<Self> {
+        let (url, tls) = super::pg_tls::split_url(url)?;
         let mut cfg: tokio_postgres::Config = url
             .parse()
             .context("DATABASE_URL is not a valid PostgreSQL connection string")?;
-        // No TLS connector is built in yet: `prefer` (the default) connects in clear text,
-        // `require` must fail at once with a message rather than deep in the pool.
-        anyhow::ensure!(
-            cfg.get_ssl_mode() != tokio_postgres::config::SslMode::Require,
-            "DATABASE_URL asks for sslmode=require, but this build connects to PostgreSQL without TLS; \
-             remove sslmode=require (or use a local TLS-terminating proxy)"
-        );
+        cfg.ssl_mode(tls.pg_mode());
+        let connector = tls.connector()?;
         cfg.connect_timeout(Duration::from_secs(3));
         if cfg.get_application_name().is_none() {
             cfg.application_name("lockstep-server");
         }
         let mgr = Manager::from_config(
             cfg,
-            NoTls,
+            connector,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -719,7 +715,7 @@ mod tests {
             std::process::id(),
             rand::random::<u32>()
         );
-        let (admin, conn) = tokio_postgres::connect(ADMIN, NoTls)
+        let (admin, conn) = tokio_postgres::connect(ADMIN, tokio_postgres::NoTls)
             .await
             .expect("PostgreSQL must run at 127.0.0.1:5432 (user postgres, trust auth)");
         tokio::spawn(conn);
