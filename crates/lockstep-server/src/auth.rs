@@ -1,9 +1,9 @@
 //! Who may start processes (logger control): loopback peers (unless turned
-//! off) or a request with `Authorization: Bearer $LOCKSTEP_ADMIN_TOKEN`.
+//! off) or a caller presenting `$LOCKSTEP_ADMIN_TOKEN` as a bearer token.
+//! A policy only: the HTTP layer extracts the peer and the token
+//! (`http::extract::Operator`).
 
-use std::net::SocketAddr;
-
-use axum::http::{HeaderMap, header};
+use std::net::IpAddr;
 
 use crate::settings::Secret;
 
@@ -15,19 +15,12 @@ pub struct AdminPolicy {
 }
 
 impl AdminPolicy {
-    pub fn allows(&self, peer: SocketAddr, headers: &HeaderMap) -> bool {
-        let ip = peer.ip().to_canonical();
-        if self.trust_loopback && ip.is_loopback() {
+    /// `bearer`: the token the caller presented, if any.
+    pub fn allows(&self, peer: IpAddr, bearer: Option<&str>) -> bool {
+        if self.trust_loopback && peer.to_canonical().is_loopback() {
             return true;
         }
-        let Some(token) = &self.token else {
-            return false;
-        };
-        let Some(given) = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
+        let (Some(token), Some(given)) = (&self.token, bearer) else {
             return false;
         };
         constant_time_eq(given.trim().as_bytes(), token.expose().as_bytes())
@@ -45,7 +38,6 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     #[test]
     fn loopback_or_token() {
@@ -53,25 +45,16 @@ mod tests {
             token: Some("tok".parse().unwrap()),
             trust_loopback: true,
         };
-        let remote: SocketAddr = "10.0.0.5:1234".parse().unwrap();
-        let local: SocketAddr = "[::ffff:127.0.0.1]:1".parse().unwrap();
-        let mut h = HeaderMap::new();
-        assert!(p.allows(local, &h));
-        assert!(!p.allows(remote, &h));
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer tok"),
-        );
-        assert!(p.allows(remote, &h));
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer tok2"),
-        );
-        assert!(!p.allows(remote, &h));
+        let remote: IpAddr = "10.0.0.5".parse().unwrap();
+        let local: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert!(p.allows(local, None));
+        assert!(!p.allows(remote, None));
+        assert!(p.allows(remote, Some("tok")));
+        assert!(!p.allows(remote, Some("tok2")));
         let none = AdminPolicy {
             token: None,
             trust_loopback: false,
         };
-        assert!(!none.allows(local, &HeaderMap::new()));
+        assert!(!none.allows(local, None));
     }
 }

@@ -32,7 +32,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceBuilder;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
-use crate::peer::PeerCert;
+use crate::http::peer::PeerCert;
 use crate::tls::cert_names;
 
 /// How the listener bounds its connections.

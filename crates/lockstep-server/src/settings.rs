@@ -204,6 +204,72 @@ pub struct Settings {
     )]
     pub shutdown_grace_ms: u64,
 
+    /// PEM certificate chain: with LOCKSTEP_TLS_KEY the server speaks HTTPS/WSS only.
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "LOCKSTEP_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of LOCKSTEP_TLS_CERT.
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "LOCKSTEP_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): client certificates are requested and, when sent,
+    /// must chain to it (clients that authenticate by token may send none).
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "LOCKSTEP_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Open connections at most (HTTP and WebSocket); further ones are closed at once.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_MAX_CONNECTIONS",
+        default_value_t = 10_000
+    )]
+    pub max_connections: usize,
+
+    /// Seconds for the TLS handshake and each request head; also closes
+    /// keep-alive connections idle that long.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_HEADER_TIMEOUT_S",
+        default_value_t = 10
+    )]
+    pub header_timeout_s: u64,
+
+    /// Seconds a request body may pause before the request is abandoned.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_BODY_TIMEOUT_S",
+        default_value_t = 30
+    )]
+    pub body_timeout_s: u64,
+
+    /// Milliseconds a store call (a commit, a state load) may take before
+    /// ingest answers 503 + Retry-After (a black-holed database).
+    #[arg(
+        help_heading = "Store",
+        long,
+        env = "LOCKSTEP_STORE_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub store_timeout_ms: u64,
+
     /// Log format: `text` or `json` (filter with RUST_LOG).
     #[arg(help_heading = "Operations", long, env = "LOCKSTEP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -333,6 +399,28 @@ impl Settings {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    pub fn store_timeout(&self) -> Duration {
+        Duration::from_millis(self.store_timeout_ms.max(1))
+    }
+
+    /// The listener's bounds and TLS, from the files named in the settings.
+    pub fn listen_config(&self) -> Result<crate::serve::ListenConfig, crate::tls::TlsError> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::server_config(
+                cert,
+                key,
+                self.tls_client_ca.as_deref(),
+            )?),
+            _ => None,
+        };
+        Ok(crate::serve::ListenConfig {
+            max_connections: self.max_connections.max(1),
+            header_timeout: Duration::from_secs(self.header_timeout_s.max(1)),
+            body_timeout: Duration::from_secs(self.body_timeout_s.max(1)),
+            tls,
+        })
     }
 }
 

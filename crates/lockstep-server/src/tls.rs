@@ -15,7 +15,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 
-pub use crate::peer::PeerCert;
+pub use crate::http::peer::PeerCert;
 
 /// A TLS file that cannot be used; the message names the variable.
 #[derive(Debug, thiserror::Error)]

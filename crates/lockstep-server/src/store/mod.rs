@@ -27,14 +27,75 @@ pub mod sqlite;
 /// A boxed future, so that [`Store`] stays object safe.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The store cannot serve now; callers answer 503 and retry later.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("store unavailable: {0}")]
-pub struct StoreError(pub String);
+/// Why a store call failed. Mapped to HTTP once, in `http::error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot serve now (connection lost, pool exhausted, database
+    /// busy); nothing was written, retrying later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The write contradicts what is stored (a uniqueness or reference rule).
+    #[error("store conflict: {0}")]
+    Conflict(String),
+    /// Stored data cannot be read back as what it must be.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The caller broke the store's contract (a bug), e.g. a row naming a
+    /// vehicle that is not in its batch.
+    #[error("invalid store request: {0}")]
+    Invalid(String),
+    /// The server is shutting down and the write path is closed.
+    #[error("the store is closing: {0}")]
+    Closed(String),
+}
 
 impl StoreError {
-    pub fn new(e: impl std::fmt::Display) -> Self {
-        Self(e.to_string())
+    pub fn unavailable(e: impl std::fmt::Display) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+
+    /// True when retrying later may succeed (answered 503 + `Retry-After`).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Closed(_))
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as C;
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) => match f.code {
+                C::ConstraintViolation => Self::Conflict(e.to_string()),
+                C::DatabaseCorrupt | C::NotADatabase => Self::Corrupt(e.to_string()),
+                _ => Self::Unavailable(e.to_string()),
+            },
+            rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..) => Self::Corrupt(e.to_string()),
+            _ => Self::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        let text = e.to_string();
+        match e.code().map(|c| c.code()) {
+            // Class 23: integrity constraint violation.
+            Some(c) if c.starts_with("23") => Self::Conflict(text),
+            // Class 22: data exception; XX001/XX002: data or index corrupted.
+            Some(c) if c.starts_with("22") || c == "XX001" || c == "XX002" => Self::Corrupt(text),
+            _ => Self::Unavailable(text),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        match e {
+            deadpool_postgres::PoolError::Backend(e) => e.into(),
+            e => Self::Unavailable(e.to_string()),
+        }
     }
 }
 

@@ -103,8 +103,8 @@ pub struct PgStore {
     pool: Pool,
 }
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::new(e)
+fn invalid(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Invalid(e.to_string())
 }
 
 impl PgStore {
@@ -189,7 +189,9 @@ impl PgStore {
                 );
                 match self.commit_with(&b, CopyInto::Staging).await? {
                     Copied::Stored => Ok(()),
-                    Copied::Duplicate => Err(err("the staging path reported a duplicate")),
+                    Copied::Duplicate => Err(StoreError::Conflict(
+                        "the staging path reported a duplicate".into(),
+                    )),
                 }
             }
         }
@@ -198,8 +200,8 @@ impl PgStore {
     /// One attempt at [`Self::commit_batch`]. `Copied::Duplicate` (only with
     /// [`CopyInto::Table`]) means the transaction was rolled back.
     async fn commit_with(&self, b: &WriteBatch, into: CopyInto) -> Result<Copied, StoreError> {
-        let mut client = self.pool.get().await.map_err(err)?;
-        let tx = client.transaction().await.map_err(err)?;
+        let mut client = self.pool.get().await.map_err(StoreError::from)?;
+        let tx = client.transaction().await.map_err(StoreError::from)?;
         let small = b.rows.len() <= SMALL_BATCH;
         // Prepared once per connection, then taken from its cache.
         let (vehicles_st, telemetry_st, sessions_st, stats_st) = futures_util::try_join!(
@@ -208,7 +210,7 @@ impl PgStore {
             tx.prepare_cached(UPSERT_SESSIONS),
             tx.prepare_cached(UPSERT_STATS),
         )
-        .map_err(err)?;
+        .map_err(StoreError::from)?;
 
         let vins: Vec<&str> = b.vehicles.iter().map(|(v, _)| &**v).collect();
         let seen: Vec<i64> = b.vehicles.iter().map(|(_, s)| *s).collect();
@@ -279,24 +281,24 @@ impl PgStore {
                 upsert_sessions,
                 upsert_stats,
             )
-            .map_err(err)?;
+            .map_err(StoreError::from)?;
         } else {
             let ids: HashMap<String, i64> = tx
                 .query(&vehicles_st, &[&vins, &seen])
                 .await
-                .map_err(err)?
+                .map_err(StoreError::from)?
                 .into_iter()
                 .map(|r| (r.get(1), r.get(0)))
                 .collect();
             if copy_rows(&tx, &b.rows, &ids, into).await? == Copied::Duplicate {
                 // The upserts were never polled; they only borrow `tx`.
                 drop((upsert_sessions, upsert_stats));
-                tx.rollback().await.map_err(err)?;
+                tx.rollback().await.map_err(StoreError::from)?;
                 return Ok(Copied::Duplicate);
             }
-            futures_util::try_join!(upsert_sessions, upsert_stats).map_err(err)?;
+            futures_util::try_join!(upsert_sessions, upsert_stats).map_err(StoreError::from)?;
         }
-        tx.commit().await.map_err(err)?;
+        tx.commit().await.map_err(StoreError::from)?;
         Ok(Copied::Stored)
     }
 
@@ -305,9 +307,9 @@ impl PgStore {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StoreError> {
-        let client = self.pool.get().await.map_err(err)?;
-        let st = client.prepare_cached(sql).await.map_err(err)?;
-        client.query(&st, params).await.map_err(err)
+        let client = self.pool.get().await.map_err(StoreError::from)?;
+        let st = client.prepare_cached(sql).await.map_err(StoreError::from)?;
+        client.query(&st, params).await.map_err(StoreError::from)
     }
 }
 
@@ -359,7 +361,7 @@ fn check_vins(b: &WriteBatch) -> Result<(), StoreError> {
         .chain(b.stats.iter().map(|s| &*s.vin));
     for vin in named {
         if !known.contains(vin) {
-            return Err(err(format!("vehicle {vin} missing from the batch")));
+            return Err(invalid(format!("vehicle {vin} missing from the batch")));
         }
     }
     Ok(())
@@ -490,7 +492,7 @@ async fn copy_rows(
         .map(|r| {
             ids.get(&*r.vin)
                 .copied()
-                .ok_or_else(|| err(format!("vehicle {} missing from the batch", r.vin)))
+                .ok_or_else(|| invalid(format!("vehicle {} missing from the batch", r.vin)))
         })
         .collect::<Result<Vec<i64>, _>>()?;
     let table = match into {
@@ -501,7 +503,7 @@ async fn copy_rows(
                  AS SELECT {TELEMETRY_COLUMNS} FROM telemetry_data WITH NO DATA"
             ))
             .await
-            .map_err(err)?;
+            .map_err(StoreError::from)?;
             "telemetry_staging"
         }
     };
@@ -511,7 +513,7 @@ async fn copy_rows(
         Err(e) if into == CopyInto::Table && e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
             return Ok(Copied::Duplicate);
         }
-        Err(e) => return Err(err(e)),
+        Err(e) => return Err(e.into()),
     }
     if into == CopyInto::Staging {
         tx.batch_execute(&format!(
@@ -519,7 +521,7 @@ async fn copy_rows(
              ON CONFLICT (vehicle_id, session_id, seq) DO NOTHING"
         ))
         .await
-        .map_err(err)?;
+        .map_err(StoreError::from)?;
     }
     Ok(Copied::Stored)
 }
@@ -671,8 +673,11 @@ impl Store for PgStore {
 
     fn ping(&self) -> BoxFut<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let client = self.pool.get().await.map_err(err)?;
-            client.simple_query("SELECT 1").await.map_err(err)?;
+            let client = self.pool.get().await.map_err(StoreError::from)?;
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(StoreError::from)?;
             Ok(())
         })
     }

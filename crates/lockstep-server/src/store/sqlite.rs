@@ -119,7 +119,7 @@ impl SqliteStore {
             .name("sqlite-writer".into())
             .spawn(move || {
                 for (batch, reply) in rx {
-                    let r = commit(&mut conn, &batch).map_err(StoreError::new);
+                    let r = commit(&mut conn, &batch).map_err(StoreError::from);
                     let _ = reply.send(r);
                 }
             })?;
@@ -135,13 +135,13 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         let conn = self.read.clone();
         tokio::task::spawn_blocking(move || {
-            let conn = conn
-                .lock()
-                .map_err(|_| StoreError::new("the SQLite read connection is poisoned"))?;
-            f(&conn).map_err(StoreError::new)
+            let conn = conn.lock().map_err(|_| {
+                StoreError::Unavailable("the SQLite read connection is poisoned".into())
+            })?;
+            f(&conn).map_err(StoreError::from)
         })
         .await
-        .map_err(StoreError::new)?
+        .map_err(StoreError::unavailable)?
     }
 }
 
@@ -271,9 +271,9 @@ impl Store for SqliteStore {
             let (tx, rx) = oneshot::channel();
             self.writer
                 .send((batch, tx))
-                .map_err(|_| StoreError::new("the SQLite writer thread stopped"))?;
+                .map_err(|_| StoreError::Closed("the SQLite writer thread stopped".into()))?;
             rx.await
-                .map_err(|_| StoreError::new("the SQLite writer thread stopped"))?
+                .map_err(|_| StoreError::Closed("the SQLite writer thread stopped".into()))?
         })
     }
 

@@ -19,6 +19,8 @@ struct Instrumented {
     inner: Arc<dyn Store>,
     commits: AtomicUsize,
     fail: AtomicBool,
+    /// Fails `vehicles()` only (a read endpoint), leaving writes and pings alone.
+    fail_reads: AtomicBool,
     delay: Duration,
 }
 
@@ -30,7 +32,7 @@ impl Store for Instrumented {
         Box::pin(async move {
             tokio::time::sleep(self.delay).await;
             if self.fail.load(Ordering::SeqCst) {
-                return Err(StoreError::new("injected failure"));
+                return Err(StoreError::unavailable("injected failure"));
             }
             self.commits.fetch_add(1, Ordering::SeqCst);
             self.inner.commit(batch).await
@@ -50,6 +52,9 @@ impl Store for Instrumented {
         self.inner.recent(limit)
     }
     fn vehicles(&self) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>> {
+        if self.fail_reads.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(StoreError::unavailable("injected read failure")) });
+        }
         self.inner.vehicles()
     }
     fn totals(&self) -> BoxFut<'_, Result<Vec<VehicleTotals>, StoreError>> {
@@ -57,7 +62,7 @@ impl Store for Instrumented {
     }
     fn ping(&self) -> BoxFut<'_, Result<(), StoreError>> {
         if self.fail.load(Ordering::SeqCst) {
-            return Box::pin(async { Err(StoreError::new("injected failure")) });
+            return Box::pin(async { Err(StoreError::unavailable("injected failure")) });
         }
         self.inner.ping()
     }
@@ -75,6 +80,7 @@ async fn instrumented_app() -> (TestApp, Arc<Instrumented>) {
         inner,
         commits: AtomicUsize::new(0),
         fail: AtomicBool::new(false),
+        fail_reads: AtomicBool::new(false),
         delay: Duration::from_millis(40),
     });
     let data_dir = Arc::new(tempfile::tempdir().unwrap());
@@ -161,4 +167,30 @@ async fn a_failed_commit_is_503_and_the_retry_succeeds() {
         (app.status().await["status"] == "healthy").then_some(())
     })
     .await;
+}
+
+/// A failing read endpoint answers 503 but leaves the store's health (and so
+/// ingest) alone: only the write path reports to the health actor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_read_does_not_mark_ingest_down() {
+    let (app, st) = instrumented_app().await;
+    st.fail_reads.store(true, Ordering::SeqCst);
+    let resp = app
+        .http
+        .get(format!("{}/api/vehicles", app.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "2");
+    let status = app.status().await;
+    assert_eq!(status["status"], "healthy");
+    assert_eq!(status["store"]["healthy"], true);
+    let mut enc = encoder(&vin(300), 7);
+    assert_eq!(
+        app.post_batch(&batch(&mut enc, 0..5, 1_764_000_000_000))
+            .await
+            .status(),
+        200
+    );
 }

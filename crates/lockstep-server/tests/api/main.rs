@@ -12,4 +12,5 @@ mod ingest;
 mod logger;
 mod shutdown;
 mod store_down;
+mod tls;
 mod websocket;

@@ -11,9 +11,8 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
 use axum::response::Response;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
@@ -21,10 +20,11 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::AppState;
-use crate::hub::{Level, log_json};
-use crate::logger::{StartRequest, Started, Stopped};
+use crate::actors::hub::{Level, log_json};
+use crate::actors::logger::{StartRequest, Started, Stopped};
+use crate::http::extract::Operator;
 use crate::model::{ReadingJson, envelope};
+use crate::state::AppState;
 
 /// Largest client message, bytes.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
@@ -58,13 +58,13 @@ enum Ctl {
     Send(String),
 }
 
-pub async fn ws_handler(
+/// `GET /ws`.
+pub async fn upgrade(
     ws: WebSocketUpgrade,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    operator: Operator,
     State(app): State<AppState>,
 ) -> Response {
-    let admin = app.admin.allows(peer, &headers);
+    let (admin, peer) = (operator.allowed, operator.peer);
     ws.max_message_size(MAX_CLIENT_MESSAGE)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)

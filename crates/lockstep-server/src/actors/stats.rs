@@ -8,7 +8,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
+use crate::actors::hub::{Hub, HubEvent};
 use crate::model::{Counters, ratio};
 use crate::store::VehicleTotals;
 
@@ -133,5 +135,30 @@ impl StatsBook {
         };
         drop(v);
         crate::model::envelope("compression_stats", &full)
+    }
+}
+
+/// Sends `compression_stats` to WebSocket clients at most once a second, when they changed.
+pub async fn broadcast(
+    stats: std::sync::Arc<StatsBook>,
+    hub: std::sync::Arc<Hub>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent = stats.version();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let v = stats.version();
+        if v != sent && hub.has_clients() {
+            sent = v;
+            hub.publish(HubEvent {
+                vin: None,
+                text: stats.to_json().into(),
+            });
+        }
     }
 }

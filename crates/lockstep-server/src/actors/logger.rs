@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Hub, Level};
+use crate::actors::hub::{Hub, Level};
 use crate::model::{envelope, now_ms};
 
 /// Options of `POST /logger/start` and `{"type":"start_logger"}`.

@@ -9,14 +9,15 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Hub, HubEvent, Level};
+use crate::actors::health::{HealthHandle, Observation};
+use crate::actors::hub::{Hub, HubEvent};
+use crate::actors::stats::StatsBook;
 use crate::model::{Counters, SessionRecord, TelemetryRow, epoch_day, now_ms};
-use crate::stats::StatsBook;
 use crate::store::{StatsDelta, Store, StoreError, WriteBatch};
 
 /// What one request writes.
@@ -30,23 +31,6 @@ pub struct WriteRequest {
 }
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
-
-/// The store's health as last observed (writer results and pings).
-#[derive(Default)]
-pub struct Health {
-    unhealthy: AtomicBool,
-}
-
-impl Health {
-    pub fn healthy(&self) -> bool {
-        !self.unhealthy.load(Ordering::Relaxed)
-    }
-
-    /// Records an observation; returns true when the state changed.
-    pub fn set(&self, healthy: bool) -> bool {
-        self.unhealthy.swap(!healthy, Ordering::Relaxed) == healthy
-    }
-}
 
 /// Cheap handle to the writer.
 #[derive(Clone)]
@@ -63,10 +47,13 @@ impl WriterHandle {
         self.pending.fetch_add(n, Ordering::Relaxed);
         if self.tx.send((req, tx)).await.is_err() {
             self.pending.fetch_sub(n, Ordering::Relaxed);
-            return Err(StoreError::new("the server is shutting down"));
+            return Err(StoreError::Closed("the server is shutting down".into()));
         }
-        rx.await
-            .unwrap_or_else(|_| Err(StoreError::new("the writer stopped before committing")))
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::Closed(
+                "the writer stopped before committing".into(),
+            ))
+        })
     }
 
     /// Readings queued or being committed.
@@ -81,7 +68,7 @@ pub struct Writer {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     stats: Arc<StatsBook>,
-    health: Arc<Health>,
+    health: HealthHandle,
     pending: Arc<AtomicUsize>,
     max_rows: usize,
 }
@@ -91,7 +78,7 @@ impl Writer {
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
         stats: Arc<StatsBook>,
-        health: Arc<Health>,
+        health: HealthHandle,
         queue: usize,
         max_rows: usize,
     ) -> (Self, WriterHandle) {
@@ -181,22 +168,10 @@ impl Writer {
         let result = self.store.commit(wb).await;
         self.pending.fetch_sub(n_rows, Ordering::Relaxed);
         match &result {
-            Ok(()) => {
-                if self.health.set(true) {
-                    tracing::info!("The store accepts writes again.");
-                    self.hub
-                        .log(Level::Info, "server", "The store accepts writes again.");
-                }
-            }
+            Ok(()) => self.health.report(Observation::Committed).await,
             Err(e) => {
-                tracing::error!(error = %e, rows = n_rows, "A batch could not be committed; its requests get 503.");
-                if self.health.set(false) {
-                    self.hub.log(
-                        Level::Error,
-                        "server",
-                        "The store is unavailable: ingest answers 503 until it returns.",
-                    );
-                }
+                tracing::error!(error = %e, rows = n_rows, "A batch could not be committed; its requests get an error.");
+                self.health.report(Observation::Failed(e.clone())).await;
             }
         }
         for reply in replies {

@@ -1,0 +1,10 @@
+//! Long-lived work, each an actor that owns its receivers and runs until a
+//! shutdown token fires: the batching [`writer`], the WebSocket fan-out
+//! [`hub`], the [`stats`] book and its broadcaster, the [`logger`] child
+//! supervisor and the store's [`health`].
+
+pub mod health;
+pub mod hub;
+pub mod logger;
+pub mod stats;
+pub mod writer;

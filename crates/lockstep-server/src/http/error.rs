@@ -1,0 +1,157 @@
+//! One error type for every handler, mapped to HTTP in one place. Each layer
+//! has its own error ([`IngestError`], [`StoreError`], [`LoggerError`]);
+//! handlers use `?` and the `From` impls here decide the status. 4xx bodies
+//! say exactly what was wrong; 5xx bodies hide internals (logged once here).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::actors::logger::LoggerError;
+use crate::services::ingest::IngestError;
+use crate::store::StoreError;
+
+/// Everything a handler can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400: the body is not what it claims to be.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 403: logger control from a non-loopback peer without the admin token.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such endpoint or resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the edge must resync (send a keyframe) before this session can continue.
+    #[error("{message}")]
+    Resync {
+        message: String,
+        kind: &'static str,
+        next_seq: Option<u64>,
+    },
+    /// 409: the request contradicts what is stored.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: the body exceeds the limit.
+    #[error("the request body exceeds the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    /// 413: a batch with more readings than the server takes in one request.
+    #[error("the batch has {count} readings; send at most {max} per request")]
+    TooManyReadings { count: usize, max: usize },
+    /// 415: a content type the endpoint does not take.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// 422: the VIN is not 17 valid characters.
+    #[error("invalid vehicle_vin: {0}")]
+    InvalidVin(String),
+    /// 503 + `Retry-After` (`LOCKSTEP_RETRY_AFTER_S`, set by the router's
+    /// layer): the store is unavailable; nothing was acknowledged.
+    #[error("the store is unavailable; nothing was stored, retry later")]
+    StoreUnavailable,
+    /// 503 without `Retry-After`: a feature that is not configured (e.g. no logger binary).
+    #[error("{0}")]
+    NotAvailable(String),
+    /// 500: a bug or corrupt data; the detail is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+/// Marks a response that needs `Retry-After`; the router fills in the
+/// configured seconds (see `http::set_retry_after`).
+#[derive(Debug, Clone, Copy)]
+pub struct NeedsRetryAfter;
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Resync { .. } | ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge { .. } | ApiError::TooManyReadings { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::InvalidVin(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::StoreUnavailable | ApiError::NotAvailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) | StoreError::Closed(_) => {
+                // Debug: the health actor logs an outage once, not per request.
+                tracing::debug!(error = %e, "Answering 503: the store is unavailable.");
+                ApiError::StoreUnavailable
+            }
+            StoreError::Conflict(m) => ApiError::Conflict(format!("store conflict: {m}")),
+            StoreError::Corrupt(_) | StoreError::Invalid(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        match e {
+            IngestError::Invalid(m) => ApiError::BadRequest(m),
+            IngestError::InvalidVin(v) => ApiError::InvalidVin(v),
+            IngestError::TooManyReadings { count, max } => ApiError::TooManyReadings { count, max },
+            IngestError::Resync {
+                message,
+                kind,
+                next_seq,
+            } => ApiError::Resync {
+                message,
+                kind,
+                next_seq,
+            },
+            IngestError::Store(e) => e.into(),
+            IngestError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<LoggerError> for ApiError {
+    fn from(e: LoggerError) -> Self {
+        match e {
+            LoggerError::BadRequest(m) => ApiError::BadRequest(m),
+            LoggerError::Unavailable(m) => ApiError::NotAvailable(m),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = json!({"status": "error", "error": self.to_string()});
+        match &self {
+            ApiError::Resync { kind, next_seq, .. } => {
+                body["resync_required"] = Value::Bool(true);
+                body["kind"] = json!(kind);
+                body["next_seq"] = json!(next_seq);
+            }
+            ApiError::Internal(detail) => tracing::error!(error = %detail, "Internal error."),
+            _ => {}
+        }
+        let mut resp = (status, Json(body)).into_response();
+        if let ApiError::StoreUnavailable = self {
+            resp.extensions_mut().insert(NeedsRetryAfter);
+        }
+        resp
+    }
+}
+
+/// Sets `Retry-After` on responses marked [`NeedsRetryAfter`].
+pub fn apply_retry_after(resp: &mut Response, seconds: u32) {
+    if resp.extensions_mut().remove::<NeedsRetryAfter>().is_some() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+}

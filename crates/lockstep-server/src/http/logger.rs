@@ -1,0 +1,56 @@
+//! Logger control: `POST /logger/start`, `POST /logger/stop` (operators
+//! only: loopback or the admin token) and `GET /logger/status`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::actors::logger::{LoggerStatus, StartRequest, Started, Stopped};
+use crate::http::error::ApiError;
+use crate::http::extract::RequireOperator;
+use crate::state::AppState;
+
+/// `POST /logger/start` with an optional JSON body.
+pub async fn start(
+    State(app): State<AppState>,
+    _: RequireOperator,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: StartRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        StartRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!("the body is not valid logger options: {e}"))
+        })?
+    };
+    Ok(match app.logger.start(req).await? {
+        Started::Started { pid } => (
+            StatusCode::OK,
+            Json(json!({"status": "started", "pid": pid})),
+        )
+            .into_response(),
+        Started::AlreadyRunning { pid } => (
+            StatusCode::CONFLICT,
+            Json(json!({"status": "already_running", "pid": pid})),
+        )
+            .into_response(),
+    })
+}
+
+/// `POST /logger/stop`.
+pub async fn stop(State(app): State<AppState>, _: RequireOperator) -> Response {
+    match app.logger.stop().await {
+        Stopped::Stopped { exit_code } => {
+            Json(json!({"status": "stopped", "exit_code": exit_code})).into_response()
+        }
+        Stopped::NotRunning => Json(json!({"status": "not_running"})).into_response(),
+    }
+}
+
+/// `GET /logger/status`.
+pub async fn status(State(app): State<AppState>) -> Json<LoggerStatus> {
+    Json(app.logger.status())
+}

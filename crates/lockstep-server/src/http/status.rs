@@ -1,0 +1,57 @@
+//! `GET /status` and the JSON 404 of unknown paths.
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+
+use crate::actors::logger::LoggerStatus;
+use crate::actors::stats::Summary;
+use crate::http::error::ApiError;
+use crate::state::AppState;
+use crate::store::StoreKind;
+
+#[derive(Serialize)]
+pub struct StatusJson {
+    pub status: &'static str,
+    pub compression_stats: Summary,
+    pub supabase_enabled: bool,
+    pub store: StoreJson,
+    pub vehicles: usize,
+    pub ws_clients: usize,
+    pub uptime_s: u64,
+    pub logger: LoggerStatus,
+    /// WebSocket messages dropped for slow clients since start.
+    pub ws_dropped_messages: u64,
+}
+
+#[derive(Serialize)]
+pub struct StoreJson {
+    pub kind: StoreKind,
+    pub healthy: bool,
+    pub pending_batch: usize,
+}
+
+/// `GET /status`: never touches the store (health comes from the health actor), so it answers even when the store hangs.
+pub async fn status(State(app): State<AppState>) -> Json<StatusJson> {
+    let healthy = app.health.healthy();
+    Json(StatusJson {
+        status: if healthy { "healthy" } else { "degraded" },
+        compression_stats: app.stats.summary(),
+        supabase_enabled: app.settings.enable_supabase,
+        store: StoreJson {
+            kind: app.store.kind(),
+            healthy,
+            pending_batch: app.writer.pending(),
+        },
+        vehicles: app.stats.vehicles(),
+        ws_clients: app.hub.clients(),
+        uptime_s: app.started.elapsed().as_secs(),
+        logger: app.logger.status(),
+        ws_dropped_messages: app.hub.dropped(),
+    })
+}
+
+/// Unknown paths: JSON like every other error.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint".into())
+}

@@ -1,0 +1,54 @@
+//! Device ingest: `POST /api/telemetry` (either wire form, chosen by
+//! `Content-Type`) and `POST /api/v1/batch` (the lockstep form under either
+//! protobuf type). The handlers only pick the form and read the body; the
+//! ingest service does the rest.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use lockstep_proto::{CONTENT_TYPE_BATCH, CONTENT_TYPE_SEED};
+
+use crate::http::error::ApiError;
+use crate::http::extract::{content_type, read_body, unsupported};
+use crate::services::ingest::{Ack, Form};
+use crate::state::AppState;
+
+/// `POST /api/telemetry`.
+pub async fn post_telemetry(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Ack>, ApiError> {
+    let form = match content_type(&headers).as_deref() {
+        Some(CONTENT_TYPE_SEED) => Form::Seed,
+        Some(CONTENT_TYPE_BATCH) => Form::Batch,
+        _ => {
+            return Err(unsupported(
+                content_type(&headers),
+                "application/x-protobuf (one telemetry.TelemetryReading) or application/x-lockstep-batch (one lockstep.v1.Batch)",
+            ));
+        }
+    };
+    let bytes = read_body(&headers, body, app.settings.body_limit).await?;
+    Ok(Json(app.ingest.accept(form, bytes).await?))
+}
+
+/// `POST /api/v1/batch`.
+pub async fn post_batch(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Ack>, ApiError> {
+    match content_type(&headers).as_deref() {
+        Some(CONTENT_TYPE_SEED | CONTENT_TYPE_BATCH) => {}
+        _ => {
+            return Err(unsupported(
+                content_type(&headers),
+                "application/x-lockstep-batch (one lockstep.v1.Batch)",
+            ));
+        }
+    }
+    let bytes = read_body(&headers, body, app.settings.body_limit).await?;
+    Ok(Json(app.ingest.accept(Form::Batch, bytes).await?))
+}

@@ -1,0 +1,43 @@
+//! [`AppState`]: the cheap clonable handles every HTTP handler gets.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use lockstep_codec::Catalog;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::actors::health::HealthHandle;
+use crate::actors::hub::Hub;
+use crate::actors::logger::LoggerHandle;
+use crate::actors::stats::StatsBook;
+use crate::actors::writer::WriterHandle;
+use crate::auth::AdminPolicy;
+use crate::services::ingest::IngestService;
+use crate::settings::Settings;
+use crate::store::Store;
+
+/// Shared by every handler; every field is a handle, cloning is cheap.
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    /// The signal catalog the server decodes and stores with.
+    pub catalog: Arc<Catalog>,
+    /// For reads; writes go through [`Self::ingest`] and the writer.
+    pub store: Arc<dyn Store>,
+    /// Both wire forms: decode, commit, acknowledge.
+    pub ingest: IngestService,
+    /// For `/status` (`pending_batch`).
+    pub writer: WriterHandle,
+    pub hub: Arc<Hub>,
+    pub stats: Arc<StatsBook>,
+    /// Read-only here: the health actor alone decides it.
+    pub health: HealthHandle,
+    pub logger: LoggerHandle,
+    pub admin: AdminPolicy,
+    pub started: Instant,
+    /// Fires on shutdown: WebSocket tasks close, the server stops accepting.
+    pub shutdown: CancellationToken,
+    /// WebSocket tasks, awaited (with a deadline) at shutdown.
+    pub tasks: TaskTracker,
+}
