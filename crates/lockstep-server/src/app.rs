@@ -64,6 +64,8 @@ impl App {
         settings: Settings,
         store: Arc<dyn Store>,
     ) -> anyhow::Result<Self> {
+        // Every store call below (startup reads included) ends within the deadline.
+        let store = store::deadline::with_deadline(store, settings.store_timeout());
         let catalog = Arc::new(Catalog::default_v1());
         let names: Vec<&str> = catalog.signals().iter().map(|s| s.name.as_str()).collect();
         anyhow::ensure!(

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use crate::model::{Counters, SessionRecord, TelemetryRow};
 use crate::settings::StoreConfig;
 
+pub mod deadline;
 pub mod pg_tls;
 pub mod postgres;
 pub mod sqlite;

@@ -134,3 +134,66 @@ async fn postgres_outage_gives_503_then_recovers() {
     .await;
     assert_eq!(db.count("SELECT COUNT(*) FROM telemetry_data").await, 41);
 }
+
+/// PostgreSQL stops answering without closing anything (a black-holed
+/// network path): ingest answers 503 + Retry-After within the store deadline
+/// instead of hanging for as long as TCP waits, and recovers when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn black_holed_postgres_gives_503_within_the_deadline() {
+    let db = Arc::new(TestDb::new(Backend::Postgres).await);
+    let proxy = lockstep_testkit::StallProxy::start(lockstep_testkit::PG_ADDR).await;
+    let TestDb::Postgres(pg) = &*db else {
+        unreachable!()
+    };
+    let url = pg.url_via(&proxy.addr);
+    init_tracing();
+    let data_dir = Arc::new(tempfile::tempdir().unwrap());
+    let args = [
+        "--retry-after-s",
+        "1",
+        "--store-timeout-ms",
+        "2000",
+        "--data-dir",
+        data_dir.path().to_str().unwrap(),
+    ];
+    let app = lockstep_server::App::build(settings(&url, &args))
+        .await
+        .expect("builds through the proxy");
+    let app = start(app, db.clone(), data_dir).await;
+
+    let mut enc = encoder(&vin(42), 0x42);
+    let t0 = 1_764_000_000_000;
+    let b0 = batch(&mut enc, 0..20, t0);
+    let b1 = batch(&mut enc, 20..40, t0);
+    assert_eq!(app.post_batch(&b0).await.status(), 200);
+
+    proxy.stall();
+    // Upper bounds on waiting, generous for a loaded machine: 2 s configured.
+    let resp = tokio::time::timeout(Duration::from_secs(10), app.post_batch(&b1))
+        .await
+        .expect("an answer while PostgreSQL is black-holed, not a hang");
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let seed = lockstep_proto::telemetry::TelemetryReading {
+        vehicle_vin: vin(43),
+        timestamp: t0,
+        speed: Some(1.0),
+        ..Default::default()
+    };
+    let resp = tokio::time::timeout(Duration::from_secs(10), app.post_seed(&seed))
+        .await
+        .expect("a new vehicle's state load ends too");
+    assert_eq!(resp.status(), 503);
+    let status = eventually(Duration::from_secs(10), "a degraded status", || async {
+        Some(app.status().await).filter(|s| s["status"] == "degraded")
+    })
+    .await;
+    assert_eq!(status["store"]["healthy"], false);
+
+    proxy.resume();
+    eventually(Duration::from_secs(30), "ingest to recover", || async {
+        (app.post_batch(&b1).await.status() == 200).then_some(())
+    })
+    .await;
+    assert_eq!(db.count("SELECT COUNT(*) FROM telemetry_data").await, 40);
+}
