@@ -25,6 +25,7 @@ use crate::auth::AdminPolicy;
 use crate::model::COLUMNS;
 use crate::serve::{self, ListenConfig, ListenStats};
 use crate::services::ingest::IngestService;
+use crate::services::limits::Limits;
 use crate::settings::{Settings, StoreConfig, redact_url};
 use crate::state::AppState;
 use crate::store::{self, Store};
@@ -101,6 +102,7 @@ impl App {
             settings.writer_queue,
             settings.batch_rows,
         );
+        let limits = Limits::new(settings.rates());
         let ingest = IngestService::new(
             catalog.clone(),
             store.clone(),
@@ -108,9 +110,15 @@ impl App {
             hub.clone(),
             health_handle.clone(),
             settings.max_batch_readings,
+            limits.clone(),
         )?;
         // Nothing fails after this point: start the actors.
         tokio::spawn(health.run(background.clone()));
+        tokio::spawn(
+            limits
+                .clone()
+                .run_housekeeping(Duration::from_secs(60), background.clone()),
+        );
         let writer_stop = CancellationToken::new();
         let writer_task = tokio::spawn(writer.run(writer_stop.clone()));
 
@@ -145,6 +153,7 @@ impl App {
                 token: settings.admin_token.clone(),
                 trust_loopback: settings.trust_loopback,
             },
+            limits,
             settings: Arc::new(settings),
             catalog,
             store,

@@ -270,6 +270,45 @@ pub struct Settings {
     )]
     pub store_timeout_ms: u64,
 
+    /// Requests per second per device (VIN); bursts of twice that. 0 = unlimited.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_DEVICE_REQUESTS_PER_S",
+        default_value_t = 50
+    )]
+    pub device_requests_per_s: u32,
+
+    /// Readings per second per device (VIN); bursts of twice that, and at least
+    /// LOCKSTEP_MAX_BATCH_READINGS. 0 = unlimited.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_DEVICE_READINGS_PER_S",
+        default_value_t = 5_000
+    )]
+    pub device_readings_per_s: u32,
+
+    /// Requests per second per client IP on routes without a device identity
+    /// (status, vehicles, logger control, WebSocket upgrades), and failed
+    /// authentications; bursts of twice that. 0 = unlimited.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_IP_REQUESTS_PER_S",
+        default_value_t = 50
+    )]
+    pub ip_requests_per_s: u32,
+
+    /// WebSocket connections open at once per client IP.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_WS_PER_IP",
+        default_value_t = 64
+    )]
+    pub ws_per_ip: usize,
+
     /// Log format: `text` or `json` (filter with RUST_LOG).
     #[arg(help_heading = "Operations", long, env = "LOCKSTEP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -399,6 +438,17 @@ impl Settings {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// The rates of [`crate::services::limits::Limits`].
+    pub fn rates(&self) -> crate::services::limits::Rates {
+        crate::services::limits::Rates {
+            device_requests: self.device_requests_per_s,
+            device_readings: self.device_readings_per_s,
+            ip_requests: self.ip_requests_per_s,
+            max_batch_readings: u32::try_from(self.max_batch_readings).unwrap_or(u32::MAX),
+            ws_per_ip: self.ws_per_ip,
+        }
     }
 
     pub fn store_timeout(&self) -> Duration {

@@ -14,6 +14,7 @@ use crate::actors::stats::StatsBook;
 use crate::actors::writer::WriterHandle;
 use crate::auth::AdminPolicy;
 use crate::services::ingest::IngestService;
+use crate::services::limits::Limits;
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub health: HealthHandle,
     pub logger: LoggerHandle,
     pub admin: AdminPolicy,
+    /// Rate limits per device and per client address, WebSockets per address.
+    pub limits: Limits,
     pub started: Instant,
     /// Fires on shutdown: WebSocket tasks close, the server stops accepting.
     pub shutdown: CancellationToken,

@@ -13,9 +13,10 @@
 //! - [`public`]: health/status and the embedded dashboard.
 
 use axum::Router;
+use axum::extract::{ConnectInfo, Request};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Method, header};
-use axum::middleware::map_response_with_state;
+use axum::middleware::{Next, from_fn_with_state, map_response_with_state};
 use axum::response::Response;
 use axum::routing::{get, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -46,10 +47,11 @@ pub fn router(state: AppState, cors: Option<Vec<String>>) -> Router {
     let body_limit = state.settings.body_limit;
     Router::new()
         .merge(device_ingest())
-        .merge(reads())
-        .merge(operator())
+        // Routes without a device identity: a budget per client address.
+        .merge(reads().route_layer(from_fn_with_state(state.clone(), per_ip_limit)))
+        .merge(operator().route_layer(from_fn_with_state(state.clone(), per_ip_limit)))
         .merge(admin())
-        .merge(public())
+        .merge(public().route_layer(from_fn_with_state(state.clone(), per_ip_limit)))
         .fallback(status::not_found)
         // Ingest reads its body itself (413 as JSON); this bounds every other extractor.
         .layer(DefaultBodyLimit::max(body_limit))
@@ -92,6 +94,26 @@ pub fn public() -> Router<AppState> {
     Router::new()
         .route("/status", get(status::status))
         .merge(dashboard::router())
+}
+
+/// 429 + `Retry-After` when the client address is over `LOCKSTEP_IP_REQUESTS_PER_S`.
+async fn per_ip_limit(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match app.limits.check_ip(peer.ip()) {
+        Ok(()) => next.run(req).await,
+        Err(crate::services::limits::RetryAfter(s)) => {
+            use axum::response::IntoResponse as _;
+            error::ApiError::TooManyRequests {
+                message: format!("too many requests from this address; retry after {s} s"),
+                retry_after_s: s,
+            }
+            .into_response()
+        }
+    }
 }
 
 /// Fills `Retry-After` on 503s of an unavailable store from the settings.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
@@ -65,13 +65,26 @@ pub async fn upgrade(
     State(app): State<AppState>,
 ) -> Response {
     let (admin, peer) = (operator.allowed, operator.peer);
+    let Some(slot) = app.limits.ws_slot(peer.ip()) else {
+        let max = app.settings.ws_per_ip;
+        return crate::http::error::ApiError::TooManyRequests {
+            message: format!(
+                "this address has {max} WebSocket connections open already (LOCKSTEP_WS_PER_IP)"
+            ),
+            retry_after_s: 5,
+        }
+        .into_response();
+    };
     ws.max_message_size(MAX_CLIENT_MESSAGE)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| {
             let cancel = app.shutdown.clone();
             let tracker = app.tasks.clone();
-            tracker.track_future(client(socket, app, admin, peer, cancel))
+            tracker.track_future(async move {
+                client(socket, app, admin, peer, cancel).await;
+                drop(slot);
+            })
         })
 }
 

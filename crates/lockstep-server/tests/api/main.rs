@@ -9,6 +9,7 @@ mod bad_input;
 mod batching;
 mod cli;
 mod ingest;
+mod limits;
 mod logger;
 mod shutdown;
 mod store_down;
