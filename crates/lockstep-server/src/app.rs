@@ -22,7 +22,7 @@ use crate::actors::logger::{LoggerConfig, Supervisor};
 use crate::actors::stats::{self, StatsBook};
 use crate::actors::writer::Writer;
 use crate::auth::AdminPolicy;
-use crate::model::COLUMNS;
+use crate::model::Signals;
 use crate::serve::{self, ListenConfig, ListenStats};
 use crate::services::ingest::IngestService;
 use crate::services::limits::Limits;
@@ -47,6 +47,12 @@ pub struct App {
 impl App {
     /// Opens the store (applying migrations), starts the actors and binds the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_catalog(settings, Catalog::default_v1()).await
+    }
+
+    /// Like [`Self::build`] with another signal catalog: the store gets a
+    /// value column per signal (added if missing), clients a JSON field each.
+    pub async fn build_with_catalog(settings: Settings, catalog: Catalog) -> anyhow::Result<Self> {
         let store_config = settings.store_config()?;
         match &store_config {
             StoreConfig::Sqlite(p) => {
@@ -56,23 +62,29 @@ impl App {
                 tracing::info!(url = %redact_url(u), "Using the PostgreSQL store.")
             }
         }
-        let store = store::open(&store_config, settings.pg_pool).await?;
-        Self::build_with_store(settings, store).await
+        let signals = Signals::from_catalog(&catalog);
+        let store = store::open(&store_config, settings.pg_pool, &signals).await?;
+        Self::assemble(settings, catalog, store).await
     }
 
-    /// Like [`Self::build`] with a given store (tests inject failing stores here).
+    /// Like [`Self::build`] with a given store (tests inject failing stores
+    /// here), opened for the default catalog.
     pub async fn build_with_store(
         settings: Settings,
         store: Arc<dyn Store>,
     ) -> anyhow::Result<Self> {
+        Self::assemble(settings, Catalog::default_v1(), store).await
+    }
+
+    async fn assemble(
+        settings: Settings,
+        catalog: Catalog,
+        store: Arc<dyn Store>,
+    ) -> anyhow::Result<Self> {
         // Every store call below (startup reads included) ends within the deadline.
         let store = store::deadline::with_deadline(store, settings.store_timeout());
-        let catalog = Arc::new(Catalog::default_v1());
-        let names: Vec<&str> = catalog.signals().iter().map(|s| s.name.as_str()).collect();
-        anyhow::ensure!(
-            names == COLUMNS,
-            "the signal catalog {names:?} does not match the store columns {COLUMNS:?}"
-        );
+        let catalog = Arc::new(catalog);
+        let signals = Signals::from_catalog(&catalog);
         let listener = TcpListener::bind((settings.host, settings.port))
             .await
             .with_context(|| {
@@ -156,6 +168,7 @@ impl App {
             limits,
             settings: Arc::new(settings),
             catalog,
+            signals,
             store,
             ingest,
             writer: writer_handle,

@@ -7,7 +7,8 @@
 //! - [`services`]: use cases without HTTP types ([`services::ingest`]);
 //! - [`actors`]: the writer, hub, stats, logger supervisor and store health;
 //! - [`store`]: the `Store` trait with SQLite and PostgreSQL backends;
-//! - leaves: [`model`], [`settings`], [`auth`] (the admin policy), [`vehicles`]
+//! - leaves: [`model`], [`protocol`] (the WebSocket messages), [`settings`],
+//!   [`auth`] (the admin policy), [`vehicles`]
 //!   (per-vehicle codec state registry).
 //!
 //! [`app`] wires them; [`state::AppState`] is what handlers get.
@@ -22,6 +23,7 @@ pub mod app;
 pub mod auth;
 pub mod http;
 pub mod model;
+pub mod protocol;
 pub mod serve;
 pub mod services;
 pub mod settings;

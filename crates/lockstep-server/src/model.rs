@@ -1,16 +1,42 @@
-//! Domain types shared by ingest, the writer, the store and the hub, and the
-//! JSON forms the WebSocket and REST clients read.
+//! Domain types shared by ingest, the writer, the store and the hub.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 
-/// The `telemetry_data` value columns, in catalog channel order: the default
-/// catalog's signals (the migrations create one column each). The server
-/// refuses to start with a catalog whose signal names differ.
-pub const COLUMNS: [&str; CHANNELS] = lockstep_codec::catalog::DEFAULT_SIGNALS;
-/// Number of value columns.
-pub const CHANNELS: usize = 7;
+/// The catalog's signal names in channel order: the one source of the
+/// `telemetry_data` value columns (both stores) and of the JSON field names
+/// of a reading. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signals(Arc<[Arc<str>]>);
+
+impl Signals {
+    pub fn from_catalog(catalog: &lockstep_codec::Catalog) -> Self {
+        Self(
+            catalog
+                .signals()
+                .iter()
+                .map(|s| Arc::from(s.name.as_str()))
+                .collect(),
+        )
+    }
+
+    pub fn names(&self) -> &[Arc<str>] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.0.iter().position(|n| &**n == name)
+    }
+}
 
 /// `session_id` of readings that arrived in the seed wire form.
 pub const SEED_SESSION: u64 = 0;
@@ -26,8 +52,8 @@ pub struct TelemetryRow {
     pub seq: u64,
     /// Unix epoch milliseconds, as sent.
     pub ts_ms: i64,
-    /// Per column of [`COLUMNS`], in its unit; `None` = null.
-    pub values: [Option<f64>; CHANNELS],
+    /// Per catalog channel ([`Signals`]), in its unit; `None` = null.
+    pub values: Vec<Option<f64>>,
     /// Bit i set = channel i was transmitted (else reconstructed or null).
     pub transmitted: u64,
     pub keyframe: bool,
@@ -114,67 +140,6 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// A reading as WebSocket clients see it (`data` of `{"type":"telemetry"}` and
-/// the items of `history`).
-#[derive(Debug, Serialize)]
-pub struct ReadingJson<'a> {
-    pub timestamp: i64,
-    pub vehicle_vin: &'a str,
-    pub speed: Option<f64>,
-    pub battery: Option<f64>,
-    pub power: Option<f64>,
-    pub heading: Option<f64>,
-    pub latitude: Option<f64>,
-    pub longitude: Option<f64>,
-    pub altitude: Option<f64>,
-    pub transmitted: Vec<&'static str>,
-    pub predicted_fields: Vec<&'static str>,
-    pub session_id: String,
-    pub seq: u64,
-}
-
-impl<'a> From<&'a TelemetryRow> for ReadingJson<'a> {
-    fn from(r: &'a TelemetryRow) -> Self {
-        let v = r.values;
-        let mut transmitted = Vec::new();
-        let mut predicted_fields = Vec::new();
-        for (i, name) in COLUMNS.iter().enumerate() {
-            if r.transmitted & (1 << i) != 0 {
-                transmitted.push(*name);
-            } else if v[i].is_some() {
-                predicted_fields.push(*name);
-            }
-        }
-        Self {
-            timestamp: r.ts_ms,
-            vehicle_vin: &r.vin,
-            speed: v[0],
-            battery: v[1],
-            power: v[2],
-            heading: v[3],
-            latitude: v[4],
-            longitude: v[5],
-            altitude: v[6],
-            transmitted,
-            predicted_fields,
-            session_id: format!("{:016x}", r.session_id),
-            seq: r.seq,
-        }
-    }
-}
-
-/// `{"type": T, "data": D}`, serialised once.
-pub fn envelope<T: Serialize>(kind: &str, data: &T) -> String {
-    #[derive(Serialize)]
-    struct Envelope<'a, T> {
-        #[serde(rename = "type")]
-        kind: &'a str,
-        data: &'a T,
-    }
-    serde_json::to_string(&Envelope { kind, data })
-        .unwrap_or_else(|_| format!(r#"{{"type":"{kind}","data":null}}"#))
 }
 
 #[cfg(test)]

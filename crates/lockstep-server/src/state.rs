@@ -13,6 +13,7 @@ use crate::actors::logger::LoggerHandle;
 use crate::actors::stats::StatsBook;
 use crate::actors::writer::WriterHandle;
 use crate::auth::AdminPolicy;
+use crate::model::Signals;
 use crate::services::ingest::IngestService;
 use crate::services::limits::Limits;
 use crate::settings::Settings;
@@ -24,6 +25,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// The signal catalog the server decodes and stores with.
     pub catalog: Arc<Catalog>,
+    /// The catalog's signal names: value columns and JSON field names.
+    pub signals: Signals,
     /// For reads; writes go through [`Self::ingest`] and the writer.
     pub store: Arc<dyn Store>,
     /// Both wire forms: decode, commit, acknowledge.

@@ -9,7 +9,7 @@
 //!
 //! Either way a client's queue holds at most `queue` messages: one that falls
 //! behind loses the oldest ones, is told how many with
-//! `{"type":"lagged","data":{"dropped":N}}`, and never slows the sender or
+//! `ServerMsg::Lagged`, and never slows the sender or
 //! other clients. Drops are counted for `/status`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -17,10 +17,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::extract::ws::Utf8Bytes;
-use serde::Serialize;
 use tokio::sync::{Notify, broadcast};
 
-use crate::model::{envelope, now_ms};
+pub use crate::protocol::Level;
+use crate::protocol::ServerMsg;
+
+/// `log` messages kept for clients that connect later.
+pub const LOG_BACKLOG: usize = 100;
 
 /// One message for WebSocket clients.
 #[derive(Debug, Clone)]
@@ -28,6 +31,16 @@ pub struct HubEvent {
     /// The vehicle, for subscription filters; `None` = for every client.
     pub vin: Option<Arc<str>>,
     pub text: Utf8Bytes,
+}
+
+impl HubEvent {
+    /// Serialises the message once.
+    pub fn new(vin: Option<Arc<str>>, msg: &ServerMsg) -> Self {
+        Self {
+            vin,
+            text: msg.to_text().into(),
+        }
+    }
 }
 
 /// The fan-out point.
@@ -39,6 +52,9 @@ pub struct Hub {
     queue: usize,
     clients: AtomicUsize,
     dropped: AtomicU64,
+    /// The last [`LOG_BACKLOG`] `log` messages, changed under the `routes`
+    /// lock so that a new client sees each exactly once (backlog or live).
+    logs: Mutex<VecDeque<Utf8Bytes>>,
 }
 
 /// The clients with a VIN filter.
@@ -253,32 +269,6 @@ impl Drop for Subscription {
     }
 }
 
-#[derive(Serialize)]
-struct LogJson<'a> {
-    level: &'a str,
-    source: &'a str,
-    message: &'a str,
-    timestamp: i64,
-}
-
-/// Level of a `log` message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Level {
-    Info,
-    Warn,
-    Error,
-}
-
-impl Level {
-    fn as_str(self) -> &'static str {
-        match self {
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
-        }
-    }
-}
-
 /// Counts a connected client while alive.
 pub struct ClientGuard<'a>(&'a Hub);
 
@@ -299,6 +289,7 @@ impl Hub {
             queue,
             clients: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
+            logs: Mutex::default(),
         }
     }
 
@@ -321,7 +312,7 @@ impl Hub {
             dropped = n,
             "A slow WebSocket client lost its oldest messages."
         );
-        Utf8Bytes::from(lagged_json(n))
+        ServerMsg::Lagged { dropped: n }.to_text().into()
     }
 
     pub fn publish(&self, ev: HubEvent) {
@@ -331,6 +322,10 @@ impl Hub {
     /// Publishes in order, taking the routing lock once.
     pub fn publish_all(&self, events: impl IntoIterator<Item = HubEvent>) {
         let routes = self.routes();
+        self.publish_locked(&routes, events);
+    }
+
+    fn publish_locked(&self, routes: &Routes, events: impl IntoIterator<Item = HubEvent>) {
         for ev in events {
             match &ev.vin {
                 None => routes.filtered.values().for_each(|m| m.push(&ev)),
@@ -377,35 +372,32 @@ impl Hub {
     }
 
     /// Publishes a message for everyone.
-    pub fn broadcast_text(&self, text: String) {
-        self.publish(HubEvent {
-            vin: None,
-            text: text.into(),
-        });
+    pub fn broadcast(&self, msg: &ServerMsg) {
+        self.publish(HubEvent::new(None, msg));
     }
 
-    /// Publishes `{"type":"log"}`.
+    /// Publishes a `log` message and keeps it for clients that connect later.
     pub fn log(&self, level: Level, source: &str, message: &str) {
-        self.broadcast_text(log_json(level, source, message));
+        let ev = HubEvent::new(None, &ServerMsg::log(level, source, message));
+        let routes = self.routes();
+        {
+            let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+            if logs.len() >= LOG_BACKLOG {
+                logs.pop_front();
+            }
+            logs.push_back(ev.text.clone());
+        }
+        self.publish_locked(&routes, [ev]);
     }
-}
 
-/// The text of a `{"type":"log"}` message.
-pub fn log_json(level: Level, source: &str, message: &str) -> String {
-    envelope(
-        "log",
-        &LogJson {
-            level: level.as_str(),
-            source,
-            message,
-            timestamp: now_ms(),
-        },
-    )
-}
-
-/// The text of a `{"type":"lagged"}` message.
-pub fn lagged_json(dropped: u64) -> String {
-    format!(r#"{{"type":"lagged","data":{{"dropped":{dropped}}}}}"#)
+    /// A subscription to every message from now on, and the `log` backlog
+    /// up to now: together they hold each log message exactly once.
+    pub fn subscribe_with_logs(self: &Arc<Self>) -> (Subscription, Vec<Utf8Bytes>) {
+        let _routes = self.routes();
+        let sub = self.subscribe();
+        let logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        (sub, logs.iter().cloned().collect())
+    }
 }
 
 #[cfg(test)]
@@ -468,7 +460,12 @@ mod tests {
         hub.publish_all((1..=5).map(|i| ev(Some("A"), &format!("a{i}"))));
         assert_eq!(
             take(&mut a).await,
-            [lagged_json(2).as_str(), "a3", "a4", "a5"]
+            [
+                ServerMsg::Lagged { dropped: 2 }.to_text().as_str(),
+                "a3",
+                "a4",
+                "a5"
+            ]
         );
         assert_eq!(hub.dropped(), 2);
     }
@@ -492,5 +489,25 @@ mod tests {
         // (b2 came while it asked for A only).
         assert_eq!(got, ["a1", "a2", "b3", "c1"]);
         assert!(hub.routes().filtered.is_empty());
+    }
+
+    #[tokio::test]
+    async fn new_clients_get_the_log_backlog_once() {
+        let hub = Arc::new(Hub::new(16));
+        for i in 0..LOG_BACKLOG + 5 {
+            hub.log(Level::Info, "server", &format!("line {i}"));
+        }
+        let (mut sub, backlog) = hub.subscribe_with_logs();
+        assert_eq!(backlog.len(), LOG_BACKLOG);
+        assert!(backlog[0].as_str().contains("\"line 5\""));
+        assert!(
+            backlog[LOG_BACKLOG - 1]
+                .as_str()
+                .contains(&format!("\"line {}\"", LOG_BACKLOG + 4))
+        );
+        hub.log(Level::Warn, "server", "after");
+        let live = take(&mut sub).await;
+        assert_eq!(live.len(), 1);
+        assert!(live[0].contains("\"after\"") && live[0].contains("\"type\":\"log\""));
     }
 }

@@ -12,35 +12,14 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::hub::{Hub, Level};
-use crate::model::{envelope, now_ms};
-
-/// Options of `POST /logger/start` and `{"type":"start_logger"}`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-pub struct StartRequest {
-    /// Simulated vehicles (simulate mode; default 1).
-    pub vehicles: Option<u32>,
-    /// Readings per second per vehicle (default 1).
-    pub rate: Option<f64>,
-    /// Stop after this many seconds (default: run until stopped).
-    pub duration_s: Option<f64>,
-    /// Recorded files to replay (replay mode, with `format`).
-    pub replay: Option<Vec<String>>,
-    /// `twizy`, `cycling` or `csv`.
-    pub format: Option<String>,
-    /// Replay speed factor.
-    pub speed: Option<f64>,
-    /// Simulation seed.
-    pub seed: Option<u64>,
-    /// Send as fast as the server acknowledges instead of in real time.
-    #[serde(default)]
-    pub as_fast_as_possible: bool,
-}
+use crate::model::now_ms;
+use crate::protocol::ServerMsg;
+pub use crate::protocol::{LoggerStatus, StartRequest};
 
 impl StartRequest {
     /// The edge's command line (without the binary), or what is wrong.
@@ -120,16 +99,6 @@ impl StartRequest {
         }
         Ok(a)
     }
-}
-
-/// `GET /logger/status` and the `data` of `{"type":"logger"}`.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct LoggerStatus {
-    pub running: bool,
-    pub pid: Option<u32>,
-    pub started_at_ms: Option<i64>,
-    pub last_exit_code: Option<i32>,
-    pub last_run_s: Option<f64>,
 }
 
 /// Result of a start.
@@ -294,7 +263,7 @@ impl Supervisor {
             f(&mut s);
             s.clone()
         };
-        self.hub.broadcast_text(envelope("logger", &snapshot));
+        self.hub.broadcast(&ServerMsg::Logger(snapshot));
     }
 
     fn start(&mut self, req: &StartRequest) -> Result<Started, LoggerError> {

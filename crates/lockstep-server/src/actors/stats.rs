@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::hub::{Hub, HubEvent};
 use crate::model::{Counters, ratio};
+use crate::protocol::{CompressionStats, ServerMsg, Summary, VehicleStats};
 use crate::store::VehicleTotals;
 
 /// Lifetime statistics of all vehicles.
@@ -20,33 +20,6 @@ pub struct StatsBook {
     vehicles: Mutex<BTreeMap<String, Counters>>,
     /// Bumped on every change, so the broadcaster knows when to send.
     version: AtomicU64,
-}
-
-/// `/status` → `compression_stats` (the seed's shape; "readings" are field values).
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-pub struct Summary {
-    pub total_readings: u64,
-    pub transmitted_readings: u64,
-    pub skipped_readings: u64,
-    pub compression_ratio: f64,
-}
-
-#[derive(Serialize)]
-struct VehicleJson {
-    readings: u64,
-    fields_total: u64,
-    fields_transmitted: u64,
-    fields_skipped: u64,
-    bytes_received: u64,
-    compression_ratio: f64,
-}
-
-#[derive(Serialize)]
-struct FullJson {
-    #[serde(flatten)]
-    summary: Summary,
-    bytes_received: u64,
-    vehicles: BTreeMap<String, VehicleJson>,
 }
 
 impl StatsBook {
@@ -95,46 +68,46 @@ impl StatsBook {
     }
 
     pub fn summary(&self) -> Summary {
-        let t = Self::total(&self.lock());
-        Summary {
-            total_readings: t.fields_total,
-            transmitted_readings: t.fields_transmitted,
-            skipped_readings: t.fields_skipped,
-            compression_ratio: t.ratio(),
-        }
+        summary(&Self::total(&self.lock()))
     }
 
-    /// The `data` of a `compression_stats` WebSocket message.
-    pub fn to_json(&self) -> String {
+    /// A `compression_stats` WebSocket message.
+    pub fn to_msg(&self) -> ServerMsg {
         let v = self.lock();
         let t = Self::total(&v);
-        let full = FullJson {
-            summary: Summary {
-                total_readings: t.fields_total,
-                transmitted_readings: t.fields_transmitted,
-                skipped_readings: t.fields_skipped,
-                compression_ratio: t.ratio(),
-            },
-            bytes_received: t.bytes_received,
-            vehicles: v
-                .iter()
-                .map(|(vin, c)| {
-                    (
-                        vin.clone(),
-                        VehicleJson {
-                            readings: c.readings,
-                            fields_total: c.fields_total,
-                            fields_transmitted: c.fields_transmitted,
-                            fields_skipped: c.fields_skipped,
-                            bytes_received: c.bytes_received,
-                            compression_ratio: ratio(c.fields_skipped, c.fields_total),
-                        },
-                    )
-                })
-                .collect(),
-        };
+        let vehicles = v
+            .iter()
+            .map(|(vin, c)| {
+                (
+                    vin.clone(),
+                    VehicleStats {
+                        readings: c.readings,
+                        fields_total: c.fields_total,
+                        fields_transmitted: c.fields_transmitted,
+                        fields_skipped: c.fields_skipped,
+                        bytes_received: c.bytes_received,
+                        compression_ratio: ratio(c.fields_skipped, c.fields_total),
+                    },
+                )
+            })
+            .collect();
         drop(v);
-        crate::model::envelope("compression_stats", &full)
+        ServerMsg::CompressionStats(CompressionStats {
+            summary: summary(&t),
+            bytes_received: t.bytes_received,
+            vehicles,
+        })
+    }
+}
+
+/// Readings are readings; transmitted and skipped count field values (the
+/// seed's names), and the ratio is skipped / non-null field values.
+fn summary(t: &Counters) -> Summary {
+    Summary {
+        total_readings: t.readings,
+        transmitted_readings: t.fields_transmitted,
+        skipped_readings: t.fields_skipped,
+        compression_ratio: t.ratio(),
     }
 }
 
@@ -155,10 +128,7 @@ pub async fn broadcast(
         let v = stats.version();
         if v != sent && hub.has_clients() {
             sent = v;
-            hub.publish(HubEvent {
-                vin: None,
-                text: stats.to_json().into(),
-            });
+            hub.publish(HubEvent::new(None, &stats.to_msg()));
         }
     }
 }

@@ -5,8 +5,8 @@ use axum::extract::State;
 use serde::Serialize;
 
 use crate::actors::logger::LoggerStatus;
-use crate::actors::stats::Summary;
 use crate::http::error::ApiError;
+use crate::protocol::Summary;
 use crate::state::AppState;
 use crate::store::StoreKind;
 

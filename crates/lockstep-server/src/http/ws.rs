@@ -1,6 +1,7 @@
 //! `GET /ws`: one task per client. It subscribes to the hub before reading
-//! history (so nothing committed in between is missed), sends
-//! `{"type":"history"}` and the current `compression_stats`, then forwards hub messages that pass the client's
+//! history (so nothing committed in between is missed), sends `history`,
+//! the current `compression_stats` and the recent `log` lines (the hub's
+//! backlog), then forwards hub messages that pass the client's
 //! VIN filter. A reader task handles client messages (`subscribe`,
 //! `start_logger`, `stop_logger`). Every send races the shutdown token, so a
 //! stuck client can neither stall shutdown nor anyone else; on shutdown the
@@ -16,14 +17,12 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::response::{IntoResponse as _, Response};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::hub::{Level, log_json};
-use crate::actors::logger::{StartRequest, Started, Stopped};
+use crate::actors::logger::{Started, Stopped};
 use crate::http::extract::Operator;
-use crate::model::{ReadingJson, envelope};
+use crate::protocol::{ClientMsg, Level, ReadingJson, ServerMsg};
 use crate::state::AppState;
 
 /// Largest client message, bytes.
@@ -40,16 +39,9 @@ const READ_BUFFER: usize = 2 * 1024;
 /// connection's life): a burst bigger than this goes out in several writes.
 const WRITE_BUFFER: usize = 16 * 1024;
 
-/// What clients may send.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum ClientMsg {
-    Subscribe {
-        #[serde(default)]
-        vins: Option<Vec<String>>,
-    },
-    StartLogger(StartRequest),
-    StopLogger,
+/// A `log` message for this client only.
+fn reply(level: Level, source: &str, message: &str) -> String {
+    ServerMsg::log(level, source, message).to_text()
 }
 
 /// From the reader task to the writer loop.
@@ -115,14 +107,6 @@ async fn send_burst(
     ok
 }
 
-/// Sends unless shutdown comes first; `false` = stop serving this client.
-async fn send(sink: &mut Sink, msg: Message, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        r = sink.send(msg) => r.is_ok(),
-        () = cancel.cancelled() => false,
-    }
-}
-
 /// What the client loop does next.
 enum Step {
     Stop,
@@ -142,7 +126,7 @@ async fn client(
     cancel: CancellationToken,
 ) {
     let _guard = app.hub.client();
-    let mut events = app.hub.subscribe();
+    let (mut events, logs) = app.hub.subscribe_with_logs();
     let (mut sink, stream) = socket.split();
     tracing::debug!("WebSocket client connected.");
 
@@ -153,26 +137,24 @@ async fn client(
             Vec::new()
         }
     };
-    let items: Vec<ReadingJson<'_>> = history.iter().map(ReadingJson::from).collect();
-    if !send(
-        &mut sink,
-        Message::Text(envelope("history", &items).into()),
-        &cancel,
-    )
-    .await
-    {
-        return close(sink).await;
-    }
-    drop(items);
+    let history = ServerMsg::History(
+        history
+            .into_iter()
+            .map(|row| ReadingJson {
+                row,
+                signals: app.signals.clone(),
+            })
+            .collect(),
+    );
+    // The current statistics at once, rather than at the next change; then
+    // the recent log lines, so a reloaded page shows what happened before.
+    let mut first: Vec<Utf8Bytes> = vec![
+        history.to_text().into(),
+        app.stats.to_msg().to_text().into(),
+    ];
     drop(history);
-    // The current statistics at once, rather than at the next change.
-    if !send(
-        &mut sink,
-        Message::Text(app.stats.to_json().into()),
-        &cancel,
-    )
-    .await
-    {
+    first.extend(logs);
+    if !send_burst(&mut sink, &mut first, &cancel).await {
         return close(sink).await;
     }
 
@@ -251,7 +233,7 @@ async fn read_loop(
             Some(Ok(_)) => continue,
         };
         let reply = match serde_json::from_str::<ClientMsg>(&text) {
-            Err(e) => Some(log_json(
+            Err(e) => Some(reply(
                 Level::Warn,
                 "server",
                 &format!("unrecognised client message: {e}"),
@@ -263,26 +245,26 @@ async fn read_loop(
                 }
                 None
             }
-            Ok(ClientMsg::StartLogger(_) | ClientMsg::StopLogger) if !admin => Some(log_json(
+            Ok(ClientMsg::StartLogger(_) | ClientMsg::StopLogger) if !admin => Some(reply(
                 Level::Error,
                 "server",
                 "logger control refused: connect from loopback or send Authorization: Bearer <LOCKSTEP_ADMIN_TOKEN>",
             )),
             Ok(ClientMsg::StartLogger(req)) => Some(match app.logger.start(req).await {
-                Ok(Started::Started { pid }) => log_json(
+                Ok(Started::Started { pid }) => reply(
                     Level::Info,
                     "server",
                     &format!("logger started (pid {pid})"),
                 ),
-                Ok(Started::AlreadyRunning { pid }) => log_json(
+                Ok(Started::AlreadyRunning { pid }) => reply(
                     Level::Warn,
                     "server",
                     &format!("logger already running (pid {pid})"),
                 ),
-                Err(e) => log_json(Level::Error, "server", &format!("logger not started: {e}")),
+                Err(e) => reply(Level::Error, "server", &format!("logger not started: {e}")),
             }),
             Ok(ClientMsg::StopLogger) => Some(match app.logger.stop().await {
-                Stopped::Stopped { exit_code } => log_json(
+                Stopped::Stopped { exit_code } => reply(
                     Level::Info,
                     "server",
                     &format!(
@@ -290,7 +272,7 @@ async fn read_loop(
                         exit_code.map_or("none".into(), |c| c.to_string())
                     ),
                 ),
-                Stopped::NotRunning => log_json(Level::Info, "server", "logger not running"),
+                Stopped::NotRunning => reply(Level::Info, "server", "logger not running"),
             }),
         };
         if let Some(r) = reply

@@ -24,12 +24,12 @@ use serde::Serialize;
 use crate::actors::health::{HealthHandle, Observation};
 use crate::actors::hub::{Hub, HubEvent};
 use crate::actors::writer::{WriteRequest, WriterHandle};
-use crate::model::{
-    CHANNELS, Counters, ReadingJson, SEED_SESSION, SessionRecord, TelemetryRow, envelope,
-};
+use crate::model::{Counters, SEED_SESSION, SessionRecord, Signals, TelemetryRow};
+use crate::protocol::{ReadingJson, ServerMsg};
 use crate::services::limits::{Limits, RetryAfter};
 use crate::store::{Store, StoreError};
-use crate::vehicles::{SeedState, Vehicles};
+use crate::vehicles::Vehicles;
+use lockstep_codec::seed::SeedState;
 
 /// Which wire form a body is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +142,8 @@ pub struct IngestService {
 
 struct Inner {
     catalog: Arc<Catalog>,
+    /// JSON names of the values in `telemetry` messages.
+    signals: Signals,
     /// Catalog channel of each seed field (speed, battery, power, heading).
     seed_channels: [usize; 4],
     store: Arc<dyn Store>,
@@ -173,6 +175,7 @@ impl IngestService {
             .map_err(|_| anyhow::anyhow!("four seed fields"))?;
         Ok(Self {
             inner: Arc::new(Inner {
+                signals: Signals::from_catalog(&catalog),
                 catalog,
                 seed_channels,
                 store,
@@ -260,7 +263,7 @@ impl Inner {
         };
         let mut next = seed.clone();
         let rec = next.predictor.reconstruct(&reading);
-        let mut values = [None; CHANNELS];
+        let mut values = vec![None; self.catalog.len()];
         let mut transmitted = 0u64;
         for (i, name) in lockstep_codec::seed::SEED_FIELDS.iter().enumerate() {
             let ch = self.seed_channels[i];
@@ -268,7 +271,7 @@ impl Inner {
             if rec.transmitted & (1 << i) != 0 {
                 transmitted |= 1 << ch;
             }
-            debug_assert_eq!(crate::model::COLUMNS[ch], *name);
+            debug_assert_eq!(self.catalog.signals()[ch].name, *name);
         }
         let mut counters = Counters::default();
         counters.count_reading(&values, transmitted);
@@ -288,7 +291,7 @@ impl Inner {
             keyframe: false,
         };
         let events = if self.hub.has_clients() {
-            vec![event(&row)]
+            vec![self.event(&row)]
         } else {
             Vec::new()
         };
@@ -372,10 +375,7 @@ impl Inner {
         let rows: Vec<TelemetryRow> = readings
             .into_iter()
             .map(|r| {
-                let mut values = [None; CHANNELS];
-                for (slot, v) in values.iter_mut().zip(r.values) {
-                    *slot = v;
-                }
+                let values = r.values;
                 counters.count_reading(&values, r.transmitted);
                 let row = TelemetryRow {
                     vin: vin.clone(),
@@ -387,7 +387,7 @@ impl Inner {
                     keyframe: r.keyframe,
                 };
                 if with_events {
-                    events.push(event(&row));
+                    events.push(self.event(&row));
                 }
                 row
             })
@@ -401,6 +401,14 @@ impl Inner {
         self.submit(vin, rows, session, counters, events).await?;
         vehicle.install(cb.session_id(), new_state);
         Ok(Ack::new(&counters, Some(batch_ack(false))))
+    }
+
+    fn event(&self, row: &TelemetryRow) -> HubEvent {
+        let msg = ServerMsg::Telemetry(ReadingJson {
+            row: row.clone(),
+            signals: self.signals.clone(),
+        });
+        HubEvent::new(Some(row.vin.clone()), &msg)
     }
 
     async fn submit(
@@ -424,26 +432,26 @@ impl Inner {
     }
 }
 
-fn event(row: &TelemetryRow) -> HubEvent {
-    HubEvent {
-        vin: Some(row.vin.clone()),
-        text: envelope("telemetry", &ReadingJson::from(row)).into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::actors::health::Health;
     use crate::actors::stats::StatsBook;
     use crate::actors::writer::Writer;
-    use crate::store::sqlite::SqliteStore;
+    use crate::settings::StoreConfig;
     use tokio_util::sync::CancellationToken;
 
     /// The service on a real SQLite store with its writer and health actor,
     /// no HTTP anywhere.
     async fn service(dir: &std::path::Path) -> (IngestService, Arc<dyn Store>, CancellationToken) {
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir.join("t.db")).await.unwrap());
+        let catalog = Arc::new(Catalog::default_v1());
+        let store = crate::store::open(
+            &StoreConfig::Sqlite(dir.join("t.db")),
+            1,
+            &Signals::from_catalog(&catalog),
+        )
+        .await
+        .unwrap();
         let hub = Arc::new(Hub::new(16));
         let stop = CancellationToken::new();
         let (health, health_handle) = Health::new(store.clone(), hub.clone());
@@ -458,7 +466,7 @@ mod tests {
         );
         tokio::spawn(writer.run(stop.clone()));
         let svc = IngestService::new(
-            Arc::new(Catalog::default_v1()),
+            catalog,
             store.clone(),
             writer_handle,
             hub,

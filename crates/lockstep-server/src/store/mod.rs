@@ -17,7 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::model::{Counters, SessionRecord, TelemetryRow};
+use crate::model::{Counters, SessionRecord, Signals, TelemetryRow};
 use crate::settings::StoreConfig;
 
 pub mod deadline;
@@ -165,12 +165,109 @@ pub trait Store: Send + Sync + 'static {
     fn ping(&self) -> BoxFut<'_, Result<(), StoreError>>;
 }
 
-/// Opens the configured store and applies its migrations.
-pub async fn open(config: &StoreConfig, pg_pool: usize) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the configured store and applies its migrations; `signals` (the
+/// catalog's) name the value columns, added to an existing table if missing.
+pub async fn open(
+    config: &StoreConfig,
+    pg_pool: usize,
+    signals: &Signals,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let columns = SignalColumns::new(signals)?;
     Ok(match config {
-        StoreConfig::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path).await?),
-        StoreConfig::Postgres(url) => Arc::new(postgres::PgStore::connect(url, pg_pool).await?),
+        StoreConfig::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path, columns).await?),
+        StoreConfig::Postgres(url) => {
+            Arc::new(postgres::PgStore::connect(url, pg_pool, columns).await?)
+        }
     })
+}
+
+/// Columns of `telemetry_data` that are not signals.
+const FIXED_COLUMNS: [&str; 7] = [
+    "id",
+    "vehicle_id",
+    "session_id",
+    "seq",
+    "ts",
+    "transmitted_mask",
+    "keyframe",
+];
+
+/// The value columns of `telemetry_data`, one per catalog signal, in channel
+/// order: every SQL text that names them (DDL, insert, COPY, select) is
+/// generated here, so adding a signal to the catalog is the whole change.
+#[derive(Debug, Clone)]
+pub struct SignalColumns {
+    signals: Signals,
+}
+
+impl SignalColumns {
+    /// Checks that every name is a plain lowercase SQL identifier that does
+    /// not collide with a fixed column (names are also quoted in SQL).
+    pub fn new(signals: &Signals) -> anyhow::Result<Self> {
+        anyhow::ensure!(!signals.is_empty(), "the signal catalog is empty");
+        anyhow::ensure!(
+            signals.len() <= 64,
+            "the signal catalog has {} signals; transmitted_mask holds 64",
+            signals.len()
+        );
+        for name in signals.names() {
+            let ok = name.len() <= 63
+                && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            anyhow::ensure!(
+                ok,
+                "signal name {name:?} cannot be a column: use lowercase letters, digits and _"
+            );
+            anyhow::ensure!(
+                !FIXED_COLUMNS.contains(&&**name),
+                "signal name {name:?} is a reserved column of telemetry_data"
+            );
+        }
+        Ok(Self {
+            signals: signals.clone(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.signals.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.signals.is_empty()
+    }
+
+    pub fn names(&self) -> &[Arc<str>] {
+        self.signals.names()
+    }
+
+    /// `"speed", "battery", …`, each prefixed with `alias.` if given.
+    pub fn list(&self, alias: Option<&str>) -> String {
+        let prefix = alias.map(|a| format!("{a}.")).unwrap_or_default();
+        self.names()
+            .iter()
+            .map(|n| format!("{prefix}\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The column definitions for `CREATE TABLE`, one `"name" TYPE,` line each.
+    pub fn ddl(&self, sql_type: &str) -> String {
+        self.names()
+            .iter()
+            .map(|n| format!("    \"{n}\" {sql_type},\n"))
+            .collect()
+    }
+
+    /// Signals with no column in `existing` (a catalog that grew).
+    pub fn missing<'a>(&'a self, existing: &[String]) -> Vec<&'a str> {
+        self.names()
+            .iter()
+            .map(|n| &**n)
+            .filter(|n| !existing.iter().any(|e| e == n))
+            .collect()
+    }
 }
 
 /// Bit-preserving conversions between the wire's u64 and SQL's BIGINT.
@@ -180,11 +277,4 @@ pub(crate) fn to_sql_u64(v: u64) -> i64 {
 
 pub(crate) fn from_sql_u64(v: i64) -> u64 {
     v as u64
-}
-
-/// Array of the value columns from nullable column reads.
-pub(crate) fn values_from(
-    get: impl FnMut(usize) -> Option<f64>,
-) -> [Option<f64>; crate::model::CHANNELS] {
-    std::array::from_fn(get)
 }

@@ -28,12 +28,14 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::{
-    BoxFut, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals, WriteBatch, from_sql_u64,
-    to_sql_u64, values_from,
+    BoxFut, SignalColumns, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals, WriteBatch,
+    from_sql_u64, to_sql_u64,
 };
 use crate::model::{Counters, TelemetryRow};
 
 /// Numbered migrations, applied in order; `schema_migrations` lists the applied ones.
+/// `{signal_columns}` stands for the catalog's value columns
+/// ([`SignalColumns::ddl`]); later signals are added by `add_signal_columns`.
 const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE vehicles (
     id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -49,14 +51,7 @@ CREATE TABLE telemetry_data (
     session_id        BIGINT NOT NULL,  -- the u64 session id's 64 bits; 0 = seed form
     seq               BIGINT NOT NULL,  -- seed form: the timestamp
     ts                BIGINT NOT NULL,  -- Unix ms, as sent
-    speed             DOUBLE PRECISION,
-    battery           DOUBLE PRECISION,
-    power             DOUBLE PRECISION,
-    heading           DOUBLE PRECISION,
-    latitude          DOUBLE PRECISION,
-    longitude         DOUBLE PRECISION,
-    altitude          DOUBLE PRECISION,
-    transmitted_mask  BIGINT NOT NULL,  -- bit i = catalog channel i transmitted
+{signal_columns}    transmitted_mask  BIGINT NOT NULL,  -- bit i = catalog channel i transmitted
     keyframe          BOOLEAN NOT NULL,
     UNIQUE (vehicle_id, session_id, seq)
 );
@@ -80,27 +75,66 @@ CREATE TABLE sessions (
 );
 "#];
 
-const TELEMETRY_COLUMNS: &str = "vehicle_id, session_id, seq, ts, speed, battery, power, heading, latitude, longitude, altitude, transmitted_mask, keyframe";
+/// The statements that name the value columns, generated once from the catalog.
+struct Sql {
+    channels: usize,
+    /// Column list of COPY and of the staging table.
+    copy_columns: String,
+    copy_types: Vec<Type>,
+    insert_telemetry: String,
+    recent: String,
+}
 
-const COPY_TYPES: [Type; 13] = [
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::FLOAT8,
-    Type::INT8,
-    Type::BOOL,
-];
+impl Sql {
+    fn new(cols: &SignalColumns) -> Self {
+        let n = cols.len();
+        let copy_columns = format!(
+            "vehicle_id, session_id, seq, ts, {}, transmitted_mask, keyframe",
+            cols.list(None)
+        );
+        let mut copy_types = vec![Type::INT8; 4];
+        copy_types.extend(std::iter::repeat_n(Type::FLOAT8, n));
+        copy_types.extend([Type::INT8, Type::BOOL]);
+        // unnest($1 vins, $2 sessions, $3 seqs, $4 ts, $5.. values, mask, keyframe)
+        let value_params: Vec<String> = (0..n).map(|i| format!("${}::float8[]", 5 + i)).collect();
+        let value_names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+        let insert_telemetry = format!(
+            "INSERT INTO telemetry_data ({copy_columns})
+     SELECT v.id, t.s, t.q, t.ts, {vals}, t.m, t.k
+     FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], {params}, ${m}::int8[], ${k}::bool[])
+          WITH ORDINALITY AS t(vin, s, q, ts, {names}, m, k, ord)
+     JOIN vehicles v ON v.vin = t.vin
+     ORDER BY t.ord
+     ON CONFLICT (vehicle_id, session_id, seq) DO NOTHING",
+            vals = value_names
+                .iter()
+                .map(|c| format!("t.{c}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            params = value_params.join(", "),
+            names = value_names.join(", "),
+            m = 5 + n,
+            k = 6 + n,
+        );
+        let recent = format!(
+            "SELECT v.vin, t.session_id, t.seq, t.ts, t.transmitted_mask, t.keyframe, {}
+             FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id ORDER BY t.id DESC LIMIT $1",
+            cols.list(Some("t"))
+        );
+        Self {
+            channels: n,
+            copy_columns,
+            copy_types,
+            insert_telemetry,
+            recent,
+        }
+    }
+}
 
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: Pool,
+    sql: Sql,
 }
 
 fn invalid(e: impl std::fmt::Display) -> StoreError {
@@ -109,7 +143,7 @@ fn invalid(e: impl std::fmt::Display) -> StoreError {
 
 impl PgStore {
     /// Builds the pool, checks the connection and applies the migrations.
-    pub async fn connect(url: &str, pool_size: usize) -> anyhow::Result<Self> {
+    pub async fn connect(url: &str, pool_size: usize, cols: SignalColumns) -> anyhow::Result<Self> {
         let (url, tls) = super::pg_tls::split_url(url)?;
         let mut cfg: tokio_postgres::Config = url
             .parse()
@@ -135,15 +169,18 @@ impl PgStore {
             .recycle_timeout(Some(Duration::from_secs(2)))
             .build()
             .context("cannot build the PostgreSQL pool")?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            sql: Sql::new(&cols),
+        };
         store
-            .migrate()
+            .migrate(&cols)
             .await
             .context("cannot reach PostgreSQL or apply the migrations")?;
         Ok(store)
     }
 
-    async fn migrate(&self) -> anyhow::Result<()> {
+    async fn migrate(&self, cols: &SignalColumns) -> anyhow::Result<()> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // Serialise concurrent starts on the same database.
@@ -159,7 +196,7 @@ impl PgStore {
             .await?
             .get(0);
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
-            tx.batch_execute(sql)
+            tx.batch_execute(&sql.replace("{signal_columns}", &cols.ddl("DOUBLE PRECISION")))
                 .await
                 .with_context(|| format!("migration {}", i + 1))?;
             tx.execute(
@@ -168,6 +205,7 @@ impl PgStore {
             )
             .await?;
         }
+        add_signal_columns(&tx, cols).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -206,7 +244,7 @@ impl PgStore {
         // Prepared once per connection, then taken from its cache.
         let (vehicles_st, telemetry_st, sessions_st, stats_st) = futures_util::try_join!(
             tx.prepare_cached(UPSERT_VEHICLES),
-            tx.prepare_cached(INSERT_TELEMETRY),
+            tx.prepare_cached(&self.sql.insert_telemetry),
             tx.prepare_cached(UPSERT_SESSIONS),
             tx.prepare_cached(UPSERT_STATS),
         )
@@ -248,31 +286,21 @@ impl PgStore {
         };
 
         if small {
-            let rows = RowColumns::new(&b.rows);
+            let rows = RowColumns::new(&b.rows, self.sql.channels);
             let insert_rows = async {
                 if b.rows.is_empty() {
                     return Ok(0);
                 }
-                let v = &rows.values;
-                tx.execute(
-                    &telemetry_st,
-                    &[
-                        &rows.vin,
-                        &rows.session,
-                        &rows.seq,
-                        &rows.ts,
-                        &v[0],
-                        &v[1],
-                        &v[2],
-                        &v[3],
-                        &v[4],
-                        &v[5],
-                        &v[6],
-                        &rows.mask,
-                        &rows.keyframe,
-                    ],
-                )
-                .await
+                let mut p: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(rows.values.len() + 6);
+                p.extend([
+                    &rows.vin as &(dyn ToSql + Sync),
+                    &rows.session,
+                    &rows.seq,
+                    &rows.ts,
+                ]);
+                p.extend(rows.values.iter().map(|v| v as &(dyn ToSql + Sync)));
+                p.extend([&rows.mask as &(dyn ToSql + Sync), &rows.keyframe]);
+                tx.execute(&telemetry_st, &p).await
             };
             let vehicle_params: [&(dyn ToSql + Sync); 2] = [&vins, &seen];
             futures_util::try_join!(
@@ -290,7 +318,7 @@ impl PgStore {
                 .into_iter()
                 .map(|r| (r.get(1), r.get(0)))
                 .collect();
-            if copy_rows(&tx, &b.rows, &ids, into).await? == Copied::Duplicate {
+            if copy_rows(&tx, &self.sql, &b.rows, &ids, into).await? == Copied::Duplicate {
                 // The upserts were never polled; they only borrow `tx`.
                 drop((upsert_sessions, upsert_stats));
                 tx.rollback().await.map_err(StoreError::from)?;
@@ -323,15 +351,6 @@ const SMALL_BATCH: usize = 256;
 const UPSERT_VEHICLES: &str = "INSERT INTO vehicles (vin, first_seen, last_seen) SELECT v, s, s FROM unnest($1::text[], $2::int8[]) AS t(v, s)
      ON CONFLICT (vin) DO UPDATE SET last_seen = GREATEST(vehicles.last_seen, EXCLUDED.last_seen)
      RETURNING id, vin";
-
-const INSERT_TELEMETRY: &str = "INSERT INTO telemetry_data (vehicle_id, session_id, seq, ts, speed, battery, power, heading, latitude, longitude, altitude, transmitted_mask, keyframe)
-     SELECT v.id, t.s, t.q, t.ts, t.c0, t.c1, t.c2, t.c3, t.c4, t.c5, t.c6, t.m, t.k
-     FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::float8[], $6::float8[], $7::float8[], $8::float8[],
-                 $9::float8[], $10::float8[], $11::float8[], $12::int8[], $13::bool[])
-          WITH ORDINALITY AS t(vin, s, q, ts, c0, c1, c2, c3, c4, c5, c6, m, k, ord)
-     JOIN vehicles v ON v.vin = t.vin
-     ORDER BY t.ord
-     ON CONFLICT (vehicle_id, session_id, seq) DO NOTHING";
 
 const UPSERT_SESSIONS: &str =
     "INSERT INTO sessions (vehicle_id, session_id, next_seq, state, updated_at)
@@ -373,20 +392,21 @@ struct RowColumns<'a> {
     session: Vec<i64>,
     seq: Vec<i64>,
     ts: Vec<i64>,
-    values: [Vec<Option<f64>>; 7],
+    /// One array per catalog channel.
+    values: Vec<Vec<Option<f64>>>,
     mask: Vec<i64>,
     keyframe: Vec<bool>,
 }
 
 impl<'a> RowColumns<'a> {
-    fn new(rows: &'a [TelemetryRow]) -> Self {
+    fn new(rows: &'a [TelemetryRow], channels: usize) -> Self {
         let n = rows.len();
         let mut c = Self {
             vin: Vec::with_capacity(n),
             session: Vec::with_capacity(n),
             seq: Vec::with_capacity(n),
             ts: Vec::with_capacity(n),
-            values: std::array::from_fn(|_| Vec::with_capacity(n)),
+            values: (0..channels).map(|_| Vec::with_capacity(n)).collect(),
             mask: Vec::with_capacity(n),
             keyframe: Vec::with_capacity(n),
         };
@@ -395,8 +415,8 @@ impl<'a> RowColumns<'a> {
             c.session.push(to_sql_u64(r.session_id));
             c.seq.push(to_sql_u64(r.seq));
             c.ts.push(r.ts_ms);
-            for (col, v) in c.values.iter_mut().zip(r.values) {
-                col.push(v);
+            for (i, col) in c.values.iter_mut().enumerate() {
+                col.push(r.values.get(i).copied().flatten());
             }
             c.mask.push(to_sql_u64(r.transmitted));
             c.keyframe.push(r.keyframe);
@@ -471,6 +491,34 @@ enum CopyInto {
     Staging,
 }
 
+/// Adds a column for each catalog signal the table does not have yet.
+async fn add_signal_columns(
+    tx: &deadpool_postgres::Transaction<'_>,
+    cols: &SignalColumns,
+) -> anyhow::Result<()> {
+    let existing: Vec<String> = tx
+        .query(
+            "SELECT column_name::text FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = 'telemetry_data'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for name in cols.missing(&existing) {
+        tracing::info!(
+            column = name,
+            "Adding a value column for a new catalog signal."
+        );
+        tx.batch_execute(&format!(
+            "ALTER TABLE telemetry_data ADD COLUMN IF NOT EXISTS \"{name}\" DOUBLE PRECISION"
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 /// What a COPY attempt did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Copied {
@@ -483,6 +531,7 @@ enum Copied {
 /// Large batches: binary COPY, see [`CopyInto`].
 async fn copy_rows(
     tx: &deadpool_postgres::Transaction<'_>,
+    sql: &Sql,
     rows: &[TelemetryRow],
     ids: &HashMap<String, i64>,
     into: CopyInto,
@@ -500,14 +549,15 @@ async fn copy_rows(
         CopyInto::Staging => {
             tx.batch_execute(&format!(
                 "CREATE TEMP TABLE IF NOT EXISTS telemetry_staging ON COMMIT DELETE ROWS
-                 AS SELECT {TELEMETRY_COLUMNS} FROM telemetry_data WITH NO DATA"
+                 AS SELECT {} FROM telemetry_data WITH NO DATA",
+                sql.copy_columns
             ))
             .await
             .map_err(StoreError::from)?;
             "telemetry_staging"
         }
     };
-    let copied = write_copy(tx, table, rows, &vids).await;
+    let copied = write_copy(tx, sql, table, rows, &vids).await;
     match copied {
         Ok(_) => {}
         Err(e) if into == CopyInto::Table && e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
@@ -517,8 +567,9 @@ async fn copy_rows(
     }
     if into == CopyInto::Staging {
         tx.batch_execute(&format!(
-            "INSERT INTO telemetry_data ({TELEMETRY_COLUMNS}) SELECT {TELEMETRY_COLUMNS} FROM telemetry_staging
-             ON CONFLICT (vehicle_id, session_id, seq) DO NOTHING"
+            "INSERT INTO telemetry_data ({c}) SELECT {c} FROM telemetry_staging
+             ON CONFLICT (vehicle_id, session_id, seq) DO NOTHING",
+            c = sql.copy_columns
         ))
         .await
         .map_err(StoreError::from)?;
@@ -530,16 +581,19 @@ async fn copy_rows(
 /// their order, so `id` follows the order of arrival.
 async fn write_copy(
     tx: &deadpool_postgres::Transaction<'_>,
+    sql: &Sql,
     table: &str,
     rows: &[TelemetryRow],
     vids: &[i64],
 ) -> Result<u64, tokio_postgres::Error> {
     let sink = tx
         .copy_in(&format!(
-            "COPY {table} ({TELEMETRY_COLUMNS}) FROM STDIN BINARY"
+            "COPY {table} ({}) FROM STDIN BINARY",
+            sql.copy_columns
         ))
         .await?;
-    let writer = BinaryCopyInWriter::new(sink, &COPY_TYPES);
+    let writer = BinaryCopyInWriter::new(sink, &sql.copy_types);
+    let mut values: Vec<Option<f64>> = vec![None; sql.channels];
     pin_mut!(writer);
     for (r, &vid) in rows.iter().zip(vids) {
         let (sid, seq, mask) = (
@@ -547,22 +601,13 @@ async fn write_copy(
             to_sql_u64(r.seq),
             to_sql_u64(r.transmitted),
         );
-        let v = &r.values;
-        let row: [&(dyn ToSql + Sync); 13] = [
-            &vid,
-            &sid,
-            &seq,
-            &r.ts_ms,
-            &v[0],
-            &v[1],
-            &v[2],
-            &v[3],
-            &v[4],
-            &v[5],
-            &v[6],
-            &mask,
-            &r.keyframe,
-        ];
+        for (i, slot) in values.iter_mut().enumerate() {
+            *slot = r.values.get(i).copied().flatten();
+        }
+        let mut row: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(sql.channels + 6);
+        row.extend([&vid as &(dyn ToSql + Sync), &sid, &seq, &r.ts_ms]);
+        row.extend(values.iter().map(|v| v as &(dyn ToSql + Sync)));
+        row.extend([&mask as &(dyn ToSql + Sync), &r.keyframe]);
         writer.as_mut().write(&row).await?;
     }
     writer.finish().await
@@ -606,14 +651,8 @@ impl Store for PgStore {
 
     fn recent(&self, limit: usize) -> BoxFut<'_, Result<Vec<TelemetryRow>, StoreError>> {
         Box::pin(async move {
-            let rows = self
-                .query(
-                    "SELECT v.vin, t.session_id, t.seq, t.ts, t.speed, t.battery, t.power, t.heading, t.latitude, t.longitude, t.altitude,
-                            t.transmitted_mask, t.keyframe
-                     FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id ORDER BY t.id DESC LIMIT $1",
-                    &[&(limit as i64)],
-                )
-                .await?;
+            let rows = self.query(&self.sql.recent, &[&(limit as i64)]).await?;
+            let n = self.sql.channels;
             Ok(rows
                 .iter()
                 .rev()
@@ -622,9 +661,9 @@ impl Store for PgStore {
                     session_id: from_sql_u64(r.get(1)),
                     seq: from_sql_u64(r.get(2)),
                     ts_ms: r.get(3),
-                    values: values_from(|i| r.get(4 + i)),
-                    transmitted: from_sql_u64(r.get(11)),
-                    keyframe: r.get(12),
+                    values: (0..n).map(|i| r.get(6 + i)).collect(),
+                    transmitted: from_sql_u64(r.get(4)),
+                    keyframe: r.get(5),
                 })
                 .collect())
         })
@@ -686,7 +725,7 @@ impl Store for PgStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::CHANNELS;
+    use crate::model::Signals;
 
     const ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -700,7 +739,7 @@ mod tests {
                     session_id: 7,
                     seq: q,
                     ts_ms: 1_700_000_000_000 + q as i64,
-                    values: [Some(q as f64 + offset); CHANNELS],
+                    values: vec![Some(q as f64 + offset); 7],
                     transmitted: 1,
                     keyframe: q == 0,
                 })
@@ -730,7 +769,11 @@ mod tests {
             .expect("CREATE DATABASE");
         let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
         let outcome = tokio::spawn(async move {
-            let store = PgStore::connect(&url, 2).await.expect("connect");
+            let cols = SignalColumns::new(&Signals::from_catalog(
+                &lockstep_codec::Catalog::default_v1(),
+            ))
+            .unwrap();
+            let store = PgStore::connect(&url, 2, cols).await.expect("connect");
             let vin: Arc<str> = Arc::from("5YJ3E1EA000000001");
             const { assert!(SMALL_BATCH < 300, "the batches must take the COPY path") };
             store

@@ -12,12 +12,14 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{
-    BoxFut, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals, WriteBatch, from_sql_u64,
-    to_sql_u64,
+    BoxFut, SignalColumns, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals, WriteBatch,
+    from_sql_u64, to_sql_u64,
 };
 use crate::model::{Counters, TelemetryRow, civil_date};
 
 /// Numbered migrations; `PRAGMA user_version` = how many are applied.
+/// `{signal_columns}` stands for the catalog's value columns
+/// ([`SignalColumns::ddl`]); later signals are added by [`add_signal_columns`].
 const MIGRATIONS: &[&str] = &[r#"
 CREATE TABLE vehicles (
     id          INTEGER PRIMARY KEY,
@@ -33,14 +35,7 @@ CREATE TABLE telemetry_data (
     session_id        INTEGER NOT NULL,  -- the u64 session id's 64 bits; 0 = seed form
     seq               INTEGER NOT NULL,  -- seed form: the timestamp
     ts                INTEGER NOT NULL,  -- Unix ms, as sent
-    speed             REAL,
-    battery           REAL,
-    power             REAL,
-    heading           REAL,
-    latitude          REAL,
-    longitude         REAL,
-    altitude          REAL,
-    transmitted_mask  INTEGER NOT NULL,  -- bit i = catalog channel i transmitted
+{signal_columns}    transmitted_mask  INTEGER NOT NULL,  -- bit i = catalog channel i transmitted
     keyframe          INTEGER NOT NULL,
     UNIQUE (vehicle_id, session_id, seq)
 );
@@ -70,6 +65,36 @@ type Reply = oneshot::Sender<Result<(), StoreError>>;
 pub struct SqliteStore {
     writer: mpsc::Sender<(WriteBatch, Reply)>,
     read: Arc<Mutex<Connection>>,
+    sql: Arc<Sql>,
+}
+
+/// The statements that name the value columns, generated once.
+struct Sql {
+    channels: usize,
+    insert_telemetry: String,
+    recent: String,
+}
+
+impl Sql {
+    fn new(cols: &SignalColumns) -> Self {
+        let n = cols.len();
+        let params: Vec<String> = (1..=n + 6).map(|i| format!("?{i}")).collect();
+        Self {
+            channels: n,
+            insert_telemetry: format!(
+                "INSERT OR IGNORE INTO telemetry_data
+                 (vehicle_id, session_id, seq, ts, {}, transmitted_mask, keyframe)
+                 VALUES ({})",
+                cols.list(None),
+                params.join(", ")
+            ),
+            recent: format!(
+                "SELECT v.vin, t.session_id, t.seq, t.ts, t.transmitted_mask, t.keyframe, {}
+                 FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id ORDER BY t.id DESC LIMIT ?1",
+                cols.list(Some("t"))
+            ),
+        }
+    }
 }
 
 fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
@@ -83,49 +108,70 @@ fn open_conn(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+fn migrate(conn: &mut Connection, cols: &SignalColumns) -> rusqlite::Result<()> {
     let version: usize =
         conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
-    if version >= MIGRATIONS.len() {
-        return Ok(());
-    }
     let tx = conn.transaction()?;
-    for sql in &MIGRATIONS[version..] {
-        tx.execute_batch(sql)?;
+    if version < MIGRATIONS.len() {
+        for sql in &MIGRATIONS[version..] {
+            tx.execute_batch(&sql.replace("{signal_columns}", &cols.ddl("REAL")))?;
+        }
+        tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
     }
-    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+    add_signal_columns(&tx, cols)?;
     tx.commit()
+}
+
+/// Adds a column for each catalog signal the table does not have yet.
+fn add_signal_columns(conn: &Connection, cols: &SignalColumns) -> rusqlite::Result<()> {
+    let existing: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('telemetry_data')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for name in cols.missing(&existing) {
+        tracing::info!(
+            column = name,
+            "Adding a value column for a new catalog signal."
+        );
+        conn.execute_batch(&format!(
+            "ALTER TABLE telemetry_data ADD COLUMN \"{name}\" REAL"
+        ))?;
+    }
+    Ok(())
 }
 
 impl SqliteStore {
     /// Opens (creating the directory and file) and migrates the database.
-    pub async fn open(path: &Path) -> anyhow::Result<Self> {
+    pub async fn open(path: &Path, cols: SignalColumns) -> anyhow::Result<Self> {
         let path = path.to_owned();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&path)).await?
+        tokio::task::spawn_blocking(move || Self::open_blocking(&path, &cols)).await?
     }
 
-    fn open_blocking(path: &Path) -> anyhow::Result<Self> {
+    fn open_blocking(path: &Path, cols: &SignalColumns) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
         }
         let mut conn = open_conn(path)
             .with_context(|| format!("cannot open SQLite database {}", path.display()))?;
-        migrate(&mut conn).context("cannot apply the SQLite migrations")?;
+        migrate(&mut conn, cols).context("cannot apply the SQLite migrations")?;
+        let sql = Arc::new(Sql::new(cols));
         let read = open_conn(path)?;
         // Unbounded is fine: the async writer actor awaits each commit, so at most one waits here.
         let (tx, rx) = mpsc::channel::<(WriteBatch, Reply)>();
+        let writer_sql = sql.clone();
         thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
                 for (batch, reply) in rx {
-                    let r = commit(&mut conn, &batch).map_err(StoreError::from);
+                    let r = commit(&mut conn, &writer_sql, &batch).map_err(StoreError::from);
                     let _ = reply.send(r);
                 }
             })?;
         Ok(Self {
             writer: tx,
             read: Arc::new(Mutex::new(read)),
+            sql,
         })
     }
 
@@ -145,7 +191,7 @@ impl SqliteStore {
     }
 }
 
-fn commit(conn: &mut Connection, b: &WriteBatch) -> rusqlite::Result<()> {
+fn commit(conn: &mut Connection, sql: &Sql, b: &WriteBatch) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     let mut ids = std::collections::HashMap::with_capacity(b.vehicles.len());
     {
@@ -165,28 +211,23 @@ fn commit(conn: &mut Connection, b: &WriteBatch) -> rusqlite::Result<()> {
         })
     };
     {
-        let mut st = tx.prepare_cached(
-            "INSERT OR IGNORE INTO telemetry_data
-             (vehicle_id, session_id, seq, ts, speed, battery, power, heading, latitude, longitude, altitude, transmitted_mask, keyframe)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-        )?;
+        let mut st = tx.prepare_cached(&sql.insert_telemetry)?;
+        let mut values: Vec<Option<f64>> = vec![None; sql.channels];
         for r in &b.rows {
-            let v = r.values;
-            st.execute(params![
-                id_of(&r.vin)?,
+            for (i, slot) in values.iter_mut().enumerate() {
+                *slot = r.values.get(i).copied().flatten();
+            }
+            let vid = id_of(&r.vin)?;
+            let (sid, seq, mask) = (
                 to_sql_u64(r.session_id),
                 to_sql_u64(r.seq),
-                r.ts_ms,
-                v[0],
-                v[1],
-                v[2],
-                v[3],
-                v[4],
-                v[5],
-                v[6],
                 to_sql_u64(r.transmitted),
-                r.keyframe
-            ])?;
+            );
+            let mut p: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(sql.channels + 6);
+            p.extend([&vid as &dyn rusqlite::ToSql, &sid, &seq, &r.ts_ms]);
+            p.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
+            p.extend([&mask as &dyn rusqlite::ToSql, &r.keyframe]);
+            st.execute(p.as_slice())?;
         }
     }
     {
@@ -233,20 +274,20 @@ fn commit(conn: &mut Connection, b: &WriteBatch) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-fn row_to_reading(r: &rusqlite::Row<'_>) -> rusqlite::Result<TelemetryRow> {
+/// A row of [`Sql::recent`]: fixed columns first, then `channels` values.
+fn row_to_reading(r: &rusqlite::Row<'_>, channels: usize) -> rusqlite::Result<TelemetryRow> {
     let vin: String = r.get(0)?;
-    let mut values = [None; crate::model::CHANNELS];
-    for (i, v) in values.iter_mut().enumerate() {
-        *v = r.get::<_, Option<f64>>(4 + i)?;
-    }
+    let values = (0..channels)
+        .map(|i| r.get::<_, Option<f64>>(6 + i))
+        .collect::<rusqlite::Result<_>>()?;
     Ok(TelemetryRow {
         vin: vin.into(),
         session_id: from_sql_u64(r.get(1)?),
         seq: from_sql_u64(r.get(2)?),
         ts_ms: r.get(3)?,
         values,
-        transmitted: from_sql_u64(r.get(11)?),
-        keyframe: r.get(12)?,
+        transmitted: from_sql_u64(r.get(4)?),
+        keyframe: r.get(5)?,
     })
 }
 
@@ -290,13 +331,12 @@ impl Store for SqliteStore {
     }
 
     fn recent(&self, limit: usize) -> BoxFut<'_, Result<Vec<TelemetryRow>, StoreError>> {
+        let sql = self.sql.clone();
         Box::pin(self.read(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT v.vin, t.session_id, t.seq, t.ts, t.speed, t.battery, t.power, t.heading, t.latitude, t.longitude, t.altitude,
-                        t.transmitted_mask, t.keyframe
-                 FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id ORDER BY t.id DESC LIMIT ?1",
-            )?;
-            let mut rows = st.query_map([limit as i64], row_to_reading)?.collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut st = c.prepare_cached(&sql.recent)?;
+            let mut rows = st
+                .query_map([limit as i64], |r| row_to_reading(r, sql.channels))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
             rows.reverse();
             Ok(rows)
         }))

@@ -73,9 +73,13 @@ async fn instrumented_app() -> (TestApp, Arc<Instrumented>) {
     let TestDb::Sqlite { path, .. } = &*db else {
         unreachable!()
     };
-    let inner = store::open(&StoreConfig::Sqlite(path.clone()), 2)
-        .await
-        .unwrap();
+    let inner = store::open(
+        &StoreConfig::Sqlite(path.clone()),
+        2,
+        &lockstep_server::model::Signals::from_catalog(&catalog()),
+    )
+    .await
+    .unwrap();
     let st = Arc::new(Instrumented {
         inner,
         commits: AtomicUsize::new(0),

@@ -7,6 +7,7 @@ mod helpers;
 
 mod bad_input;
 mod batching;
+mod catalog;
 mod cli;
 mod ingest;
 mod limits;
