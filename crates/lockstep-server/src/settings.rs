@@ -309,6 +309,16 @@ pub struct Settings {
     )]
     pub ws_per_ip: usize,
 
+    /// Seconds a WebSocket client may leave a burst of messages unread (its
+    /// socket buffers full) before it is disconnected with close code 1013.
+    #[arg(
+        help_heading = "WebSocket",
+        long,
+        env = "LOCKSTEP_WS_SEND_TIMEOUT_S",
+        default_value_t = 10
+    )]
+    pub ws_send_timeout_s: u64,
+
     /// Log format: `text` or `json` (filter with RUST_LOG).
     #[arg(help_heading = "Operations", long, env = "LOCKSTEP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -449,6 +459,10 @@ impl Settings {
             max_batch_readings: u32::try_from(self.max_batch_readings).unwrap_or(u32::MAX),
             ws_per_ip: self.ws_per_ip,
         }
+    }
+
+    pub fn ws_send_timeout(&self) -> Duration {
+        Duration::from_secs(self.ws_send_timeout_s.max(1))
     }
 
     pub fn store_timeout(&self) -> Duration {

@@ -22,6 +22,8 @@ pub struct StatusJson {
     pub logger: LoggerStatus,
     /// WebSocket messages dropped for slow clients since start.
     pub ws_dropped_messages: u64,
+    /// WebSocket clients disconnected (close code 1013) because they did not read.
+    pub ws_slow_disconnects: u64,
 }
 
 #[derive(Serialize)]
@@ -48,6 +50,7 @@ pub async fn status(State(app): State<AppState>) -> Json<StatusJson> {
         uptime_s: app.started.elapsed().as_secs(),
         logger: app.logger.status(),
         ws_dropped_messages: app.hub.dropped(),
+        ws_slow_disconnects: app.hub.slow_disconnects(),
     })
 }
 
