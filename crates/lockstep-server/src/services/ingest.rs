@@ -355,10 +355,10 @@ impl Inner {
             Err(e) => return Err(self.store_failed(e).await),
         };
         let next_seq = state.map(|s| s.next_seq());
-        let outcome = cb.decode(&self.catalog, state).map_err(|e| {
-            tracing::info!(error = %e, "Batch refused; the edge must resync.");
-            IngestError::from_decode(e, next_seq)
-        })?;
+        // Refusals are logged (rate-limited) where they become HTTP answers.
+        let outcome = cb
+            .decode(&self.catalog, state)
+            .map_err(|e| IngestError::from_decode(e, next_seq))?;
         let (readings, new_state) = match outcome {
             BatchOutcome::Duplicate => {
                 return Ok(Ack::new(&Counters::default(), Some(batch_ack(true))));

@@ -13,6 +13,7 @@ mod ingest;
 mod limits;
 mod logger;
 mod shutdown;
+mod status;
 mod store_down;
 mod tls;
 mod websocket;
