@@ -161,7 +161,8 @@ pub trait Store: Send + Sync + 'static {
     fn vehicles(&self) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>>;
     /// Lifetime statistics per vehicle.
     fn totals(&self) -> BoxFut<'_, Result<Vec<VehicleTotals>, StoreError>>;
-    /// A cheap round trip that proves the store answers.
+    /// A cheap WRITE round trip (one row of `health_probe` rewritten) that
+    /// proves the store takes writes — a read alone passes on a full disk.
     fn ping(&self) -> BoxFut<'_, Result<(), StoreError>>;
 }
 

@@ -36,7 +36,8 @@ use crate::model::{Counters, TelemetryRow};
 /// Numbered migrations, applied in order; `schema_migrations` lists the applied ones.
 /// `{signal_columns}` stands for the catalog's value columns
 /// ([`SignalColumns::ddl`]); later signals are added by `add_signal_columns`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE vehicles (
     id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     vin         TEXT NOT NULL UNIQUE,
@@ -73,7 +74,15 @@ CREATE TABLE sessions (
     updated_at  BIGINT NOT NULL,  -- Unix ms
     PRIMARY KEY (vehicle_id, session_id)
 );
-"#];
+"#,
+    r#"
+-- One row, rewritten by the health probe: proves the database takes writes.
+CREATE TABLE health_probe (
+    id          INTEGER PRIMARY KEY,
+    checked_at  BIGINT NOT NULL  -- Unix ms
+);
+"#,
+];
 
 /// The statements that name the value columns, generated once from the catalog.
 struct Sql {
@@ -712,9 +721,15 @@ impl Store for PgStore {
 
     fn ping(&self) -> BoxFut<'_, Result<(), StoreError>> {
         Box::pin(async move {
+            // A write, not `SELECT 1`: a database that answers but cannot
+            // write (full disk, read-only) must not look healthy.
             let client = self.pool.get().await.map_err(StoreError::from)?;
             client
-                .simple_query("SELECT 1")
+                .execute(
+                    "INSERT INTO health_probe (id, checked_at) VALUES (1, $1)
+                     ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                    &[&crate::model::now_ms()],
+                )
                 .await
                 .map_err(StoreError::from)?;
             Ok(())

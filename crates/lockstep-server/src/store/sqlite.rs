@@ -20,7 +20,8 @@ use crate::model::{Counters, TelemetryRow, civil_date};
 /// Numbered migrations; `PRAGMA user_version` = how many are applied.
 /// `{signal_columns}` stands for the catalog's value columns
 /// ([`SignalColumns::ddl`]); later signals are added by [`add_signal_columns`].
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE vehicles (
     id          INTEGER PRIMARY KEY,
     vin         TEXT NOT NULL UNIQUE,
@@ -57,13 +58,28 @@ CREATE TABLE sessions (
     updated_at  INTEGER NOT NULL,       -- Unix ms
     PRIMARY KEY (vehicle_id, session_id)
 );
-"#];
+"#,
+    r#"
+-- One row, rewritten by the health probe: proves the database takes writes.
+CREATE TABLE health_probe (
+    id          INTEGER PRIMARY KEY,
+    checked_at  INTEGER NOT NULL        -- Unix ms
+);
+"#,
+];
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
 
+/// Work for the writer thread.
+enum Job {
+    Commit(WriteBatch),
+    /// The health probe's one-row write.
+    Probe,
+}
+
 /// The SQLite store.
 pub struct SqliteStore {
-    writer: mpsc::Sender<(WriteBatch, Reply)>,
+    writer: mpsc::Sender<(Job, Reply)>,
     read: Arc<Mutex<Connection>>,
     sql: Arc<Sql>,
 }
@@ -158,14 +174,23 @@ impl SqliteStore {
         let sql = Arc::new(Sql::new(cols));
         let read = open_conn(path)?;
         // Unbounded is fine: the async writer actor awaits each commit, so at most one waits here.
-        let (tx, rx) = mpsc::channel::<(WriteBatch, Reply)>();
+        let (tx, rx) = mpsc::channel::<(Job, Reply)>();
         let writer_sql = sql.clone();
         thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
-                for (batch, reply) in rx {
-                    let r = commit(&mut conn, &writer_sql, &batch).map_err(StoreError::from);
-                    let _ = reply.send(r);
+                for (job, reply) in rx {
+                    let r = match job {
+                        Job::Commit(batch) => commit(&mut conn, &writer_sql, &batch),
+                        Job::Probe => conn
+                            .execute(
+                                "INSERT INTO health_probe (id, checked_at) VALUES (1, ?1)
+                                 ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                                [crate::model::now_ms()],
+                            )
+                            .map(|_| ()),
+                    };
+                    let _ = reply.send(r.map_err(StoreError::from));
                 }
             })?;
         Ok(Self {
@@ -173,6 +198,16 @@ impl SqliteStore {
             read: Arc::new(Mutex::new(read)),
             sql,
         })
+    }
+
+    /// Runs a job on the writer thread and waits for its outcome.
+    async fn write(&self, job: Job) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send((job, tx))
+            .map_err(|_| StoreError::Closed("the SQLite writer thread stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Closed("the SQLite writer thread stopped".into()))?
     }
 
     async fn read<T: Send + 'static>(
@@ -308,14 +343,7 @@ impl Store for SqliteStore {
     }
 
     fn commit(&self, batch: WriteBatch) -> BoxFut<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            let (tx, rx) = oneshot::channel();
-            self.writer
-                .send((batch, tx))
-                .map_err(|_| StoreError::Closed("the SQLite writer thread stopped".into()))?;
-            rx.await
-                .map_err(|_| StoreError::Closed("the SQLite writer thread stopped".into()))?
-        })
+        Box::pin(self.write(Job::Commit(batch)))
     }
 
     fn load_session(
@@ -366,6 +394,7 @@ impl Store for SqliteStore {
     }
 
     fn ping(&self) -> BoxFut<'_, Result<(), StoreError>> {
-        Box::pin(self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))))
+        // Through the writer thread, like a commit: a read alone would pass on a full disk.
+        Box::pin(self.write(Job::Probe))
     }
 }

@@ -197,3 +197,45 @@ async fn black_holed_postgres_gives_503_within_the_deadline() {
     .await;
     assert_eq!(db.count("SELECT COUNT(*) FROM telemetry_data").await, 40);
 }
+
+/// A store that answers reads but takes no writes (as on a full disk; here
+/// another process holds SQLite's write lock): `/status` turns degraded and
+/// stays so while the health probe runs — the probe writes, so it does not
+/// flip back to healthy — then recovers once writes go through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_takes_no_writes_stays_degraded() {
+    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
+    let app = spawn_app_with(db.clone(), &["--store-timeout-ms", "1000"]).await;
+    let TestDb::Sqlite { path, .. } = &*db else {
+        unreachable!()
+    };
+    let seed = |n: u32, ts: i64| lockstep_proto::telemetry::TelemetryReading {
+        vehicle_vin: vin(n),
+        timestamp: ts,
+        speed: Some(1.0),
+        ..Default::default()
+    };
+    let t0 = 1_764_000_000_000;
+    assert_eq!(app.post_seed(&seed(44, t0)).await.status(), 200);
+
+    let blocker = rusqlite::Connection::open(path).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    assert_eq!(app.post_seed(&seed(44, t0 + 1)).await.status(), 503);
+    eventually(Duration::from_secs(10), "a degraded status", || async {
+        (app.status().await["status"] == "degraded").then_some(())
+    })
+    .await;
+    // The probe runs every second while degraded: over 4 s it runs several
+    // times, and must not report healthy while writes still fail.
+    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(app.status().await["status"], "degraded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    blocker.execute_batch("ROLLBACK").unwrap();
+    eventually(Duration::from_secs(10), "a healthy status", || async {
+        (app.status().await["status"] == "healthy").then_some(())
+    })
+    .await;
+    assert_eq!(app.post_seed(&seed(44, t0 + 1)).await.status(), 200);
+}
