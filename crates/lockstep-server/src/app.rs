@@ -30,6 +30,7 @@ use crate::services::limits::Limits;
 use crate::settings::{Settings, StoreConfig, redact_url};
 use crate::state::AppState;
 use crate::store::{self, Store};
+use crate::vehicles::Vehicles;
 
 /// A built server: listener bound, actors running, not yet serving.
 pub struct App {
@@ -118,6 +119,8 @@ impl App {
             settings.batch_rows,
         );
         let limits = Limits::new(settings.rates());
+        let idle = Duration::from_secs(settings.vehicle_idle_s.max(1));
+        let vehicles = Arc::new(Vehicles::new(settings.max_vehicles, idle));
         let ingest = IngestService::new(
             catalog.clone(),
             store.clone(),
@@ -126,9 +129,15 @@ impl App {
             health_handle.clone(),
             settings.max_batch_readings,
             limits.clone(),
+            vehicles.clone(),
         )?;
         // Nothing fails after this point: start the actors.
         tokio::spawn(health.run(background.clone()));
+        tokio::spawn(sweep_vehicles(
+            vehicles.clone(),
+            idle.min(Duration::from_secs(60)),
+            background.clone(),
+        ));
         tokio::spawn(
             limits
                 .clone()
@@ -170,6 +179,7 @@ impl App {
                 trust_loopback: settings.trust_loopback,
             },
             limits,
+            vehicles,
             settings: Arc::new(settings),
             catalog,
             signals,
@@ -284,6 +294,23 @@ impl App {
         background.cancel();
         tracing::info!("Shutdown complete.");
         Ok(())
+    }
+}
+
+/// Evicts idle vehicles from memory every `every` until `stop`.
+async fn sweep_vehicles(vehicles: Arc<Vehicles>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let n = vehicles.evict_idle();
+                if n > 0 {
+                    tracing::debug!(evicted = n, "Idle vehicles left memory.");
+                }
+            }
+            () = stop.cancelled() => return,
+        }
     }
 }
 

@@ -320,6 +320,25 @@ pub struct Settings {
     )]
     pub ws_send_timeout_s: u64,
 
+    /// Vehicles whose decoding state is kept in memory; beyond it the least
+    /// recently used is evicted (and reloaded from the store if it returns).
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_MAX_VEHICLES",
+        default_value_t = 100_000
+    )]
+    pub max_vehicles: usize,
+
+    /// Seconds a vehicle's state stays in memory without requests.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_VEHICLE_IDLE_S",
+        default_value_t = 900
+    )]
+    pub vehicle_idle_s: u64,
+
     /// Log format: `text` or `json` (filter with RUST_LOG).
     #[arg(help_heading = "Operations", long, env = "LOCKSTEP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -41,6 +41,8 @@ pub struct AppState {
     pub admin: AdminPolicy,
     /// Rate limits per device and per client address, WebSockets per address.
     pub limits: Limits,
+    /// The per-vehicle decoding state in memory (for `/status`).
+    pub vehicles: Arc<crate::vehicles::Vehicles>,
     pub started: Instant,
     /// Fires on shutdown: WebSocket tasks close, the server stops accepting.
     pub shutdown: CancellationToken,

@@ -22,6 +22,8 @@ pub struct StatusJson {
     pub logger: LoggerStatus,
     /// WebSocket messages dropped for slow clients since start.
     pub ws_dropped_messages: u64,
+    /// Vehicles whose decoding state is in memory (bounded by LOCKSTEP_MAX_VEHICLES).
+    pub vehicles_in_memory: usize,
     /// WebSocket clients disconnected (close code 1013) because they did not read.
     pub ws_slow_disconnects: u64,
 }
@@ -52,6 +54,7 @@ pub async fn status(State(app): State<AppState>) -> Json<StatusJson> {
         logger: app.logger.status(),
         ws_dropped_messages: app.hub.dropped(),
         ws_slow_disconnects: app.hub.slow_disconnects(),
+        vehicles_in_memory: app.vehicles.len(),
     })
 }
 

@@ -147,7 +147,7 @@ struct Inner {
     /// Catalog channel of each seed field (speed, battery, power, heading).
     seed_channels: [usize; 4],
     store: Arc<dyn Store>,
-    vehicles: Vehicles,
+    vehicles: Arc<Vehicles>,
     writer: WriterHandle,
     hub: Arc<Hub>,
     health: HealthHandle,
@@ -164,6 +164,7 @@ impl IngestService {
         health: HealthHandle,
         max_batch_readings: usize,
         limits: Limits,
+        vehicles: Arc<Vehicles>,
     ) -> anyhow::Result<Self> {
         let seed_channels = lockstep_codec::seed::SEED_FIELDS
             .map(|f| catalog.index_of(f))
@@ -179,7 +180,7 @@ impl IngestService {
                 catalog,
                 seed_channels,
                 store,
-                vehicles: Vehicles::default(),
+                vehicles,
                 writer,
                 hub,
                 health,
@@ -479,6 +480,7 @@ mod tests {
                 max_batch_readings: 100,
                 ws_per_ip: 1,
             }),
+            Arc::new(Vehicles::default()),
         )
         .unwrap();
         (svc, store, stop)

@@ -143,3 +143,81 @@ async fn websockets_per_address_are_capped() {
     .await;
     app.stop().await;
 }
+
+both_stores!(vehicle_registry_is_bounded_and_state_reloads);
+
+/// At most LOCKSTEP_MAX_VEHICLES vehicles stay in memory however many are
+/// seen; an evicted vehicle continues its session and its seed form from the
+/// state the store holds (no resync, no duplicate).
+async fn vehicle_registry_is_bounded_and_state_reloads(backend: Backend) {
+    let db = Arc::new(TestDb::new(backend).await);
+    let app = spawn_app_with(
+        db.clone(),
+        &["--max-vehicles", "32", "--ip-requests-per-s", "0"],
+    )
+    .await;
+    let t0 = 1_764_000_000_000;
+    let a = vin(70);
+    let mut enc = encoder(&a, 0x70);
+    let b0 = batch(&mut enc, 0..20, t0);
+    let b1 = batch(&mut enc, 20..40, t0);
+    let seed = |v: &str, ts: i64| lockstep_proto::telemetry::TelemetryReading {
+        vehicle_vin: v.to_owned(),
+        timestamp: ts,
+        speed: Some(5.0),
+        ..Default::default()
+    };
+    assert_eq!(app.post_batch(&b0).await.status(), 200);
+    assert_eq!(app.post_seed(&seed(&a, t0)).await.status(), 200);
+    // 300 other vehicles: every shard (32, one vehicle each) sees several.
+    for n in 0..300 {
+        assert_eq!(app.post_seed(&seed(&vin(1000 + n), t0)).await.status(), 200);
+    }
+    let status = app.status().await;
+    assert!(
+        status["vehicles_in_memory"].as_u64().unwrap() <= 32,
+        "{status}"
+    );
+    assert_eq!(
+        app.post_batch(&b1).await.status(),
+        200,
+        "the session goes on"
+    );
+    let dup: Value = app.post_seed(&seed(&a, t0)).await.json().await.unwrap();
+    assert_eq!(dup["status"], "success");
+    assert_eq!(
+        db.count(&format!(
+            "SELECT COUNT(*) FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id WHERE v.vin = '{a}'"
+        ))
+        .await,
+        41,
+        "20 + 20 batch readings and one seed reading, the repeat not stored"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_vehicles_leave_memory() {
+    let app = spawn_app_with(
+        Arc::new(TestDb::new(Backend::Sqlite).await),
+        &["--vehicle-idle-s", "3"],
+    )
+    .await;
+    for n in 0..3 {
+        let r = lockstep_proto::telemetry::TelemetryReading {
+            vehicle_vin: vin(80 + n),
+            timestamp: 1_764_000_000_000,
+            speed: Some(1.0),
+            ..Default::default()
+        };
+        assert_eq!(app.post_seed(&r).await.status(), 200);
+    }
+    assert!(app.status().await["vehicles_in_memory"].as_u64().unwrap() > 0);
+    eventually(
+        Duration::from_secs(10),
+        "the idle vehicles evicted",
+        || async { (app.status().await["vehicles_in_memory"] == 0).then_some(()) },
+    )
+    .await;
+    app.stop().await;
+}
