@@ -25,7 +25,7 @@ use crate::actors::writer::Writer;
 use crate::auth::AdminPolicy;
 use crate::model::Signals;
 use crate::serve::{self, ListenConfig, ListenStats};
-use crate::services::ingest::IngestService;
+use crate::services::ingest::{Bounds, IngestService};
 use crate::services::limits::Limits;
 use crate::settings::{Settings, StoreConfig, redact_url};
 use crate::state::AppState;
@@ -127,9 +127,11 @@ impl App {
             writer_handle.clone(),
             hub.clone(),
             health_handle.clone(),
-            settings.max_batch_readings,
-            limits.clone(),
-            vehicles.clone(),
+            Bounds {
+                max_batch_readings: settings.max_batch_readings,
+                limits: limits.clone(),
+                vehicles: vehicles.clone(),
+            },
         )?;
         // Nothing fails after this point: start the actors.
         tokio::spawn(health.run(background.clone()));

@@ -134,6 +134,13 @@ impl Ack {
     }
 }
 
+/// What bounds ingest: request size, rates, and the vehicles kept in memory.
+pub struct Bounds {
+    pub max_batch_readings: usize,
+    pub limits: Limits,
+    pub vehicles: Arc<Vehicles>,
+}
+
 /// Everything ingest needs: cheap handles, cloned per request.
 #[derive(Clone)]
 pub struct IngestService {
@@ -162,10 +169,13 @@ impl IngestService {
         writer: WriterHandle,
         hub: Arc<Hub>,
         health: HealthHandle,
-        max_batch_readings: usize,
-        limits: Limits,
-        vehicles: Arc<Vehicles>,
+        bounds: Bounds,
     ) -> anyhow::Result<Self> {
+        let Bounds {
+            max_batch_readings,
+            limits,
+            vehicles,
+        } = bounds;
         let seed_channels = lockstep_codec::seed::SEED_FIELDS
             .map(|f| catalog.index_of(f))
             .into_iter()
@@ -472,15 +482,17 @@ mod tests {
             writer_handle,
             hub,
             health_handle,
-            100,
-            crate::services::limits::Limits::new(crate::services::limits::Rates {
-                device_requests: 0,
-                device_readings: 0,
-                ip_requests: 0,
+            super::Bounds {
                 max_batch_readings: 100,
-                ws_per_ip: 1,
-            }),
-            Arc::new(Vehicles::default()),
+                limits: crate::services::limits::Limits::new(crate::services::limits::Rates {
+                    device_requests: 0,
+                    device_readings: 0,
+                    ip_requests: 0,
+                    max_batch_readings: 100,
+                    ws_per_ip: 1,
+                }),
+                vehicles: Arc::new(Vehicles::default()),
+            },
         )
         .unwrap();
         (svc, store, stop)
