@@ -12,6 +12,7 @@ mod cli;
 mod ingest;
 mod limits;
 mod logger;
+mod original_schema;
 mod shutdown;
 mod status;
 mod store_down;

@@ -34,6 +34,7 @@ async fn status_counts_readings() {
     let st = app.status().await;
     let c = &st["compression_stats"];
     assert_eq!(c["total_readings"], 2, "{c}");
+    assert_eq!(c["fields_total"], 8, "{c}");
     assert_eq!(c["transmitted_readings"], 5, "{c}");
     assert_eq!(c["skipped_readings"], 3, "{c}");
     assert_eq!(st["supabase_enabled"], false);
