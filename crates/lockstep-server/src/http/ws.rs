@@ -31,6 +31,9 @@ use crate::http::extract::Operator;
 use crate::protocol::{ClientMsg, Level, ReadingJson, ServerMsg};
 use crate::state::AppState;
 
+/// Most VINs one client may subscribe to (each costs a route entry in the hub).
+const MAX_SUBSCRIBED_VINS: usize = 1000;
+
 /// Largest client message, bytes.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 
@@ -297,13 +300,16 @@ async fn read_loop(
                 "server",
                 &format!("unrecognised client message: {e}"),
             )),
-            Ok(ClientMsg::Subscribe { vins }) => {
-                let set: HashSet<String> = vins.unwrap_or_default().into_iter().collect();
-                if ctl.send(Ctl::Filter(set)).await.is_err() {
-                    return;
+            Ok(ClientMsg::Subscribe { vins }) => match subscription(vins.unwrap_or_default()) {
+                Ok(set) => {
+                    if ctl.send(Ctl::Filter(set)).await.is_err() {
+                        return;
+                    }
+                    None
                 }
-                None
-            }
+                // The filter stays as it was.
+                Err(why) => Some(reply(Level::Error, "server", &why)),
+            },
             Ok(ClientMsg::StartLogger(_) | ClientMsg::StopLogger) if !admin => Some(reply(
                 Level::Error,
                 "server",
@@ -349,4 +355,42 @@ fn is_too_big(e: axum::Error) -> bool {
         e.into_inner().downcast_ref::<Error>(),
         Some(Error::Capacity(CapacityError::MessageTooLong { .. }))
     )
+}
+
+/// A `subscribe` list as a filter: at most [`MAX_SUBSCRIBED_VINS`] entries,
+/// each a valid VIN, so a client cannot make the hub route arbitrary keys.
+fn subscription(vins: Vec<String>) -> Result<HashSet<String>, String> {
+    if vins.len() > MAX_SUBSCRIBED_VINS {
+        return Err(format!(
+            "subscribe refused: {} VINs, at most {MAX_SUBSCRIBED_VINS}",
+            vins.len()
+        ));
+    }
+    if let Some((v, e)) = vins
+        .iter()
+        .find_map(|v| lockstep_codec::Vin::parse(v).err().map(|e| (v, e)))
+    {
+        let shown: String = v.chars().take(24).collect();
+        return Err(format!("subscribe refused: {shown:?} is not a VIN ({e})"));
+    }
+    Ok(vins.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn subscriptions_are_real_vins_and_bounded() {
+        let ok = super::subscription(vec!["1HGCM82633A004352".into()]).unwrap();
+        assert!(ok.contains("1HGCM82633A004352"));
+        let e = super::subscription(vec!["1HGCM82633A004352".into(), "nope".into()]).unwrap_err();
+        assert!(e.contains("\"nope\" is not a VIN"), "{e}");
+        let many = (0..=super::MAX_SUBSCRIBED_VINS)
+            .map(|i| format!("1HGCM8263{i:08}"))
+            .collect();
+        assert!(
+            super::subscription(many)
+                .unwrap_err()
+                .contains("at most 1000")
+        );
+    }
 }
