@@ -87,6 +87,26 @@ struct SendArgs {
     /// Timeout of one request (seconds).
     #[arg(long, default_value_t = 10.0, value_name = "S")]
     request_timeout: f64,
+    /// PEM CA certificate(s) an https:// server must chain to, instead of the
+    /// system's roots (a private CA or a self-signed server).
+    #[arg(long, env = "LOCKSTEP_CA_CERT", value_name = "PEM")]
+    ca_cert: Option<PathBuf>,
+    /// PEM certificate of this device for servers that ask for one (mutual TLS).
+    #[arg(
+        long,
+        env = "LOCKSTEP_CLIENT_CERT",
+        value_name = "PEM",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "LOCKSTEP_CLIENT_KEY",
+        value_name = "PEM",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
     /// Stop as on SIGTERM when the parent process goes away. lockstep-server
     /// passes it, so a server that is killed (even SIGKILL) leaves no orphan.
     #[arg(long)]
@@ -258,6 +278,8 @@ fn send(
         request_timeout: Duration::from_secs_f64(a.request_timeout.max(0.1)),
         seed_wire: a.seed_wire,
         resume_cursor: resume,
+        ca_cert: a.ca_cert,
+        client_cert: a.client_cert.zip(a.client_key),
         ..SenderConfig::default()
     };
     let spool = Spool::open(&a.spool)?;

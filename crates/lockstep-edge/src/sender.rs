@@ -23,6 +23,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +65,12 @@ pub struct SenderConfig {
     pub seed_wire: bool,
     /// Replays: keep a per-VIN cursor in the spool so a restart resumes.
     pub resume_cursor: bool,
+    /// PEM CA certificate(s) an `https://` server must chain to, instead of
+    /// the system's roots (a private CA or a self-signed server).
+    pub ca_cert: Option<PathBuf>,
+    /// PEM certificate chain and private key of this device, presented to a
+    /// server that asks for client certificates (mutual TLS).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for SenderConfig {
@@ -80,6 +87,8 @@ impl Default for SenderConfig {
             backoff_max: Duration::from_secs(30),
             seed_wire: false,
             resume_cursor: false,
+            ca_cert: None,
+            client_cert: None,
         }
     }
 }
@@ -202,11 +211,29 @@ impl Shared {
         cancel: CancellationToken,
         progress: Option<ProgressBar>,
     ) -> Result<Self> {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(config.request_timeout)
-            .user_agent(concat!("lockstep-edge/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("cannot build the HTTP client")?;
+            .user_agent(concat!("lockstep-edge/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("--ca-cert {}: cannot read", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--ca-cert {}: not PEM certificates", path.display()))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        if let Some((cert, key)) = &config.client_cert {
+            let mut pem = std::fs::read(cert)
+                .with_context(|| format!("--client-cert {}: cannot read", cert.display()))?;
+            pem.extend(
+                std::fs::read(key)
+                    .with_context(|| format!("--client-key {}: cannot read", key.display()))?,
+            );
+            builder = builder.identity(
+                reqwest::Identity::from_pem(&pem)
+                    .context("--client-cert/--client-key do not form a usable identity")?,
+            );
+        }
+        let client = builder.build().context("cannot build the HTTP client")?;
         let url: Arc<str> = format!("{}/api/telemetry", config.server.trim_end_matches('/')).into();
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
         Ok(Self {

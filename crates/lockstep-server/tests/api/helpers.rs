@@ -345,3 +345,26 @@ pub fn batch(enc: &mut Encoder, range: std::ops::Range<usize>, t0: i64) -> Batch
     }
     enc.take_batch().expect("a batch")
 }
+
+/// The real `lockstep-edge` (built by `cargo build --workspace --bins`, or
+/// named by LOCKSTEP_EDGE_BIN).
+pub fn edge_bin() -> PathBuf {
+    let bin = std::env::var_os("LOCKSTEP_EDGE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // target/debug/deps/api-… → target/debug/lockstep-edge
+            std::env::current_exe()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("lockstep-edge")
+        });
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p lockstep-edge` first (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
