@@ -158,10 +158,28 @@ impl App {
         } else {
             host
         };
+        // With HTTPS the child connects by name (certificates name hosts, rarely
+        // 127.0.0.1) and trusts the server's own certificate file: it must name
+        // `localhost` and hold the CA (or be self-signed) for a loopback server.
+        let (server_url, ca_cert) = match &listen.tls {
+            None => (format!("http://{host}:{}", addr.port()), None),
+            Some(_) => {
+                let name = if settings.host.is_loopback() || settings.host.is_unspecified() {
+                    "localhost".to_owned()
+                } else {
+                    host
+                };
+                (
+                    format!("https://{name}:{}", addr.port()),
+                    settings.tls_cert.clone(),
+                )
+            }
+        };
         let logger_config = LoggerConfig {
             bin: settings.edge_bin.clone(),
             grace: settings.logger_grace(),
-            server_url: format!("http://{host}:{}", addr.port()),
+            server_url,
+            ca_cert,
             spool: Some(settings.data_dir.join("edge-spool")),
         };
         let (supervisor, logger) = Supervisor::new(logger_config, hub.clone());

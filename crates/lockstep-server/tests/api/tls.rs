@@ -391,3 +391,40 @@ async fn the_edge_sends_over_https_trusting_a_custom_ca() {
     assert_eq!(db.count("SELECT COUNT(*) FROM telemetry_data").await, 20);
     app.stop().await;
 }
+
+/// The logger the server spawns reaches it over HTTPS, trusting the server's
+/// certificate file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spawned_logger_reaches_an_https_server() {
+    let server_ca = Ca::new("server CA");
+    let client_ca = Ca::new("device CA");
+    let dir = tempfile::tempdir().unwrap();
+    let [cert, key, _] = server_files(dir.path(), &server_ca, &client_ca);
+    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
+    let edge = edge_bin();
+    let app = spawn_app_with(
+        db.clone(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--edge-bin",
+            edge.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let http = https_client(client_config(&server_ca, None));
+    let resp = http
+        .post(format!("https://localhost:{}/logger/start", app.port))
+        .json(&serde_json::json!({"vehicles": 1, "rate": 20, "duration_s": 1, "seed": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    eventually(Duration::from_secs(30), "the logger's readings", || async {
+        (db.count("SELECT COUNT(*) FROM telemetry_data").await == 20).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
