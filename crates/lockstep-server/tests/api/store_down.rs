@@ -56,26 +56,33 @@ impl Proxy {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_outage_gives_503_then_recovers() {
-    let db = Arc::new(TestDb::new(Backend::Postgres).await);
-    let proxy = Proxy::start("127.0.0.1:5432").await;
-    let TestDb::Postgres(pg) = &*db else {
+/// A server on `db` (PostgreSQL) reached through the proxy at `addr`, with
+/// `Retry-After: 1` and the extra flags.
+async fn app_via(db: &Arc<TestDb>, addr: &str, extra: &[&str]) -> TestApp {
+    let TestDb::Postgres(pg) = &**db else {
         unreachable!()
     };
-    let url = pg.url_via(&format!("127.0.0.1:{}", proxy.port));
+    let url = pg.url_via(addr);
     init_tracing();
     let data_dir = Arc::new(tempfile::tempdir().unwrap());
-    let args = [
+    let mut args = vec![
         "--retry-after-s",
         "1",
         "--data-dir",
         data_dir.path().to_str().unwrap(),
     ];
+    args.extend_from_slice(extra);
     let app = lockstep_server::App::build(settings(&url, &args))
         .await
         .expect("builds through the proxy");
-    let app = start(app, db.clone(), data_dir).await;
+    start(app, db.clone(), data_dir).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_gives_503_then_recovers() {
+    let db = Arc::new(TestDb::new(Backend::Postgres).await);
+    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let app = app_via(&db, &format!("127.0.0.1:{}", proxy.port), &[]).await;
 
     let mut enc = encoder(&vin(40), 0x40);
     let t0 = 1_764_000_000_000;
@@ -142,24 +149,7 @@ async fn postgres_outage_gives_503_then_recovers() {
 async fn black_holed_postgres_gives_503_within_the_deadline() {
     let db = Arc::new(TestDb::new(Backend::Postgres).await);
     let proxy = lockstep_testkit::StallProxy::start(lockstep_testkit::PG_ADDR).await;
-    let TestDb::Postgres(pg) = &*db else {
-        unreachable!()
-    };
-    let url = pg.url_via(&proxy.addr);
-    init_tracing();
-    let data_dir = Arc::new(tempfile::tempdir().unwrap());
-    let args = [
-        "--retry-after-s",
-        "1",
-        "--store-timeout-ms",
-        "2000",
-        "--data-dir",
-        data_dir.path().to_str().unwrap(),
-    ];
-    let app = lockstep_server::App::build(settings(&url, &args))
-        .await
-        .expect("builds through the proxy");
-    let app = start(app, db.clone(), data_dir).await;
+    let app = app_via(&db, &proxy.addr, &["--store-timeout-ms", "2000"]).await;
 
     let mut enc = encoder(&vin(42), 0x42);
     let t0 = 1_764_000_000_000;

@@ -105,25 +105,36 @@ fn server_files(dir: &std::path::Path, server_ca: &Ca, client_ca: &Ca) -> [std::
     paths
 }
 
+/// A server with HTTPS (certificate from `server_ca`, naming localhost) and
+/// the extra flags, on a fresh SQLite store; `client_ca` = with mutual TLS.
+async fn tls_app(
+    dir: &std::path::Path,
+    server_ca: &Ca,
+    client_ca: Option<&Ca>,
+    extra: &[&str],
+) -> TestApp {
+    let other = Ca::new("unused device CA");
+    let [cert, key, cas] = server_files(dir, server_ca, client_ca.unwrap_or(&other));
+    let mut args = vec![
+        "--tls-cert".to_owned(),
+        cert.display().to_string(),
+        "--tls-key".to_owned(),
+        key.display().to_string(),
+    ];
+    if client_ca.is_some() {
+        args.extend(["--tls-client-ca".to_owned(), cas.display().to_string()]);
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn_app_with(Arc::new(TestDb::new(Backend::Sqlite).await), &args).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_and_wss_serve_the_app() {
     let server_ca = Ca::new("Lockstep test server CA");
     let client_ca = Ca::new("Lockstep test device CA");
     let dir = tempfile::tempdir().unwrap();
-    let [cert, key, cas] = server_files(dir.path(), &server_ca, &client_ca);
-    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
-    let app = spawn_app_with(
-        db,
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--tls-client-ca",
-            cas.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let app = tls_app(dir.path(), &server_ca, Some(&client_ca), &[]).await;
     let base = format!("https://localhost:{}", app.port);
 
     // A client without a certificate (token clients) is served.
@@ -351,26 +362,13 @@ async fn the_edge_sends_over_https_trusting_a_custom_ca() {
     let server_ca = Ca::new("server CA");
     let client_ca = Ca::new("device CA");
     let dir = tempfile::tempdir().unwrap();
-    let [cert, key, cas] = server_files(dir.path(), &server_ca, &client_ca);
     let ca_pem = dir.path().join("server-ca.pem");
     std::fs::write(&ca_pem, server_ca.cert.pem()).unwrap();
     let (dev, dev_key) = client_ca.issue(&["edge-1.fleet.example"]);
     let (dev_pem, dev_key_pem) = (dir.path().join("dev.pem"), dir.path().join("dev.key"));
     std::fs::write(&dev_pem, dev.pem()).unwrap();
     std::fs::write(&dev_key_pem, dev_key.serialize_pem()).unwrap();
-    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
-    let app = spawn_app_with(
-        db.clone(),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--tls-client-ca",
-            cas.to_str().unwrap(),
-        ],
-    )
-    .await;
+    let app = tls_app(dir.path(), &server_ca, Some(&client_ca), &[]).await;
     let server = format!("https://localhost:{}", app.port);
 
     assert!(
@@ -388,7 +386,10 @@ async fn the_edge_sends_over_https_trusting_a_custom_ca() {
         .await,
         "the edge exits cleanly"
     );
-    assert_eq!(db.count("SELECT COUNT(*) FROM telemetry_data").await, 20);
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM telemetry_data").await,
+        20
+    );
     app.stop().await;
 }
 
@@ -397,21 +398,13 @@ async fn the_edge_sends_over_https_trusting_a_custom_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spawned_logger_reaches_an_https_server() {
     let server_ca = Ca::new("server CA");
-    let client_ca = Ca::new("device CA");
     let dir = tempfile::tempdir().unwrap();
-    let [cert, key, _] = server_files(dir.path(), &server_ca, &client_ca);
-    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
     let edge = edge_bin();
-    let app = spawn_app_with(
-        db.clone(),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--edge-bin",
-            edge.to_str().unwrap(),
-        ],
+    let app = tls_app(
+        dir.path(),
+        &server_ca,
+        None,
+        &["--edge-bin", edge.to_str().unwrap()],
     )
     .await;
     let http = https_client(client_config(&server_ca, None));
@@ -423,7 +416,7 @@ async fn the_spawned_logger_reaches_an_https_server() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     eventually(Duration::from_secs(30), "the logger's readings", || async {
-        (db.count("SELECT COUNT(*) FROM telemetry_data").await == 20).then_some(())
+        (app.db.count("SELECT COUNT(*) FROM telemetry_data").await == 20).then_some(())
     })
     .await;
     app.stop().await;

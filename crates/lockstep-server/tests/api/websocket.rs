@@ -144,20 +144,7 @@ async fn barrier(ws: &mut Ws) {
 async fn a_client_that_never_reads_stalls_neither_ingest_nor_others() {
     let db = std::sync::Arc::new(TestDb::new(Backend::Sqlite).await);
     let app = spawn_app_with(db, &["--ws-queue", "64"]).await;
-    // The stuck client: a raw TCP socket with a tiny receive buffer that never reads.
-    let stuck = {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
-        let tcp = sock
-            .connect(format!("127.0.0.1:{}", app.port).parse().unwrap())
-            .await
-            .unwrap();
-        let (ws, _) =
-            tokio_tungstenite::client_async(format!("ws://127.0.0.1:{}/ws", app.port), tcp)
-                .await
-                .unwrap();
-        ws
-    };
+    let stuck = stuck_client(app.port).await;
     let mut good = app.ws().await;
     assert_eq!(good.next_json(WAIT).await["type"], "history");
     eventually(WAIT, "both clients registered", || async {
@@ -228,16 +215,7 @@ async fn a_client_that_stops_reading_is_disconnected() {
         ],
     )
     .await;
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.set_recv_buffer_size(4096).unwrap();
-    let tcp = sock
-        .connect(format!("127.0.0.1:{}", app.port).parse().unwrap())
-        .await
-        .unwrap();
-    let (mut stuck, _) =
-        tokio_tungstenite::client_async(format!("ws://127.0.0.1:{}/ws", app.port), tcp)
-            .await
-            .unwrap();
+    let mut stuck = stuck_client(app.port).await;
     eventually(WAIT, "the client registered", || async {
         (app.status().await["ws_clients"] == 1).then_some(())
     })
@@ -296,4 +274,19 @@ async fn an_oversized_client_message_is_closed_with_1009() {
     .await
     .expect("a close in time");
     assert_eq!(code, Some(1009));
+}
+
+/// A WebSocket client on a raw TCP socket with a tiny receive buffer, for a
+/// client that never reads.
+async fn stuck_client(port: u16) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/ws"), tcp)
+        .await
+        .unwrap();
+    ws
 }
