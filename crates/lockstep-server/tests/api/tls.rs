@@ -229,25 +229,20 @@ async fn client_certificate_names_reach_the_request() {
     .await;
     let url = format!("https://localhost:{port}/whoami");
     let device = client_ca.issue(&["1HGCM82633A004352", "edge-7.fleet.example"]);
-    let body = https_client(client_config(&server_ca, Some(&device)))
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(body, "127.0.0.1 1HGCM82633A004352,edge-7.fleet.example");
-
-    let anonymous = https_client(client_config(&server_ca, None))
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(anonymous, "127.0.0.1 ", "no certificate, no PeerCert");
+    let whoami = |identity| {
+        let client = https_client(client_config(&server_ca, identity));
+        let url = url.clone();
+        async move { client.get(&url).send().await.unwrap().text().await.unwrap() }
+    };
+    assert_eq!(
+        whoami(Some(&device)).await,
+        "127.0.0.1 1HGCM82633A004352,edge-7.fleet.example"
+    );
+    assert_eq!(
+        whoami(None).await,
+        "127.0.0.1 ",
+        "no certificate, no PeerCert"
+    );
 
     // A certificate from a CA the server does not trust is refused in the handshake.
     let stranger = Ca::new("rogue CA").issue(&["1HGCM82633A004352"]);
