@@ -368,3 +368,26 @@ pub fn edge_bin() -> PathBuf {
     );
     bin
 }
+
+/// Runs the real edge's `simulate` against `server` for one second of one
+/// vehicle's readings at `rate` Hz, until it exits — which it does once every
+/// reading is acknowledged; returns whether it exited successfully.
+pub async fn run_edge(server: &str, rate: u32, extra: &[&str]) -> bool {
+    let spool = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(edge_bin());
+    let rate = rate.to_string();
+    cmd.args(["simulate", "--vehicles", "1", "--duration", "1"])
+        .args(["--rate", &rate])
+        .args(["--server", server, "--grace", "2", "--request-timeout", "5"])
+        .arg("--spool")
+        .arg(spool.path())
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let status = tokio::time::timeout(Duration::from_secs(60), cmd.status())
+        .await
+        .expect("the edge exits")
+        .unwrap();
+    status.success()
+}

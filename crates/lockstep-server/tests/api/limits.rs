@@ -221,3 +221,26 @@ async fn idle_vehicles_leave_memory() {
     .await;
     app.stop().await;
 }
+
+/// The edge honours 429 + Retry-After and loses nothing: with a budget of
+/// 2 requests/s (bursts of 4) its 10 batches are partly refused, kept
+/// spooled, resent after the wait, and all 100 readings end up stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_waits_out_429_and_loses_nothing() {
+    let app = spawn_app_with(
+        Arc::new(TestDb::new(Backend::Sqlite).await),
+        &["--device-requests-per-s", "2"],
+    )
+    .await;
+    let server = format!("http://127.0.0.1:{}", app.port);
+    let args = ["--batch-readings", "10", "--batch-delay-ms", "2000"];
+    assert!(
+        run_edge(&server, 100, &args).await,
+        "the edge exits cleanly"
+    );
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM telemetry_data").await,
+        100
+    );
+    app.stop().await;
+}

@@ -321,34 +321,6 @@ async fn silent_sockets_are_closed_and_connections_capped() {
     stop.cancel();
 }
 
-/// Runs the real edge against `server` for one second of simulated readings
-/// (it exits once all are acknowledged); returns whether it exited successfully.
-async fn run_edge(server: &str, extra: &[&str]) -> bool {
-    let spool = tempfile::tempdir().unwrap();
-    let mut cmd = tokio::process::Command::new(edge_bin());
-    cmd.args([
-        "simulate",
-        "--vehicles",
-        "1",
-        "--rate",
-        "20",
-        "--duration",
-        "1",
-    ])
-    .args(["--server", server, "--grace", "2", "--request-timeout", "5"])
-    .arg("--spool")
-    .arg(spool.path())
-    .args(extra)
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .kill_on_drop(true);
-    let status = tokio::time::timeout(Duration::from_secs(60), cmd.status())
-        .await
-        .expect("the edge exits")
-        .unwrap();
-    status.success()
-}
-
 /// The edge verifies the server against a custom CA (`--ca-cert`; the system
 /// roots do not know the test CA, so nothing would be sent without it) and
 /// presents a device certificate (`--client-cert/--client-key`).
@@ -369,6 +341,7 @@ async fn the_edge_sends_over_https_trusting_a_custom_ca() {
     assert!(
         run_edge(
             &server,
+            20,
             &[
                 "--ca-cert",
                 ca_pem.to_str().unwrap(),
