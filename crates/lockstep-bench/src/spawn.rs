@@ -206,6 +206,13 @@ impl Spawned {
             .env("LOCKSTEP_HOST", "127.0.0.1")
             .env("DATABASE_URL", &database_url)
             .env("LOCKSTEP_DATA_DIR", dir.path())
+            // A load test measures the server, not its abuse limits: every load
+            // generator is one loopback address driving many vehicles flat out.
+            .env("LOCKSTEP_DEVICE_REQUESTS_PER_S", "0")
+            .env("LOCKSTEP_DEVICE_READINGS_PER_S", "0")
+            .env("LOCKSTEP_IP_REQUESTS_PER_S", "0")
+            .env("LOCKSTEP_WS_PER_IP", "1000000")
+            .env("LOCKSTEP_MAX_CONNECTIONS", "1000000")
             .env(
                 "RUST_LOG",
                 std::env::var("LOCKSTEP_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),

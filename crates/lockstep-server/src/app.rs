@@ -27,14 +27,19 @@ use crate::auth::db::AuthDb;
 use crate::auth::origin::OriginPolicy;
 use crate::auth::{Auth, AuthConfig};
 use crate::model::Signals;
-use crate::services::ingest::IngestService;
+use crate::serve::{self, ListenConfig, ListenStats};
+use crate::services::ingest::{Bounds, IngestService};
+use crate::services::limits::Limits;
 use crate::settings::{Settings, StoreConfig, redact_url};
 use crate::state::AppState;
 use crate::store::{self, Store};
+use crate::vehicles::Vehicles;
 
 /// A built server: listener bound, actors running, not yet serving.
 pub struct App {
     listener: TcpListener,
+    listen: ListenConfig,
+    listen_stats: Arc<ListenStats>,
     addr: SocketAddr,
     router: Router,
     state: AppState,
@@ -83,6 +88,8 @@ impl App {
         catalog: Catalog,
         store: Arc<dyn Store>,
     ) -> anyhow::Result<Self> {
+        // Every store call below (startup reads included) ends within the deadline.
+        let store = store::deadline::with_deadline(store, settings.store_timeout());
         let catalog = Arc::new(catalog);
         let signals = Signals::from_catalog(&catalog);
         let listener = TcpListener::bind((settings.host, settings.port))
@@ -94,6 +101,7 @@ impl App {
                 )
             })?;
         let addr = listener.local_addr()?;
+        let listen = settings.listen_config()?;
         let cors = settings.cors_allow_list(addr.port())?;
         // `*` opens CORS for reads only: state changes still need a listed origin.
         let origins = OriginPolicy::new(&match &cors {
@@ -138,13 +146,20 @@ impl App {
             settings.writer_queue,
             settings.batch_rows,
         );
+        let limits = Limits::new(settings.rates());
+        let idle = Duration::from_secs(settings.vehicle_idle_s.max(1));
+        let vehicles = Arc::new(Vehicles::new(settings.max_vehicles, idle));
         let ingest = IngestService::new(
             catalog.clone(),
             store.clone(),
             writer_handle.clone(),
             hub.clone(),
             health_handle.clone(),
-            settings.max_batch_readings,
+            Bounds {
+                max_batch_readings: settings.max_batch_readings,
+                limits: limits.clone(),
+                vehicles: vehicles.clone(),
+            },
             auth.clone(),
         )?;
         // Checked before anything starts; they run until `background` stops.
@@ -159,6 +174,16 @@ impl App {
         )?;
         // Nothing fails after this point: start the actors.
         tokio::spawn(health.run(background.clone()));
+        tokio::spawn(sweep_vehicles(
+            vehicles.clone(),
+            idle.min(Duration::from_secs(60)),
+            background.clone(),
+        ));
+        tokio::spawn(
+            limits
+                .clone()
+                .run_housekeeping(Duration::from_secs(60), background.clone()),
+        );
         let writer_stop = CancellationToken::new();
         let writer_task = tokio::spawn(writer.run(writer_stop.clone()));
 
@@ -172,10 +197,28 @@ impl App {
         } else {
             host
         };
+        // With HTTPS the child connects by name (certificates name hosts, rarely
+        // 127.0.0.1) and trusts the server's own certificate file: it must name
+        // `localhost` and hold the CA (or be self-signed) for a loopback server.
+        let (server_url, ca_cert) = match &listen.tls {
+            None => (format!("http://{host}:{}", addr.port()), None),
+            Some(_) => {
+                let name = if settings.host.is_loopback() || settings.host.is_unspecified() {
+                    "localhost".to_owned()
+                } else {
+                    host
+                };
+                (
+                    format!("https://{name}:{}", addr.port()),
+                    settings.tls_cert.clone(),
+                )
+            }
+        };
         let logger_config = LoggerConfig {
             bin: settings.edge_bin.clone(),
             grace: settings.logger_grace(),
-            server_url: format!("http://{host}:{}", addr.port()),
+            server_url,
+            ca_cert,
             spool: Some(settings.data_dir.join("edge-spool")),
             replay_dir,
         };
@@ -193,6 +236,8 @@ impl App {
         let state = AppState {
             auth,
             origins: Arc::new(origins),
+            limits,
+            vehicles,
             settings: Arc::new(settings),
             catalog,
             signals,
@@ -211,6 +256,8 @@ impl App {
         let router = crate::http::router(state.clone(), cors);
         Ok(Self {
             listener,
+            listen,
+            listen_stats: Arc::new(ListenStats::default()),
             addr,
             router,
             state,
@@ -235,6 +282,11 @@ impl App {
         self.state.shutdown.clone()
     }
 
+    /// The listener's counters (connections refused at the cap).
+    pub fn listen_stats(&self) -> Arc<ListenStats> {
+        self.listen_stats.clone()
+    }
+
     pub fn state(&self) -> &AppState {
         &self.state
     }
@@ -243,6 +295,8 @@ impl App {
     pub async fn run(self) -> anyhow::Result<()> {
         let Self {
             listener,
+            listen,
+            listen_stats,
             addr,
             router,
             state,
@@ -252,7 +306,12 @@ impl App {
             writer,
             background,
         } = self;
-        tracing::info!(%addr, "Listening on http://{addr}");
+        let scheme = if listen.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(%addr, "Listening on {scheme}://{addr}");
         state.hub.log(Level::Info, "server", "server started");
         let shutdown = state.shutdown.clone();
         let grace = state.settings.shutdown_grace();
@@ -268,17 +327,13 @@ impl App {
                 http_stop.cancel();
             }
         });
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(http_stop.clone().cancelled_owned());
+        let serve = serve::serve(listener, router, listen, listen_stats, http_stop.clone());
         let deadline = async {
             http_stop.cancelled().await;
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
-            r = serve => r.context("the HTTP server failed")?,
+            () = serve => {}
             () = deadline => tracing::warn!("In-flight requests did not finish within the shutdown grace period; closing them."),
         }
         shutdown.cancel(); // also when serve ended on its own
@@ -298,6 +353,23 @@ impl App {
         background.cancel();
         tracing::info!("Shutdown complete.");
         Ok(())
+    }
+}
+
+/// Evicts idle vehicles from memory every `every` until `stop`.
+async fn sweep_vehicles(vehicles: Arc<Vehicles>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let n = vehicles.evict_idle();
+                if n > 0 {
+                    tracing::debug!(evicted = n, "Idle vehicles left memory.");
+                }
+            }
+            () = stop.cancelled() => return,
+        }
     }
 }
 

@@ -26,10 +26,12 @@ pub mod http;
 pub mod model;
 pub mod protocol;
 pub mod sandbox;
+pub mod serve;
 pub mod services;
 pub mod settings;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod vehicles;
 
 pub use app::App;

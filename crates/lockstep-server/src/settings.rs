@@ -295,6 +295,139 @@ pub struct Settings {
         default_value_t = 15_000
     )]
     pub sink_lease_ms: u64,
+    /// PEM certificate chain: with LOCKSTEP_TLS_KEY the server speaks HTTPS/WSS only.
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "LOCKSTEP_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of LOCKSTEP_TLS_CERT.
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "LOCKSTEP_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): client certificates are requested and, when sent,
+    /// must chain to it (clients that authenticate by token may send none).
+    #[arg(
+        help_heading = "TLS",
+        long,
+        env = "LOCKSTEP_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Open connections at most (HTTP and WebSocket); further ones are closed at once.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_MAX_CONNECTIONS",
+        default_value_t = 10_000
+    )]
+    pub max_connections: usize,
+
+    /// Seconds for the TLS handshake and each request head; also closes
+    /// keep-alive connections idle that long.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_HEADER_TIMEOUT_S",
+        default_value_t = 10
+    )]
+    pub header_timeout_s: u64,
+
+    /// Seconds a request body may pause before the request is abandoned.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_BODY_TIMEOUT_S",
+        default_value_t = 30
+    )]
+    pub body_timeout_s: u64,
+
+    /// Milliseconds a store call (a commit, a state load) may take before
+    /// ingest answers 503 + Retry-After (a black-holed database).
+    #[arg(
+        help_heading = "Store",
+        long,
+        env = "LOCKSTEP_STORE_TIMEOUT_MS",
+        default_value_t = 5_000
+    )]
+    pub store_timeout_ms: u64,
+
+    /// Requests per second per device (VIN); bursts of twice that. 0 = unlimited.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_DEVICE_REQUESTS_PER_S",
+        default_value_t = 50
+    )]
+    pub device_requests_per_s: u32,
+
+    /// Readings per second per device (VIN); bursts of twice that, and at least
+    /// LOCKSTEP_MAX_BATCH_READINGS. 0 = unlimited.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_DEVICE_READINGS_PER_S",
+        default_value_t = 5_000
+    )]
+    pub device_readings_per_s: u32,
+
+    /// Requests per second per client IP on routes without a device identity
+    /// (status, vehicles, logger control, WebSocket upgrades), and failed
+    /// authentications; bursts of twice that. 0 = unlimited.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_IP_REQUESTS_PER_S",
+        default_value_t = 50
+    )]
+    pub ip_requests_per_s: u32,
+
+    /// WebSocket connections open at once per client IP.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_WS_PER_IP",
+        default_value_t = 64
+    )]
+    pub ws_per_ip: usize,
+
+    /// Seconds a WebSocket client may leave a burst of messages unread (its
+    /// socket buffers full) before it is disconnected with close code 1013.
+    #[arg(
+        help_heading = "WebSocket",
+        long,
+        env = "LOCKSTEP_WS_SEND_TIMEOUT_S",
+        default_value_t = 10
+    )]
+    pub ws_send_timeout_s: u64,
+
+    /// Vehicles whose decoding state is kept in memory; beyond it the least
+    /// recently used is evicted (and reloaded from the store if it returns).
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_MAX_VEHICLES",
+        default_value_t = 100_000
+    )]
+    pub max_vehicles: usize,
+
+    /// Seconds a vehicle's state stays in memory without requests.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_VEHICLE_IDLE_S",
+        default_value_t = 900
+    )]
+    pub vehicle_idle_s: u64,
 
     /// Log format: `text` or `json` (filter with RUST_LOG).
     #[arg(help_heading = "Operations", long, env = "LOCKSTEP_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -459,6 +592,43 @@ impl Settings {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// The rates of [`crate::services::limits::Limits`].
+    pub fn rates(&self) -> crate::services::limits::Rates {
+        crate::services::limits::Rates {
+            device_requests: self.device_requests_per_s,
+            device_readings: self.device_readings_per_s,
+            ip_requests: self.ip_requests_per_s,
+            max_batch_readings: u32::try_from(self.max_batch_readings).unwrap_or(u32::MAX),
+            ws_per_ip: self.ws_per_ip,
+        }
+    }
+
+    pub fn ws_send_timeout(&self) -> Duration {
+        Duration::from_secs(self.ws_send_timeout_s.max(1))
+    }
+
+    pub fn store_timeout(&self) -> Duration {
+        Duration::from_millis(self.store_timeout_ms.max(1))
+    }
+
+    /// The listener's bounds and TLS, from the files named in the settings.
+    pub fn listen_config(&self) -> Result<crate::serve::ListenConfig, crate::tls::TlsError> {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::server_config(
+                cert,
+                key,
+                self.tls_client_ca.as_deref(),
+            )?),
+            _ => None,
+        };
+        Ok(crate::serve::ListenConfig {
+            max_connections: self.max_connections.max(1),
+            header_timeout: Duration::from_secs(self.header_timeout_s.max(1)),
+            body_timeout: Duration::from_secs(self.body_timeout_s.max(1)),
+            tls,
+        })
     }
 }
 

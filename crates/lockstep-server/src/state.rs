@@ -17,6 +17,7 @@ use crate::auth::Auth;
 use crate::auth::origin::OriginPolicy;
 use crate::model::Signals;
 use crate::services::ingest::IngestService;
+use crate::services::limits::Limits;
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -45,6 +46,10 @@ pub struct AppState {
     pub origins: Arc<OriginPolicy>,
     /// The downstream sinks' status, for `/status`.
     pub sinks: Sinks,
+    /// Rate limits per device and per client address, WebSockets per address.
+    pub limits: Limits,
+    /// The per-vehicle decoding state in memory (for `/status`).
+    pub vehicles: Arc<crate::vehicles::Vehicles>,
     pub started: Instant,
     /// Fires on shutdown: WebSocket tasks close, the server stops accepting.
     pub shutdown: CancellationToken,

@@ -5,10 +5,19 @@
 //! vehicle's async mutex is held by a request from decode through commit, so
 //! one vehicle's requests apply in order while other vehicles proceed in
 //! parallel. No lock is shared by all vehicles on the hot path.
+//!
+//! The registry is bounded: at most `max_vehicles` entries (split evenly
+//! over the shards; a full shard evicts its least recently used entry), and
+//! entries idle for `idle` are swept by [`Vehicles::evict_idle`]. Only an
+//! entry nobody holds is evicted (its `Arc` is held by the map alone, which
+//! is checked under the shard lock that every `get` takes), and its state is
+//! exactly what the store holds (state is installed after its commit), so a
+//! returning vehicle reloads it from the store and continues.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use lockstep_codec::seed::SeedState;
 use lockstep_codec::{Catalog, SessionState, Vin};
@@ -20,29 +29,109 @@ const SHARDS: usize = 32;
 /// Sessions kept in memory per vehicle; older ones are reloaded from the store if they return.
 const SESSIONS_PER_VEHICLE: usize = 4;
 
-/// The registry of vehicles seen since start.
+type Handle = Arc<tokio::sync::Mutex<VehicleState>>;
+
+/// A registry entry: the state and when a request last took it.
+struct Entry {
+    state: Handle,
+    used: Instant,
+}
+
+impl Entry {
+    /// Held by a request (or about to be): not evictable.
+    fn in_use(&self) -> bool {
+        Arc::strong_count(&self.state) > 1
+    }
+}
+
+/// The registry of vehicles in memory.
 pub struct Vehicles {
-    shards: Vec<Mutex<HashMap<Vin, Arc<tokio::sync::Mutex<VehicleState>>>>>,
+    shards: Vec<Mutex<HashMap<Vin, Entry>>>,
     hasher: RandomState,
+    per_shard: usize,
+    idle: Duration,
 }
 
 impl Default for Vehicles {
     fn default() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
-        }
+        Self::new(100_000, Duration::from_secs(900))
     }
 }
 
 impl Vehicles {
-    /// The vehicle's state handle, created on first contact.
-    pub fn get(&self, vin: &Vin) -> Arc<tokio::sync::Mutex<VehicleState>> {
-        let shard = &self.shards[self.hasher.hash_one(vin) as usize % SHARDS];
-        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(vin.clone())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(VehicleState::new(vin))))
-            .clone()
+    /// At most `max_vehicles` in memory; `idle` = how long an unused one stays.
+    pub fn new(max_vehicles: usize, idle: Duration) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            per_shard: max_vehicles.div_ceil(SHARDS).max(1),
+            idle,
+        }
+    }
+
+    fn shard(&self, vin: &Vin) -> std::sync::MutexGuard<'_, HashMap<Vin, Entry>> {
+        self.shards[self.hasher.hash_one(vin) as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The vehicle's state handle, created (empty, loaded from the store on
+    /// use) when the vehicle is not in memory.
+    pub fn get(&self, vin: &Vin) -> Handle {
+        let now = Instant::now();
+        let mut map = self.shard(vin);
+        if let Some(e) = map.get_mut(vin) {
+            e.used = now;
+            return e.state.clone();
+        }
+        if map.len() >= self.per_shard {
+            let lru = map
+                .iter()
+                .filter(|(_, e)| !e.in_use())
+                .min_by_key(|(_, e)| e.used)
+                .map(|(v, _)| v.clone());
+            // All in use: exceed the cap for now; requests in flight bound it.
+            if let Some(v) = lru {
+                map.remove(&v);
+            }
+        }
+        let state = Arc::new(tokio::sync::Mutex::new(VehicleState::new(vin)));
+        map.insert(
+            vin.clone(),
+            Entry {
+                state: state.clone(),
+                used: now,
+            },
+        );
+        state
+    }
+
+    /// Drops the vehicles unused for the idle time; returns how many.
+    pub fn evict_idle(&self) -> usize {
+        let now = Instant::now();
+        let mut evicted = 0;
+        for shard in &self.shards {
+            let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let before = map.len();
+            map.retain(|_, e| e.in_use() || now.duration_since(e.used) < self.idle);
+            evicted += before - map.len();
+            if map.capacity() > 2 * map.len() + 16 {
+                map.shrink_to_fit();
+            }
+        }
+        evicted
+    }
+
+    /// Vehicles in memory.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

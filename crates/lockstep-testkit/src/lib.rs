@@ -3,6 +3,10 @@
 //! unique name on the machine's server, dropped when dropped — even while
 //! unwinding), and one-off SQL queries whose results come back as text.
 
+pub mod stall;
+
+pub use stall::StallProxy;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -56,6 +56,7 @@ pub struct Hub {
     queue: usize,
     clients: AtomicUsize,
     dropped: AtomicU64,
+    slow_disconnects: AtomicU64,
     /// The last [`LOG_BACKLOG`] `log` messages, changed under the `routes`
     /// lock so that a new client sees each exactly once (backlog or live).
     logs: Mutex<VecDeque<HubEvent>>,
@@ -119,17 +120,21 @@ impl Mailbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn push(&self, ev: &HubEvent) {
-        {
+    /// Queues `ev`; true if the oldest message was dropped to make room.
+    fn push(&self, ev: &HubEvent) -> bool {
+        let dropped = {
             let mut st = self.lock();
-            if st.queue.len() >= self.cap {
+            let full = st.queue.len() >= self.cap;
+            if full {
                 st.queue.pop_front();
                 st.dropped += 1;
             }
             st.queue.push_back(ev.clone());
-        }
+            full
+        };
         // Stores a permit if the client is busy: a burst wakes it once.
         self.ready.notify_one();
+        dropped
     }
 
     /// Moves up to `max` queued messages that pass `vins` into `out` (a lag
@@ -308,6 +313,7 @@ impl Hub {
             queue,
             clients: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
+            slow_disconnects: AtomicU64::new(0),
             logs: Mutex::default(),
         }
     }
@@ -324,9 +330,8 @@ impl Hub {
         })
     }
 
-    /// Counts a lag and gives its `lagged` message.
+    /// The `lagged` message of a lag (counted when the messages were dropped).
     fn lagged(&self, n: u64) -> Utf8Bytes {
-        self.note_dropped(n);
         tracing::debug!(
             dropped = n,
             "A slow WebSocket client lost its oldest messages."
@@ -344,18 +349,34 @@ impl Hub {
         self.publish_locked(&routes, events);
     }
 
+    /// Drops are counted here, as they happen — not when the slow client
+    /// next reads, which a client that stopped reading never does.
     fn publish_locked(&self, routes: &Routes, events: impl IntoIterator<Item = HubEvent>) {
+        let mut dropped = 0u64;
         for ev in events {
             match &ev.vin {
-                None => routes.filtered.values().for_each(|m| m.push(&ev)),
+                None => routes
+                    .filtered
+                    .values()
+                    .for_each(|m| dropped += u64::from(m.push(&ev))),
                 Some(vin) => {
                     if let Some(m) = routes.by_vin.get(&**vin) {
-                        m.values().for_each(|m| m.push(&ev));
+                        m.values().for_each(|m| dropped += u64::from(m.push(&ev)));
                     }
                 }
             }
+            // A full firehose queue evicts its oldest message, which at least
+            // one client has not read yet (a read message leaves the queue
+            // once every client has it): one drop per evicted message.
+            // (tokio rounds the capacity up to a power of two.)
+            if self.all.receiver_count() > 0 && self.all.len() >= self.queue.next_power_of_two() {
+                dropped += 1;
+            }
             // No receivers is not an error: nobody is watching.
             let _ = self.all.send(ev);
+        }
+        if dropped > 0 {
+            self.note_dropped(dropped);
         }
     }
 
@@ -394,6 +415,16 @@ impl Hub {
     /// Messages dropped for slow clients since start.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Counts a client disconnected because it did not read.
+    pub fn note_slow_disconnect(&self) {
+        self.slow_disconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Clients disconnected since start because they did not read (close code 1013).
+    pub fn slow_disconnects(&self) -> u64 {
+        self.slow_disconnects.load(Ordering::Relaxed)
     }
 
     /// Publishes a message for everyone.
@@ -537,6 +568,11 @@ mod tests {
         a.set_filter(vins(&["A"]), &mut Vec::new());
         hub.publish_all((1..=5).map(|i| ev(Some("A"), &format!("a{i}"))));
         assert_eq!(
+            hub.dropped(),
+            2,
+            "counted when dropped, before the client reads"
+        );
+        assert_eq!(
             take(&mut a).await,
             [
                 ServerMsg::Lagged { dropped: 2 }.to_text().as_str(),
@@ -546,6 +582,25 @@ mod tests {
             ]
         );
         assert_eq!(hub.dropped(), 2);
+    }
+
+    #[tokio::test]
+    async fn firehose_drops_are_counted_when_they_happen() {
+        let hub = Arc::new(Hub::new(4));
+        let mut all = hub.subscribe();
+        hub.publish_all((1..=6).map(|i| ev(Some("A"), &format!("a{i}"))));
+        assert_eq!(hub.dropped(), 2, "before the client reads");
+        assert_eq!(
+            take(&mut all).await,
+            [
+                ServerMsg::Lagged { dropped: 2 }.to_text().as_str(),
+                "a3",
+                "a4",
+                "a5",
+                "a6"
+            ]
+        );
+        assert_eq!(hub.dropped(), 2, "reading does not count them again");
     }
 
     #[tokio::test]

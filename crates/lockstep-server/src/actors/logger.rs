@@ -119,6 +119,9 @@ impl StartRequest {
         if let Some(dir) = &config.spool {
             a.extend(["--spool".into(), dir.display().to_string()]);
         }
+        if let Some(ca) = &config.ca_cert {
+            a.extend(["--ca-cert".into(), ca.display().to_string()]);
+        }
         Ok(a)
     }
 
@@ -205,6 +208,8 @@ pub struct LoggerConfig {
     pub grace: Duration,
     /// This server's URL, passed as `--server`.
     pub server_url: String,
+    /// With HTTPS: the server's certificate file, which the child trusts (`--ca-cert`).
+    pub ca_cert: Option<PathBuf>,
     /// The child's spool directory (`--spool`), so it does not land in the server's working directory.
     pub spool: Option<PathBuf>,
     /// `LOCKSTEP_REPLAY_DIR`, canonical; `None` = replay through the server is off.

@@ -52,6 +52,10 @@ pub enum ApiError {
     /// 422: the VIN is not 17 valid characters.
     #[error("invalid vehicle_vin: {0}")]
     InvalidVin(String),
+    /// 429 + `Retry-After`: the device (or client address) is over its rate
+    /// limit; nothing was stored, the edge resends after the wait.
+    #[error("{message}")]
+    TooManyRequests { message: String, retry_after_s: u32 },
     /// 503 + `Retry-After` (`LOCKSTEP_RETRY_AFTER_S`, set by the router's
     /// layer): the store is unavailable; nothing was acknowledged.
     #[error("the store is unavailable; nothing was stored, retry later")]
@@ -83,6 +87,7 @@ impl ApiError {
             ApiError::InvalidVin(_) | ApiError::Unprocessable(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::StoreUnavailable | ApiError::NotAvailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -123,10 +128,20 @@ impl From<IngestError> for ApiError {
                 kind,
                 next_seq,
             },
+            IngestError::RateLimited { retry_after_s } => ApiError::TooManyRequests {
+                message: e_msg(retry_after_s),
+                retry_after_s,
+            },
             IngestError::Store(e) => e.into(),
             IngestError::Internal(m) => ApiError::Internal(m),
         }
     }
+}
+
+fn e_msg(retry_after_s: u32) -> String {
+    format!(
+        "rate limit exceeded for this device; nothing was stored, retry after {retry_after_s} s"
+    )
 }
 
 impl From<LoggerError> for ApiError {
@@ -155,8 +170,15 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let mut resp = (status, Json(body)).into_response();
-        if let ApiError::StoreUnavailable = self {
-            resp.extensions_mut().insert(NeedsRetryAfter);
+        match self {
+            ApiError::StoreUnavailable => {
+                resp.extensions_mut().insert(NeedsRetryAfter);
+            }
+            ApiError::TooManyRequests { retry_after_s, .. } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+            }
+            _ => {}
         }
         resp
     }

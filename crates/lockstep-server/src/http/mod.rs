@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state, map_response_with_state};
 use axum::response::{IntoResponse, Response};
@@ -34,6 +34,7 @@ pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod logger;
+pub mod peer;
 pub mod status;
 pub mod telemetry;
 pub mod tokens;
@@ -110,7 +111,13 @@ pub fn router(state: AppState, cors: Option<Vec<String>>) -> Router {
             origins: state.origins.clone(),
             policy,
         };
-        app = app.merge(group.route_layer(from_fn_with_state(guard, enforce)));
+        let mut group = group.route_layer(from_fn_with_state(guard, enforce));
+        if matches!(policy, Policy::Read | Policy::Operate | Policy::Public) {
+            // Routes without a device identity: a budget per client address
+            // (outermost, so refused credentials count too).
+            group = group.route_layer(from_fn_with_state(state.clone(), per_ip_limit));
+        }
+        app = app.merge(group);
     }
     app.route_layer(from_fn_with_state(listed, unlisted))
         .fallback(status::not_found)
@@ -197,6 +204,25 @@ pub fn public() -> Vec<Route> {
         route(Method::POST, "/api/login", post(web::login)),
         route(Method::POST, "/api/logout", post(web::logout)),
     ]
+}
+
+/// 429 + `Retry-After` when the client address is over `LOCKSTEP_IP_REQUESTS_PER_S`.
+async fn per_ip_limit(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match app.limits.check_ip(peer.ip()) {
+        Ok(()) => next.run(req).await,
+        Err(crate::services::limits::RetryAfter(s)) => {
+            error::ApiError::TooManyRequests {
+                message: format!("too many requests from this address; retry after {s} s"),
+                retry_after_s: s,
+            }
+            .into_response()
+        }
+    }
 }
 
 /// Fills `Retry-After` on 503s of an unavailable store from the settings.

@@ -27,6 +27,10 @@ pub struct StatusJson {
     pub ws_dropped_messages: u64,
     /// The configured downstream sinks by name (`nats`, `mqtt`); `{}` when none.
     pub sinks: BTreeMap<&'static str, SinkStatusJson>,
+    /// Vehicles whose decoding state is in memory (bounded by LOCKSTEP_MAX_VEHICLES).
+    pub vehicles_in_memory: usize,
+    /// WebSocket clients disconnected (close code 1013) because they did not read.
+    pub ws_slow_disconnects: u64,
 }
 
 #[derive(Serialize)]
@@ -55,6 +59,8 @@ pub async fn status(State(app): State<AppState>) -> Json<StatusJson> {
         logger: app.logger.status(),
         ws_dropped_messages: app.hub.dropped(),
         sinks: app.sinks.status(),
+        ws_slow_disconnects: app.hub.slow_disconnects(),
+        vehicles_in_memory: app.vehicles.len(),
     })
 }
 

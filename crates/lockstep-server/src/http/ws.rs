@@ -4,9 +4,15 @@
 //! backlog), then forwards hub messages that pass the client's
 //! VIN filter. A reader task handles client messages (`subscribe`,
 //! `start_logger`, `stop_logger`). Every send races the shutdown token, so a
-//! stuck client can neither stall shutdown nor anyone else; on shutdown the
-//! client gets a Close frame (axum's graceful shutdown does not do that for
-//! upgraded connections).
+//! stuck client can neither stall shutdown nor anyone else.
+//!
+//! Every close the server decides says why (axum's graceful shutdown sends
+//! nothing for upgraded connections):
+//! - 1001 "server shutting down";
+//! - 1009 when a client message exceeds 64 KiB;
+//! - 1013 ("try again later") for a client that does not read: a burst not
+//!   written within `LOCKSTEP_WS_SEND_TIMEOUT_S` means its socket buffers
+//!   are full, so it is disconnected instead of holding its backlog forever.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -14,7 +20,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -24,6 +30,9 @@ use crate::actors::logger::{Started, Stopped};
 use crate::http::extract::Operator;
 use crate::protocol::{ClientMsg, Level, ReadingJson, ServerMsg};
 use crate::state::AppState;
+
+/// Most VINs one client may subscribe to (each costs a route entry in the hub).
+const MAX_SUBSCRIBED_VINS: usize = 1000;
 
 /// Largest client message, bytes.
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
@@ -48,6 +57,26 @@ fn reply(level: Level, source: &str, message: &str) -> String {
 enum Ctl {
     Filter(HashSet<String>),
     Send(String),
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+/// Why the server ends a connection.
+const SHUTTING_DOWN: (u16, &str) = (close_code::AWAY, "server shutting down");
+const TOO_SLOW: (u16, &str) = (
+    close_code::AGAIN,
+    "too slow: messages were not read in time; reconnect",
+);
+const TOO_BIG: (u16, &str) = (close_code::SIZE, "message too big: at most 64 KiB");
+
+/// How a send ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    Ok,
+    /// The client is gone (or shutdown came first).
+    Gone,
+    /// Not written within the send timeout: the client does not read.
+    Stuck,
 }
 
 /// `GET /ws`.
@@ -57,13 +86,26 @@ pub async fn upgrade(
     State(app): State<AppState>,
 ) -> Response {
     let (admin, peer) = (operator.allowed, operator.peer);
+    let Some(slot) = app.limits.ws_slot(peer.ip()) else {
+        let max = app.settings.ws_per_ip;
+        return crate::http::error::ApiError::TooManyRequests {
+            message: format!(
+                "this address has {max} WebSocket connections open already (LOCKSTEP_WS_PER_IP)"
+            ),
+            retry_after_s: 5,
+        }
+        .into_response();
+    };
     ws.max_message_size(MAX_CLIENT_MESSAGE)
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| {
             let cancel = app.shutdown.clone();
             let tracker = app.tasks.clone();
-            tracker.track_future(client(socket, app, admin, peer, cancel))
+            tracker.track_future(async move {
+                client(socket, app, admin, peer, cancel).await;
+                drop(slot);
+            })
         })
 }
 
@@ -73,25 +115,30 @@ type Sink = SplitSink<WebSocket, Message>;
 /// queued for it; the rest of its queue stays in the hub, bounded as before).
 const BURST: usize = 128;
 
-/// Sends the burst (feed each, flush once) unless shutdown comes first;
-/// `false` = stop serving this client. Leaves `burst` empty.
+/// Sends the burst (feed each, flush once) unless shutdown comes first or
+/// it takes longer than `limit`. Leaves `burst` empty.
 async fn send_burst(
     sink: &mut Sink,
     burst: &mut Vec<Utf8Bytes>,
     cancel: &CancellationToken,
-) -> bool {
+    limit: Duration,
+) -> Sent {
     let write = async {
         for text in burst.drain(..) {
             sink.feed(Message::Text(text)).await?;
         }
         sink.flush().await
     };
-    let ok = tokio::select! {
-        r = write => r.is_ok(),
-        () = cancel.cancelled() => false,
+    let sent = tokio::select! {
+        r = tokio::time::timeout(limit, write) => match r {
+            Ok(Ok(())) => Sent::Ok,
+            Ok(Err(_)) => Sent::Gone,
+            Err(_) => Sent::Stuck,
+        },
+        () = cancel.cancelled() => Sent::Gone,
     };
     burst.clear();
-    ok
+    sent
 }
 
 /// What the client loop does next.
@@ -102,6 +149,7 @@ enum Step {
     Filter(HashSet<String>),
     Text(String),
     Send,
+    Close(u16, &'static str),
 }
 
 #[tracing::instrument(name = "ws_client", skip_all, fields(%peer))]
@@ -141,8 +189,11 @@ async fn client(
     ];
     drop(history);
     first.extend(logs);
-    if !send_burst(&mut sink, &mut first, &cancel).await {
-        return close(sink).await;
+    let limit = app.settings.ws_send_timeout();
+    match send_burst(&mut sink, &mut first, &cancel, limit).await {
+        Sent::Ok => {}
+        Sent::Gone => return close(sink, SHUTTING_DOWN).await,
+        Sent::Stuck => return close(sink, TOO_SLOW).await,
     }
 
     let (ctl_tx, mut ctl_rx) = mpsc::channel::<Ctl>(16);
@@ -155,6 +206,7 @@ async fn client(
     ));
 
     let mut burst: Vec<Utf8Bytes> = Vec::new();
+    let mut why = SHUTTING_DOWN;
     loop {
         // Whatever is already queued goes out with the first message: one
         // write (and one wake-up of the client) per burst, not per message.
@@ -164,6 +216,7 @@ async fn client(
                 None => Step::Stop, // the client went away
                 Some(Ctl::Filter(f)) => Step::Filter(f),
                 Some(Ctl::Send(text)) => Step::Text(text),
+                Some(Ctl::Close(code, reason)) => Step::Close(code, reason),
             },
             open = events.recv(&mut burst, BURST) => if open { Step::Send } else { Step::Closed },
         };
@@ -179,21 +232,37 @@ async fn client(
                 false
             }
             Step::Send => false,
+            Step::Close(code, reason) => {
+                why = (code, reason);
+                break;
+            }
         };
-        if !burst.is_empty() && !send_burst(&mut sink, &mut burst, &cancel).await || closed {
+        if !burst.is_empty() {
+            match send_burst(&mut sink, &mut burst, &cancel, limit).await {
+                Sent::Ok => {}
+                Sent::Gone => break,
+                Sent::Stuck => {
+                    tracing::info!("Disconnecting a WebSocket client that does not read.");
+                    app.hub.note_slow_disconnect();
+                    why = TOO_SLOW;
+                    break;
+                }
+            }
+        }
+        if closed {
             break;
         }
     }
     reader.abort();
-    close(sink).await;
+    close(sink, why).await;
     tracing::debug!("WebSocket client done.");
 }
 
 /// Sends a Close frame (best effort, bounded in time) and drops the socket.
-async fn close(mut sink: Sink) {
+async fn close(mut sink: Sink, (code, reason): (u16, &'static str)) {
     let frame = CloseFrame {
-        code: close_code::AWAY,
-        reason: Utf8Bytes::from_static("server shutting down"),
+        code,
+        reason: Utf8Bytes::from_static(reason),
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = sink.send(Message::Close(Some(frame))).await;
@@ -215,7 +284,13 @@ async fn read_loop(
             m = stream.next() => m,
         };
         let text = match msg {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+            Some(Err(e)) => {
+                if is_too_big(e) {
+                    let _ = ctl.send(Ctl::Close(TOO_BIG.0, TOO_BIG.1)).await;
+                }
+                return;
+            }
+            None | Some(Ok(Message::Close(_))) => return,
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(_)) => continue,
         };
@@ -225,13 +300,16 @@ async fn read_loop(
                 "server",
                 &format!("unrecognised client message: {e}"),
             )),
-            Ok(ClientMsg::Subscribe { vins }) => {
-                let set: HashSet<String> = vins.unwrap_or_default().into_iter().collect();
-                if ctl.send(Ctl::Filter(set)).await.is_err() {
-                    return;
+            Ok(ClientMsg::Subscribe { vins }) => match subscription(vins.unwrap_or_default()) {
+                Ok(set) => {
+                    if ctl.send(Ctl::Filter(set)).await.is_err() {
+                        return;
+                    }
+                    None
                 }
-                None
-            }
+                // The filter stays as it was.
+                Err(why) => Some(reply(Level::Error, "server", &why)),
+            },
             Ok(ClientMsg::StartLogger(_) | ClientMsg::StopLogger) if !admin => Some(reply(
                 Level::Error,
                 "server",
@@ -267,5 +345,52 @@ async fn read_loop(
         {
             return;
         }
+    }
+}
+
+/// Whether a read failed because the client's message exceeds the limit.
+fn is_too_big(e: axum::Error) -> bool {
+    use tungstenite::error::{CapacityError, Error};
+    matches!(
+        e.into_inner().downcast_ref::<Error>(),
+        Some(Error::Capacity(CapacityError::MessageTooLong { .. }))
+    )
+}
+
+/// A `subscribe` list as a filter: at most [`MAX_SUBSCRIBED_VINS`] entries,
+/// each a valid VIN, so a client cannot make the hub route arbitrary keys.
+fn subscription(vins: Vec<String>) -> Result<HashSet<String>, String> {
+    if vins.len() > MAX_SUBSCRIBED_VINS {
+        return Err(format!(
+            "subscribe refused: {} VINs, at most {MAX_SUBSCRIBED_VINS}",
+            vins.len()
+        ));
+    }
+    if let Some((v, e)) = vins
+        .iter()
+        .find_map(|v| lockstep_codec::Vin::parse(v).err().map(|e| (v, e)))
+    {
+        let shown: String = v.chars().take(24).collect();
+        return Err(format!("subscribe refused: {shown:?} is not a VIN ({e})"));
+    }
+    Ok(vins.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn subscriptions_are_real_vins_and_bounded() {
+        let ok = super::subscription(vec!["1HGCM82633A004352".into()]).unwrap();
+        assert!(ok.contains("1HGCM82633A004352"));
+        let e = super::subscription(vec!["1HGCM82633A004352".into(), "nope".into()]).unwrap_err();
+        assert!(e.contains("\"nope\" is not a VIN"), "{e}");
+        let many = (0..=super::MAX_SUBSCRIBED_VINS)
+            .map(|i| format!("1HGCM8263{i:08}"))
+            .collect();
+        assert!(
+            super::subscription(many)
+                .unwrap_err()
+                .contains("at most 1000")
+        );
     }
 }

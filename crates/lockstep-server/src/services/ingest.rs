@@ -36,6 +36,7 @@ use crate::actors::writer::{WriteRequest, WriterHandle};
 use crate::auth::{Auth, Principal};
 use crate::model::{Counters, SEED_SESSION, SessionRecord, Signals, TelemetryRow};
 use crate::protocol::{ReadingJson, ServerMsg};
+use crate::services::limits::{Limits, RetryAfter};
 use crate::store::{Store, StoreError};
 use crate::vehicles::Vehicles;
 use lockstep_codec::seed::SeedState;
@@ -79,6 +80,9 @@ pub enum IngestError {
         kind: &'static str,
         next_seq: Option<u64>,
     },
+    /// The device sends faster than its limits; retry after this many seconds.
+    #[error("too many requests or readings for this device; retry after {retry_after_s} s")]
+    RateLimited { retry_after_s: u32 },
     /// The store failed; nothing was acknowledged.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -150,6 +154,13 @@ impl Ack {
     }
 }
 
+/// What bounds ingest: request size, rates, and the vehicles kept in memory.
+pub struct Bounds {
+    pub max_batch_readings: usize,
+    pub limits: Limits,
+    pub vehicles: Arc<Vehicles>,
+}
+
 /// Everything ingest needs: cheap handles, cloned per request.
 #[derive(Clone)]
 pub struct IngestService {
@@ -163,7 +174,7 @@ struct Inner {
     /// Catalog channel of each seed field (speed, battery, power, heading).
     seed_channels: [usize; 4],
     store: Arc<dyn Store>,
-    vehicles: Vehicles,
+    vehicles: Arc<Vehicles>,
     writer: WriterHandle,
     hub: Arc<Hub>,
     health: HealthHandle,
@@ -171,6 +182,7 @@ struct Inner {
     auth: Arc<Auth>,
     /// Session owners already confirmed by the store: (VIN, session) → credential.
     owners: std::sync::Mutex<Owners>,
+    limits: Limits,
 }
 
 /// Session owners as the store told them: (VIN, session) → identity; `None`
@@ -216,9 +228,14 @@ impl IngestService {
         writer: WriterHandle,
         hub: Arc<Hub>,
         health: HealthHandle,
-        max_batch_readings: usize,
+        bounds: Bounds,
         auth: Arc<Auth>,
     ) -> anyhow::Result<Self> {
+        let Bounds {
+            max_batch_readings,
+            limits,
+            vehicles,
+        } = bounds;
         let seed_channels = lockstep_codec::seed::SEED_FIELDS
             .map(|f| catalog.index_of(f))
             .into_iter()
@@ -233,13 +250,14 @@ impl IngestService {
                 catalog,
                 seed_channels,
                 store,
-                vehicles: Vehicles::default(),
+                vehicles,
                 writer,
                 hub,
                 health,
                 max_batch_readings,
                 auth,
                 owners: Default::default(),
+                limits,
             }),
         })
     }
@@ -272,6 +290,15 @@ impl IngestService {
 }
 
 impl Inner {
+    /// The device's request and reading budgets (see [`crate::services::limits`]).
+    fn within_limits(&self, vin: &Vin, readings: u32) -> Result<(), IngestError> {
+        let key: Arc<str> = vin.as_str().into();
+        self.limits.check_device(&key, readings).map_err(|RetryAfter(s)| {
+            tracing::debug!(vin = %vin.as_str(), retry_after_s = s, "Device over its rate limit.");
+            IngestError::RateLimited { retry_after_s: s }
+        })
+    }
+
     /// A failed state load on the write path: the health actor decides.
     async fn store_failed(&self, e: StoreError) -> IngestError {
         tracing::debug!(error = %e, "Ingest refused: the store failed.");
@@ -340,6 +367,7 @@ impl Inner {
             Vin::parse(&reading.vehicle_vin).map_err(|e| IngestError::InvalidVin(e.to_string()))?;
         tracing::Span::current().record("vin", vin.as_str());
         refuse_foreign_vin(sender, &vin)?;
+        self.within_limits(&vin, 1)?;
         check_seed_timestamp(reading.timestamp, crate::model::now_ms())
             .map_err(IngestError::Implausible)?;
         if let Some((i, _)) = lockstep_codec::seed::seed_values(&reading)
@@ -423,9 +451,19 @@ impl Inner {
 
     #[tracing::instrument(name = "ingest_batch", skip_all, fields(vin, session_id))]
     async fn ingest_batch(&self, bytes: &[u8], sender: &Principal) -> Result<Ack, IngestError> {
+        let max = self.max_batch_readings;
+        // The declared count first: an oversized batch is refused before its
+        // arrays are decoded into memory (8 bytes per 1-byte varint).
+        if let Some(count) = declared_count(bytes)
+            && count as usize > max
+        {
+            return Err(IngestError::TooManyReadings {
+                count: count as usize,
+                max,
+            });
+        }
         let cb = CheckedBatch::parse(&self.catalog, bytes)
             .map_err(|e| IngestError::from_decode(e, None))?;
-        let max = self.max_batch_readings;
         if cb.len() > max {
             return Err(IngestError::TooManyReadings {
                 count: cb.len(),
@@ -434,7 +472,9 @@ impl Inner {
         }
         let span = tracing::Span::current();
         span.record("vin", cb.vin().as_str());
+        // A foreign credential is refused before it can spend the VIN's budget.
         refuse_foreign_vin(sender, cb.vin())?;
+        self.within_limits(cb.vin(), cb.len() as u32)?;
         span.record(
             "session_id",
             format_args!("{:016x}", cb.session_id()).to_string(),
@@ -621,7 +661,17 @@ mod tests {
             writer_handle,
             hub,
             health_handle,
-            100,
+            super::Bounds {
+                max_batch_readings: 100,
+                limits: crate::services::limits::Limits::new(crate::services::limits::Rates {
+                    device_requests: 0,
+                    device_readings: 0,
+                    ip_requests: 0,
+                    max_batch_readings: 100,
+                    ws_per_ip: 1,
+                }),
+                vehicles: Arc::new(Vehicles::default()),
+            },
             Arc::new(Auth::new(
                 crate::auth::db::AuthDb::open_sqlite(&dir.join("t.db"))
                     .await
@@ -713,5 +763,77 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, IngestError::Implausible(_)), "{err:?}");
         stop.cancel();
+    }
+}
+
+/// The `count` field (5) of an encoded `lockstep.v1.Batch`, read by skipping
+/// over every other field without decoding it. Bytes that are not protobuf
+/// end the scan: the count seen before them (if any) is returned, and the
+/// full decode says what is wrong with the rest.
+fn declared_count(mut b: &[u8]) -> Option<u64> {
+    fn varint(b: &mut &[u8]) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = b.split_first()?;
+            *b = rest;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    let mut count = None;
+    while !b.is_empty() {
+        let Some(key) = varint(&mut b) else {
+            break;
+        };
+        let skip = match key & 7 {
+            0 => match varint(&mut b) {
+                Some(v) if key >> 3 == 5 => {
+                    count = Some(v);
+                    0
+                }
+                Some(_) => 0,
+                None => break,
+            },
+            1 => 8,
+            2 => match varint(&mut b).and_then(|n| usize::try_from(n).ok()) {
+                Some(n) => n,
+                None => break,
+            },
+            5 => 4,
+            _ => break,
+        };
+        match b.get(skip..) {
+            Some(rest) => b = rest,
+            None => break,
+        }
+    }
+    count
+}
+
+#[cfg(test)]
+mod count_tests {
+    use lockstep_proto::Message as _;
+
+    #[test]
+    fn declared_count_reads_field_5_only() {
+        let batch = lockstep_proto::v1::Batch {
+            vehicle_vin: "1HGCM82633A004352".into(),
+            session_id: 7,
+            count: 400_000,
+            timestamp_dod: vec![1; 1000],
+            values: vec![-3; 1000],
+            state_checksum: Some(9),
+            ..Default::default()
+        };
+        assert_eq!(super::declared_count(&batch.encode_to_vec()), Some(400_000));
+        assert_eq!(super::declared_count(&[0x2a, 0xff]), None, "truncated");
+        assert_eq!(
+            super::declared_count(&[0x28, 0x05, 0x0f, 0x0f]),
+            Some(5),
+            "the count before bytes that are not protobuf"
+        );
     }
 }

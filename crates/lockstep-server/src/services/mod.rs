@@ -2,3 +2,4 @@
 //! driven and tested directly: [`ingest`] (both wire forms, one path).
 
 pub mod ingest;
+pub mod limits;

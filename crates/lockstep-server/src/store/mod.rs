@@ -20,6 +20,8 @@ use std::sync::Arc;
 use crate::model::{Counters, SessionRecord, Signals, TelemetryRow};
 use crate::settings::StoreConfig;
 
+pub mod deadline;
+pub mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
 
@@ -168,7 +170,8 @@ pub trait Store: Send + Sync + 'static {
     fn vehicles(&self) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>>;
     /// Lifetime statistics per vehicle.
     fn totals(&self) -> BoxFut<'_, Result<Vec<VehicleTotals>, StoreError>>;
-    /// A cheap round trip that proves the store answers.
+    /// A cheap WRITE round trip (one row of `health_probe` rewritten) that
+    /// proves the store takes writes — a read alone passes on a full disk.
     fn ping(&self) -> BoxFut<'_, Result<(), StoreError>>;
 
     // Downstream sinks (see `actors::sinks`): a durable cursor per sink over

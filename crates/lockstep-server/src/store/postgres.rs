@@ -22,10 +22,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures_util::pin_mut;
+use tokio_postgres::Row;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{NoTls, Row};
 
 use super::{
     BoxFut, SignalColumns, SinkLease, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals,
@@ -82,6 +82,13 @@ CREATE TABLE sink_cursors (
     holder       TEXT NOT NULL,     -- the server instance driving the sink
     lease_until  BIGINT NOT NULL,   -- Unix ms; another instance may take over after it
     updated_at   BIGINT NOT NULL    -- Unix ms
+);
+"#,
+    r#"
+-- One row, rewritten by the health probe: proves the database takes writes.
+CREATE TABLE health_probe (
+    id          INTEGER PRIMARY KEY,
+    checked_at  BIGINT NOT NULL  -- Unix ms
 );
 "#,
 ];
@@ -164,23 +171,20 @@ fn invalid(e: impl std::fmt::Display) -> StoreError {
 /// A pool for `url` (connections are made on first use); the store and the
 /// auth tables (`auth::db`) share this set-up.
 pub fn build_pool(url: &str, pool_size: usize) -> anyhow::Result<Pool> {
+    // sslmode / sslrootcert are taken out of the URL with libpq's meaning (store::pg_tls).
+    let (url, tls) = super::pg_tls::split_url(url)?;
     let mut cfg: tokio_postgres::Config = url
         .parse()
         .context("DATABASE_URL is not a valid PostgreSQL connection string")?;
-    // No TLS connector is built in yet: `prefer` (the default) connects in clear text,
-    // `require` must fail at once with a message rather than deep in the pool.
-    anyhow::ensure!(
-        cfg.get_ssl_mode() != tokio_postgres::config::SslMode::Require,
-        "DATABASE_URL asks for sslmode=require, but this build connects to PostgreSQL without TLS; \
-         remove sslmode=require (or use a local TLS-terminating proxy)"
-    );
+    cfg.ssl_mode(tls.pg_mode());
+    let connector = tls.connector()?;
     cfg.connect_timeout(Duration::from_secs(3));
     if cfg.get_application_name().is_none() {
         cfg.application_name("lockstep-server");
     }
     let mgr = Manager::from_config(
         cfg,
-        NoTls,
+        connector,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -961,9 +965,15 @@ impl Store for PgStore {
 
     fn ping(&self) -> BoxFut<'_, Result<(), StoreError>> {
         Box::pin(async move {
+            // A write, not `SELECT 1`: a database that answers but cannot
+            // write (full disk, read-only) must not look healthy.
             let client = self.pool.get().await.map_err(StoreError::from)?;
             client
-                .simple_query("SELECT 1")
+                .execute(
+                    "INSERT INTO health_probe (id, checked_at) VALUES (1, $1)
+                     ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                    &[&crate::model::now_ms()],
+                )
                 .await
                 .map_err(StoreError::from)?;
             Ok(())
@@ -1068,7 +1078,7 @@ mod tests {
             std::process::id(),
             rand::random::<u32>()
         );
-        let (admin, conn) = tokio_postgres::connect(ADMIN, NoTls)
+        let (admin, conn) = tokio_postgres::connect(ADMIN, tokio_postgres::NoTls)
             .await
             .expect("PostgreSQL must run at 127.0.0.1:5432 (user postgres, trust auth)");
         tokio::spawn(conn);

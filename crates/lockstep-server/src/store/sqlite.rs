@@ -68,6 +68,13 @@ CREATE TABLE sink_cursors (
     updated_at   INTEGER NOT NULL      -- Unix ms
 );
 "#,
+    r#"
+-- One row, rewritten by the health probe: proves the database takes writes.
+CREATE TABLE health_probe (
+    id          INTEGER PRIMARY KEY,
+    checked_at  INTEGER NOT NULL        -- Unix ms
+);
+"#,
 ];
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
@@ -201,6 +208,7 @@ impl SqliteStore {
         })
     }
 
+    /// Runs a job on the writer thread and waits for its outcome.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -432,7 +440,15 @@ impl Store for SqliteStore {
     }
 
     fn ping(&self) -> BoxFut<'_, Result<(), StoreError>> {
-        Box::pin(self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))))
+        // Through the writer thread, like a commit: a read alone would pass on a full disk.
+        Box::pin(self.write(|c| {
+            c.execute(
+                "INSERT INTO health_probe (id, checked_at) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at",
+                [crate::model::now_ms()],
+            )
+            .map(|_| ())
+        }))
     }
 
     // One writer thread commits in order, so `id` grows in commit order.

@@ -345,3 +345,49 @@ pub fn batch(enc: &mut Encoder, range: std::ops::Range<usize>, t0: i64) -> Batch
     }
     enc.take_batch().expect("a batch")
 }
+
+/// The real `lockstep-edge` (built by `cargo build --workspace --bins`, or
+/// named by LOCKSTEP_EDGE_BIN).
+pub fn edge_bin() -> PathBuf {
+    let bin = std::env::var_os("LOCKSTEP_EDGE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            // target/debug/deps/api-… → target/debug/lockstep-edge
+            std::env::current_exe()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("lockstep-edge")
+        });
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build -p lockstep-edge` first (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs the real edge's `simulate` against `server` for one second of one
+/// vehicle's readings at `rate` Hz, until it exits — which it does once every
+/// reading is acknowledged; returns whether it exited successfully.
+pub async fn run_edge(server: &str, rate: u32, extra: &[&str]) -> bool {
+    let spool = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(edge_bin());
+    let rate = rate.to_string();
+    cmd.args(["simulate", "--vehicles", "1", "--duration", "1"])
+        .args(["--rate", &rate])
+        .args(["--server", server, "--grace", "2", "--request-timeout", "5"])
+        .arg("--spool")
+        .arg(spool.path())
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let status = tokio::time::timeout(Duration::from_secs(60), cmd.status())
+        .await
+        .expect("the edge exits")
+        .unwrap();
+    status.success()
+}

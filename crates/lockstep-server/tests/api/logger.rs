@@ -230,23 +230,7 @@ async fn a_missing_binary_is_a_clear_503() {
 /// the WebSocket, and it exits on its own with code 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_edge_started_over_websocket_delivers_readings() {
-    let bin = std::env::var_os("LOCKSTEP_EDGE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            // target/debug/deps/api-… → target/debug/lockstep-edge
-            std::env::current_exe()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .join("lockstep-edge")
-        });
-    assert!(
-        bin.is_file(),
-        "{} is missing: run `cargo build -p lockstep-edge` first (scripts/test.sh does)",
-        bin.display()
-    );
+    let bin = edge_bin();
     let db = Arc::new(TestDb::new(Backend::Sqlite).await);
     let app = spawn_app_with(db, &["--edge-bin", bin.to_str().unwrap()]).await;
     let mut ws = app.ws().await;

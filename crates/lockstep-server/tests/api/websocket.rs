@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::both_stores;
 use crate::helpers::*;
@@ -142,20 +144,7 @@ async fn barrier(ws: &mut Ws) {
 async fn a_client_that_never_reads_stalls_neither_ingest_nor_others() {
     let db = std::sync::Arc::new(TestDb::new(Backend::Sqlite).await);
     let app = spawn_app_with(db, &["--ws-queue", "64"]).await;
-    // The stuck client: a raw TCP socket with a tiny receive buffer that never reads.
-    let stuck = {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.set_recv_buffer_size(4096).unwrap();
-        let tcp = sock
-            .connect(format!("127.0.0.1:{}", app.port).parse().unwrap())
-            .await
-            .unwrap();
-        let (ws, _) =
-            tokio_tungstenite::client_async(format!("ws://127.0.0.1:{}/ws", app.port), tcp)
-                .await
-                .unwrap();
-        ws
-    };
+    let stuck = stuck_client(app.port).await;
     let mut good = app.ws().await;
     assert_eq!(good.next_json(WAIT).await["type"], "history");
     eventually(WAIT, "both clients registered", || async {
@@ -204,4 +193,100 @@ async fn a_client_that_never_reads_stalls_neither_ingest_nor_others() {
         n as i64
     );
     drop(stuck);
+}
+
+/// A client that stops reading is disconnected once a burst stays unwritten
+/// for the send timeout (its socket buffers are full), counted in `/status`;
+/// the messages it lost are counted while it is stuck, not when it resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected() {
+    let db = std::sync::Arc::new(TestDb::new(Backend::Sqlite).await);
+    let app = spawn_app_with(
+        db,
+        &[
+            "--ws-queue",
+            "64",
+            "--ws-send-timeout-s",
+            "1",
+            "--device-readings-per-s",
+            "0",
+            "--ip-requests-per-s",
+            "0",
+        ],
+    )
+    .await;
+    let mut stuck = stuck_client(app.port).await;
+    eventually(WAIT, "the client registered", || async {
+        (app.status().await["ws_clients"] == 1).then_some(())
+    })
+    .await;
+    // Readings until the kernel's socket buffers (several MB) are full and a
+    // burst stays unwritten for the 1 s send timeout.
+    let mut enc = encoder(&vin(21), 4);
+    let mut status = serde_json::Value::Null;
+    for b in 0..400 {
+        let resp = app
+            .post_batch(&batch(&mut enc, b * 500..(b + 1) * 500, T0))
+            .await;
+        assert_eq!(resp.status(), 200);
+        status = app.status().await;
+        if status["ws_slow_disconnects"] == 1 {
+            break;
+        }
+    }
+    assert_eq!(status["ws_slow_disconnects"], 1, "{status}");
+    eventually(WAIT, "the client gone", || async {
+        (app.status().await["ws_clients"] == 0).then_some(())
+    })
+    .await;
+    assert!(
+        status["ws_dropped_messages"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    // What was buffered can still be read, then the connection ends.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(_)) = stuck.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the server closed the connection");
+}
+
+/// A client message over 64 KiB is answered with close code 1009, not 1001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_client_message_is_closed_with_1009() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let mut ws = app.ws().await;
+    assert_eq!(ws.next_json(WAIT).await["type"], "history");
+    let big = format!(
+        r#"{{"type":"subscribe","vins":["{}"]}}"#,
+        "X".repeat(70 * 1024)
+    );
+    ws.stream.send(Message::Text(big.into())).await.unwrap();
+    let code = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.stream.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return Some(u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .expect("a close in time");
+    assert_eq!(code, Some(1009));
+}
+
+/// A WebSocket client on a raw TCP socket with a tiny receive buffer, for a
+/// client that never reads.
+async fn stuck_client(port: u16) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://127.0.0.1:{port}/ws"), tcp)
+        .await
+        .unwrap();
+    ws
 }
