@@ -7,10 +7,12 @@
 //! - [`logger`]: the server starts and stops the edge over the WebSocket;
 //! - [`replay`]: a recorded Twizy trip lands exactly once, within tolerance —
 //!   plainly, and across a SIGKILL + restart of the server;
-//! - [`outage`]: PostgreSQL cut off behind a proxy mid-replay: 503s, backoff, catch-up.
+//! - [`outage`]: PostgreSQL cut off behind a proxy mid-replay: 503s, backoff, catch-up;
+//! - [`headline`]: the README's compression headline on the recorded Twizy trips.
 
 mod harness;
 
+mod headline;
 mod logger;
 mod outage;
 mod replay;

@@ -8,7 +8,11 @@ use serde_json::json;
 use crate::both_stores;
 use crate::helpers::*;
 
-both_stores!(history_then_live_telemetry_and_stats);
+both_stores!(
+    history_then_live_telemetry_and_stats,
+    subscribe_filters_by_vin,
+    a_client_that_never_reads_stalls_neither_ingest_nor_others,
+);
 
 const T0: i64 = 1_764_000_000_000;
 const WAIT: Duration = Duration::from_secs(10);
@@ -79,9 +83,8 @@ async fn history_then_live_telemetry_and_stats(backend: Backend) {
     assert_eq!(app.status().await["ws_clients"], 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribe_filters_by_vin() {
-    let app = spawn_app(Backend::Sqlite).await;
+async fn subscribe_filters_by_vin(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (a, b) = (vin(10), vin(11));
     let mut ws = app.ws().await;
     assert_eq!(ws.next_json(WAIT).await["type"], "history");
@@ -138,9 +141,8 @@ async fn barrier(ws: &mut Ws) {
     assert_eq!(log["data"]["level"], "warn");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_reads_stalls_neither_ingest_nor_others() {
-    let db = std::sync::Arc::new(TestDb::new(Backend::Sqlite).await);
+async fn a_client_that_never_reads_stalls_neither_ingest_nor_others(backend: Backend) {
+    let db = std::sync::Arc::new(TestDb::new(backend).await);
     let app = spawn_app_with(db, &["--ws-queue", "64"]).await;
     // The stuck client: a raw TCP socket with a tiny receive buffer that never reads.
     let stuck = {
@@ -169,17 +171,19 @@ async fn a_client_that_never_reads_stalls_neither_ingest_nor_others() {
     let n = 10_000usize;
     let started = Instant::now();
     let mut reader = tokio::spawn(async move {
-        let mut last = 0u64;
-        let mut lagged = 0u64;
+        let (mut last, mut received, mut lagged) = (0u64, 0u64, 0u64);
         while last + 1 < n as u64 {
             let m = good.next_json(WAIT).await;
             match m["type"].as_str() {
-                Some("telemetry") => last = m["data"]["seq"].as_u64().unwrap(),
+                Some("telemetry") => {
+                    last = m["data"]["seq"].as_u64().unwrap();
+                    received += 1;
+                }
                 Some("lagged") => lagged += m["data"]["dropped"].as_u64().unwrap(),
                 _ => {}
             }
         }
-        (last, lagged)
+        (last, received, lagged)
     });
     for b in 0..(n / 500) {
         let resp = app
@@ -189,11 +193,19 @@ async fn a_client_that_never_reads_stalls_neither_ingest_nor_others() {
     }
     let ingest = started.elapsed();
     assert!(ingest < Duration::from_secs(30), "ingest took {ingest:?}");
-    let (last, _lagged) = tokio::time::timeout(WAIT, &mut reader)
+    let (last, received, lagged) = tokio::time::timeout(WAIT, &mut reader)
         .await
         .expect("the reading client got the last reading in time")
         .unwrap();
     assert_eq!(last, n as u64 - 1);
+    assert_eq!(
+        lagged, 0,
+        "the reading client lost messages to the stuck one"
+    );
+    assert_eq!(
+        received, n as u64,
+        "the reading client got every reading once"
+    );
     let status = app.status().await;
     assert!(
         status["ws_dropped_messages"].as_u64().unwrap() > 0,
