@@ -290,7 +290,7 @@ async fn the_real_edge_started_over_websocket_delivers_readings(backend: Backend
     );
     assert!(!lines.is_empty(), "the edge's output was forwarded");
     let stored = app.db.count("SELECT COUNT(*) FROM telemetry_data").await;
-    let distinct = app.db.count("SELECT COUNT(*) FROM (SELECT DISTINCT vehicle_id, session_id, seq FROM telemetry_data)").await;
+    let distinct = app.db.count("SELECT COUNT(*) FROM (SELECT DISTINCT vehicle_id, session_id, seq FROM telemetry_data) AS d").await;
     assert!(
         stored >= 2 * 15,
         "about 2 × 20 readings stored, got {stored}"
