@@ -19,7 +19,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz || { echo "FATAL: could not install cargo-fuzz" >&2; exit 1; }
 fi
 
-cargo fuzz build "${targets[@]}"
+cargo fuzz build
 
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
