@@ -27,22 +27,25 @@ fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     out
 }
 
-#[test]
-fn decode_batch_seeds_and_past_crashes() {
-    let inputs = inputs("decode_batch");
-    assert!(inputs.len() >= 6, "the committed seed corpus is there");
+/// Runs `case` on every seed and past crash of `target` (at least `seeds` files).
+fn replay(target: &str, seeds: usize, case: fn(&[u8])) {
+    let inputs = inputs(target);
+    assert!(
+        inputs.len() >= seeds,
+        "the committed seed corpus of {target} is there"
+    );
     for (path, data) in inputs {
         println!("{}", path.display());
-        fuzz_cases::decode_batch(&data);
+        case(&data);
     }
 }
 
 #[test]
+fn decode_batch_seeds_and_past_crashes() {
+    replay("decode_batch", 6, fuzz_cases::decode_batch);
+}
+
+#[test]
 fn decode_seed_seeds_and_past_crashes() {
-    let inputs = inputs("decode_seed");
-    assert!(inputs.len() >= 3, "the committed seed corpus is there");
-    for (path, data) in inputs {
-        println!("{}", path.display());
-        fuzz_cases::decode_seed(&data);
-    }
+    replay("decode_seed", 3, fuzz_cases::decode_seed);
 }
