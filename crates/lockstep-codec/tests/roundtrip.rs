@@ -6,10 +6,12 @@
 //! keyframes, the antimeridian and the poles, NaN, infinities and values
 //! beyond the wire's range, repeated and backward timestamps, timestamps
 //! near the protocol's limit. Each property runs 128 cases by default (the
-//! suite's budget); a long run outside CI sets the count:
+//! suite's budget); a long run outside CI sets the count, in an optimised
+//! build that keeps the overflow checks (the bugs these tests find):
 //!
 //! ```sh
-//! PROPTEST_CASES=20000 cargo nextest run --release -p lockstep-codec --test roundtrip
+//! CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true \
+//!   PROPTEST_CASES=20000 cargo nextest run --release -p lockstep-codec --test roundtrip
 //! ```
 
 use std::sync::Arc;
