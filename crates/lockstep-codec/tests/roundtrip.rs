@@ -39,6 +39,9 @@ fn config(default: u32) -> ProptestConfig {
         .unwrap_or(default);
     ProptestConfig {
         cases,
+        // Some properties reject short drives (`prop_assume!`); a long run
+        // rejects more than the default 1,024 in all.
+        max_global_rejects: cases.max(1024),
         ..ProptestConfig::default()
     }
 }
