@@ -281,7 +281,8 @@ impl CheckedBatch {
                 dt = dt.wrapping_add(b.timestamp_dod[i - 1]);
                 ts = ts.wrapping_add(dt);
             }
-            if ts.abs() > TS_LIMIT {
+            // Range checks, not `abs()`: wrapping arithmetic can reach i64::MIN.
+            if !(-TS_LIMIT..=TS_LIMIT).contains(&ts) {
                 return Err(DecodeError::Malformed(format!(
                     "reading {}: timestamp {ts} is out of range",
                     b.first_seq + i as u64
@@ -470,7 +471,7 @@ impl FrameSource for Wire<'_> {
         let v = self.next()?;
         let v = ask.pred.map_or(v, |p| p.wrapping_add(v));
         let v = angle_turn(sig).map_or(v, |t| v.rem_euclid(t));
-        if v.abs() > VALUE_LIMIT {
+        if !(-VALUE_LIMIT..=VALUE_LIMIT).contains(&v) {
             return Err(WireError::OutOfRange(ch));
         }
         Ok(Outcome::Sent(v))
@@ -495,7 +496,9 @@ impl FrameSource for Wire<'_> {
                 let (a, b) = (self.next()?, self.next()?);
                 let (la, lo) =
                     p.map_or((a, b), |(pa, pb)| (pa.wrapping_add(a), pb.wrapping_add(b)));
-                if la.abs() > LAT_LIMIT || lo.abs() > LON_LIMIT {
+                if !(-LAT_LIMIT..=LAT_LIMIT).contains(&la)
+                    || !(-LON_LIMIT..=LON_LIMIT).contains(&lo)
+                {
                     return Err(WireError::OutOfRange(pc.lat));
                 }
                 Ok((Outcome::Sent(la), lo))

@@ -700,6 +700,39 @@ fn a_state_persisted_before_the_acceptance_record_still_answers_duplicates() {
     fresh(decode(&c, Some(&old), &batches[1]));
 }
 
+/// Found by `decode_batch` (fuzz/regressions/decode_batch/crash-5165…): a
+/// wire value that is, or wraps to, i64::MIN made the range check's `abs()`
+/// overflow — a panic on the server for one hostile request.
+#[test]
+fn a_wire_value_of_i64_min_is_refused_not_a_panic() {
+    let c = catalog();
+    let (_, batches) = encode(&steady(1), 1, EncoderConfig::default());
+    for (transmitted, values) in [
+        (1u64, vec![i64::MIN]),         // speed
+        (0b11_0000, vec![i64::MIN, 0]), // latitude
+        (0b11_0000, vec![0, i64::MIN]), // longitude
+    ] {
+        // The other channels null, so the batch is otherwise well formed.
+        let b = Batch {
+            transmitted: vec![transmitted],
+            nulls: vec![!transmitted & 0x7f],
+            values,
+            state_checksum: None,
+            ..batches[0].clone()
+        };
+        let e = decode(&c, None, &b);
+        assert!(matches!(e, Err(DecodeError::Malformed(_))), "{e:?}");
+    }
+    let b = Batch {
+        first_timestamp_ms: i64::MIN,
+        ..batches[0].clone()
+    };
+    assert!(matches!(
+        decode(&c, None, &b),
+        Err(DecodeError::Malformed(_))
+    ));
+}
+
 #[test]
 fn mutated_well_formed_fields_are_rejected_not_misread() {
     let c = catalog();
