@@ -25,7 +25,7 @@ for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
   log="$(mktemp)"
   echo "== fuzzing $t for ${seconds}s"
-  if ! cargo fuzz run "$t" "corpus/$t" "seeds/$t" -- \
+  if ! cargo fuzz run "$t" "corpus/$t" "seeds/$t" "regressions/$t" -- \
     -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
     tail -n 60 "$log" >&2
     echo "FATAL: $t crashed; the input is in fuzz/artifacts/$t/" >&2
