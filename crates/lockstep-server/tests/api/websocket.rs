@@ -172,6 +172,9 @@ async fn a_client_that_never_reads_stalls_neither_ingest_nor_others(backend: Bac
     let mut enc = encoder(&v, 3);
     let n = 10_000usize;
     let started = Instant::now();
+    // The reading client's progress, so the test can send at its pace.
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = progress.clone();
     let mut reader = tokio::spawn(async move {
         let (mut last, mut received, mut lagged) = (0u64, 0u64, 0u64);
         while last + 1 < n as u64 {
@@ -180,6 +183,7 @@ async fn a_client_that_never_reads_stalls_neither_ingest_nor_others(backend: Bac
                 Some("telemetry") => {
                     last = m["data"]["seq"].as_u64().unwrap();
                     received += 1;
+                    seen.store(received, std::sync::atomic::Ordering::SeqCst);
                 }
                 Some("lagged") => lagged += m["data"]["dropped"].as_u64().unwrap(),
                 _ => {}
@@ -187,16 +191,22 @@ async fn a_client_that_never_reads_stalls_neither_ingest_nor_others(backend: Bac
         }
         (last, received, lagged)
     });
-    // Batches of 50 readings: one commit's messages fit in a client's queue
-    // of 64, so a client that reads keeps up and must lose nothing. (Commits
-    // larger than the queue overflow every client's queue: 500-reading
-    // batches made the reading client lose ~8,700 of 10,000 messages.)
+    // Batches of 50 readings, each sent once the reading client has the one
+    // before: its queue (64) never holds more than one commit, so it must
+    // lose nothing however slow the machine, while the stuck client's
+    // queue overflows. (With 500-reading commits, larger than the queue, the
+    // reading client lost ~8,700 of 10,000 messages: every client lags then.)
     let per_batch = 50;
     for b in 0..(n / per_batch) {
         let resp = app
             .post_batch(&batch(&mut enc, b * per_batch..(b + 1) * per_batch, T0))
             .await;
         assert_eq!(resp.status(), 200);
+        let want = ((b + 1) * per_batch) as u64;
+        eventually(WAIT, "the reading client to get the batch", || async {
+            (progress.load(std::sync::atomic::Ordering::SeqCst) >= want).then_some(())
+        })
+        .await;
     }
     let ingest = started.elapsed();
     assert!(ingest < Duration::from_secs(30), "ingest took {ingest:?}");
