@@ -9,11 +9,13 @@
 //!   plainly, and across a SIGKILL + restart of the server;
 //! - [`cpp_edge`]: the C++ example edge on the codec's C ABI: conformance
 //!   vectors from C++, a Twizy trip across server and edge SIGKILLs;
-//! - [`outage`]: PostgreSQL cut off behind a proxy mid-replay: 503s, backoff, catch-up.
+//! - [`outage`]: PostgreSQL cut off behind a proxy mid-replay: 503s, backoff, catch-up;
+//! - [`headline`]: the README's compression headline on the recorded Twizy trips.
 
 mod harness;
 
 mod cpp_edge;
+mod headline;
 mod logger;
 mod outage;
 mod replay;

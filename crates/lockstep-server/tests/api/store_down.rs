@@ -7,63 +7,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 use crate::helpers::*;
-
-/// A TCP proxy to PostgreSQL that can cut every connection and refuse new ones.
-struct Proxy {
-    port: u16,
-    open: watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(target: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (open, _) = watch::channel(true);
-        let state = open.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if !*state.borrow() {
-                    continue; // dropped: the connection is refused
-                }
-                let mut closed = state.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = closed.wait_for(|open| !*open) => {}
-                    }
-                });
-            }
-        });
-        Self { port, open }
-    }
-
-    fn close(&self) {
-        self.open.send_replace(false);
-    }
-
-    fn reopen(&self) {
-        self.open.send_replace(true);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_gives_503_then_recovers() {
     let db = Arc::new(TestDb::new(Backend::Postgres).await);
-    let proxy = Proxy::start("127.0.0.1:5432").await;
+    let proxy = Proxy::start(lockstep_testkit::PG_ADDR.into()).await;
     let TestDb::Postgres(pg) = &*db else {
         unreachable!()
     };
-    let url = pg.url_via(&format!("127.0.0.1:{}", proxy.port));
+    let url = pg.url_via(&proxy.addr);
     init_tracing();
     let data_dir = Arc::new(tempfile::tempdir().unwrap());
     let args = [

@@ -1,0 +1,115 @@
+//! A loopback TCP proxy a test puts in front of a service (PostgreSQL, the
+//! server) to stage outages and lost responses.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A loopback TCP proxy to `target`, owned by the test. It can drop every open
+/// connection and refuse new ones (`close`) until `reopen`, and it can lose
+/// responses: the next `n` chunks coming back from the target are not
+/// forwarded, their connection is dropped instead (the request was served, the
+/// client never hears of it).
+pub struct Proxy {
+    pub addr: String,
+    open: Arc<watch::Sender<bool>>,
+    to_lose: Arc<AtomicUsize>,
+    lost: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: String) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let open = Arc::new(watch::Sender::new(true));
+        let (to_lose, lost) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (gate, l, d) = (open.clone(), to_lose.clone(), lost.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if !*gate.borrow() {
+                    drop(inbound); // refused: closed at once
+                    continue;
+                }
+                let cut = gate.subscribe();
+                let (target, l, d) = (target.clone(), l.clone(), d.clone());
+                tokio::spawn(async move {
+                    if let Ok(outbound) = TcpStream::connect(&target).await {
+                        pipe(inbound, outbound, cut, l, d).await;
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            open,
+            to_lose,
+            lost,
+            task,
+        }
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub fn close(&self) {
+        self.open.send_replace(false);
+    }
+
+    pub fn reopen(&self) {
+        self.open.send_replace(true);
+    }
+
+    /// Loses the next `n` responses (see the type's documentation).
+    pub fn lose_responses(&self, n: usize) {
+        self.to_lose.fetch_add(n, Ordering::SeqCst);
+    }
+
+    /// Responses lost so far.
+    pub fn lost(&self) -> usize {
+        self.lost.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Forwards both ways until either side ends, the proxy closes, or a response is lost;
+/// then both sockets are dropped.
+async fn pipe(
+    inbound: TcpStream,
+    outbound: TcpStream,
+    mut cut: watch::Receiver<bool>,
+    to_lose: Arc<AtomicUsize>,
+    lost: Arc<AtomicUsize>,
+) {
+    let (mut client_rx, mut client_tx) = inbound.into_split();
+    let (mut target_rx, mut target_tx) = outbound.into_split();
+    let up = tokio::io::copy(&mut client_rx, &mut target_tx);
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = target_rx.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            if to_lose
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1))
+                .is_ok()
+            {
+                lost.fetch_add(1, Ordering::SeqCst);
+                return Ok(());
+            }
+            client_tx.write_all(&buf[..n]).await?;
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+        _ = cut.wait_for(|open| !open) => {}
+    }
+}
