@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the cargo-fuzz targets of the codec and runs each for a bounded time:
+# Builds the cargo-fuzz targets (the codec's decoders, the server's ingest body
+# and WebSocket client messages) and runs each for a bounded time:
 #   scripts/fuzz.sh [seconds per target, default 20]
 # Starts from the committed seed corpus (fuzz/seeds/<target>/), keeps what it
 # learns in fuzz/corpus/<target>/ (not committed), and fails on a crash; the
@@ -11,8 +12,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds="${1:-20}"
-targets=(decode_batch decode_seed)
+targets=(decode_batch decode_seed ingest_body ws_client_msg)
 export RUSTC_BOOTSTRAP=1
+# The server targets link lockstep-server: its embedded dashboard need not be rebuilt for them.
+export LOCKSTEP_SKIP_DASHBOARD_BUILD=1
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "cargo-fuzz is missing; installing it"

@@ -3,7 +3,8 @@
 //! (created with a unique name on the machine's server, dropped when dropped
 //! — even while unwinding), one-off SQL queries whose results come back as
 //! text, condition waits with deadlines, free ports, a TCP proxy that stages
-//! outages, and a `lockstep-server` process waited on until it answers.
+//! outages (closed, reset, black-holed), private PostgreSQL and Redis servers
+//! a test may stop and restart, and a `lockstep-server` process waited on until it answers.
 //!
 //! No dependency on `lockstep-server`: the server's own tests use this crate.
 
@@ -12,9 +13,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+mod private;
 mod process;
 mod proxy;
 
+pub use private::{PG_BIN, PrivatePostgres, PrivateRedis};
 pub use process::wait_for_status;
 pub use proxy::Proxy;
 

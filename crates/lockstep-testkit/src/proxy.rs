@@ -9,13 +9,18 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 /// A loopback TCP proxy to `target`, owned by the test. It can drop every open
-/// connection and refuse new ones (`close`) until `reopen`, and it can lose
+/// connection and refuse new ones (`close`) until `reopen`; drop every open
+/// connection but accept new ones (`reset`); stop forwarding in both
+/// directions while keeping every socket open (`black_hole`, a network path
+/// that silently loses everything) until `restore`; and it can lose
 /// responses: the next `n` chunks coming back from the target are not
 /// forwarded, their connection is dropped instead (the request was served, the
 /// client never hears of it).
 pub struct Proxy {
     pub addr: String,
     open: Arc<watch::Sender<bool>>,
+    hole: Arc<watch::Sender<bool>>,
+    resets: Arc<watch::Sender<u64>>,
     to_lose: Arc<AtomicUsize>,
     lost: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
@@ -26,19 +31,28 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let open = Arc::new(watch::Sender::new(true));
+        let hole = Arc::new(watch::Sender::new(false));
+        let resets = Arc::new(watch::Sender::new(0u64));
         let (to_lose, lost) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let (gate, l, d) = (open.clone(), to_lose.clone(), lost.clone());
+        let (h, r) = (hole.clone(), resets.clone());
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 if !*gate.borrow() {
                     drop(inbound); // refused: closed at once
                     continue;
                 }
-                let cut = gate.subscribe();
-                let (target, l, d) = (target.clone(), l.clone(), d.clone());
+                let faults = Faults {
+                    cut: gate.subscribe(),
+                    hole: h.subscribe(),
+                    reset: r.subscribe(),
+                    to_lose: l.clone(),
+                    lost: d.clone(),
+                };
+                let target = target.clone();
                 tokio::spawn(async move {
                     if let Ok(outbound) = TcpStream::connect(&target).await {
-                        pipe(inbound, outbound, cut, l, d).await;
+                        pipe(inbound, outbound, faults).await;
                     }
                 });
             }
@@ -46,6 +60,8 @@ impl Proxy {
         Proxy {
             addr,
             open,
+            hole,
+            resets,
             to_lose,
             lost,
             task,
@@ -59,6 +75,22 @@ impl Proxy {
 
     pub fn reopen(&self) {
         self.open.send_replace(true);
+    }
+
+    /// Drops every open connection (both sides see it closed); new ones are accepted.
+    pub fn reset(&self) {
+        self.resets.send_modify(|g| *g += 1);
+    }
+
+    /// Stops forwarding in both directions, keeping every socket open, new
+    /// ones included: whatever is sent waits, unanswered, until [`Proxy::restore`].
+    pub fn black_hole(&self) {
+        self.hole.send_replace(true);
+    }
+
+    /// Forwards again after [`Proxy::black_hole`].
+    pub fn restore(&self) {
+        self.hole.send_replace(false);
     }
 
     /// Loses the next `n` responses (see the type's documentation).
@@ -78,21 +110,46 @@ impl Drop for Proxy {
     }
 }
 
-/// Forwards both ways until either side ends, the proxy closes, or a response is lost;
-/// then both sockets are dropped.
-async fn pipe(
-    inbound: TcpStream,
-    outbound: TcpStream,
-    mut cut: watch::Receiver<bool>,
+/// What one connection watches for.
+struct Faults {
+    cut: watch::Receiver<bool>,
+    hole: watch::Receiver<bool>,
+    reset: watch::Receiver<u64>,
     to_lose: Arc<AtomicUsize>,
     lost: Arc<AtomicUsize>,
-) {
+}
+
+/// Forwards both ways until either side ends, the proxy closes or resets, or a
+/// response is lost; then both sockets are dropped. While black-holed nothing
+/// is forwarded (what was read waits in the buffer).
+async fn pipe(inbound: TcpStream, outbound: TcpStream, f: Faults) {
+    let Faults {
+        mut cut,
+        hole,
+        mut reset,
+        to_lose,
+        lost,
+    } = f;
     let (mut client_rx, mut client_tx) = inbound.into_split();
     let (mut target_rx, mut target_tx) = outbound.into_split();
-    let up = tokio::io::copy(&mut client_rx, &mut target_tx);
-    let down = async {
+    let up = async {
+        let mut hole = hole.clone();
         let mut buf = vec![0u8; 16 * 1024];
         loop {
+            hole.wait_for(|h| !h).await.ok();
+            let n = client_rx.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<(), std::io::Error>(());
+            }
+            hole.wait_for(|h| !h).await.ok();
+            target_tx.write_all(&buf[..n]).await?;
+        }
+    };
+    let down = async {
+        let mut hole = hole.clone();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            hole.wait_for(|h| !h).await.ok();
             let n = target_rx.read(&mut buf).await?;
             if n == 0 {
                 return Ok::<(), std::io::Error>(());
@@ -104,6 +161,7 @@ async fn pipe(
                 lost.fetch_add(1, Ordering::SeqCst);
                 return Ok(());
             }
+            hole.wait_for(|h| !h).await.ok();
             client_tx.write_all(&buf[..n]).await?;
         }
     };
@@ -111,5 +169,6 @@ async fn pipe(
         _ = up => {}
         _ = down => {}
         _ = cut.wait_for(|open| !open) => {}
+        _ = reset.changed() => {}
     }
 }

@@ -118,6 +118,9 @@ pub fn testdata(rel: &str) -> PathBuf {
 pub enum Db {
     Sqlite { path: PathBuf },
     Postgres(PgDatabase),
+    /// The `postgres` database of a private cluster the test owns at `addr`
+    /// (host:port; see `chaos`).
+    Private { addr: String },
 }
 
 impl Db {
@@ -136,11 +139,15 @@ impl Db {
         match self {
             Db::Sqlite { path } => format!("sqlite://{}", path.display()),
             Db::Postgres(db) => db.url_via(via),
+            Db::Private { .. } => format!("postgres://postgres@{via}/postgres"),
         }
     }
 
     pub fn url(&self) -> String {
-        self.url_via(PG_ADDR)
+        match self {
+            Db::Private { addr } => self.url_via(addr),
+            _ => self.url_via(PG_ADDR),
+        }
     }
 
     /// One SQL query through the database's own client (never the server);
@@ -149,6 +156,7 @@ impl Db {
         match self {
             Db::Sqlite { path } => lockstep_testkit::sqlite_query(path, sql),
             Db::Postgres(db) => lockstep_testkit::pg_query(&db.url(), sql).await,
+            Db::Private { .. } => lockstep_testkit::pg_query(&self.url(), sql).await,
         }
     }
 
@@ -326,6 +334,11 @@ impl Server {
         }
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL, and reap it.
     pub fn kill(&mut self) {
         let mut child = self.child.take().expect("the server runs");
@@ -433,6 +446,13 @@ impl Edge {
         let mut child = self.child.take().expect("the edge runs");
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
+    }
+
+    /// Whether the process has ended (it is still reaped by [`Edge::finish`]).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
     }
 
     pub fn stdout(&self) -> String {
