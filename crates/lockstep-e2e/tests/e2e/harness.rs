@@ -116,11 +116,15 @@ pub fn testdata(rel: &str) -> PathBuf {
 /// The database one test writes to: a fresh SQLite file, or a fresh
 /// PostgreSQL database on 127.0.0.1:5432 that is dropped when this is dropped.
 pub enum Db {
-    Sqlite { path: PathBuf },
+    Sqlite {
+        path: PathBuf,
+    },
     Postgres(PgDatabase),
     /// The `postgres` database of a private cluster the test owns at `addr`
     /// (host:port; see `chaos`).
-    Private { addr: String },
+    Private {
+        addr: String,
+    },
 }
 
 impl Db {
