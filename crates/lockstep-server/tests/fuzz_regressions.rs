@@ -6,29 +6,10 @@
 
 mod fuzz_cases;
 
-use std::path::PathBuf;
+#[path = "../../lockstep-codec/tests/fuzz_replay/mod.rs"]
+mod fuzz_replay;
 
-/// Runs `case` on every seed and past crash of `target` (at least `seeds` files).
-fn replay(target: &str, seeds: usize, case: fn(&[u8])) {
-    let fuzz = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
-    let mut n = 0;
-    for kind in ["seeds", "regressions"] {
-        let dir = fuzz.join(kind).join(target);
-        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let path = entry.unwrap().path();
-            if path
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            {
-                continue;
-            }
-            println!("{}", path.display());
-            case(&std::fs::read(&path).unwrap());
-            n += 1;
-        }
-    }
-    assert!(n >= seeds, "the committed seed corpus of {target} is there");
-}
+use fuzz_replay::replay;
 
 #[test]
 fn ingest_body_seeds_and_regressions() {

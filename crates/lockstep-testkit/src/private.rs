@@ -104,8 +104,8 @@ impl PrivatePostgres {
         self.url_via(&self.addr())
     }
 
-    /// Runs one of PostgreSQL's programs as the cluster's owner; panics with its output on failure.
-    fn run(&self, program: &str, args: &[&str]) {
+    /// One of PostgreSQL's programs, to be run as the cluster's owner.
+    fn command(&self, program: &str) -> Command {
         let bin = Path::new(PG_BIN).join(program);
         let mut cmd = if is_root() {
             let mut c = Command::new("runuser");
@@ -114,12 +114,18 @@ impl PrivatePostgres {
         } else {
             Command::new(&bin)
         };
-        let out = cmd
+        cmd.current_dir(&self.dir);
+        cmd
+    }
+
+    /// Runs one of PostgreSQL's programs as the cluster's owner; panics with its output on failure.
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self
+            .command(program)
             .args(args)
-            .current_dir(&self.dir)
             .stdin(Stdio::null())
             .output()
-            .unwrap_or_else(|e| panic!("{} must be installed: {e}", bin.display()));
+            .unwrap_or_else(|e| panic!("{PG_BIN}/{program} must be installed: {e}"));
         assert!(
             out.status.success(),
             "{program} {args:?} failed ({}):\n{}\n{}\nlog:\n{}",
@@ -160,7 +166,14 @@ impl PrivatePostgres {
         let data = self.data();
         self.run(
             "pg_ctl",
-            &["stop", "-w", "-m", "immediate", "-D", data.to_str().unwrap()],
+            &[
+                "stop",
+                "-w",
+                "-m",
+                "immediate",
+                "-D",
+                data.to_str().unwrap(),
+            ],
         );
     }
 
@@ -172,17 +185,10 @@ impl PrivatePostgres {
 
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        let bin = Path::new(PG_BIN).join("pg_ctl");
         let data = self.data();
-        let mut cmd = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&bin);
-            c
-        } else {
-            Command::new(&bin)
-        };
         // Not running (a test stopped it) is fine: the directory goes either way.
-        let _ = cmd
+        let _ = self
+            .command("pg_ctl")
             .args(["stop", "-w", "-m", "immediate", "-D"])
             .arg(&data)
             .stdout(Stdio::null())
