@@ -262,3 +262,52 @@ impl Drop for PrivateRedis {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// `PING` → `+PONG`, or the connection error.
+    fn ping(port: u16) -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"PING\r\n")?;
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+
+    #[test]
+    fn private_redis_answers_goes_away_and_comes_back() {
+        let mut r = PrivateRedis::start();
+        assert_eq!(ping(r.port).unwrap(), "+PONG\r\n");
+        r.kill();
+        assert!(ping(r.port).is_err(), "a killed redis-server refuses");
+        r.start_again();
+        assert_eq!(ping(r.port).unwrap(), "+PONG\r\n");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn private_postgres_survives_a_crash_restart_with_its_data() {
+        let pg = tokio::task::block_in_place(PrivatePostgres::start);
+        crate::pg_query(
+            &pg.url(),
+            "CREATE TABLE t (x int); INSERT INTO t VALUES (7)",
+        )
+        .await;
+        tokio::task::block_in_place(|| pg.stop_immediate());
+        assert!(
+            tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls)
+                .await
+                .is_err(),
+            "a stopped cluster refuses"
+        );
+        tokio::task::block_in_place(|| pg.start_again());
+        let rows = crate::pg_query(&pg.url(), "SELECT x FROM t").await;
+        assert_eq!(rows, vec![vec![Some("7".to_owned())]]);
+        let dir = pg.dir.clone();
+        drop(pg);
+        assert!(!dir.exists(), "the cluster's directory is removed");
+    }
+}
