@@ -191,7 +191,7 @@ async fn a_failed_commit_is_503_and_the_retry_succeeds(backend: Backend) {
 /// ingest) alone: only the write path reports to the health actor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_read_does_not_mark_ingest_down() {
-    let (app, st) = instrumented_app().await;
+    let (app, st) = instrumented_app(Backend::Sqlite).await;
     st.fail_reads.store(true, Ordering::SeqCst);
     let resp = app
         .http

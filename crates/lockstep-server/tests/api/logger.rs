@@ -315,7 +315,7 @@ while true; do sleep 0.05; done"#;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_the_logger_before_http() {
     let dir = tempfile::tempdir().unwrap();
-    let app = logger_app(&script(dir.path(), "edge", FLUSHING), &[]).await;
+    let app = logger_app(Backend::Sqlite, &script(dir.path(), "edge", FLUSHING), &[]).await;
     let mut ws = app.ws().await;
     let (code, body) = post(&app, "/logger/start", None, None).await;
     assert_eq!(code, 200, "{body}");
