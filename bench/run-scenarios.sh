@@ -7,12 +7,12 @@
 #   bench/run-scenarios.sh                 # every scenario (about 6-8 minutes on 2 cores)
 #   bench/run-scenarios.sh seed-pg ws-1000 # only these
 #   D=10 bench/run-scenarios.sh            # shorter runs
-# Environment: D (seconds per scenario, 15), OUT (target/bench-results), BUILD=0 to skip the build.
+# Environment: D (seconds per scenario, 15), OUT (bench/results, committed with the command in bench/results/README.md), BUILD=0 to skip the build.
 set -euo pipefail
 ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 cd "$ROOT"
 D=${D:-15}
-OUT=${OUT:-$ROOT/target/bench-results}
+OUT=${OUT:-$ROOT/bench/results}
 mkdir -p "$OUT"
 if [[ "${BUILD:-1}" != 0 ]]; then
   cargo build --release -p lockstep-server -p lockstep-bench

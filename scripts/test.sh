@@ -3,10 +3,30 @@
 # API against SQLite and the PostgreSQL on 127.0.0.1:5432, end-to-end with the
 # real edge and server), the dashboard's unit tests, and the browser test in
 # Debian's Chromium.
-# Needs: cargo + cargo-nextest, Node 20 + npm, PostgreSQL reachable,
-# /usr/bin/chromium (`apt-get install -y chromium`).
+# Needs: cargo, Node >= 20.19 + npm, PostgreSQL reachable; installs what else
+# is missing (cargo-nextest, Debian's chromium) and fails loudly otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+fail() {
+  echo "FATAL: $*" >&2
+  exit 1
+}
+
+command -v cargo >/dev/null || fail "cargo is not installed (https://rustup.rs)."
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "cargo-nextest is missing; installing it"
+  cargo install --locked cargo-nextest || fail "could not install cargo-nextest."
+fi
+if [[ ! -x /usr/bin/chromium ]]; then
+  echo "/usr/bin/chromium is missing; installing Debian's chromium"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ||
+    fail "could not install chromium (apt-get install -y chromium, as root); the browser test needs it."
+fi
+/usr/bin/chromium --version >/dev/null 2>&1 || fail "/usr/bin/chromium does not run."
+command -v node >/dev/null && command -v npm >/dev/null || fail "Node >= 20.19 with npm is not installed."
+node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' ||
+  fail "Node $(node --version) is too old: dashboard/package.json needs >= 20.19."
 
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   echo "FATAL: PostgreSQL is not reachable on 127.0.0.1:5432; the store tests need it." >&2
@@ -14,11 +34,20 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
 fi
 
 # The dashboard bundle first, so the server's build script finds it fresh
-# (and never runs npm itself in the middle of a parallel cargo build).
+# (and never runs npm itself in the middle of a parallel cargo build). Rebuilt
+# only when the server's build script would call it stale (missing, the
+# placeholder, or an input newer than it): rewriting dashboard/dist makes the
+# next build of the server, which embeds it, compile again.
 (
   cd dashboard
   npm ci --no-audit --no-fund
-  npm run build
+  inputs=(src public index.html package.json package-lock.json vite.config.ts tsconfig.json)
+  if [[ ! -f dist/index.html ]] || grep -q lockstep-dashboard-placeholder dist/index.html ||
+    [[ -n "$(find "${inputs[@]}" -newer dist/index.html -print -quit 2>/dev/null)" ]]; then
+    npm run build
+  else
+    echo "dashboard/dist is up to date with its sources; not rebuilt"
+  fi
 )
 
 # The end-to-end tests spawn the real binaries, so build them before testing.

@@ -1,13 +1,8 @@
 //! Arbitrary bytes as a seed-form body: parse and reconstruct without panicking.
+//! The body is shared with the test suite's regression replay.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use lockstep_codec::SeedPredictor;
-use lockstep_proto::Message;
-use lockstep_proto::telemetry::TelemetryReading;
+#[path = "../../crates/lockstep-codec/tests/fuzz_cases/mod.rs"]
+mod cases;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(r) = TelemetryReading::decode(data) {
-        let _ = SeedPredictor::default().reconstruct(&r);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| cases::decode_seed(data));

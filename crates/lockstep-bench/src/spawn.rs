@@ -7,11 +7,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 use tokio::process::{Child, Command};
+
+use lockstep_testkit::{PgDatabase, free_port};
 
 use crate::cli::StoreKind;
 use crate::store::{StoreAccess, redact};
@@ -94,7 +96,7 @@ pub struct Spawned {
     pub addr: SocketAddr,
     pub binary: PathBuf,
     pub store: StoreAccess,
-    pg_db: Option<(String, String)>,
+    pg_db: Option<PgDatabase>,
     dir: tempfile::TempDir,
     keep: bool,
 }
@@ -114,40 +116,6 @@ pub fn default_binary() -> anyhow::Result<PathBuf> {
         "lockstep-server not found next to {} (build it: cargo build -p lockstep-server, or pass --spawn PATH)",
         me.display()
     )
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a loopback port")?;
-    Ok(l.local_addr()?.port())
-}
-
-/// `postgres://…/postgres?x` with the database name replaced.
-fn with_database(admin_url: &str, db: &str) -> anyhow::Result<String> {
-    let (base, query) = admin_url
-        .split_once('?')
-        .map_or((admin_url, None), |(b, q)| (b, Some(q)));
-    let scheme_end = base
-        .find("://")
-        .context("--pg-admin-url must be a postgres:// URL")?
-        + 3;
-    let host_part = &base[scheme_end..];
-    let host_end = host_part.find('/').map_or(base.len(), |i| scheme_end + i);
-    let mut url = format!("{}/{db}", &base[..host_end]);
-    if let Some(q) = query {
-        url.push('?');
-        url.push_str(q);
-    }
-    Ok(url)
-}
-
-async fn admin(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(c)
 }
 
 impl Spawned {
@@ -179,25 +147,16 @@ impl Spawned {
                 )
             }
             StoreKind::Postgres => {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.subsec_nanos())
-                    .unwrap_or(0);
-                let name = format!("lockstep_bench_{}_{nanos}", std::process::id());
-                admin(pg_admin_url)
-                    .await?
-                    .batch_execute(&format!("CREATE DATABASE {name}"))
+                let db = PgDatabase::create_at(pg_admin_url, "lockstep_bench")
                     .await
-                    .with_context(|| format!("CREATE DATABASE {name}"))?;
-                let url = with_database(pg_admin_url, &name)?;
-                (
-                    url.clone(),
-                    StoreAccess::Postgres(url),
-                    Some((pg_admin_url.to_owned(), name)),
-                )
+                    .with_context(|| {
+                        format!("cannot create a database at {}", redact(pg_admin_url))
+                    })?;
+                let url = db.url_at_admin();
+                (url.clone(), StoreAccess::Postgres(url), Some(db))
             }
         };
-        let port = free_port()?;
+        let port = free_port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = std::fs::File::create(dir.path().join("server.log"))?;
         let mut cmd = Command::new(&binary);
@@ -230,13 +189,8 @@ impl Spawned {
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", binary.display()));
-        let child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                drop_pg(&pg_db).await;
-                return Err(e);
-            }
-        };
+        // On an error the database is dropped with `pg_db`.
+        let child = child?;
         let pid = child.id().context("the server exited at once")?;
         let mut me = Self {
             child,
@@ -257,20 +211,12 @@ impl Spawned {
     }
 
     async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
-        let end = Instant::now() + within;
-        while Instant::now() < end {
-            if let Some(st) = self.child.try_wait()? {
-                bail!("lockstep-server exited during start-up ({st})");
-            }
-            if let Ok((s, _)) =
-                crate::http::get_json(self.addr, "/status", Duration::from_secs(2)).await
-                && s.is_success()
-            {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bail!("lockstep-server did not answer GET /status within {within:?}")
+        let child = &mut self.child;
+        lockstep_testkit::wait_for_status(self.addr, within, || {
+            child.try_wait().ok().flatten().map(|st| st.to_string())
+        })
+        .await
+        .map_err(anyhow::Error::msg)
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -301,6 +247,7 @@ impl Spawned {
                 }
             }
         };
+        let db = self.pg_db.take();
         if self.keep {
             let dir = std::mem::replace(
                 &mut self.dir,
@@ -310,28 +257,11 @@ impl Spawned {
             eprintln!(
                 "kept the server's directory {} and database {:?}",
                 kept.display(),
-                self.pg_db.as_ref().map(|d| &d.1)
+                db.map(PgDatabase::keep)
             );
-        } else {
-            drop_pg(&self.pg_db).await;
         }
+        // Otherwise the database is dropped with `db`.
         status
-    }
-}
-
-async fn drop_pg(db: &Option<(String, String)>) {
-    if let Some((admin_url, name)) = db {
-        match admin(admin_url).await {
-            Ok(c) => {
-                if let Err(e) = c
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await
-                {
-                    eprintln!("warning: could not drop database {name}: {e}");
-                }
-            }
-            Err(e) => eprintln!("warning: could not drop database {name}: {e:#}"),
-        }
     }
 }
 
@@ -364,22 +294,6 @@ pub fn loopback_addr(url: &str) -> anyhow::Result<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn replaces_the_database_name() {
-        assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x").unwrap(),
-            "postgres://postgres@127.0.0.1:5432/x"
-        );
-        assert_eq!(
-            with_database("postgres://u@h/p?sslmode=disable", "x").unwrap(),
-            "postgres://u@h/x?sslmode=disable"
-        );
-        assert_eq!(
-            with_database("postgres://u@h", "x").unwrap(),
-            "postgres://u@h/x"
-        );
-    }
 
     #[test]
     fn only_loopback() {

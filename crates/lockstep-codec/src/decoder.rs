@@ -7,9 +7,16 @@ use prost::Message;
 use crate::catalog::{Catalog, PositionChannels, Signal};
 use crate::encoder::angle_turn;
 use crate::state::{
-    Ask, Frame, FrameSource, LAT_LIMIT, LON_LIMIT, Outcome, SessionState, TS_LIMIT, VALUE_LIMIT,
+    Accepted, Ask, Frame, FrameSource, LAT_LIMIT, LON_LIMIT, Outcome, SessionState, TS_LIMIT,
+    VALUE_LIMIT,
 };
 use crate::vin::{Vin, VinError};
+
+/// The furthest a keyframe may jump ahead of the next expected sequence
+/// number (2^32 readings: 13 years at 10 Hz). A genuine edge jumps only over
+/// readings the cloud lost; a larger jump is answered as a gap, so no batch
+/// can move a session towards the end of the sequence space.
+pub const MAX_SEQ_JUMP: u64 = 1 << 32;
 
 /// Why a batch was not accepted. Each variant is a distinct outcome the
 /// server maps to its own answer; see [`DecodeError::resync_required`].
@@ -26,10 +33,16 @@ pub enum DecodeError {
         "catalog mismatch: the server uses catalog {expected:016x}, the batch was encoded with {got:016x}"
     )]
     CatalogMismatch { expected: u64, got: u64 },
-    /// No state for this session and the batch does not start with a keyframe (409).
-    #[error("unknown session {session_id:016x} and the batch does not start with a keyframe")]
-    UnknownSession { session_id: u64 },
-    /// Readings are missing between the last accepted one and this batch (409).
+    /// The cloud holds no state this batch continues (409, and no `next_seq`:
+    /// the sender resends from its first unacknowledged reading). See
+    /// [`UnknownReason`].
+    #[error("unknown session {session_id:016x}: {reason}")]
+    UnknownSession {
+        session_id: u64,
+        reason: UnknownReason,
+    },
+    /// Readings are missing between the last accepted one and this batch, or
+    /// a keyframe jumps further than [`MAX_SEQ_JUMP`] (409).
     #[error("gap: expected sequence number {expected}, the batch starts at {got}")]
     Gap { expected: u64, got: u64 },
     /// The batch starts before the next expected reading but ends after it (409).
@@ -42,6 +55,24 @@ pub enum DecodeError {
         "state checksum mismatch after sequence number {seq}: edge {edge:08x}, cloud {cloud:08x}"
     )]
     ChecksumMismatch { seq: u64, edge: u32, cloud: u32 },
+}
+
+/// Why [`DecodeError::UnknownSession`]: the batch cannot be matched to the
+/// state the cloud holds for its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UnknownReason {
+    /// No state for the session, and the batch does not start with a keyframe.
+    #[error("the batch does not start with a keyframe")]
+    NoKeyframe,
+    /// The batch repeats sequence numbers of the last accepted batch but is
+    /// not that batch (another sender with this session id, or a re-cut
+    /// batch): it is not acknowledged as a duplicate.
+    #[error("the batch repeats accepted sequence numbers with different contents")]
+    NotARepeat,
+    /// The batch lies before the run the state continues (a keyframe jumped
+    /// past it), so whether it was accepted is unknown.
+    #[error("the batch lies before the keyframe the session continues from")]
+    BeforeRun,
 }
 
 impl DecodeError {
@@ -64,6 +95,7 @@ impl DecodeError {
 pub struct CheckedBatch {
     vin: Vin,
     batch: Batch,
+    digest: u64,
 }
 
 /// The result of decoding a batch.
@@ -154,7 +186,8 @@ impl CheckedBatch {
         {
             return bad("keyframe indices are not ascending within the batch".into());
         }
-        Ok(Self { vin, batch })
+        let digest = digest(&batch);
+        Ok(Self { vin, batch, digest })
     }
 
     pub fn vin(&self) -> &Vin {
@@ -195,13 +228,21 @@ impl CheckedBatch {
         state: Option<&SessionState>,
     ) -> Result<BatchOutcome, DecodeError> {
         let b = &self.batch;
-        let mut state = match state {
-            Some(s) if self.last_seq() < s.next_seq() => return Ok(BatchOutcome::Duplicate),
+        let (mut state, run_start) = match state {
+            Some(s) if self.last_seq() < s.next_seq() => return self.repeat(s),
+            Some(s) if b.first_seq == s.next_seq() => {
+                // A state persisted before the acceptance record: its run is
+                // taken to start here.
+                let run = s.accepted().map_or(b.first_seq, |a| a.run_start);
+                (s.clone(), run)
+            }
+            // A keyframe after a gap: the missing readings are lost for good.
             Some(s)
-                if b.first_seq == s.next_seq()
-                    || self.starts_with_keyframe() && b.first_seq > s.next_seq() =>
+                if b.first_seq > s.next_seq()
+                    && self.starts_with_keyframe()
+                    && b.first_seq - s.next_seq() <= MAX_SEQ_JUMP =>
             {
-                s.clone()
+                (SessionState::new(catalog, b.first_seq), b.first_seq)
             }
             Some(s) if b.first_seq > s.next_seq() => {
                 return Err(DecodeError::Gap {
@@ -215,17 +256,16 @@ impl CheckedBatch {
                     got: b.first_seq,
                 });
             }
-            None if self.starts_with_keyframe() => SessionState::new(catalog, b.first_seq),
+            None if self.starts_with_keyframe() => {
+                (SessionState::new(catalog, b.first_seq), b.first_seq)
+            }
             None => {
                 return Err(DecodeError::UnknownSession {
                     session_id: b.session_id,
+                    reason: UnknownReason::NoKeyframe,
                 });
             }
         };
-        if state.next_seq() != b.first_seq {
-            // A keyframe after a gap: the missing readings are lost for good.
-            state = SessionState::new(catalog, b.first_seq);
-        }
         let mut wire = Wire {
             values: &b.values,
             pos: 0,
@@ -241,7 +281,8 @@ impl CheckedBatch {
                 dt = dt.wrapping_add(b.timestamp_dod[i - 1]);
                 ts = ts.wrapping_add(dt);
             }
-            if ts.abs() > TS_LIMIT {
+            // Range checks, not `abs()`: wrapping arithmetic can reach i64::MIN.
+            if !(-TS_LIMIT..=TS_LIMIT).contains(&ts) {
                 return Err(DecodeError::Malformed(format!(
                     "reading {}: timestamp {ts} is out of range",
                     b.first_seq + i as u64
@@ -271,8 +312,77 @@ impl CheckedBatch {
                 });
             }
         }
+        state.set_accepted(Accepted {
+            run_start,
+            last_first: b.first_seq,
+            last_digest: self.digest,
+        });
         Ok(BatchOutcome::Fresh { readings, state })
     }
+
+    /// A batch wholly before `state.next_seq()`: a duplicate only when it is
+    /// a retry of the last accepted batch, or lies wholly before that batch
+    /// within the run the state continues. Anything else is refused, so a
+    /// different batch over accepted sequence numbers (another sender using
+    /// this session id) never has its readings acknowledged and dropped.
+    fn repeat(&self, state: &SessionState) -> Result<BatchOutcome, DecodeError> {
+        let Some(a) = state.accepted() else {
+            // A state persisted before the record: as before, a duplicate.
+            return Ok(BatchOutcome::Duplicate);
+        };
+        let reason = if self.batch.first_seq < a.run_start {
+            UnknownReason::BeforeRun
+        } else if self.last_seq() < a.last_first
+            || (self.batch.first_seq == a.last_first && self.digest == a.last_digest)
+        {
+            return Ok(BatchOutcome::Duplicate);
+        } else {
+            UnknownReason::NotARepeat
+        };
+        Err(DecodeError::UnknownSession {
+            session_id: self.batch.session_id,
+            reason,
+        })
+    }
+}
+
+/// A 64-bit digest of everything a batch says (not cryptographic: it tells
+/// a retry, which is the same message, from a different batch).
+fn digest(b: &Batch) -> u64 {
+    fn mix(h: u64, w: u64) -> u64 {
+        // splitmix64's finaliser over the running value: a bijection per word.
+        let mut z = (h ^ w).wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let mut h = 0;
+    for w in [
+        b.session_id,
+        b.catalog_hash,
+        b.first_seq,
+        u64::from(b.count),
+        b.first_timestamp_ms as u64,
+        b.state_checksum.map_or(1 << 32, u64::from),
+    ] {
+        h = mix(h, w);
+    }
+    let lists: [&mut dyn Iterator<Item = u64>; 5] = [
+        &mut b.timestamp_dod.iter().map(|&v| v as u64),
+        &mut b.transmitted.iter().copied(),
+        &mut b.nulls.iter().copied(),
+        &mut b.values.iter().map(|&v| v as u64),
+        &mut b.keyframes.iter().map(|&k| u64::from(k)),
+    ];
+    for list in lists {
+        let mut n = 0u64;
+        for w in list {
+            h = mix(h, w);
+            n += 1;
+        }
+        h = mix(h, n);
+    }
+    h
 }
 
 fn dequantise(catalog: &Catalog, f: Frame) -> DecodedReading {
@@ -361,7 +471,7 @@ impl FrameSource for Wire<'_> {
         let v = self.next()?;
         let v = ask.pred.map_or(v, |p| p.wrapping_add(v));
         let v = angle_turn(sig).map_or(v, |t| v.rem_euclid(t));
-        if v.abs() > VALUE_LIMIT {
+        if !(-VALUE_LIMIT..=VALUE_LIMIT).contains(&v) {
             return Err(WireError::OutOfRange(ch));
         }
         Ok(Outcome::Sent(v))
@@ -386,7 +496,9 @@ impl FrameSource for Wire<'_> {
                 let (a, b) = (self.next()?, self.next()?);
                 let (la, lo) =
                     p.map_or((a, b), |(pa, pb)| (pa.wrapping_add(a), pb.wrapping_add(b)));
-                if la.abs() > LAT_LIMIT || lo.abs() > LON_LIMIT {
+                if !(-LAT_LIMIT..=LAT_LIMIT).contains(&la)
+                    || !(-LON_LIMIT..=LON_LIMIT).contains(&lo)
+                {
                     return Err(WireError::OutOfRange(pc.lat));
                 }
                 Ok((Outcome::Sent(la), lo))

@@ -239,12 +239,15 @@ fn value_of(r: &Reading, ch: usize) -> Option<f64> {
 }
 
 impl Actual<'_> {
-    /// The quantised future values of `ch`, up to the first missing one.
+    /// The quantised future values of `ch`, up to the first missing (or
+    /// unencodable) one.
     fn future(&self, ch: usize, sig: &Signal) -> impl Iterator<Item = i64> + '_ {
         let sig = sig.clone();
-        self.future
-            .iter()
-            .map_while(move |r| value_of(r, ch).map(|v| sig.quantise(v)))
+        self.future.iter().map_while(move |r| {
+            value_of(r, ch)
+                .map(|v| sig.quantise(v))
+                .filter(|q| (-VALUE_LIMIT..=VALUE_LIMIT).contains(q))
+        })
     }
 
     /// The value to send for `q` when it will be held: the middle of the
@@ -276,8 +279,11 @@ impl Actual<'_> {
             let (Some(la), Some(lo)) = (value_of(r, pc.lat), value_of(r, pc.lon)) else {
                 break;
             };
-            let x = lon_q_to_mm(quantise_deg(lo) - q.1, cos);
-            let y = lat_q_to_mm(quantise_deg(la) - q.0);
+            let Some((la, lo)) = position_q(la, lo) else {
+                break;
+            };
+            let x = lon_q_to_mm(lo - q.1, cos);
+            let y = lat_q_to_mm(la - q.0);
             let (a, b, c, d) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
             if (b - a) * (b - a) + (d - c) * (d - c) > lim {
                 break;
@@ -302,6 +308,13 @@ fn quantise_deg(v: f64) -> i64 {
     (v * 1e7).round() as i64
 }
 
+/// A position in 1e-7 degrees, `None` beyond ±90° / ±180°.
+fn position_q(lat: f64, lon: f64) -> Option<(i64, i64)> {
+    let q = (quantise_deg(lat), quantise_deg(lon));
+    ((-LAT_LIMIT..=LAT_LIMIT).contains(&q.0) && (-LON_LIMIT..=LON_LIMIT).contains(&q.1))
+        .then_some(q)
+}
+
 impl FrameSource for Actual<'_> {
     type Error = std::convert::Infallible;
 
@@ -311,7 +324,8 @@ impl FrameSource for Actual<'_> {
         };
         let turn = angle_turn(sig);
         let mut q = sig.quantise(v);
-        if q.abs() > VALUE_LIMIT {
+        // A range check, not `abs()`: -1e300 quantises to i64::MIN.
+        if !(-VALUE_LIMIT..=VALUE_LIMIT).contains(&q) {
             return Ok(Outcome::Null);
         }
         if let Some(t) = turn {
@@ -342,10 +356,9 @@ impl FrameSource for Actual<'_> {
         ) else {
             return Ok((Outcome::Null, 0));
         };
-        let mut q = (quantise_deg(la), quantise_deg(lo));
-        if q.0.abs() > LAT_LIMIT || q.1.abs() > LON_LIMIT {
+        let Some(mut q) = position_q(la, lo) else {
             return Ok((Outcome::Null, 0));
-        }
+        };
         let tol = i128::from(tol_mm);
         if !ask.force && ask.pred.is_some_and(|p| dist2_mm(q, p) <= tol * tol) {
             return Ok((Outcome::Predicted, 0));

@@ -16,7 +16,9 @@ pub mod state;
 pub mod vin;
 
 pub use catalog::{Catalog, Model, Signal};
-pub use decoder::{BatchOutcome, CheckedBatch, DecodeError, DecodedReading};
+pub use decoder::{
+    BatchOutcome, CheckedBatch, DecodeError, DecodedReading, MAX_SEQ_JUMP, UnknownReason,
+};
 pub use encoder::{Encoder, EncoderConfig, Reading};
 pub use seed::{SeedPredictor, SeedReconstruction};
 pub use state::{Frame, SessionState};

@@ -65,12 +65,43 @@ struct Candidates {
 /// Everything edge and cloud must agree on for one session. Serialised by
 /// [`SessionState::to_bytes`] (persisted by the server, hashed for the
 /// checksum).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Equality compares what edge and cloud must agree on; the cloud's
+/// [`Accepted`] record is bookkeeping of its own and left out.
+#[derive(Debug, Clone)]
 pub struct SessionState {
     next_seq: u64,
     last_ts: Option<i64>,
     channels: Vec<Channel>,
     position: Position,
+    accepted: Option<Accepted>,
+}
+
+impl PartialEq for SessionState {
+    fn eq(&self, other: &Self) -> bool {
+        self.next_seq == other.next_seq
+            && self.last_ts == other.last_ts
+            && self.channels == other.channels
+            && self.position == other.position
+    }
+}
+
+impl Eq for SessionState {}
+
+/// What the cloud last accepted in a session, so that it can tell a retry of
+/// an accepted batch from a different batch over the same sequence numbers
+/// (docs/protocol.md, section 7). Kept only by the decoder; persisted with
+/// the state but not part of the checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Accepted {
+    /// First sequence number of the current run: the session's first
+    /// keyframe, or the keyframe that jumped over a gap. Nothing before it is
+    /// known to belong to the run the state continues.
+    pub(crate) run_start: u64,
+    /// First sequence number of the last accepted batch.
+    pub(crate) last_first: u64,
+    /// Digest of the last accepted batch (see `decoder::digest`).
+    pub(crate) last_digest: u64,
 }
 
 /// What happened to one channel in one reading.
@@ -134,7 +165,18 @@ impl SessionState {
             last_ts: None,
             channels: vec![Channel::default(); catalog.len()],
             position: Position::default(),
+            accepted: None,
         }
+    }
+
+    /// The cloud's record of the last accepted batch (`None` on the edge, and
+    /// for states persisted before the record existed).
+    pub(crate) fn accepted(&self) -> Option<Accepted> {
+        self.accepted
+    }
+
+    pub(crate) fn set_accepted(&mut self, a: Accepted) {
+        self.accepted = Some(a);
     }
 
     /// Sequence number the next reading must carry.
@@ -383,9 +425,23 @@ impl SessionState {
         }
     }
 
-    /// Canonical serialisation (docs/protocol.md, "State"): persisted by the
-    /// server and hashed for the checksum.
+    /// Serialisation persisted by the server: the canonical predictor bytes
+    /// (docs/protocol.md, "Serialisation and checksum"), then the cloud's
+    /// acceptance record if there is one (`u8 1`, `u64 run_start`,
+    /// `u64 last_first`, `u64 last_digest`).
     pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = self.predictor_bytes();
+        if let Some(a) = self.accepted {
+            b.push(1);
+            for w in [a.run_start, a.last_first, a.last_digest] {
+                b.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        b
+    }
+
+    /// The canonical bytes edge and cloud agree on, hashed for the checksum.
+    fn predictor_bytes(&self) -> Vec<u8> {
         let mut b = Vec::with_capacity(16 + self.channels.len() * 80);
         b.push(1u8);
         b.extend_from_slice(&self.next_seq.to_le_bytes());
@@ -437,17 +493,28 @@ impl SessionState {
             score: [r.i64()?, r.i64()?],
             choice: r.u8()?,
         };
+        let accepted = match r.u8() {
+            None => None,
+            Some(1) => Some(Accepted {
+                run_start: r.i64()? as u64,
+                last_first: r.i64()? as u64,
+                last_digest: r.i64()? as u64,
+            }),
+            Some(_) => return None,
+        };
         r.0.is_empty().then_some(Self {
             next_seq,
             last_ts,
             channels,
             position,
+            accepted,
         })
     }
 
-    /// FNV-1a 32 of [`Self::to_bytes`].
+    /// FNV-1a 32 of the predictor bytes ([`Self::to_bytes`] without the
+    /// cloud's acceptance record).
     pub fn checksum(&self) -> u32 {
-        fnv1a32(&self.to_bytes())
+        fnv1a32(&self.predictor_bytes())
     }
 }
 

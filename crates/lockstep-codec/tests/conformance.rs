@@ -3,294 +3,42 @@
 //!
 //! Any edge implementation (C++ included) can replay the same files. This
 //! test checks that today's encoder produces exactly the stored bytes and the
-//! decoder exactly the stored values. To regenerate after an intended
-//! protocol change (which needs a new version folder):
-//! `LOCKSTEP_REGENERATE_VECTORS=1 cargo test -p lockstep-codec --test conformance`.
+//! decoder exactly the stored values; every released version must still
+//! decode. Writing vectors is a separate command that refuses a released
+//! version (see `conformance/README.md`):
+//! `cargo run -p lockstep-codec --example regenerate_vectors -- v2`.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+mod vectors;
 
-use lockstep_codec::seed::SEED_TOLERANCES;
-use lockstep_codec::{
-    BatchOutcome, Catalog, CheckedBatch, Encoder, EncoderConfig, Reading, SeedPredictor,
-    SessionState, Vin,
-};
-use lockstep_proto::Message;
-use lockstep_proto::telemetry::TelemetryReading;
+use lockstep_codec::Catalog;
 use serde::{Deserialize, Serialize};
+use vectors::{CURRENT, Vector, build_vector, decode, dir, inputs, seed_vector, unhex};
 
-const VIN: &str = "5YJ3E1EA000000042";
-
-#[derive(Serialize, Deserialize, PartialEq, Debug)]
-struct Vector {
-    description: String,
-    catalog_text: String,
-    catalog_hash: String,
-    vin: String,
-    session_id: String,
-    keyframe_interval_ms: i64,
-    /// Readings per batch; `lookahead` = pass the following readings to the encoder.
-    batch_size: usize,
-    lookahead: bool,
-    /// Sequence numbers at which the edge rewinds (a resync) before pushing that reading again.
-    input: Vec<InputReading>,
-    batches: Vec<String>,
-    decoded: Vec<OutputReading>,
-    final_state_checksum: String,
-}
-
-#[derive(Serialize, Deserialize, PartialEq, Debug, Clone)]
-struct InputReading {
-    timestamp_ms: i64,
-    values: Vec<Option<f64>>,
-}
-
-#[derive(Serialize, Deserialize, PartialEq, Debug)]
-struct OutputReading {
-    seq: u64,
-    timestamp_ms: i64,
-    keyframe: bool,
-    transmitted: u64,
-    values: Vec<Option<f64>>,
-}
-
-#[derive(Serialize, Deserialize, PartialEq, Debug)]
-struct SeedVector {
-    description: String,
-    /// Each body is one seed `TelemetryReading`, hex.
-    bodies: Vec<String>,
-    /// speed, battery, power, heading after reconstruction.
-    reconstructed: Vec<[Option<f64>; 4]>,
-}
-
-fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("conformance/v1")
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-        .collect()
-}
-
-/// Deterministic inputs, chosen to exercise every model and edge case.
-fn inputs() -> Vec<(&'static str, usize, bool, i64, Vec<InputReading>)> {
-    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut rnd = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % 10_000) as f64 / 10_000.0
-    };
-    let mut city = Vec::new();
-    let (mut v, mut soc, mut h, mut lat, mut lon, mut alt) =
-        (0.0f64, 80.0f64, 350.0f64, 34.0078f64, -6.8549f64, 23.0f64);
-    for i in 0..400i64 {
-        let target = if (i / 60) % 3 == 2 { 0.0 } else { 45.0 };
-        v = (v + (target - v) * 0.1 + rnd() - 0.5).max(0.0);
-        soc -= 0.002 + rnd() * 0.001;
-        h = (h + rnd() * 6.0 - 2.5).rem_euclid(360.0); // crosses 0/360
-        lat += v / 3.6 * h.to_radians().cos() / 111_320.0;
-        lon += v / 3.6 * h.to_radians().sin() / 92_000.0;
-        alt += rnd() - 0.5;
-        let power = v * 0.15 + (rnd() - 0.5) * 2.0 - if target == 0.0 { 3.0 } else { 0.0 };
-        // Irregular steps, a gap of 7 s, nulls in some channels.
-        let dt = if i == 200 {
-            7_000
-        } else {
-            1_000 + (i % 3) * 10
-        };
-        let null = |k: i64| i % 97 == k;
-        city.push((
-            dt,
-            vec![
-                Some(v),
-                (!null(5)).then_some(soc),
-                Some(power),
-                Some(h),
-                (!null(11)).then_some(lat),
-                (!null(11)).then_some(lon),
-                (!null(13)).then_some(alt),
-            ],
-        ));
-    }
-    let mut t = 1_617_000_000_000i64;
-    let city: Vec<InputReading> = city
-        .into_iter()
-        .map(|(dt, values)| {
-            t += dt;
-            InputReading {
-                timestamp_ms: t,
-                values,
-            }
-        })
-        .collect();
-    let sparse: Vec<InputReading> = city
-        .iter()
-        .take(50)
-        .map(|r| InputReading {
-            timestamp_ms: r.timestamp_ms,
-            values: vec![r.values[0], None, None, None, None, None, None],
-        })
-        .collect();
-    vec![
-        (
-            "city drive, batches of 25, no lookahead, keyframe every 120 s",
-            25,
-            false,
-            120_000,
-            city.clone(),
-        ),
-        (
-            "city drive, batches of 60, lookahead, keyframe every 300 s",
-            60,
-            true,
-            300_000,
-            city,
-        ),
-        (
-            "speed only, every other channel null, one batch per reading",
-            1,
-            false,
-            300_000,
-            sparse,
-        ),
-    ]
-}
-
-fn build_vector(
-    description: &str,
-    batch_size: usize,
-    lookahead: bool,
-    keyframe_interval_ms: i64,
-    input: Vec<InputReading>,
-) -> Vector {
-    let catalog = Arc::new(Catalog::default_v1());
-    let config = EncoderConfig {
-        keyframe_interval_ms,
-        checksum: true,
-    };
-    let mut enc = Encoder::new(
-        catalog.clone(),
-        Vin::parse(VIN).unwrap(),
-        0x0123_4567_89ab_cdef,
-        config,
-    );
-    let readings: Vec<Reading> = input
-        .iter()
-        .map(|r| Reading {
-            timestamp_ms: r.timestamp_ms,
-            values: r.values.clone(),
-        })
-        .collect();
-    let mut batches = Vec::new();
-    for (i, r) in readings.iter().enumerate() {
-        let future = if lookahead {
-            &readings[i + 1..]
-        } else {
-            &[][..]
-        };
-        enc.push_with_lookahead(r, future);
-        if enc.pending() == batch_size {
-            batches.push(enc.take_batch().unwrap().encode_to_vec());
-        }
-    }
-    batches.extend(enc.take_batch().map(|b| b.encode_to_vec()));
-    let decoded = decode(&catalog, &batches);
-    Vector {
-        description: description.into(),
-        catalog_text: catalog.canonical_text(),
-        catalog_hash: format!("{:016x}", catalog.hash()),
-        vin: VIN.into(),
-        session_id: format!("{:016x}", enc.session_id()),
-        keyframe_interval_ms,
-        batch_size,
-        lookahead,
-        input,
-        batches: batches.iter().map(|b| hex(b)).collect(),
-        decoded: decoded.0,
-        final_state_checksum: format!("{:08x}", decoded.1.checksum()),
-    }
-}
-
-fn decode(catalog: &Catalog, batches: &[Vec<u8>]) -> (Vec<OutputReading>, SessionState) {
-    let mut state: Option<SessionState> = None;
-    let mut out = Vec::new();
-    for b in batches {
-        let cb = CheckedBatch::parse(catalog, b).expect("golden batches parse");
-        match cb
-            .decode(catalog, state.as_ref())
-            .expect("golden batches decode")
-        {
-            BatchOutcome::Fresh { readings, state: s } => {
-                out.extend(readings.into_iter().map(|r| OutputReading {
-                    seq: r.seq,
-                    timestamp_ms: r.timestamp_ms,
-                    keyframe: r.keyframe,
-                    transmitted: r.transmitted,
-                    values: r.values,
-                }));
-                state = Some(s);
-            }
-            BatchOutcome::Duplicate => panic!("golden batches are in order"),
-        }
-    }
-    (out, state.expect("a batch"))
-}
-
-fn seed_vector() -> SeedVector {
-    let mut edge = SeedPredictor::default();
-    let mut cloud = SeedPredictor::default();
-    let (mut bodies, mut reconstructed) = (Vec::new(), Vec::new());
-    for i in 0..120 {
-        let t = f64::from(i);
-        let actual = [
-            60.0 + 20.0 * (t / 15.0).sin(),
-            90.0 - t * 0.05,
-            12.0 * (t / 7.0).cos(),
-            (350.0 + t * 3.0) % 360.0,
-        ];
-        let msg: TelemetryReading = edge.encode(
-            "5YJ3E1EA000000001",
-            1_700_000_000_000 + i64::from(i) * 1000,
-            actual,
-            SEED_TOLERANCES,
-        );
-        bodies.push(hex(&msg.encode_to_vec()));
-        reconstructed.push(cloud.reconstruct(&msg).values);
-    }
-    SeedVector { description: "seed wire form: exponential smoothing alpha 0.3 in f64, per vehicle; heading without wrap-around".into(), bodies, reconstructed }
-}
-
-fn check_or_write<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(
+/// Compares today's output with the golden file of the current version.
+fn check<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(
     name: &str,
     fresh: &T,
 ) {
-    let path = dir().join(name);
-    if std::env::var_os("LOCKSTEP_REGENERATE_VECTORS").is_some() {
-        std::fs::create_dir_all(dir()).unwrap();
-        std::fs::write(&path, serde_json::to_string_pretty(fresh).unwrap() + "\n").unwrap();
-        return;
-    }
+    assert!(
+        std::env::var_os("LOCKSTEP_REGENERATE_VECTORS").is_none(),
+        "LOCKSTEP_REGENERATE_VECTORS no longer rewrites the golden files: a changed behaviour is \
+         a new version, written by `cargo run -p lockstep-codec --example regenerate_vectors -- vN`"
+    );
+    let path = dir(CURRENT).join(name);
     let golden: T = serde_json::from_str(
         &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
     )
     .unwrap();
     assert_eq!(
         &golden, fresh,
-        "{name} differs from the golden file: the protocol changed"
+        "{name} differs from the golden file: the protocol changed (that is a new version)"
     );
 }
 
 #[test]
 fn lockstep_vectors_match() {
     for (i, (d, b, l, k, input)) in inputs().into_iter().enumerate() {
-        check_or_write(
+        check(
             &format!("lockstep-{:02}.json", i + 1),
             &build_vector(d, b, l, k, input),
         );
@@ -298,22 +46,47 @@ fn lockstep_vectors_match() {
 }
 
 #[test]
-fn golden_batches_decode_to_golden_values() {
+fn every_released_version_still_decodes_to_its_golden_values() {
     // Independent of the encoder: decode the stored bytes alone.
     let catalog = Catalog::default_v1();
-    for i in 1..=inputs().len() {
-        let path = dir().join(format!("lockstep-{i:02}.json"));
-        let v: Vector = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        assert_eq!(v.catalog_text, catalog.canonical_text());
-        assert_eq!(v.catalog_hash, format!("{:016x}", catalog.hash()));
-        let batches: Vec<Vec<u8>> = v.batches.iter().map(|h| unhex(h)).collect();
-        let (decoded, state) = decode(&catalog, &batches);
-        assert_eq!(decoded, v.decoded, "{}", path.display());
-        assert_eq!(format!("{:08x}", state.checksum()), v.final_state_checksum);
+    let released = vectors::released();
+    assert!(
+        released.iter().any(|v| v == CURRENT),
+        "{CURRENT} is released"
+    );
+    for version in released {
+        let mut files = 0;
+        for i in 1.. {
+            let path = dir(&version).join(format!("lockstep-{i:02}.json"));
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                break;
+            };
+            files += 1;
+            let v: Vector = serde_json::from_str(&text).unwrap();
+            assert_eq!(v.catalog_text, catalog.canonical_text());
+            assert_eq!(v.catalog_hash, format!("{:016x}", catalog.hash()));
+            let batches: Vec<Vec<u8>> = v.batches.iter().map(|h| unhex(h)).collect();
+            let (decoded, state) = decode(&catalog, &batches);
+            assert_eq!(decoded, v.decoded, "{}", path.display());
+            assert_eq!(format!("{:08x}", state.checksum()), v.final_state_checksum);
+        }
+        assert!(files > 0, "{version} has no lockstep-NN.json vectors");
     }
 }
 
 #[test]
+fn regeneration_refuses_a_released_version() {
+    for version in vectors::released() {
+        let e = vectors::writable_dir(&version).unwrap_err();
+        assert!(e.contains("released"), "{e}");
+    }
+    assert!(vectors::writable_dir("v1x").is_err());
+    assert!(vectors::writable_dir("../v9").is_err());
+    let next = vectors::writable_dir("v99").expect("an unreleased version is writable");
+    assert!(next.ends_with("conformance/v99"));
+}
+
+#[test]
 fn seed_vectors_match() {
-    check_or_write("seed-01.json", &seed_vector());
+    check("seed-01.json", &seed_vector());
 }

@@ -1,15 +1,57 @@
-//! Test support shared by the server's black-box suite and the end-to-end
-//! suite: a PostgreSQL database that exists for one test (created with a
-//! unique name on the machine's server, dropped when dropped — even while
-//! unwinding), and one-off SQL queries whose results come back as text.
+//! Test support shared by the server's black-box suite, the end-to-end suite
+//! and the benchmark harness: a PostgreSQL database that exists for one test
+//! (created with a unique name on the machine's server, dropped when dropped
+//! — even while unwinding), one-off SQL queries whose results come back as
+//! text, condition waits with deadlines, free ports, a TCP proxy that stages
+//! outages (closed, reset, black-holed), private PostgreSQL and Redis servers
+//! a test may stop and restart, and a `lockstep-server` process waited on until it answers.
+//!
+//! No dependency on `lockstep-server`: the server's own tests use this crate.
 
 pub mod stall;
 
 pub use stall::StallProxy;
 
+use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+mod private;
+mod process;
+mod proxy;
+
+pub use private::{PG_BIN, PrivatePostgres, PrivateRedis};
+pub use process::wait_for_status;
+pub use proxy::Proxy;
+
+/// Waits until `f` returns `Some`, polling every 25 ms; panics naming `what`
+/// after `timeout`. For conditions a test waits on, instead of a sleep.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A loopback TCP port that was free a moment ago (bound, read back, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
 
 /// The machine's PostgreSQL (trust auth).
 pub const PG_ADDR: &str = "127.0.0.1:5432";
@@ -73,17 +115,27 @@ pub fn sqlite_query(path: &Path, sql: &str) -> Rows {
     .expect("rows")
 }
 
-/// A PostgreSQL database that exists for one test.
+/// A PostgreSQL database that exists for one test (or one benchmark run).
 #[derive(Debug)]
 pub struct PgDatabase {
     name: String,
+    /// `postgres://…` of a database to create and drop it from.
+    admin_url: String,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl PgDatabase {
-    /// Creates `<prefix>_<pid>_<n>_<random>`.
+    /// Creates `<prefix>_<pid>_<n>_<random>` on the machine's PostgreSQL.
     pub async fn create(prefix: &str) -> Self {
+        Self::create_at(PG_ADMIN, prefix).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL must run at {PG_ADDR} (user postgres, trust auth): {e}")
+        })
+    }
+
+    /// Creates `<prefix>_<pid>_<n>_<random>` through `admin_url` (a
+    /// `postgres://` URL of an existing database).
+    pub async fn create_at(admin_url: &str, prefix: &str) -> Result<Self, tokio_postgres::Error> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -92,12 +144,13 @@ impl PgDatabase {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
-        pg_connect(PG_ADMIN)
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("CREATE DATABASE");
-        Self { name }
+        let (c, conn) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        c.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+        Ok(Self {
+            name,
+            admin_url: admin_url.to_owned(),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -113,11 +166,40 @@ impl PgDatabase {
     pub fn url_via(&self, addr: &str) -> String {
         format!("postgres://postgres@{addr}/{}", self.name)
     }
+
+    /// The URL at the server of `admin_url` (its user, host and options).
+    pub fn url_at_admin(&self) -> String {
+        with_database(&self.admin_url, &self.name)
+    }
+
+    /// Keeps the database (not dropped); returns its name.
+    pub fn keep(mut self) -> String {
+        std::mem::take(&mut self.name)
+    }
+}
+
+/// `url` (`postgres://user@host:port/db?options`) with the database `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let path = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[path..].find('/').map_or(base.len(), |i| path + i);
+    let mut out = format!("{}/{db}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
 }
 
 impl Drop for PgDatabase {
     fn drop(&mut self) {
         let name = std::mem::take(&mut self.name);
+        if name.is_empty() {
+            return;
+        }
+        let admin = std::mem::take(&mut self.admin_url);
         // Drop runs inside a runtime (and while unwinding): a thread with its own.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -127,8 +209,7 @@ impl Drop for PgDatabase {
                 return;
             };
             rt.block_on(async {
-                if let Ok((c, conn)) =
-                    tokio_postgres::connect(PG_ADMIN, tokio_postgres::NoTls).await
+                if let Ok((c, conn)) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
                 {
                     tokio::spawn(conn);
                     let _ = c
@@ -138,5 +219,23 @@ impl Drop for PgDatabase {
             });
         })
         .join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "x"),
+            "postgres://postgres@127.0.0.1:5432/x"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/p?sslmode=disable", "x"),
+            "postgres://u@h/x?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "x"), "postgres://u@h/x");
     }
 }

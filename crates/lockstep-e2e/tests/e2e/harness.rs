@@ -4,21 +4,15 @@
 //! the comparison of stored rows with what the edge replayed.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lockstep_codec::{Catalog, Reading};
 use lockstep_edge::sources::{self, Format, Trip};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
-pub use lockstep_testkit::{PG_ADDR, PgDatabase};
+pub use lockstep_testkit::{PG_ADDR, PgDatabase, Proxy, eventually, free_port};
 
 /// The shortest recorded Twizy trip (1049 rows at 1 Hz).
 pub const SHORT_TRIP: &str = "T3_04_22_2021_1.csv";
@@ -111,38 +105,10 @@ fn newest_source(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
     newest
 }
 
-/// A TCP port that was free a moment ago (bound, read back, released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 pub fn testdata(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../testdata")
         .join(rel)
-}
-
-/// Waits until `f` returns `Some`, polling every 50 ms; panics naming `what`
-/// after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 // ---------------------------------------------------------------- stores
@@ -150,8 +116,15 @@ where
 /// The database one test writes to: a fresh SQLite file, or a fresh
 /// PostgreSQL database on 127.0.0.1:5432 that is dropped when this is dropped.
 pub enum Db {
-    Sqlite { path: PathBuf },
+    Sqlite {
+        path: PathBuf,
+    },
     Postgres(PgDatabase),
+    /// The `postgres` database of a private cluster the test owns at `addr`
+    /// (host:port; see `chaos`).
+    Private {
+        addr: String,
+    },
 }
 
 impl Db {
@@ -170,11 +143,15 @@ impl Db {
         match self {
             Db::Sqlite { path } => format!("sqlite://{}", path.display()),
             Db::Postgres(db) => db.url_via(via),
+            Db::Private { .. } => format!("postgres://postgres@{via}/postgres"),
         }
     }
 
     pub fn url(&self) -> String {
-        self.url_via(PG_ADDR)
+        match self {
+            Db::Private { addr } => self.url_via(addr),
+            _ => self.url_via(PG_ADDR),
+        }
     }
 
     /// One SQL query through the database's own client (never the server);
@@ -183,6 +160,7 @@ impl Db {
         match self {
             Db::Sqlite { path } => lockstep_testkit::sqlite_query(path, sql),
             Db::Postgres(db) => lockstep_testkit::pg_query(&db.url(), sql).await,
+            Db::Private { .. } => lockstep_testkit::pg_query(&self.url(), sql).await,
         }
     }
 
@@ -346,31 +324,23 @@ impl Server {
             .spawn()
             .expect("spawn lockstep-server");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+        let addr = ([127, 0, 0, 1], self.port).into();
+        let child = self.child.as_mut().unwrap();
+        let ready = lockstep_testkit::wait_for_status(addr, Duration::from_secs(30), || {
+            child.try_wait().unwrap().map(|st| st.to_string())
+        })
+        .await;
+        if let Err(e) = ready {
+            if self.child.as_mut().unwrap().try_wait().unwrap().is_some() {
                 self.child = None;
-                panic!(
-                    "lockstep-server exited at start ({st}); its log:\n{}",
-                    self.log()
-                );
             }
-            let up = self
-                .http
-                .get(format!("{}/status", self.base()))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if up {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "lockstep-server did not answer /status within 30 s; its log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            panic!("{e}; its log:\n{}", self.log());
         }
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL, and reap it.
@@ -482,6 +452,13 @@ impl Edge {
         child.wait().expect("reap");
     }
 
+    /// Whether the process has ended (it is still reaped by [`Edge::finish`]).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
     pub fn stdout(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default()
     }
@@ -579,112 +556,6 @@ impl Summary {
 }
 
 // ------------------------------------------------------------------- proxy
-
-/// A loopback TCP proxy to `target`, owned by the test. It can drop every open
-/// connection and refuse new ones (`close`) until `reopen`, and it can lose
-/// responses: the next `n` chunks coming back from the target are not
-/// forwarded, their connection is dropped instead (the request was served, the
-/// client never hears of it).
-pub struct Proxy {
-    pub addr: String,
-    open: Arc<watch::Sender<bool>>,
-    to_lose: Arc<AtomicUsize>,
-    lost: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    pub async fn start(target: String) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let open = Arc::new(watch::Sender::new(true));
-        let (to_lose, lost) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (gate, l, d) = (open.clone(), to_lose.clone(), lost.clone());
-        let task = tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                if !*gate.borrow() {
-                    drop(inbound); // refused: closed at once
-                    continue;
-                }
-                let cut = gate.subscribe();
-                let (target, l, d) = (target.clone(), l.clone(), d.clone());
-                tokio::spawn(async move {
-                    if let Ok(outbound) = TcpStream::connect(&target).await {
-                        pipe(inbound, outbound, cut, l, d).await;
-                    }
-                });
-            }
-        });
-        Proxy {
-            addr,
-            open,
-            to_lose,
-            lost,
-            task,
-        }
-    }
-
-    /// Drops every connection and refuses new ones.
-    pub fn close(&self) {
-        self.open.send_replace(false);
-    }
-
-    pub fn reopen(&self) {
-        self.open.send_replace(true);
-    }
-
-    /// Loses the next `n` responses (see the type's documentation).
-    pub fn lose_responses(&self, n: usize) {
-        self.to_lose.fetch_add(n, Ordering::SeqCst);
-    }
-
-    /// Responses lost so far.
-    pub fn lost(&self) -> usize {
-        self.lost.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Forwards both ways until either side ends, the proxy closes, or a response is lost;
-/// then both sockets are dropped.
-async fn pipe(
-    inbound: TcpStream,
-    outbound: TcpStream,
-    mut cut: watch::Receiver<bool>,
-    to_lose: Arc<AtomicUsize>,
-    lost: Arc<AtomicUsize>,
-) {
-    let (mut client_rx, mut client_tx) = inbound.into_split();
-    let (mut target_rx, mut target_tx) = outbound.into_split();
-    let up = tokio::io::copy(&mut client_rx, &mut target_tx);
-    let down = async {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = target_rx.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<(), std::io::Error>(());
-            }
-            if to_lose
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1))
-                .is_ok()
-            {
-                lost.fetch_add(1, Ordering::SeqCst);
-                return Ok(());
-            }
-            client_tx.write_all(&buf[..n]).await?;
-        }
-    };
-    tokio::select! {
-        _ = up => {}
-        _ = down => {}
-        _ = cut.wait_for(|open| !open) => {}
-    }
-}
 
 // ------------------------------------------------------------ expectations
 

@@ -248,12 +248,11 @@ struct LoggerGuard(u32);
 
 impl LoggerGuard {
     fn alive(&self) -> bool {
-        std::fs::read(format!("/proc/{}/cmdline", self.0))
-            .is_ok_and(|c| {
-                // The server's built-in logger runs as `lockstep-server edge …`.
-                let c = String::from_utf8_lossy(&c);
-                c.contains("lockstep-edge") || c.contains("\0edge\0")
-            })
+        std::fs::read(format!("/proc/{}/cmdline", self.0)).is_ok_and(|c| {
+            // The server's built-in logger runs as `lockstep-server edge …`.
+            let c = String::from_utf8_lossy(&c);
+            c.contains("lockstep-edge") || c.contains("\0edge\0")
+        })
     }
 }
 

@@ -7,13 +7,18 @@
 //! - [`logger`]: the server starts and stops the edge over the WebSocket;
 //! - [`replay`]: a recorded Twizy trip lands exactly once, within tolerance —
 //!   plainly, and across a SIGKILL + restart of the server;
+//! - [`chaos`]: both wire forms replayed while server instances are SIGKILLed
+//!   and PostgreSQL crashes, is black-holed and reset; a chaos seed reproduces it;
 //! - [`cpp_edge`]: the C++ example edge on the codec's C ABI: conformance
 //!   vectors from C++, a Twizy trip across server and edge SIGKILLs;
-//! - [`outage`]: PostgreSQL cut off behind a proxy mid-replay: 503s, backoff, catch-up.
+//! - [`outage`]: PostgreSQL cut off behind a proxy mid-replay: 503s, backoff, catch-up;
+//! - [`headline`]: the README's compression headline on the recorded Twizy trips.
 
 mod harness;
 
+mod chaos;
 mod cpp_edge;
+mod headline;
 mod logger;
 mod outage;
 mod replay;

@@ -301,24 +301,30 @@ pub fn shared(cfg: SenderConfig, spool: &std::path::Path, cancel: CancellationTo
     .unwrap()
 }
 
-/// Checks stored values against what was sent: within tolerance per channel.
+/// Checks stored values against what was sent: the documented bound
+/// (docs/protocol.md, section 5) per channel, the position as the `dist2`
+/// distance between quantised positions. The only slack is the rounding of
+/// the comparison's own subtraction.
 pub fn assert_within_tolerance(catalog: &Catalog, actual: &[Option<f64>], got: &[Option<f64>]) {
+    let pos = catalog.position().expect("a position");
+    let q = |v: f64| (v * 1e7).round() as i64;
     for (c, sig) in catalog.signals().iter().enumerate() {
         match (actual[c], got[c]) {
             (None, None) => {}
-            (Some(a), Some(g)) if sig.name == "latitude" || sig.name == "longitude" => {
-                assert!((a - g).abs() < 1e-4, "{}: {a} vs {g}", sig.name);
+            (Some(_), Some(_)) if c == pos.lon => {}
+            (Some(a), Some(g)) if c == pos.lat => {
+                let (alon, glon) = (actual[pos.lon].unwrap(), got[pos.lon].unwrap());
+                let d2 = lockstep_codec::fixed::dist2_mm((q(a), q(alon)), (q(g), q(glon)));
+                let tol = i128::from(sig.tolerance_q);
+                assert!(d2 <= tol * tol, "position: {a},{alon} vs {g},{glon}");
             }
             (Some(a), Some(g)) => {
                 let mut d = (a - g).abs();
                 if sig.name == "heading" {
                     d = d.min(360.0 - d);
                 }
-                assert!(
-                    d <= sig.tolerance() + sig.quantum(),
-                    "{}: {a} vs {g}",
-                    sig.name
-                );
+                let rounding = 4.0 * f64::EPSILON * a.abs().max(g.abs());
+                assert!(d <= sig.tolerance() + rounding, "{}: {a} vs {g}", sig.name);
             }
             (a, g) => panic!("{}: null mismatch {a:?} vs {g:?}", sig.name),
         }

@@ -7,7 +7,12 @@ use serde_json::Value;
 use crate::both_stores;
 use crate::helpers::*;
 
-both_stores!(bad_requests_get_4xx_and_store_nothing, resync_cases_get_409);
+both_stores!(
+    bad_requests_get_4xx_and_store_nothing,
+    resync_cases_get_409,
+    cors_allows_only_the_allow_list,
+    garbage_never_yields_a_server_error,
+);
 
 const T0: i64 = 1_764_000_000_000;
 
@@ -206,9 +211,8 @@ async fn resync_cases_get_409(backend: Backend) {
 
 /// CORS: the default allow-list holds the server's own origin and localhost dev
 /// ports; other origins get no CORS headers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cors_allows_only_the_allow_list() {
-    let app = spawn_app(Backend::Sqlite).await;
+async fn cors_allows_only_the_allow_list(backend: Backend) {
+    let app = spawn_app(backend).await;
     let preflight = |origin: String| {
         app.http
             .request(
@@ -238,11 +242,10 @@ async fn cors_allows_only_the_allow_list() {
 
 /// Random and mutated bodies on both forms: only 200/400/409/422, never a 500,
 /// and the server keeps serving.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_never_yields_a_server_error() {
+async fn garbage_never_yields_a_server_error(backend: Backend) {
     use lockstep_proto::Message as _;
     use rand::{Rng, SeedableRng};
-    let app = spawn_app(Backend::Sqlite).await;
+    let app = spawn_app(backend).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(0x010c_57e9);
     let mut enc = encoder(&vin(70), 70);
     let valid = batch(&mut enc, 0..30, T0).encode_to_vec();

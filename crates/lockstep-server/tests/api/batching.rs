@@ -13,7 +13,13 @@ use lockstep_server::store::{
 use lockstep_server::{App, StoreConfig};
 use serde_json::Value;
 
+use crate::both_stores;
 use crate::helpers::*;
+
+both_stores!(
+    concurrent_requests_share_commits,
+    a_failed_commit_is_503_and_the_retry_succeeds,
+);
 
 /// Counts commits, makes each take a while, and fails them on demand.
 struct Instrumented {
@@ -98,13 +104,14 @@ impl Store for Instrumented {
     }
 }
 
-async fn instrumented_app() -> (TestApp, Arc<Instrumented>) {
-    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
-    let TestDb::Sqlite { path, .. } = &*db else {
-        unreachable!()
+async fn instrumented_app(backend: Backend) -> (TestApp, Arc<Instrumented>) {
+    let db = Arc::new(TestDb::new(backend).await);
+    let config = match &*db {
+        TestDb::Sqlite { path, .. } => StoreConfig::Sqlite(path.clone()),
+        TestDb::Postgres(pg) => StoreConfig::Postgres(pg.url()),
     };
     let inner = store::open(
-        &StoreConfig::Sqlite(path.clone()),
+        &config,
         2,
         &lockstep_server::model::Signals::from_catalog(&catalog()),
     )
@@ -126,9 +133,8 @@ async fn instrumented_app() -> (TestApp, Arc<Instrumented>) {
     (start(app, db, data_dir).await, st)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_requests_share_commits() {
-    let (app, st) = instrumented_app().await;
+async fn concurrent_requests_share_commits(backend: Backend) {
+    let (app, st) = instrumented_app(backend).await;
     let n = 40u32;
     let mut tasks = Vec::new();
     for v in 0..n {
@@ -166,9 +172,8 @@ async fn concurrent_requests_share_commits() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_commit_is_503_and_the_retry_succeeds() {
-    let (app, st) = instrumented_app().await;
+async fn a_failed_commit_is_503_and_the_retry_succeeds(backend: Backend) {
+    let (app, st) = instrumented_app(backend).await;
     let mut enc = encoder(&vin(200), 5);
     let b0 = batch(&mut enc, 0..10, 1_764_000_000_000);
     let b1 = batch(&mut enc, 10..20, 1_764_000_000_000);
@@ -207,7 +212,7 @@ async fn a_failed_commit_is_503_and_the_retry_succeeds() {
 /// ingest) alone: only the write path reports to the health actor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_read_does_not_mark_ingest_down() {
-    let (app, st) = instrumented_app().await;
+    let (app, st) = instrumented_app(Backend::Sqlite).await;
     st.fail_reads.store(true, Ordering::SeqCst);
     let resp = app
         .http

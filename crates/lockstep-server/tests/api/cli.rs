@@ -12,7 +12,10 @@ use tokio::process::Command;
 use crate::both_stores;
 use crate::helpers::*;
 
-both_stores!(sigkill_and_restart_resumes_sessions);
+both_stores!(
+    sigkill_and_restart_resumes_sessions,
+    sigterm_shuts_down_gracefully,
+);
 
 const BIN: &str = env!("CARGO_BIN_EXE_lockstep-server");
 
@@ -124,11 +127,16 @@ impl Running {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_shuts_down_gracefully() {
+async fn sigterm_shuts_down_gracefully(backend: Backend) {
     use lockstep_proto::Message as _;
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Running::start(dir.path(), &[]).await;
+    // SQLite by default (the file in the data directory), PostgreSQL by DATABASE_URL.
+    let db = TestDb::new(backend).await;
+    let env = match backend {
+        Backend::Sqlite => vec![],
+        Backend::Postgres => vec![("DATABASE_URL", db.url())],
+    };
+    let mut server = Running::start(dir.path(), &env).await;
     let r = TelemetryReading {
         vehicle_vin: vin(50),
         timestamp: 1_764_000_000_000,
@@ -144,10 +152,17 @@ async fn sigterm_shuts_down_gracefully() {
         .unwrap();
     assert!(status.success(), "{status:?}");
 
-    let conn = rusqlite::Connection::open(dir.path().join("data/lockstep.db")).unwrap();
-    let n: i64 = conn
-        .query_row("SELECT COUNT(*) FROM telemetry_data", [], |r| r.get(0))
-        .unwrap();
+    let sql = "SELECT COUNT(*) FROM telemetry_data";
+    let n = match backend {
+        Backend::Sqlite => {
+            lockstep_testkit::sqlite_query(&dir.path().join("data/lockstep.db"), sql)[0][0]
+                .as_deref()
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+        }
+        Backend::Postgres => db.count(sql).await,
+    };
     assert_eq!(n, 1);
 }
 

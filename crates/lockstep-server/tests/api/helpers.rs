@@ -1,7 +1,6 @@
 //! `spawn_app()`, test databases, protobuf builders, a WebSocket client and
 //! condition waits with deadlines.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-pub use lockstep_testkit::PgDatabase;
+pub use lockstep_testkit::{PgDatabase, eventually};
 pub const SEED: &str = "application/x-protobuf";
 pub const BATCH: &str = "application/x-lockstep-batch";
 
@@ -222,25 +221,6 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-    }
-}
-
-/// Waits until `f` returns `Some`, polling, or panics with `what` after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 

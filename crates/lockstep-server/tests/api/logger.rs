@@ -7,7 +7,16 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::both_stores;
 use crate::helpers::*;
+
+both_stores!(
+    start_stream_and_stop_over_rest_and_websocket,
+    control_needs_loopback_or_the_admin_token,
+    sigkill_after_grace_and_no_orphan_on_shutdown,
+    a_missing_binary_is_a_clear_503,
+    the_real_edge_started_over_websocket_delivers_readings,
+);
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -31,8 +40,8 @@ const STUBBORN: &str = r#"trap '' TERM
 echo "edge ignoring SIGTERM"
 while true; do sleep 0.05; done"#;
 
-async fn logger_app(bin: &Path, extra: &[&str]) -> TestApp {
-    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
+async fn logger_app(backend: Backend, bin: &Path, extra: &[&str]) -> TestApp {
+    let db = Arc::new(TestDb::new(backend).await);
     let mut args = vec![
         "--edge-bin",
         bin.to_str().unwrap(),
@@ -55,10 +64,9 @@ async fn post(app: &TestApp, path: &str, body: Option<Value>, token: Option<&str
     (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_stream_and_stop_over_rest_and_websocket() {
+async fn start_stream_and_stop_over_rest_and_websocket(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let app = logger_app(&script(dir.path(), "edge", POLITE), &[]).await;
+    let app = logger_app(backend, &script(dir.path(), "edge", POLITE), &[]).await;
     let mut ws = app.ws().await;
     assert_eq!(ws.next_json(WAIT).await["type"], "history");
 
@@ -153,10 +161,10 @@ async fn start_stream_and_stop_over_rest_and_websocket() {
     assert_eq!(app.get_json("/logger/status").await["running"], false);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn control_needs_loopback_or_the_admin_token() {
+async fn control_needs_loopback_or_the_admin_token(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let app = logger_app(
+        backend,
         &script(dir.path(), "edge", POLITE),
         &["--trust-loopback", "false", "--admin-token", "s3cret"],
     )
@@ -187,10 +195,9 @@ async fn control_needs_loopback_or_the_admin_token() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_after_grace_and_no_orphan_on_shutdown() {
+async fn sigkill_after_grace_and_no_orphan_on_shutdown(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let app = logger_app(&script(dir.path(), "edge", STUBBORN), &[]).await;
+    let app = logger_app(backend, &script(dir.path(), "edge", STUBBORN), &[]).await;
     let (_, body) = post(&app, "/logger/start", None, None).await;
     let pid = body["pid"].as_u64().unwrap();
     let (code, body) = post(&app, "/logger/stop", None, None).await;
@@ -211,9 +218,8 @@ async fn sigkill_after_grace_and_no_orphan_on_shutdown() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_binary_is_a_clear_503() {
-    let app = logger_app(Path::new("/nonexistent/lockstep-edge"), &[]).await;
+async fn a_missing_binary_is_a_clear_503(backend: Backend) {
+    let app = logger_app(backend, Path::new("/nonexistent/lockstep-edge"), &[]).await;
     let (code, body) = post(&app, "/logger/start", None, None).await;
     assert_eq!(code, 503);
     assert!(
@@ -228,10 +234,9 @@ async fn a_missing_binary_is_a_clear_503() {
 /// The real `lockstep-edge` (built by `cargo build --workspace --bins`, or named by
 /// LOCKSTEP_EDGE_BIN): started over the WebSocket, its readings reach the store and
 /// the WebSocket, and it exits on its own with code 0.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_real_edge_started_over_websocket_delivers_readings() {
+async fn the_real_edge_started_over_websocket_delivers_readings(backend: Backend) {
     let bin = edge_bin();
-    let db = Arc::new(TestDb::new(Backend::Sqlite).await);
+    let db = Arc::new(TestDb::new(backend).await);
     let app = spawn_app_with(db, &["--edge-bin", bin.to_str().unwrap()]).await;
     let mut ws = app.ws().await;
     assert_eq!(ws.next_json(WAIT).await["type"], "history");
@@ -270,7 +275,7 @@ async fn the_real_edge_started_over_websocket_delivers_readings() {
     );
     assert!(!lines.is_empty(), "the edge's output was forwarded");
     let stored = app.db.count("SELECT COUNT(*) FROM telemetry_data").await;
-    let distinct = app.db.count("SELECT COUNT(*) FROM (SELECT DISTINCT vehicle_id, session_id, seq FROM telemetry_data)").await;
+    let distinct = app.db.count("SELECT COUNT(*) FROM (SELECT DISTINCT vehicle_id, session_id, seq FROM telemetry_data) AS d").await;
     assert!(
         stored >= 2 * 15,
         "about 2 × 20 readings stored, got {stored}"
@@ -294,7 +299,7 @@ while true; do sleep 0.05; done"#;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_the_logger_before_http() {
     let dir = tempfile::tempdir().unwrap();
-    let app = logger_app(&script(dir.path(), "edge", FLUSHING), &[]).await;
+    let app = logger_app(Backend::Sqlite, &script(dir.path(), "edge", FLUSHING), &[]).await;
     let mut ws = app.ws().await;
     let (code, body) = post(&app, "/logger/start", None, None).await;
     assert_eq!(code, 200, "{body}");

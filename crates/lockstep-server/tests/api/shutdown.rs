@@ -6,11 +6,13 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::both_stores;
 use crate::helpers::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_closes_websockets_and_keeps_acknowledged_readings() {
-    let app = spawn_app(Backend::Sqlite).await;
+both_stores!(shutdown_closes_websockets_and_keeps_acknowledged_readings,);
+
+async fn shutdown_closes_websockets_and_keeps_acknowledged_readings(backend: Backend) {
+    let app = spawn_app(backend).await;
     let mut ws = app.ws().await;
     assert_eq!(
         ws.next_json(Duration::from_secs(5)).await["type"],

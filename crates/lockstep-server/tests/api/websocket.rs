@@ -10,7 +10,11 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::both_stores;
 use crate::helpers::*;
 
-both_stores!(history_then_live_telemetry_and_stats);
+both_stores!(
+    history_then_live_telemetry_and_stats,
+    subscribe_filters_by_vin,
+    a_client_that_never_reads_stalls_neither_ingest_nor_others,
+);
 
 const T0: i64 = 1_764_000_000_000;
 const WAIT: Duration = Duration::from_secs(10);
@@ -81,9 +85,8 @@ async fn history_then_live_telemetry_and_stats(backend: Backend) {
     assert_eq!(app.status().await["ws_clients"], 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribe_filters_by_vin() {
-    let app = spawn_app(Backend::Sqlite).await;
+async fn subscribe_filters_by_vin(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (a, b) = (vin(10), vin(11));
     let mut ws = app.ws().await;
     assert_eq!(ws.next_json(WAIT).await["type"], "history");
@@ -140,11 +143,25 @@ async fn barrier(ws: &mut Ws) {
     assert_eq!(log["data"]["level"], "warn");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_reads_stalls_neither_ingest_nor_others() {
-    let db = std::sync::Arc::new(TestDb::new(Backend::Sqlite).await);
+async fn a_client_that_never_reads_stalls_neither_ingest_nor_others(backend: Backend) {
+    let db = std::sync::Arc::new(TestDb::new(backend).await);
     let app = spawn_app_with(db, &["--ws-queue", "64"]).await;
-    let stuck = stuck_client(app.port).await;
+    // The stuck client: a raw TCP socket with a tiny receive buffer that never reads.
+    let stuck = {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_recv_buffer_size(4096).unwrap();
+        let tcp = sock
+            .connect(format!("127.0.0.1:{}", app.port).parse().unwrap())
+            .await
+            .unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(
+            format!("ws://127.0.0.1:{}/ws", app.port),
+            tokio_tungstenite::MaybeTlsStream::Plain(tcp),
+        )
+        .await
+        .unwrap();
+        ws
+    };
     let mut good = app.ws().await;
     assert_eq!(good.next_json(WAIT).await["type"], "history");
     eventually(WAIT, "both clients registered", || async {
@@ -157,42 +174,75 @@ async fn a_client_that_never_reads_stalls_neither_ingest_nor_others() {
     let mut enc = encoder(&v, 3);
     let n = 10_000usize;
     let started = Instant::now();
+    // The reading client's progress, so the test can send at its pace.
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = progress.clone();
     let mut reader = tokio::spawn(async move {
-        let mut last = 0u64;
-        let mut lagged = 0u64;
+        let (mut last, mut received, mut lagged) = (0u64, 0u64, 0u64);
         while last + 1 < n as u64 {
             let m = good.next_json(WAIT).await;
             match m["type"].as_str() {
-                Some("telemetry") => last = m["data"]["seq"].as_u64().unwrap(),
+                Some("telemetry") => {
+                    last = m["data"]["seq"].as_u64().unwrap();
+                    received += 1;
+                    seen.store(received, std::sync::atomic::Ordering::SeqCst);
+                }
                 Some("lagged") => lagged += m["data"]["dropped"].as_u64().unwrap(),
                 _ => {}
             }
         }
-        (last, lagged)
+        (last, received, lagged)
     });
-    for b in 0..(n / 500) {
+    // Batches of 50 readings, each sent once the reading client has the one
+    // before: its queue (64) never holds more than one commit, so it must
+    // lose nothing however slow the machine, while the stuck client's
+    // queue overflows. (With 500-reading commits, larger than the queue, the
+    // reading client lost ~8,700 of 10,000 messages: every client lags then.)
+    let per_batch = 50;
+    for b in 0..(n / per_batch) {
         let resp = app
-            .post_batch(&batch(&mut enc, b * 500..(b + 1) * 500, T0))
+            .post_batch(&batch(&mut enc, b * per_batch..(b + 1) * per_batch, T0))
             .await;
         assert_eq!(resp.status(), 200);
+        let want = ((b + 1) * per_batch) as u64;
+        eventually(WAIT, "the reading client to get the batch", || async {
+            (progress.load(std::sync::atomic::Ordering::SeqCst) >= want).then_some(())
+        })
+        .await;
     }
     let ingest = started.elapsed();
     assert!(ingest < Duration::from_secs(30), "ingest took {ingest:?}");
-    let (last, _lagged) = tokio::time::timeout(WAIT, &mut reader)
+    let (last, received, lagged) = tokio::time::timeout(WAIT, &mut reader)
         .await
         .expect("the reading client got the last reading in time")
         .unwrap();
     assert_eq!(last, n as u64 - 1);
-    let status = app.status().await;
-    assert!(
-        status["ws_dropped_messages"].as_u64().unwrap() > 0,
-        "the stuck client's queue overflowed: {status}"
+    assert_eq!(
+        lagged, 0,
+        "the reading client lost messages to the stuck one"
+    );
+    assert_eq!(
+        received, n as u64,
+        "the reading client got every reading once"
     );
     assert_eq!(
         app.db.count("SELECT COUNT(*) FROM telemetry_data").await,
         n as i64
     );
-    drop(stuck);
+    // The stuck client lost its oldest messages instead of holding anyone
+    // up: once it reads, a `lagged` message says how many. (The server counts
+    // them in `ws_dropped_messages` only then, not while the client is stuck.)
+    let mut stuck = Ws { stream: stuck };
+    let dropped = stuck
+        .until(WAIT, "lagged", |m| m["data"]["dropped"].as_u64() > Some(0))
+        .await["data"]["dropped"]
+        .as_u64()
+        .unwrap();
+    let status = app.status().await;
+    assert!(
+        status["ws_dropped_messages"].as_u64() >= Some(dropped),
+        "{dropped} dropped for the stuck client: {status}"
+    );
 }
 
 /// A client that stops reading is disconnected once a burst stays unwritten
