@@ -24,6 +24,7 @@ use crate::actors::writer::Writer;
 use crate::auth::AdminPolicy;
 use crate::model::Signals;
 use crate::services::ingest::IngestService;
+use crate::services::query::QueryService;
 use crate::settings::{Settings, StoreConfig, redact_url};
 use crate::state::AppState;
 use crate::store::{self, Store};
@@ -146,6 +147,7 @@ impl App {
             background.clone(),
         ));
 
+        let query = QueryService::new(store.clone(), signals.clone());
         let state = AppState {
             admin: AdminPolicy {
                 token: settings.admin_token.clone(),
@@ -156,6 +158,7 @@ impl App {
             signals,
             store,
             ingest,
+            query,
             writer: writer_handle,
             hub,
             stats,

@@ -15,6 +15,7 @@ use crate::actors::writer::WriterHandle;
 use crate::auth::AdminPolicy;
 use crate::model::Signals;
 use crate::services::ingest::IngestService;
+use crate::services::query::QueryService;
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -30,6 +31,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Both wire forms: decode, commit, acknowledge.
     pub ingest: IngestService,
+    /// Reads: history, vehicles, statistics.
+    pub query: QueryService,
     /// For `/status` (`pending_batch`).
     pub writer: WriterHandle,
     pub hub: Arc<Hub>,

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::actors::logger::LoggerError;
 use crate::services::ingest::IngestError;
+use crate::services::query::QueryError;
 use crate::store::StoreError;
 
 /// Everything a handler can answer besides success.
@@ -43,6 +44,9 @@ pub enum ApiError {
     /// 415: a content type the endpoint does not take.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// 422: a body field is out of bounds.
+    #[error("{0}")]
+    Unprocessable(String),
     /// 422: the VIN is not 17 valid characters.
     #[error("invalid vehicle_vin: {0}")]
     InvalidVin(String),
@@ -74,7 +78,9 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::InvalidVin(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidVin(_) | ApiError::Unprocessable(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::StoreUnavailable | ApiError::NotAvailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -114,6 +120,18 @@ impl From<IngestError> for ApiError {
             },
             IngestError::Store(e) => e.into(),
             IngestError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::BadRequest(m) => ApiError::BadRequest(m),
+            QueryError::Invalid(m) => ApiError::Unprocessable(m),
+            QueryError::InvalidVin(v) => ApiError::InvalidVin(v),
+            e @ QueryError::UnknownVehicle(_) => ApiError::NotFound(e.to_string()),
+            QueryError::Store(e) => e.into(),
         }
     }
 }

@@ -9,7 +9,7 @@
 //! - [`device_ingest`]: vehicles and edge loggers sending readings;
 //! - [`reads`]: clients reading stored data and the live stream;
 //! - [`operator`]: logger control (loopback or the admin token today);
-//! - [`admin`]: server administration (none yet);
+//! - [`admin`]: server administration (`PATCH /api/vehicles/{vin}`);
 //! - [`public`]: health/status and the embedded dashboard.
 
 use axum::Router;
@@ -17,7 +17,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Method, header};
 use axum::middleware::map_response_with_state;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -26,6 +26,7 @@ use crate::state::AppState;
 pub mod dashboard;
 pub mod error;
 pub mod extract;
+pub mod history;
 pub mod logger;
 pub mod status;
 pub mod telemetry;
@@ -40,7 +41,7 @@ pub fn router(state: AppState, cors: Option<Vec<String>>) -> Router {
     };
     let cors = CorsLayer::new()
         .allow_origin(origins)
-        .allow_methods([Method::GET, Method::POST])
+        .allow_methods([Method::GET, Method::POST, Method::PATCH])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
     let body_limit = state.settings.body_limit;
     Router::new()
@@ -70,6 +71,10 @@ pub fn device_ingest() -> Router<AppState> {
 pub fn reads() -> Router<AppState> {
     Router::new()
         .route("/api/vehicles", get(vehicles::list))
+        .route("/api/vehicles/{vin}", get(vehicles::get_one))
+        .route("/api/vehicles/{vin}/telemetry", get(history::telemetry))
+        .route("/api/vehicles/{vin}/stats", get(vehicles::daily_stats))
+        .route("/api/stats", get(vehicles::fleet_stats))
         .route("/logger/status", get(logger::status))
         .route("/ws", get(ws::upgrade))
 }
@@ -81,9 +86,9 @@ pub fn operator() -> Router<AppState> {
         .route("/logger/stop", post(logger::stop))
 }
 
-/// Server administration; no routes yet.
+/// Server administration: changing vehicles' descriptive fields.
 pub fn admin() -> Router<AppState> {
-    Router::new()
+    Router::new().route("/api/vehicles/{vin}", patch(vehicles::patch))
 }
 
 /// Health/status and the embedded dashboard (`/`, `/assets/…`).

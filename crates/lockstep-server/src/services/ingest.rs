@@ -26,7 +26,7 @@ use crate::actors::hub::{Hub, HubEvent};
 use crate::actors::writer::{WriteRequest, WriterHandle};
 use crate::model::{Counters, SEED_SESSION, SessionRecord, Signals, TelemetryRow};
 use crate::protocol::{ReadingJson, ServerMsg};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, WriteBatch};
 use crate::vehicles::{SeedState, Vehicles};
 
 /// Which wire form a body is in.
@@ -326,10 +326,17 @@ impl Inner {
             Err(e) => return Err(self.store_failed(e).await),
         };
         let next_seq = state.map(|s| s.next_seq());
-        let outcome = cb.decode(&self.catalog, state).map_err(|e| {
-            tracing::info!(error = %e, "Batch refused; the edge must resync.");
-            IngestError::from_decode(e, next_seq)
-        })?;
+        let outcome = match cb.decode(&self.catalog, state) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::info!(error = %e, "Batch refused; the edge must resync.");
+                let e = IngestError::from_decode(e, next_seq);
+                if matches!(e, IngestError::Resync { .. }) {
+                    self.count_resync(vehicle.vin.clone()).await;
+                }
+                return Err(e);
+            }
+        };
         let (readings, new_state) = match outcome {
             BatchOutcome::Duplicate => {
                 return Ok(Ack::new(&Counters::default(), Some(batch_ack(true))));
@@ -372,6 +379,19 @@ impl Inner {
         self.submit(vin, rows, session, counters, events).await?;
         vehicle.install(cb.session_id(), new_state);
         Ok(Ack::new(&counters, Some(batch_ack(false))))
+    }
+
+    /// Adds one to the vehicle's stored resync counter (a vehicle the store
+    /// does not know yet is not counted). Rare, so it is its own small
+    /// transaction; a failure is logged and does not change the 409.
+    async fn count_resync(&self, vin: Arc<str>) {
+        let batch = WriteBatch {
+            resyncs: vec![(vin, 1)],
+            ..WriteBatch::default()
+        };
+        if let Err(e) = self.store.commit(batch).await {
+            tracing::warn!(error = %e, "A resync could not be counted.");
+        }
     }
 
     fn event(&self, row: &TelemetryRow) -> HubEvent {

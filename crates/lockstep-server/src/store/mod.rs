@@ -21,7 +21,13 @@ use crate::model::{Counters, SessionRecord, Signals, TelemetryRow};
 use crate::settings::StoreConfig;
 
 pub mod postgres;
+pub mod query;
 pub mod sqlite;
+
+pub use query::{
+    Bucket, DayStats, HistoryCursor, HistoryQuery, SignalAggregate, VehicleDetail, VehiclePage,
+    VehicleProfile,
+};
 
 /// A boxed future, so that [`Store`] stays object safe.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -116,6 +122,11 @@ pub struct WriteBatch {
     pub sessions: Vec<SessionRecord>,
     /// At most one per (vin, day).
     pub stats: Vec<StatsDelta>,
+    /// Changes of vehicles' model/year (`PATCH /api/vehicles/{vin}`); a VIN
+    /// the store does not know is left alone.
+    pub profiles: Vec<VehicleProfile>,
+    /// Resync answers to add to known vehicles' counters.
+    pub resyncs: Vec<(Arc<str>, u64)>,
 }
 
 /// A vehicle as listed by `GET /api/vehicles`.
@@ -126,6 +137,8 @@ pub struct VehicleSummary {
     pub last_seen_ms: i64,
     /// Readings stored (from the statistics).
     pub readings: u64,
+    pub model: Option<String>,
+    pub year: Option<i32>,
 }
 
 /// The lifetime totals of one vehicle.
@@ -156,7 +169,37 @@ pub trait Store: Send + Sync + 'static {
     ) -> BoxFut<'_, Result<Option<Vec<u8>>, StoreError>>;
     /// The latest `limit` readings, oldest first.
     fn recent(&self, limit: usize) -> BoxFut<'_, Result<Vec<TelemetryRow>, StoreError>>;
-    fn vehicles(&self) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>>;
+    /// Vehicles ordered by VIN, after `page.after`, at most `page.limit`.
+    fn vehicles(&self, page: VehiclePage) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>>;
+    /// One vehicle; `None` if the store does not know the VIN.
+    fn vehicle(&self, vin: Arc<str>) -> BoxFut<'_, Result<Option<VehicleDetail>, StoreError>>;
+    /// Raw readings of one vehicle in `(ts, session_id, seq)` order, one page;
+    /// `None` if the VIN is unknown.
+    fn history(&self, q: HistoryQuery)
+    -> BoxFut<'_, Result<Option<Vec<TelemetryRow>>, StoreError>>;
+    /// How many readings of one vehicle lie in `from <= ts < to`; `None` if unknown.
+    fn count_history(
+        &self,
+        vin: Arc<str>,
+        from: i64,
+        to: i64,
+    ) -> BoxFut<'_, Result<Option<u64>, StoreError>>;
+    /// Per-bucket aggregates (epoch-aligned buckets of `step` ms) computed in
+    /// the database, only buckets with readings; `None` if the VIN is unknown.
+    fn buckets(
+        &self,
+        vin: Arc<str>,
+        from: i64,
+        to: i64,
+        step: i64,
+    ) -> BoxFut<'_, Result<Option<Vec<Bucket>>, StoreError>>;
+    /// Daily statistics of one vehicle for epoch days `first..=last`; `None` if unknown.
+    fn daily_stats(
+        &self,
+        vin: Arc<str>,
+        first: i32,
+        last: i32,
+    ) -> BoxFut<'_, Result<Option<Vec<DayStats>>, StoreError>>;
     /// Lifetime statistics per vehicle.
     fn totals(&self) -> BoxFut<'_, Result<Vec<VehicleTotals>, StoreError>>;
     /// A cheap round trip that proves the store answers.
