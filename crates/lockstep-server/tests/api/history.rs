@@ -259,7 +259,42 @@ async fn bad_history_requests_are_refused(backend: Backend) {
     }
 }
 
+/// When `telemetry_rollup` exists, whole-minute steps over whole-minute
+/// ranges read it (here it holds a row unlike the raw data, to tell the
+/// sources apart); other steps still aggregate the raw rows.
+async fn minute_steps_read_the_rollup_when_it_exists(backend: Backend) {
+    let db = std::sync::Arc::new(TestDb::new(backend).await);
+    let cat = catalog();
+    let mut ddl = String::from(
+        "CREATE TABLE telemetry_rollup (vehicle_vin TEXT NOT NULL, minute BIGINT NOT NULL, count BIGINT NOT NULL",
+    );
+    for s in cat.signals() {
+        let n = &s.name;
+        ddl += &format!(", {n}_min DOUBLE PRECISION, {n}_max DOUBLE PRECISION, {n}_sum DOUBLE PRECISION, {n}_n BIGINT NOT NULL DEFAULT 0");
+    }
+    ddl += ", PRIMARY KEY (vehicle_vin, minute))";
+    db.query(&ddl).await;
+    let a = vin(37);
+    db.query(&format!(
+        "INSERT INTO telemetry_rollup (vehicle_vin, minute, count, speed_min, speed_max, speed_sum, speed_n)
+         VALUES ('{a}', {T0}, 999, 1.0, 2.0, 30.0, 10)"
+    ))
+    .await;
+    let app = spawn_app_with(db, &[]).await;
+    app.post_readings(&mut encoder(&a, 4), 0..60, T0).await;
+    let path = format!("/api/vehicles/{a}/telemetry?from={T0}&to={}", T0 + 60_000);
+    let rolled = app.ok_json(&format!("{path}&step=60000")).await;
+    let b = &rolled["buckets"][0];
+    assert_eq!(b["timestamp"], T0);
+    assert_eq!(b["count"], 999);
+    assert_eq!(b["speed"], serde_json::json!({"min": 1.0, "max": 2.0, "mean": 3.0}));
+    assert_eq!(b["battery"], Value::Null);
+    let raw = app.ok_json(&format!("{path}&step=30000")).await;
+    assert_eq!(raw["buckets"][0]["count"], 30);
+}
+
 both_stores!(
+    minute_steps_read_the_rollup_when_it_exists,
     pages_cover_the_range_once_under_concurrent_inserts,
     buckets_match_the_raw_readings,
     csv_export_has_every_reading,
