@@ -270,7 +270,9 @@ async fn minute_steps_read_the_rollup_when_it_exists(backend: Backend) {
     );
     for s in cat.signals() {
         let n = &s.name;
-        ddl += &format!(", {n}_min DOUBLE PRECISION, {n}_max DOUBLE PRECISION, {n}_sum DOUBLE PRECISION, {n}_n BIGINT NOT NULL DEFAULT 0");
+        ddl += &format!(
+            ", {n}_min DOUBLE PRECISION, {n}_max DOUBLE PRECISION, {n}_sum DOUBLE PRECISION, {n}_n BIGINT NOT NULL DEFAULT 0"
+        );
     }
     ddl += ", PRIMARY KEY (vehicle_vin, minute))";
     db.query(&ddl).await;
@@ -287,7 +289,10 @@ async fn minute_steps_read_the_rollup_when_it_exists(backend: Backend) {
     let b = &rolled["buckets"][0];
     assert_eq!(b["timestamp"], T0);
     assert_eq!(b["count"], 999);
-    assert_eq!(b["speed"], serde_json::json!({"min": 1.0, "max": 2.0, "mean": 3.0}));
+    assert_eq!(
+        b["speed"],
+        serde_json::json!({"min": 1.0, "max": 2.0, "mean": 3.0})
+    );
     assert_eq!(b["battery"], Value::Null);
     let raw = app.ok_json(&format!("{path}&step=30000")).await;
     assert_eq!(raw["buckets"][0]["count"], 30);
