@@ -22,6 +22,7 @@ use crate::actors::logger::{LoggerConfig, Supervisor};
 use crate::actors::stats::{self, StatsBook};
 use crate::actors::writer::Writer;
 use crate::auth::AdminPolicy;
+use crate::metrics::Metrics;
 use crate::model::Signals;
 use crate::services::ingest::IngestService;
 use crate::services::query::QueryService;
@@ -100,6 +101,7 @@ impl App {
         let background = CancellationToken::new();
         let (health, health_handle) = Health::new(store.clone(), hub.clone());
 
+        let metrics = Metrics::new(&signals);
         let (writer, writer_handle) = Writer::new(
             store.clone(),
             hub.clone(),
@@ -107,6 +109,7 @@ impl App {
             health_handle.clone(),
             settings.writer_queue,
             settings.batch_rows,
+            metrics.clone(),
         );
         let ingest = IngestService::new(
             catalog.clone(),
@@ -115,6 +118,7 @@ impl App {
             hub.clone(),
             health_handle.clone(),
             settings.max_batch_readings,
+            metrics.clone(),
         )?;
         // Nothing fails after this point: start the actors.
         tokio::spawn(health.run(background.clone()));
@@ -159,6 +163,7 @@ impl App {
             store,
             ingest,
             query,
+            metrics,
             writer: writer_handle,
             hub,
             stats,

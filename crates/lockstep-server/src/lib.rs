@@ -8,6 +8,7 @@
 //! - [`actors`]: the writer, hub, stats, logger supervisor and store health;
 //! - [`store`]: the `Store` trait with SQLite and PostgreSQL backends;
 //! - leaves: [`model`], [`protocol`] (the WebSocket messages), [`settings`],
+//!   [`metrics`] (this server's Prometheus recorder),
 //!   [`auth`] (the admin policy), [`vehicles`]
 //!   (per-vehicle codec state registry).
 //!
@@ -22,6 +23,7 @@ pub mod actors;
 pub mod app;
 pub mod auth;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod services;

@@ -13,6 +13,7 @@ use crate::actors::logger::LoggerHandle;
 use crate::actors::stats::StatsBook;
 use crate::actors::writer::WriterHandle;
 use crate::auth::AdminPolicy;
+use crate::metrics::Metrics;
 use crate::model::Signals;
 use crate::services::ingest::IngestService;
 use crate::services::query::QueryService;
@@ -41,6 +42,8 @@ pub struct AppState {
     pub health: HealthHandle,
     pub logger: LoggerHandle,
     pub admin: AdminPolicy,
+    /// This server's Prometheus metrics (`/metrics`).
+    pub metrics: Metrics,
     pub started: Instant,
     /// Fires on shutdown: WebSocket tasks close, the server stops accepting.
     pub shutdown: CancellationToken,

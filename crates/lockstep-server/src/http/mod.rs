@@ -7,27 +7,33 @@
 //! limit, body limit) can be layered on one group without touching the
 //! others:
 //! - [`device_ingest`]: vehicles and edge loggers sending readings;
-//! - [`reads`]: clients reading stored data and the live stream;
+//! - [`reads`]: clients reading stored data and the live stream (and
+//!   [`graphql`], the same reads as GraphQL);
 //! - [`operator`]: logger control (loopback or the admin token today);
 //! - [`admin`]: server administration (`PATCH /api/vehicles/{vin}`);
-//! - [`public`]: health/status and the embedded dashboard.
+//! - [`public`]: health/status, `/metrics`, the API description and the
+//!   embedded dashboard.
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Method, header};
-use axum::middleware::map_response_with_state;
+use axum::middleware::{from_fn_with_state, map_response_with_state};
 use axum::response::Response;
 use axum::routing::{get, patch, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::model::Signals;
 use crate::state::AppState;
 
 pub mod dashboard;
 pub mod error;
 pub mod extract;
+pub mod graphql;
 pub mod history;
 pub mod logger;
+pub mod metrics;
+pub mod openapi;
 pub mod status;
 pub mod telemetry;
 pub mod vehicles;
@@ -46,10 +52,11 @@ pub fn router(state: AppState, cors: Option<Vec<String>>) -> Router {
     let body_limit = state.settings.body_limit;
     Router::new()
         .merge(device_ingest())
-        .merge(reads())
+        .merge(reads(&state))
         .merge(operator())
         .merge(admin())
-        .merge(public())
+        .merge(public(&state.signals))
+        .route_layer(from_fn_with_state(state.clone(), metrics::count_requests))
         .fallback(status::not_found)
         // Ingest reads its body itself (413 as JSON); this bounds every other extractor.
         .layer(DefaultBodyLimit::max(body_limit))
@@ -68,8 +75,9 @@ pub fn device_ingest() -> Router<AppState> {
 }
 
 /// Stored data and the live stream (`/ws` checks logger commands per message).
-pub fn reads() -> Router<AppState> {
+pub fn reads(state: &AppState) -> Router<AppState> {
     Router::new()
+        .merge(graphql::router(state))
         .route("/api/vehicles", get(vehicles::list))
         .route("/api/vehicles/{vin}", get(vehicles::get_one))
         .route("/api/vehicles/{vin}/telemetry", get(history::telemetry))
@@ -91,10 +99,13 @@ pub fn admin() -> Router<AppState> {
     Router::new().route("/api/vehicles/{vin}", patch(vehicles::patch))
 }
 
-/// Health/status and the embedded dashboard (`/`, `/assets/…`).
-pub fn public() -> Router<AppState> {
+/// Health/status, the API description (`/openapi.json`, `/docs`) and the
+/// embedded dashboard (`/`, `/assets/…`).
+pub fn public(signals: &Signals) -> Router<AppState> {
     Router::new()
         .route("/status", get(status::status))
+        .route("/metrics", get(metrics::metrics))
+        .merge(openapi::router(signals))
         .merge(dashboard::router())
 }
 

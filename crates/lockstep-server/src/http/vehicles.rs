@@ -18,6 +18,16 @@ use crate::services::query::{
 use crate::state::AppState;
 
 /// `GET /api/vehicles?limit=N&cursor=C`.
+#[utoipa::path(get, path = "/api/vehicles", tag = "vehicles",
+    params(
+        ("limit" = Option<u32>, Query, description = "1..=1000, default 100", minimum = 1, maximum = 1000),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "Vehicles ordered by VIN", body = VehicleList),
+        (status = 400, description = "Bad limit or cursor", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "Store unavailable", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn list(
     State(app): State<AppState>,
     Query(p): Query<HashMap<String, String>>,
@@ -26,6 +36,14 @@ pub async fn list(
 }
 
 /// `GET /api/vehicles/{vin}`.
+#[utoipa::path(get, path = "/api/vehicles/{vin}", tag = "vehicles",
+    params(("vin" = String, Path, description = "17-character VIN")),
+    responses(
+        (status = 200, description = "The vehicle", body = VehicleJson),
+        (status = 404, description = "Unknown VIN", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Not a valid VIN", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "Store unavailable", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn get_one(
     State(app): State<AppState>,
     Path(vin): Path<String>,
@@ -34,6 +52,18 @@ pub async fn get_one(
 }
 
 /// `PATCH /api/vehicles/{vin}` with `{"model": str|null, "year": int|null}`.
+#[utoipa::path(patch, path = "/api/vehicles/{vin}", tag = "vehicles",
+    params(("vin" = String, Path, description = "17-character VIN")),
+    request_body(content = VehiclePatch, content_type = "application/json",
+        description = "An absent field is left as is; null clears it"),
+    responses(
+        (status = 200, description = "The vehicle after the change", body = VehicleJson),
+        (status = 404, description = "Unknown VIN", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Body over 4 KiB", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "Not application/json", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Not a valid VIN, or a field out of bounds", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "Store unavailable", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn patch(
     State(app): State<AppState>,
     Path(vin): Path<String>,
@@ -52,6 +82,19 @@ pub async fn patch(
 }
 
 /// `GET /api/vehicles/{vin}/stats?from=YYYY-MM-DD&to=YYYY-MM-DD`.
+#[utoipa::path(get, path = "/api/vehicles/{vin}/stats", tag = "vehicles",
+    params(
+        ("vin" = String, Path, description = "17-character VIN"),
+        ("from" = Option<String>, Query, description = "First UTC day, YYYY-MM-DD (inclusive)", format = Date),
+        ("to" = Option<String>, Query, description = "Last UTC day, YYYY-MM-DD (inclusive)", format = Date),
+    ),
+    responses(
+        (status = 200, description = "Daily compression statistics (UTC day of receipt)", body = DailyStats),
+        (status = 400, description = "Bad date", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "Unknown VIN", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Not a valid VIN", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "Store unavailable", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn daily_stats(
     State(app): State<AppState>,
     Path(vin): Path<String>,
@@ -61,6 +104,11 @@ pub async fn daily_stats(
 }
 
 /// `GET /api/stats`.
+#[utoipa::path(get, path = "/api/stats", tag = "vehicles",
+    responses(
+        (status = 200, description = "Fleet totals", body = FleetStats),
+        (status = 503, description = "Store unavailable", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn fleet_stats(State(app): State<AppState>) -> Result<Json<FleetStats>, ApiError> {
     Ok(Json(app.query.fleet_stats().await?))
 }

@@ -51,6 +51,12 @@ enum Ctl {
 }
 
 /// `GET /ws`.
+#[utoipa::path(get, path = "/ws", tag = "live",
+    description = "WebSocket upgrade. The server sends `ServerMsg` JSON texts; clients send `ClientMsg`.",
+    responses(
+        (status = 101, description = "Switching protocols; messages: ServerMsg (server to client), ClientMsg (client to server)"),
+        (status = 400, description = "Not a WebSocket upgrade request"),
+    ))]
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     operator: Operator,
@@ -141,6 +147,7 @@ async fn client(
     ];
     drop(history);
     first.extend(logs);
+    app.metrics.ws_messages(first.len());
     if !send_burst(&mut sink, &mut first, &cancel).await {
         return close(sink).await;
     }
@@ -180,6 +187,7 @@ async fn client(
             }
             Step::Send => false,
         };
+        app.metrics.ws_messages(burst.len());
         if !burst.is_empty() && !send_burst(&mut sink, &mut burst, &cancel).await || closed {
             break;
         }

@@ -24,6 +24,7 @@ use serde::Serialize;
 use crate::actors::health::{HealthHandle, Observation};
 use crate::actors::hub::{Hub, HubEvent};
 use crate::actors::writer::{WriteRequest, WriterHandle};
+use crate::metrics::Metrics;
 use crate::model::{Counters, SEED_SESSION, SessionRecord, Signals, TelemetryRow};
 use crate::protocol::{ReadingJson, ServerMsg};
 use crate::store::{Store, StoreError, WriteBatch};
@@ -98,7 +99,7 @@ impl IngestError {
 }
 
 /// The success body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Ack {
     pub status: &'static str,
     pub compression_ratio: f64,
@@ -109,7 +110,7 @@ pub struct Ack {
 }
 
 /// What the lockstep form adds to [`Ack`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchAck {
     pub session_id: String,
     pub first_seq: u64,
@@ -147,6 +148,7 @@ struct Inner {
     hub: Arc<Hub>,
     health: HealthHandle,
     max_batch_readings: usize,
+    metrics: Metrics,
 }
 
 impl IngestService {
@@ -157,6 +159,7 @@ impl IngestService {
         hub: Arc<Hub>,
         health: HealthHandle,
         max_batch_readings: usize,
+        metrics: Metrics,
     ) -> anyhow::Result<Self> {
         let seed_channels = lockstep_codec::seed::SEED_FIELDS
             .map(|f| catalog.index_of(f))
@@ -177,6 +180,7 @@ impl IngestService {
                 hub,
                 health,
                 max_batch_readings,
+                metrics,
             }),
         })
     }
@@ -331,7 +335,9 @@ impl Inner {
             Err(e) => {
                 tracing::info!(error = %e, "Batch refused; the edge must resync.");
                 let e = IngestError::from_decode(e, next_seq);
-                if matches!(e, IngestError::Resync { .. }) {
+                if let IngestError::Resync { kind, .. } = &e {
+                    self.metrics.resync(kind);
+                    self.metrics.readings(1, 2, cb.len() as u64);
                     self.count_resync(vehicle.vin.clone()).await;
                 }
                 return Err(e);
@@ -339,6 +345,7 @@ impl Inner {
         };
         let (readings, new_state) = match outcome {
             BatchOutcome::Duplicate => {
+                self.metrics.readings(1, 1, cb.len() as u64);
                 return Ok(Ack::new(&Counters::default(), Some(batch_ack(true))));
             }
             BatchOutcome::Fresh { readings, state } => (readings, state),
@@ -454,15 +461,17 @@ mod tests {
             health_handle.clone(),
             8,
             1000,
+            crate::metrics::Metrics::new(&Signals::from_catalog(&catalog)),
         );
         tokio::spawn(writer.run(stop.clone()));
         let svc = IngestService::new(
-            catalog,
+            catalog.clone(),
             store.clone(),
             writer_handle,
             hub,
             health_handle,
             100,
+            crate::metrics::Metrics::new(&Signals::from_catalog(&catalog)),
         )
         .unwrap();
         (svc, store, stop)

@@ -293,14 +293,14 @@ impl Serialize for BucketPage {
 }
 
 /// `GET /api/vehicles` page.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VehicleList {
     pub vehicles: Vec<VehicleSummary>,
     pub next_cursor: Option<String>,
 }
 
 /// `GET /api/vehicles/{vin}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct VehicleJson {
     pub vin: String,
     pub model: Option<String>,
@@ -333,12 +333,16 @@ impl From<VehicleDetail> for VehicleJson {
 
 /// The body of `PATCH /api/vehicles/{vin}`: an absent field is left as is,
 /// `null` clears it.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VehiclePatch {
+    /// At most 64 characters; null clears.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, max_length = 64)]
     pub model: Option<Option<String>>,
+    /// 1900..=2100; null clears.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>, minimum = 1900, maximum = 2100)]
     pub year: Option<Option<i32>>,
 }
 
@@ -375,7 +379,7 @@ impl VehiclePatch {
 }
 
 /// One day of `GET /api/vehicles/{vin}/stats`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DayJson {
     pub day: String,
     pub readings: u64,
@@ -385,14 +389,14 @@ pub struct DayJson {
     pub compression_ratio: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DailyStats {
     pub vin: String,
     pub days: Vec<DayJson>,
 }
 
 /// `GET /api/stats`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FleetStats {
     pub vehicles: u64,
     pub readings: u64,

@@ -130,7 +130,7 @@ pub struct WriteBatch {
 }
 
 /// A vehicle as listed by `GET /api/vehicles`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct VehicleSummary {
     pub vin: String,
     pub first_seen_ms: i64,
@@ -149,7 +149,7 @@ pub struct VehicleTotals {
 }
 
 /// Which backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     Sqlite,
