@@ -7,6 +7,9 @@
 # fresh SQLite file with a few readings, runs schemathesis bounded in
 # examples and time, and stops the server. schemathesis comes from PyPI into
 # a venv under target/ (created on first use).
+# Not exercised: /ws (WebSocket), /logger/start|stop (would spawn the edge
+# logger), and the ingest routes, whose bodies are protobuf (schemathesis
+# cannot generate them; the black-box suite covers their answers).
 # Usage: scripts/schemathesis.sh   (env: SCHEMATHESIS_MAX_EXAMPLES, SCHEMATHESIS_TIME_S)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,4 +72,6 @@ timeout "$((TIME_S + 60))" "$VENV/bin/schemathesis" run "$BASE/openapi.json" \
   --max-examples "$MAX_EXAMPLES" \
   --max-time "$TIME_S" \
   --exclude-path /ws \
-  --exclude-path-regex '^/logger/(start|stop)$'
+  --exclude-path-regex '^/logger/(start|stop)$' \
+  --exclude-path /api/telemetry \
+  --exclude-path /api/v1/batch

@@ -19,6 +19,7 @@ use async_graphql_axum::{GraphQL, GraphQLSubscription};
 use axum::Router;
 use axum::routing::on_service;
 
+use crate::http::error::ApiError;
 use crate::model::{Signals, TelemetryRow};
 use crate::services::query::{HistoryParams, QueryError, parse_vin};
 use crate::state::AppState;
@@ -377,7 +378,27 @@ impl tower::Service<axum::extract::Request> for GraphQLWsOrQuery {
         if upgrade {
             Box::pin(self.ws.clone().oneshot(req))
         } else {
-            Box::pin(self.query.clone().oneshot(req))
+            let answer = self.query.clone().oneshot(req);
+            Box::pin(async move {
+                let resp = answer.await?;
+                // async-graphql answers a body that is no GraphQL request with
+                // a bare-text 400; give it the API's JSON error body instead.
+                if resp.status() == axum::http::StatusCode::BAD_REQUEST
+                    && !resp
+                        .headers()
+                        .contains_key(axum::http::header::CONTENT_TYPE)
+                {
+                    let text = axum::body::to_bytes(resp.into_body(), 16 * 1024)
+                        .await
+                        .unwrap_or_default();
+                    let e = ApiError::BadRequest(format!(
+                        "not a GraphQL request: {}",
+                        String::from_utf8_lossy(&text)
+                    ));
+                    return Ok(axum::response::IntoResponse::into_response(e));
+                }
+                Ok(resp)
+            })
         }
     }
 }

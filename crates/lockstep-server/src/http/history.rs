@@ -20,7 +20,7 @@ Without `step`: pages of raw readings (`HistoryPage`); pass `next_cursor` back a
 With `step`: one entry per epoch-aligned bucket of `step` ms that holds readings (`BucketPage`), computed in the database; at most 10,000 buckets. \
 `format=csv`: the whole range as CSV, streamed; at most 1,000,000 readings.",
     params(
-        ("vin" = String, Path, description = "17-character VIN"),
+        ("vin" = String, Path, description = "17-character VIN", pattern = "^[A-HJ-NPR-Z0-9]{17}$"),
         ("from" = i64, Query, description = "Unix ms, inclusive"),
         ("to" = i64, Query, description = "Unix ms, exclusive; greater than from"),
         ("limit" = Option<u32>, Query, description = "Readings per page, 1..=10000, default 1000", minimum = 1, maximum = 10000),
@@ -30,8 +30,7 @@ With `step`: one entry per epoch-aligned bucket of `step` ms that holds readings
     ),
     responses(
         (status = 200, description = "A page, buckets, or CSV", content(
-            (crate::http::openapi::HistoryPage = "application/json"),
-            (crate::http::openapi::BucketPage = "application/json"),
+            (crate::http::openapi::HistoryAnswer = "application/json"),
             (String = "text/csv"),
         )),
         (status = 400, description = "A missing or malformed parameter, too many buckets, or a CSV range over the maximum", body = crate::http::openapi::ErrorBody),

@@ -52,12 +52,29 @@ macro_rules! catalogued {
 }
 
 catalogued!(
+    HistoryAnswer => "A `HistoryPage`, or a `BucketPage` when `step` is given.",
     Reading => "A stored reading (built from the catalog at start-up).",
     HistoryPage => "A page of stored readings.",
     Bucket => "Aggregates of one bucket.",
     BucketPage => "Buckets of a range.",
     LiveReading => "A live reading as WebSocket `telemetry`/`history` messages carry it.",
 );
+
+/// A protobuf message body (binary).
+#[derive(Debug)]
+pub struct ProtobufBody;
+
+impl utoipa::PartialSchema for ProtobufBody {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .content_media_type("application/x-protobuf")
+            .description(Some("Protobuf bytes (see crates/lockstep-proto)"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ProtobufBody {}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -89,6 +106,8 @@ a CSV export at most 1,000,000 readings."
         ErrorBody,
         Reading,
         HistoryPage,
+        HistoryAnswer,
+        ProtobufBody,
         Bucket,
         BucketPage,
         LiveReading,
@@ -111,7 +130,11 @@ struct ApiDoc;
 over WebSocket (`graphql-transport-ws` or `graphql-ws`) on the same path. Depth and complexity are limited.",
     request_body(content = Object, content_type = "application/json",
         description = "`{\"query\": \"…\", \"variables\": {…}}`"),
-    responses((status = 200, description = "`{\"data\": …, \"errors\": […]}`", body = Object)))]
+    responses(
+        (status = 200, description = "`{\"data\": …, \"errors\": […]}` (errors too are 200, per GraphQL over HTTP)",
+            content((Object = "application/json"), (Object = "application/graphql-response+json"))),
+        (status = 400, description = "Not a GraphQL request (no or malformed JSON body)", body = ErrorBody),
+    ))]
 #[allow(dead_code)]
 fn graphql() {}
 
@@ -239,6 +262,13 @@ pub fn document(signals: &Signals) -> utoipa::openapi::OpenApi {
         c.schemas.insert("Bucket".into(), bucket.into());
         c.schemas.insert("HistoryPage".into(), page.into());
         c.schemas.insert("BucketPage".into(), buckets.into());
+        c.schemas.insert(
+            "HistoryAnswer".into(),
+            utoipa::openapi::schema::OneOfBuilder::new()
+                .item(reference("HistoryPage"))
+                .item(reference("BucketPage"))
+                .into(),
+        );
     }
     doc
 }

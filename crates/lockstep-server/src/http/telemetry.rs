@@ -18,8 +18,8 @@ use crate::state::AppState;
 #[utoipa::path(post, path = "/api/telemetry", tag = "ingest",
     request_body(description = "One telemetry.TelemetryReading (application/x-protobuf) or one lockstep.v1.Batch (application/x-lockstep-batch)",
         content(
-            (Vec<u8> = "application/x-protobuf"),
-            (Vec<u8> = "application/x-lockstep-batch"),
+            (crate::http::openapi::ProtobufBody = "application/x-protobuf"),
+            (crate::http::openapi::ProtobufBody = "application/x-lockstep-batch"),
         )),
     responses(
         (status = 200, description = "Stored", body = Ack),
@@ -52,8 +52,8 @@ pub async fn post_telemetry(
 /// `POST /api/v1/batch`.
 #[utoipa::path(post, path = "/api/v1/batch", tag = "ingest",
     request_body(description = "One lockstep.v1.Batch", content(
-        (Vec<u8> = "application/x-lockstep-batch"),
-        (Vec<u8> = "application/x-protobuf"),
+        (crate::http::openapi::ProtobufBody = "application/x-lockstep-batch"),
+        (crate::http::openapi::ProtobufBody = "application/x-protobuf"),
     )),
     responses(
         (status = 200, description = "Stored", body = Ack),

@@ -37,7 +37,7 @@ pub async fn list(
 
 /// `GET /api/vehicles/{vin}`.
 #[utoipa::path(get, path = "/api/vehicles/{vin}", tag = "vehicles",
-    params(("vin" = String, Path, description = "17-character VIN")),
+    params(("vin" = String, Path, description = "17-character VIN", pattern = "^[A-HJ-NPR-Z0-9]{17}$")),
     responses(
         (status = 200, description = "The vehicle", body = VehicleJson),
         (status = 404, description = "Unknown VIN", body = crate::http::openapi::ErrorBody),
@@ -53,7 +53,7 @@ pub async fn get_one(
 
 /// `PATCH /api/vehicles/{vin}` with `{"model": str|null, "year": int|null}`.
 #[utoipa::path(patch, path = "/api/vehicles/{vin}", tag = "vehicles",
-    params(("vin" = String, Path, description = "17-character VIN")),
+    params(("vin" = String, Path, description = "17-character VIN", pattern = "^[A-HJ-NPR-Z0-9]{17}$")),
     request_body(content = VehiclePatch, content_type = "application/json",
         description = "An absent field is left as is; null clears it"),
     responses(
@@ -84,7 +84,7 @@ pub async fn patch(
 /// `GET /api/vehicles/{vin}/stats?from=YYYY-MM-DD&to=YYYY-MM-DD`.
 #[utoipa::path(get, path = "/api/vehicles/{vin}/stats", tag = "vehicles",
     params(
-        ("vin" = String, Path, description = "17-character VIN"),
+        ("vin" = String, Path, description = "17-character VIN", pattern = "^[A-HJ-NPR-Z0-9]{17}$"),
         ("from" = Option<String>, Query, description = "First UTC day, YYYY-MM-DD (inclusive)", format = Date),
         ("to" = Option<String>, Query, description = "Last UTC day, YYYY-MM-DD (inclusive)", format = Date),
     ),

@@ -104,6 +104,16 @@ async fn too_deep_queries_are_refused() {
     let body = graphql(&app, deep).await;
     let msg = body["errors"][0]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("nested too deep"), "{body}");
+    // A body that is no GraphQL request: the API's JSON error, not bare text.
+    let resp = app
+        .http
+        .post(format!("{}/graphql", app.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let e: Value = resp.json().await.unwrap();
+    assert_eq!(e["status"], "error");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
