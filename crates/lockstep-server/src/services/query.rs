@@ -299,37 +299,8 @@ pub struct VehicleList {
     pub next_cursor: Option<String>,
 }
 
-/// `GET /api/vehicles/{vin}`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct VehicleJson {
-    pub vin: String,
-    pub model: Option<String>,
-    pub year: Option<i32>,
-    pub first_seen_ms: i64,
-    pub last_seen_ms: i64,
-    pub readings: u64,
-    /// Lockstep sessions stored (the seed form's is not one).
-    pub sessions: u64,
-    /// 409 resync answers given to this vehicle's batches.
-    pub resyncs: u64,
-    pub last_keyframe_ms: Option<i64>,
-}
-
-impl From<VehicleDetail> for VehicleJson {
-    fn from(d: VehicleDetail) -> Self {
-        Self {
-            vin: d.vin,
-            model: d.model,
-            year: d.year,
-            first_seen_ms: d.first_seen_ms,
-            last_seen_ms: d.last_seen_ms,
-            readings: d.readings,
-            sessions: d.sessions,
-            resyncs: d.resyncs,
-            last_keyframe_ms: d.last_keyframe_ms,
-        }
-    }
-}
+/// `GET /api/vehicles/{vin}`: the store's detail as is.
+pub type VehicleJson = VehicleDetail;
 
 /// The body of `PATCH /api/vehicles/{vin}`: an absent field is left as is,
 /// `null` clears it.
@@ -577,7 +548,6 @@ impl QueryService {
         self.store
             .vehicle(vin.clone())
             .await?
-            .map(VehicleJson::from)
             .ok_or_else(|| QueryError::UnknownVehicle(vin.to_string()))
     }
 

@@ -61,7 +61,8 @@ pub struct Bucket {
 }
 
 /// A vehicle as `GET /api/vehicles/{vin}` shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = VehicleJson)]
 pub struct VehicleDetail {
     pub vin: String,
     pub model: Option<String>,

@@ -69,16 +69,9 @@ async fn pages_cover_the_range_once_under_concurrent_inserts(backend: Backend) {
     assert!(close(&r["speed"], &stored[0][0]), "{r} vs {stored:?}");
     assert!(close(&r["latitude"], &stored[0][1]), "{r} vs {stored:?}");
     let mask: u64 = stored[0][2].as_deref().unwrap().parse().unwrap();
-    let names = [
-        "speed",
-        "battery",
-        "power",
-        "heading",
-        "latitude",
-        "longitude",
-        "altitude",
-    ];
-    let transmitted: Vec<&str> = (0..7)
+    let cat = catalog();
+    let names: Vec<&str> = cat.signals().iter().map(|s| s.name.as_str()).collect();
+    let transmitted: Vec<&str> = (0..names.len())
         .filter(|i| mask & (1 << i) != 0)
         .map(|i| names[i])
         .collect();
@@ -137,15 +130,8 @@ async fn buckets_match_the_raw_readings(backend: Backend) {
             .filter(|r| (start..start + 10_000).contains(&r["timestamp"].as_i64().unwrap()))
             .collect();
         assert_eq!(b["count"], inside.len(), "bucket {i}");
-        for signal in [
-            "speed",
-            "battery",
-            "power",
-            "heading",
-            "latitude",
-            "longitude",
-            "altitude",
-        ] {
+        for s in catalog().signals() {
+            let signal = s.name.as_str();
             let v: Vec<f64> = inside.iter().map(|r| r[signal].as_f64().unwrap()).collect();
             let min = v.iter().copied().fold(f64::INFINITY, f64::min);
             let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
