@@ -140,6 +140,50 @@ impl SeedPredictor {
     }
 }
 
+/// The seed predictor of one vehicle and the last accepted seed timestamp,
+/// as the cloud persists it (beside the batch form's [`crate::SessionState`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SeedState {
+    pub predictor: SeedPredictor,
+    pub last_ts: Option<i64>,
+}
+
+impl SeedState {
+    /// `[1][last_ts: i64 LE or i64::MIN][4 × (flag u8, f64 LE)]`: 45 bytes,
+    /// frozen (stored states must keep loading).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(1 + 8 + 4 * 9);
+        b.push(1);
+        b.extend_from_slice(&self.last_ts.unwrap_or(i64::MIN).to_le_bytes());
+        for i in 0..4 {
+            let p = self.predictor.predict(i);
+            b.push(u8::from(p.is_some()));
+            b.extend_from_slice(&p.unwrap_or(0.0).to_le_bytes());
+        }
+        b
+    }
+
+    /// Reads [`Self::to_bytes`] back; `None` for another version or length.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != 1 + 8 + 36 || b[0] != 1 {
+            return None;
+        }
+        let ts = i64::from_le_bytes(b[1..9].try_into().ok()?);
+        let mut predictor = SeedPredictor::default();
+        for i in 0..4 {
+            let at = 9 + i * 9;
+            if b[at] == 1 {
+                // A fresh field takes its first value as is: this restores the state exactly.
+                predictor.update(i, f64::from_le_bytes(b[at + 1..at + 9].try_into().ok()?));
+            }
+        }
+        Some(Self {
+            predictor,
+            last_ts: (ts != i64::MIN).then_some(ts),
+        })
+    }
+}
+
 /// The optional fields of a seed reading in [`SEED_FIELDS`] order.
 pub fn seed_values(r: &TelemetryReading) -> [Option<f64>; 4] {
     [r.speed, r.battery, r.power, r.heading]
@@ -148,6 +192,46 @@ pub fn seed_values(r: &TelemetryReading) -> [Option<f64>; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seed_state_round_trips() {
+        let mut s = SeedState::default();
+        assert_eq!(SeedState::from_bytes(&s.to_bytes()), Some(s.clone()));
+        s.predictor.update(0, 12.5);
+        s.predictor.update(0, 14.0);
+        s.predictor.update(3, 359.0);
+        s.last_ts = Some(1_700_000_000_000);
+        assert_eq!(SeedState::from_bytes(&s.to_bytes()), Some(s));
+        assert_eq!(SeedState::from_bytes(&[2]), None);
+    }
+
+    /// Bytes as stored by servers before the state moved into the codec
+    /// (speed after 12.5 then 14.0, heading 359, no battery or power).
+    #[test]
+    fn stored_seed_state_still_loads() {
+        let stored = hex(
+            "010068e5cf8b010000016666666666e62940000000000000000000000000000000000000010000000000707640",
+        );
+        let s = SeedState::from_bytes(&stored).expect("stored state loads");
+        assert_eq!(s.last_ts, Some(1_700_000_000_000));
+        assert_eq!(
+            s.predictor.predict(0),
+            Some(0.3 * 14.0 + (1.0 - 0.3) * 12.5)
+        );
+        assert_eq!(
+            (s.predictor.predict(1), s.predictor.predict(2)),
+            (None, None)
+        );
+        assert_eq!(s.predictor.predict(3), Some(359.0));
+        assert_eq!(s.to_bytes(), stored, "the format is unchanged");
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
 
     #[test]
     fn smoothing_matches_the_seed_formula() {

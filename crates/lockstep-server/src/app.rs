@@ -1,8 +1,9 @@
 //! Start-up and shutdown: [`App::build`] opens the store, starts the actors
 //! (writer, logger supervisor, statistics broadcaster, store health) and
 //! binds the listener; [`App::run`] serves until the shutdown token fires,
-//! then drains in order: stop accepting and finish in-flight requests, close
-//! WebSockets with a Close frame, flush the writer, stop the logger child.
+//! then drains in order: stop the logger child (HTTP still serving, so it can
+//! send what it holds), stop accepting and finish in-flight requests, close
+//! WebSockets with a Close frame, flush the writer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +39,8 @@ pub struct App {
     state: AppState,
     writer_stop: CancellationToken,
     writer: JoinHandle<()>,
+    /// Stops the logger supervisor (and its child) — first, at shutdown.
+    logger_stop: CancellationToken,
     logger: JoinHandle<()>,
     background: CancellationToken,
 }
@@ -143,7 +146,8 @@ impl App {
         };
         let (supervisor, logger) = Supervisor::new(logger_config, hub.clone());
         let shutdown = CancellationToken::new();
-        let logger_task = tokio::spawn(supervisor.run(shutdown.clone()));
+        let logger_stop = CancellationToken::new();
+        let logger_task = tokio::spawn(supervisor.run(logger_stop.clone()));
 
         tokio::spawn(stats::broadcast(
             stats.clone(),
@@ -181,6 +185,7 @@ impl App {
             state,
             writer_stop,
             writer: writer_task,
+            logger_stop,
             logger: logger_task,
             background,
         })
@@ -211,21 +216,34 @@ impl App {
             router,
             state,
             writer_stop,
-            writer,
+            logger_stop,
             logger,
+            writer,
             background,
         } = self;
         tracing::info!(%addr, "Listening on http://{addr}");
         state.hub.log(Level::Info, "server", "server started");
         let shutdown = state.shutdown.clone();
         let grace = state.settings.shutdown_grace();
+        // The logger child stops first, while HTTP still serves: on SIGTERM it
+        // sends what it holds (its spool) to this server before exiting.
+        let http_stop = CancellationToken::new();
+        let logger_done = tokio::spawn({
+            let (shutdown, http_stop) = (shutdown.clone(), http_stop.clone());
+            async move {
+                shutdown.cancelled().await;
+                logger_stop.cancel();
+                let _ = logger.await;
+                http_stop.cancel();
+            }
+        });
         let serve = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        .with_graceful_shutdown(http_stop.clone().cancelled_owned());
         let deadline = async {
-            shutdown.cancelled().await;
+            http_stop.cancelled().await;
             tokio::time::sleep(grace).await;
         };
         tokio::select! {
@@ -233,7 +251,8 @@ impl App {
             () = deadline => tracing::warn!("In-flight requests did not finish within the shutdown grace period; closing them."),
         }
         shutdown.cancel(); // also when serve ended on its own
-        tracing::info!("Shutting down: HTTP closed, flushing the writer and stopping the logger.");
+        let _ = logger_done.await;
+        tracing::info!("Shutting down: logger stopped, HTTP closed, flushing the writer.");
         state.tasks.close();
         if tokio::time::timeout(Duration::from_secs(2), state.tasks.wait())
             .await
@@ -245,7 +264,6 @@ impl App {
         if tokio::time::timeout(grace, writer).await.is_err() {
             tracing::error!("The writer did not flush within the shutdown grace period.");
         }
-        let _ = logger.await;
         background.cancel();
         tracing::info!("Shutdown complete.");
         Ok(())

@@ -41,6 +41,11 @@ impl Signals {
 /// `session_id` of readings that arrived in the seed wire form.
 pub const SEED_SESSION: u64 = 0;
 
+/// `session_id` of readings imported from the original server's PostgreSQL
+/// tables (their `seq` is the original row id, so every row is kept even
+/// where timestamps repeat).
+pub const IMPORTED_SESSION: u64 = 1;
+
 /// One reconstructed reading as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TelemetryRow {

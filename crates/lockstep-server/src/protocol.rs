@@ -156,11 +156,14 @@ pub struct LogEntry {
     pub timestamp: i64,
 }
 
-/// `/status` → `compression_stats`: counts of readings and of field values.
+/// `/status` → `compression_stats` (and the head of the WS message): counts
+/// of readings and of field values.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Summary {
     /// Readings stored.
     pub total_readings: u64,
+    /// Non-null field values stored (= transmitted + skipped).
+    pub fields_total: u64,
     /// Field values that travelled on the wire.
     pub transmitted_readings: u64,
     /// Field values the server reconstructed.
@@ -249,6 +252,7 @@ mod tests {
         let reading = ReadingJson { row, signals };
         let summary = Summary {
             total_readings: 10,
+            fields_total: 60,
             transmitted_readings: 25,
             skipped_readings: 35,
             compression_ratio: 35.0 / 60.0,

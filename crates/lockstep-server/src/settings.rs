@@ -43,12 +43,13 @@ pub struct Settings {
     #[arg(help_heading = "Network", long, env = "PORT", default_value_t = 8001)]
     pub port: u16,
 
-    /// Address to bind.
+    /// Address to bind. Loopback by default: set 0.0.0.0 (or an interface's
+    /// address) to accept other machines.
     #[arg(
         help_heading = "Network",
         long,
         env = "LOCKSTEP_HOST",
-        default_value = "0.0.0.0"
+        default_value = "127.0.0.1"
     )]
     pub host: IpAddr,
 
@@ -357,6 +358,12 @@ mod tests {
     fn parse(args: &[&str]) -> Settings {
         Settings::from_args_only(std::iter::once("lockstep-server").chain(args.iter().copied()))
             .unwrap()
+    }
+
+    #[test]
+    fn listens_on_loopback_unless_told_otherwise() {
+        assert_eq!(parse(&[]).host, IpAddr::from([127, 0, 0, 1]));
+        assert!(parse(&["--host", "0.0.0.0"]).host.is_unspecified());
     }
 
     #[test]

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 
-use lockstep_codec::{Catalog, SeedPredictor, SessionState, Vin};
+use lockstep_codec::seed::SeedState;
+use lockstep_codec::{Catalog, SessionState, Vin};
 
 use crate::model::SEED_SESSION;
 use crate::store::{Store, StoreError};
@@ -42,47 +43,6 @@ impl Vehicles {
         map.entry(vin.clone())
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(VehicleState::new(vin))))
             .clone()
-    }
-}
-
-/// The seed predictor of one vehicle and the last accepted seed timestamp.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SeedState {
-    pub predictor: SeedPredictor,
-    pub last_ts: Option<i64>,
-}
-
-impl SeedState {
-    /// `[1][last_ts: i64 LE or i64::MIN][4 × (flag u8, f64 LE)]`.
-    pub fn to_bytes(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(1 + 8 + 4 * 9);
-        b.push(1);
-        b.extend_from_slice(&self.last_ts.unwrap_or(i64::MIN).to_le_bytes());
-        for i in 0..4 {
-            let p = self.predictor.predict(i);
-            b.push(u8::from(p.is_some()));
-            b.extend_from_slice(&p.unwrap_or(0.0).to_le_bytes());
-        }
-        b
-    }
-
-    pub fn from_bytes(b: &[u8]) -> Option<Self> {
-        if b.len() != 1 + 8 + 36 || b[0] != 1 {
-            return None;
-        }
-        let ts = i64::from_le_bytes(b[1..9].try_into().ok()?);
-        let mut predictor = SeedPredictor::default();
-        for i in 0..4 {
-            let at = 9 + i * 9;
-            if b[at] == 1 {
-                // A fresh field takes its first value as is: this restores the state exactly.
-                predictor.update(i, f64::from_le_bytes(b[at + 1..at + 9].try_into().ok()?));
-            }
-        }
-        Some(Self {
-            predictor,
-            last_ts: (ts != i64::MIN).then_some(ts),
-        })
     }
 }
 
@@ -159,22 +119,5 @@ impl VehicleState {
     /// Installs the seed state after its row was committed.
     pub fn install_seed(&mut self, s: SeedState) {
         self.seed = Some(s);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seed_state_round_trips() {
-        let mut s = SeedState::default();
-        assert_eq!(SeedState::from_bytes(&s.to_bytes()), Some(s.clone()));
-        s.predictor.update(0, 12.5);
-        s.predictor.update(0, 14.0);
-        s.predictor.update(3, 359.0);
-        s.last_ts = Some(1_700_000_000_000);
-        assert_eq!(SeedState::from_bytes(&s.to_bytes()), Some(s));
-        assert_eq!(SeedState::from_bytes(&[2]), None);
     }
 }

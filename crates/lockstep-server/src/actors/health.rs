@@ -98,13 +98,25 @@ impl Health {
         !self.unhealthy.load(Ordering::Relaxed)
     }
 
-    /// Runs until `stop`.
+    /// Runs until `stop`. A report interrupts a ping in progress (reports are
+    /// rare: only changes are sent), so a reporter never waits for a slow ping.
     pub async fn run(mut self, stop: CancellationToken) {
         loop {
             let pause = if self.healthy() {
                 PING_HEALTHY
             } else {
                 PING_UNHEALTHY
+            };
+            let store = self.store.clone();
+            let ping = async move {
+                tokio::time::sleep(pause).await;
+                match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(Observation::Failed(e)),
+                    Err(_) => Some(Observation::Failed(StoreError::Unavailable(
+                        "the store did not answer a ping within 3 s".into(),
+                    ))),
+                }
             };
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -115,16 +127,7 @@ impl Health {
                     }
                     None => return,
                 },
-                () = tokio::time::sleep(pause) => {
-                    let obs = match tokio::time::timeout(PING_TIMEOUT, self.store.ping()).await {
-                        Ok(Ok(())) => None,
-                        Ok(Err(e)) => Some(Observation::Failed(e)),
-                        Err(_) => Some(Observation::Failed(StoreError::Unavailable(
-                            "the store did not answer a ping within 3 s".into(),
-                        ))),
-                    };
-                    self.observe_ping(obs);
-                }
+                failure = ping => self.observe_ping(failure),
             }
         }
     }
@@ -164,5 +167,47 @@ impl Health {
         }
         let level = if healthy { Level::Info } else { Level::Error };
         self.hub.log(level, "server", message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Signals;
+    use crate::settings::StoreConfig;
+
+    #[tokio::test]
+    async fn flips_once_per_change_and_says_so_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let signals = Signals::from_catalog(&lockstep_codec::Catalog::default_v1());
+        let store = crate::store::open(&StoreConfig::Sqlite(dir.path().join("h.db")), 1, &signals)
+            .await
+            .unwrap();
+        let hub = Arc::new(Hub::new(16));
+        let mut sub = hub.subscribe();
+        let (actor, health) = Health::new(store, hub.clone());
+        let stop = CancellationToken::new();
+        tokio::spawn(actor.run(stop.clone()));
+
+        let down = || Observation::Failed(StoreError::unavailable("injected"));
+        health.report(down()).await;
+        assert!(!health.healthy(), "unhealthy as soon as the report returns");
+        health.report(down()).await;
+        health.report(Observation::Committed).await;
+        assert!(health.healthy());
+        health.report(Observation::Committed).await;
+
+        let mut lines = Vec::new();
+        while let Ok(true) = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            sub.recv(&mut lines, 16),
+        )
+        .await
+        {}
+        let texts: Vec<&str> = lines.iter().map(|l| l.as_str()).collect();
+        assert_eq!(texts.len(), 2, "{texts:?}");
+        assert!(texts[0].contains("ingest answers 503") && texts[0].contains(r#""level":"error""#));
+        assert!(texts[1].contains("accepts writes again"));
+        stop.cancel();
     }
 }

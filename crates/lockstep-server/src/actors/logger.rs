@@ -228,13 +228,19 @@ impl Supervisor {
         )
     }
 
-    /// Runs until `shutdown`; then stops the child (if any) and returns.
+    /// Runs until `shutdown` (the first step of the server's shutdown, while
+    /// HTTP still serves); then stops the child (if any) and returns.
     pub async fn run(mut self, shutdown: CancellationToken) {
         loop {
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     Some(Cmd::Start(req, reply)) => {
                         let r = self.start(&req);
+                        if let Err(e) = &r {
+                            // The caller gets 400/503; the operator's log says why.
+                            tracing::warn!(error = %e, "The logger was not started.");
+                            self.hub.log(Level::Error, "server", &format!("Logger not started: {e}"));
+                        }
                         let _ = reply.send(r);
                     }
                     Some(Cmd::Stop(reply)) => {

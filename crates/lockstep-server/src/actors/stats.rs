@@ -105,6 +105,7 @@ impl StatsBook {
 fn summary(t: &Counters) -> Summary {
     Summary {
         total_readings: t.readings,
+        fields_total: t.fields_total,
         transmitted_readings: t.fields_transmitted,
         skipped_readings: t.fields_skipped,
         compression_ratio: t.ratio(),

@@ -3,6 +3,9 @@
 //! handlers use `?` and the `From` impls here decide the status. 4xx bodies
 //! say exactly what was wrong; 5xx bodies hide internals (logged once here).
 
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -148,6 +151,9 @@ impl From<LoggerError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        if status.is_client_error() {
+            log_rejection(status, &self.to_string());
+        }
         let mut body = json!({"status": "error", "error": self.to_string()});
         match &self {
             ApiError::Resync { kind, next_seq, .. } => {
@@ -171,5 +177,79 @@ pub fn apply_retry_after(resp: &mut Response, seconds: u32) {
     if resp.extensions_mut().remove::<NeedsRetryAfter>().is_some() {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+}
+
+/// At most one rejection line per this period; the next says how many were not logged.
+const REJECT_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Rate limit of the rejection log (one per process: it guards the log, not clients).
+#[derive(Debug, Default)]
+struct RejectLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RejectLog {
+    /// `Some(n)`: log now, `n` rejections went unlogged since the last line.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.duration_since(t) < REJECT_LOG_EVERY => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+static REJECTS: Mutex<RejectLog> = Mutex::new(RejectLog {
+    last: None,
+    suppressed: 0,
+});
+
+/// A rejected request is logged with its reason, rate-limited.
+fn log_rejection(status: StatusCode, reason: &str) {
+    let admitted = REJECTS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .admit(Instant::now());
+    if let Some(unlogged) = admitted {
+        tracing::warn!(
+            status = status.as_u16(),
+            unlogged_since_last = unlogged,
+            "Request rejected: {reason}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_are_logged_at_most_once_per_period_with_a_count() {
+        let mut log = RejectLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.admit(t0), Some(0));
+        assert_eq!(log.admit(t0 + Duration::from_secs(1)), None);
+        assert_eq!(log.admit(t0 + Duration::from_secs(2)), None);
+        assert_eq!(log.admit(t0 + REJECT_LOG_EVERY), Some(2));
+        assert_eq!(log.admit(t0 + REJECT_LOG_EVERY * 3), Some(0));
+    }
+
+    #[test]
+    fn store_errors_map_once() {
+        let e: ApiError = StoreError::unavailable("down").into();
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let e: ApiError = StoreError::Conflict("dup".into()).into();
+        assert_eq!(e.status(), StatusCode::CONFLICT);
+        let e: ApiError = StoreError::Corrupt("bad".into()).into();
+        assert_eq!(e.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let e: ApiError = IngestError::Store(StoreError::Closed("bye".into())).into();
+        assert_eq!(e.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

@@ -105,7 +105,7 @@ impl FromRequestParts<AppState> for RequireOperator {
         if op.allowed {
             Ok(Self)
         } else {
-            tracing::warn!(peer = %op.peer, "Logger control refused.");
+            // Logged (rate-limited) with the other rejections.
             Err(ApiError::Forbidden(
                 "logger control is allowed from loopback or with Authorization: Bearer <LOCKSTEP_ADMIN_TOKEN>".into(),
             ))

@@ -39,7 +39,8 @@ pub async fn status(State(app): State<AppState>) -> Json<StatusJson> {
     Json(StatusJson {
         status: if healthy { "healthy" } else { "degraded" },
         compression_stats: app.stats.summary(),
-        supabase_enabled: app.settings.enable_supabase,
+        // Only when ENABLE_SUPABASE made the server store in (Supabase's) PostgreSQL.
+        supabase_enabled: app.settings.enable_supabase && app.store.kind() == StoreKind::Postgres,
         store: StoreJson {
             kind: app.store.kind(),
             healthy,

@@ -28,7 +28,8 @@ use crate::metrics::Metrics;
 use crate::model::{Counters, SEED_SESSION, SessionRecord, Signals, TelemetryRow};
 use crate::protocol::{ReadingJson, ServerMsg};
 use crate::store::{Store, StoreError, WriteBatch};
-use crate::vehicles::{SeedState, Vehicles};
+use crate::vehicles::Vehicles;
+use lockstep_codec::seed::SeedState;
 
 /// Which wire form a body is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,10 +331,10 @@ impl Inner {
             Err(e) => return Err(self.store_failed(e).await),
         };
         let next_seq = state.map(|s| s.next_seq());
+        // Refusals are logged (rate-limited) where they become HTTP answers.
         let outcome = match cb.decode(&self.catalog, state) {
             Ok(o) => o,
             Err(e) => {
-                tracing::info!(error = %e, "Batch refused; the edge must resync.");
                 let e = IngestError::from_decode(e, next_seq);
                 if let IngestError::Resync { kind, .. } = &e {
                     self.metrics.resync(kind);

@@ -301,12 +301,16 @@ impl SignalColumns {
             .collect()
     }
 
-    /// Signals with no column in `existing` (a catalog that grew).
-    pub fn missing<'a>(&'a self, existing: &[String]) -> Vec<&'a str> {
+    /// `ALTER TABLE` statements adding the signals with no column in
+    /// `existing` (a catalog that grew), each logged.
+    pub fn add_missing(&self, existing: &[String], sql_type: &str) -> Vec<String> {
         self.names()
             .iter()
-            .map(|n| &**n)
-            .filter(|n| !existing.iter().any(|e| e == n))
+            .filter(|n| !existing.iter().any(|e| e == &***n))
+            .map(|name| {
+                tracing::info!(column = %name, "Adding a value column for a new catalog signal.");
+                format!("ALTER TABLE telemetry_data ADD COLUMN \"{name}\" {sql_type}")
+            })
             .collect()
     }
 }

@@ -220,6 +220,7 @@ impl PgStore {
             )
             .await?
             .get(0);
+        let original = applied == 0 && original::set_aside(&tx).await?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
             tx.batch_execute(&sql.replace("{signal_columns}", &cols.ddl("DOUBLE PRECISION")))
                 .await
@@ -231,6 +232,9 @@ impl PgStore {
             .await?;
         }
         add_signal_columns(&tx, cols).await?;
+        if original {
+            original::import(&tx, cols).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
@@ -550,6 +554,182 @@ enum CopyInto {
     Staging,
 }
 
+/// A database that already holds the original (Python/Supabase) server's
+/// tables: `vehicles`, `telemetry_data`, `compression_stats` as in its
+/// `schema.sql`. At the first start they move, untouched, into the schema
+/// `lockstep_legacy`; Lockstep's tables are created and filled from them in
+/// the same transaction:
+/// - vehicles keep their ids; `first_seen` = `created_at`, `last_seen` = the
+///   latest reading's `created_at`;
+/// - every reading becomes a row of session [`IMPORTED_SESSION`] with `seq`
+///   = its original id, `ts` = its `"timestamp"`, the values of the columns
+///   the catalog also has, and `transmitted_mask` = non-null fields not in
+///   `predicted_fields`;
+/// - `compression_stats` is recomputed per vehicle and UTC day of receipt
+///   from those readings (the original counted per day for all vehicles, so
+///   its rows stay in `lockstep_legacy.compression_stats` only).
+///
+/// Nothing is dropped: `DROP SCHEMA lockstep_legacy CASCADE` once satisfied.
+mod original {
+    use super::SignalColumns;
+    use crate::model::IMPORTED_SESSION;
+    use crate::store::to_sql_u64;
+
+    const TABLES: [&str; 3] = ["vehicles", "telemetry_data", "compression_stats"];
+
+    async fn columns(
+        tx: &deadpool_postgres::Transaction<'_>,
+        schema: &str,
+        table: &str,
+    ) -> anyhow::Result<Vec<String>> {
+        Ok(tx
+            .query(
+                "SELECT column_name::text FROM information_schema.columns
+                 WHERE table_schema = $1 AND table_name = $2 ORDER BY ordinal_position",
+                &[&schema, &table],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect())
+    }
+
+    /// Moves the original tables aside if this is such a database; true if so.
+    pub(super) async fn set_aside(tx: &deadpool_postgres::Transaction<'_>) -> anyhow::Result<bool> {
+        let schema: String = tx
+            .query_one("SELECT current_schema()::text", &[])
+            .await?
+            .get(0);
+        let vehicles = columns(tx, &schema, "vehicles").await?;
+        // The original `vehicles` has `created_at`; Lockstep's has `first_seen`.
+        let has = |c: &str| vehicles.iter().any(|v| v == c);
+        if !has("created_at") || has("first_seen") {
+            return Ok(false);
+        }
+        tracing::warn!(
+            "This database holds the original server's tables: moving them into schema lockstep_legacy and importing their rows."
+        );
+        tx.batch_execute("CREATE SCHEMA IF NOT EXISTS lockstep_legacy")
+            .await?;
+        for table in TABLES {
+            if !columns(tx, &schema, table).await?.is_empty() {
+                tx.batch_execute(&format!(
+                    "ALTER TABLE \"{schema}\".{table} SET SCHEMA lockstep_legacy"
+                ))
+                .await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// Fills Lockstep's (new, empty) tables from `lockstep_legacy`.
+    pub(super) async fn import(
+        tx: &deadpool_postgres::Transaction<'_>,
+        cols: &SignalColumns,
+    ) -> anyhow::Result<()> {
+        let ms = |e: &str| format!("(EXTRACT(EPOCH FROM {e}) * 1000)::bigint");
+        let legacy = columns(tx, "lockstep_legacy", "telemetry_data").await?;
+        let has_predicted = legacy.iter().any(|c| c == "predicted_fields");
+        // Channels the catalog and the original table both have.
+        let shared: Vec<(usize, &str)> = cols
+            .names()
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i, &**n))
+            .filter(|(_, n)| legacy.iter().any(|c| c == n))
+            .collect();
+        let sent = |n: &str| {
+            if has_predicted {
+                format!("t.\"{n}\" IS NOT NULL AND NOT ('{n}' = ANY(t.predicted_fields))")
+            } else {
+                format!("t.\"{n}\" IS NOT NULL")
+            }
+        };
+        let sum = |parts: Vec<String>| {
+            if parts.is_empty() {
+                "0".to_owned()
+            } else {
+                parts.join(" + ")
+            }
+        };
+        let mask = sum(shared
+            .iter()
+            .map(|(i, n)| format!("(CASE WHEN {} THEN 1::bigint << {i} ELSE 0 END)", sent(n)))
+            .collect());
+        let non_null = sum(shared
+            .iter()
+            .map(|(_, n)| format!("(CASE WHEN t.\"{n}\" IS NOT NULL THEN 1 ELSE 0 END)"))
+            .collect());
+        let transmitted = sum(shared
+            .iter()
+            .map(|(_, n)| format!("(CASE WHEN {} THEN 1 ELSE 0 END)", sent(n)))
+            .collect());
+        let names: Vec<String> = shared.iter().map(|(_, n)| format!("\"{n}\"")).collect();
+        let values: Vec<String> = shared.iter().map(|(_, n)| format!("t.\"{n}\"")).collect();
+        let (names, values) = if shared.is_empty() {
+            (String::new(), String::new())
+        } else {
+            (
+                format!("{}, ", names.join(", ")),
+                format!("{}, ", values.join(", ")),
+            )
+        };
+        let has_telemetry = !legacy.is_empty();
+        let last_seen = if has_telemetry {
+            format!(
+                "GREATEST({}, COALESCE((SELECT {} FROM lockstep_legacy.telemetry_data t WHERE t.vehicle_id = v.id), 0))",
+                ms("v.created_at"),
+                ms("MAX(t.created_at)")
+            )
+        } else {
+            ms("v.created_at")
+        };
+        let vehicles = tx
+            .execute(
+                &format!(
+                    "INSERT INTO vehicles (id, vin, model, year, first_seen, last_seen) OVERRIDING SYSTEM VALUE
+                     SELECT v.id, v.vin, v.model, v.year, {}, {last_seen}
+                     FROM lockstep_legacy.vehicles v ORDER BY v.id",
+                    ms("v.created_at")
+                ),
+                &[],
+            )
+            .await?;
+        tx.batch_execute(
+            "SELECT setval(pg_get_serial_sequence('vehicles', 'id'), COALESCE((SELECT MAX(id) FROM vehicles), 0) + 1, false)",
+        )
+        .await?;
+        let mut readings = 0;
+        if has_telemetry {
+            readings = tx
+                .execute(
+                    &format!(
+                        "INSERT INTO telemetry_data (vehicle_id, session_id, seq, ts, {names}transmitted_mask, keyframe)
+                         SELECT t.vehicle_id, $1, t.id, {}, {values}{mask}, false
+                         FROM lockstep_legacy.telemetry_data t ORDER BY t.id",
+                        ms("t.\"timestamp\"")
+                    ),
+                    &[&to_sql_u64(IMPORTED_SESSION)],
+                )
+                .await?;
+            tx.batch_execute(&format!(
+                "INSERT INTO compression_stats (vehicle_id, day, readings, fields_total, fields_transmitted, fields_skipped, bytes_received)
+                 SELECT t.vehicle_id, (t.created_at AT TIME ZONE 'UTC')::date, COUNT(*),
+                        SUM({non_null}), SUM({transmitted}), SUM({non_null}) - SUM({transmitted}), 0
+                 FROM lockstep_legacy.telemetry_data t
+                 GROUP BY t.vehicle_id, (t.created_at AT TIME ZONE 'UTC')::date"
+            ))
+            .await?;
+        }
+        tracing::warn!(
+            vehicles,
+            readings,
+            "Imported the original server's rows; its tables stay in schema lockstep_legacy."
+        );
+        Ok(())
+    }
+}
+
 /// Adds a column for each catalog signal the table does not have yet.
 async fn add_signal_columns(
     tx: &deadpool_postgres::Transaction<'_>,
@@ -565,15 +745,8 @@ async fn add_signal_columns(
         .iter()
         .map(|r| r.get(0))
         .collect();
-    for name in cols.missing(&existing) {
-        tracing::info!(
-            column = name,
-            "Adding a value column for a new catalog signal."
-        );
-        tx.batch_execute(&format!(
-            "ALTER TABLE telemetry_data ADD COLUMN IF NOT EXISTS \"{name}\" DOUBLE PRECISION"
-        ))
-        .await?;
+    for alter in cols.add_missing(&existing, "DOUBLE PRECISION") {
+        tx.batch_execute(&alter).await?;
     }
     Ok(())
 }

@@ -143,14 +143,8 @@ fn add_signal_columns(conn: &Connection, cols: &SignalColumns) -> rusqlite::Resu
         .prepare("SELECT name FROM pragma_table_info('telemetry_data')")?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    for name in cols.missing(&existing) {
-        tracing::info!(
-            column = name,
-            "Adding a value column for a new catalog signal."
-        );
-        conn.execute_batch(&format!(
-            "ALTER TABLE telemetry_data ADD COLUMN \"{name}\" REAL"
-        ))?;
+    for alter in cols.add_missing(&existing, "REAL") {
+        conn.execute_batch(&alter)?;
     }
     Ok(())
 }

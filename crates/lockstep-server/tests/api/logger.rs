@@ -293,3 +293,33 @@ async fn the_real_edge_started_over_websocket_delivers_readings() {
     assert_eq!(stored, distinct);
     assert_eq!(app.db.count("SELECT COUNT(*) FROM vehicles").await, 2);
 }
+
+/// On SIGTERM this child asks the server for `/status` (as a real edge sends
+/// its spool) and records the HTTP code beside its spool directory.
+const FLUSHING: &str = r#"while [ $# -gt 0 ]; do
+  case "$1" in --server) url=$2 ;; --spool) spool=$2 ;; esac
+  shift
+done
+trap 'curl -s -o /dev/null -w "%{http_code}" "$url/status" > "$spool.flushed"; exit 0' TERM
+echo "edge flushing on SIGTERM"
+while true; do sleep 0.05; done"#;
+
+/// Shutdown stops the logger child first: while it exits it still reaches
+/// the server (before, HTTP was closed under it and its spool stayed behind).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_the_logger_before_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = logger_app(&script(dir.path(), "edge", FLUSHING), &[]).await;
+    let mut ws = app.ws().await;
+    let (code, body) = post(&app, "/logger/start", None, None).await;
+    assert_eq!(code, 200, "{body}");
+    ws.until(WAIT, "log", |m| {
+        m["data"]["message"] == "edge flushing on SIGTERM"
+    })
+    .await;
+    let data_dir = app.data_dir.clone(); // outlives the app
+    let marker = data_dir.path().join("edge-spool.flushed");
+    let _db = app.stop().await;
+    let got = std::fs::read_to_string(&marker).expect("the child ran its SIGTERM handler");
+    assert_eq!(got, "200", "the child reached the server while stopping");
+}

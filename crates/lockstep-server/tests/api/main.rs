@@ -7,6 +7,7 @@ mod helpers;
 
 mod bad_input;
 mod batching;
+mod catalog;
 mod cli;
 mod graphql;
 mod history;
@@ -14,7 +15,9 @@ mod ingest;
 mod logger;
 mod metrics;
 mod openapi;
+mod original_schema;
 mod shutdown;
+mod status;
 mod store_down;
 mod vehicles;
 mod websocket;
