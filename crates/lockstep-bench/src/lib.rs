@@ -11,6 +11,7 @@
 
 pub mod cli;
 pub mod fleet;
+pub mod history;
 pub mod http;
 pub mod load;
 pub mod procfs;

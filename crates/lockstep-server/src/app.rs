@@ -30,6 +30,8 @@ use crate::model::Signals;
 use crate::serve::{self, ListenConfig, ListenStats};
 use crate::services::ingest::{Bounds, IngestService};
 use crate::services::limits::Limits;
+use crate::metrics::Metrics;
+use crate::services::query::QueryService;
 use crate::settings::{Settings, StoreConfig, redact_url};
 use crate::state::AppState;
 use crate::store::{self, Store};
@@ -138,6 +140,7 @@ impl App {
         let background = CancellationToken::new();
         let (health, health_handle) = Health::new(store.clone(), hub.clone());
 
+        let metrics = Metrics::new(&signals);
         let (writer, writer_handle) = Writer::new(
             store.clone(),
             hub.clone(),
@@ -145,6 +148,7 @@ impl App {
             health_handle.clone(),
             settings.writer_queue,
             settings.batch_rows,
+            metrics.clone(),
         );
         let limits = Limits::new(settings.rates());
         let idle = Duration::from_secs(settings.vehicle_idle_s.max(1));
@@ -161,6 +165,7 @@ impl App {
                 vehicles: vehicles.clone(),
             },
             auth.clone(),
+            metrics.clone(),
         )?;
         // Checked before anything starts; they run until `background` stops.
         let sinks = sinks::start(
@@ -233,6 +238,7 @@ impl App {
             background.clone(),
         ));
 
+        let query = QueryService::new(store.clone(), signals.clone());
         let state = AppState {
             auth,
             origins: Arc::new(origins),
@@ -243,6 +249,8 @@ impl App {
             signals,
             store,
             ingest,
+            query,
+            metrics,
             writer: writer_handle,
             hub,
             stats,

@@ -10,6 +10,8 @@
 //! - leaves: [`model`], [`protocol`] (the WebSocket messages), [`settings`],
 //!   [`auth`] (identity, roles, access policies), [`sandbox`] (what the
 //!   spawned logger may touch), [`vehicles`]
+//!   [`metrics`] (this server's Prometheus recorder),
+//!   [`auth`] (the admin policy), [`vehicles`]
 //!   (per-vehicle codec state registry).
 //!
 //! [`app`] wires them; [`state::AppState`] is what handlers get.
@@ -23,6 +25,7 @@ pub mod actors;
 pub mod app;
 pub mod auth;
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod protocol;
 pub mod sandbox;

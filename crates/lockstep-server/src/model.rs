@@ -140,6 +140,47 @@ pub fn civil_date(day: i32) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// The epoch day of a `YYYY-MM-DD` date (H. Hinnant's days_from_civil);
+/// `None` unless it is a valid calendar date in years 0000..=9999.
+pub fn parse_civil_date(s: &str) -> Option<i32> {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        s.get(r.clone())
+            .filter(|t| t.bytes().all(|c| c.is_ascii_digit()))?
+            .parse()
+            .ok()
+    };
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days_in_month = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&m) || d < 1 || d > days_in_month[(m - 1) as usize] {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some((era * 146_097 + doe - 719_468) as i32)
+}
+
 /// Wall clock, Unix ms.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -156,6 +197,24 @@ mod tests {
         assert_eq!(civil_date(0), "1970-01-01");
         assert_eq!(civil_date(epoch_day(1_709_251_200_000)), "2024-03-01");
         assert_eq!(civil_date(-1), "1969-12-31");
+    }
+
+    #[test]
+    fn civil_dates_parse_back() {
+        for day in [0, 1, 365, 19_783, 20_000, 2_932_896] {
+            assert_eq!(parse_civil_date(&civil_date(day)), Some(day), "day {day}");
+        }
+        assert_eq!(parse_civil_date("2024-02-29"), Some(19_782));
+        for bad in [
+            "2023-02-29",
+            "2024-13-01",
+            "2024-00-10",
+            "2024-1-01",
+            "+024-01-01",
+            "",
+        ] {
+            assert_eq!(parse_civil_date(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::model::{Signals, TelemetryRow};
 
 /// Everything the server sends over `/ws`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum ServerMsg {
     /// Sent once right after connecting: the latest stored readings, oldest first.
@@ -76,7 +76,7 @@ impl ServerMsg {
 }
 
 /// What clients may send.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMsg {
     /// Only readings of these VINs from now on (empty or missing: all).
@@ -95,6 +95,19 @@ pub enum ClientMsg {
 pub struct ReadingJson {
     pub row: TelemetryRow,
     pub signals: Signals,
+}
+
+/// Documented as the catalog-driven `LiveReading` component (see `http::openapi`).
+impl utoipa::PartialSchema for ReadingJson {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::Ref::from_schema_name("LiveReading").into()
+    }
+}
+
+impl utoipa::ToSchema for ReadingJson {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "LiveReading".into()
+    }
 }
 
 impl Serialize for ReadingJson {
@@ -124,7 +137,7 @@ impl Serialize for ReadingJson {
 }
 
 /// Severity of a [`LogEntry`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Info,
@@ -133,7 +146,7 @@ pub enum Level {
 }
 
 /// `data` of a `log` message.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LogEntry {
     pub level: Level,
     /// `server` or `logger` (the child's output).
@@ -145,7 +158,7 @@ pub struct LogEntry {
 
 /// `/status` → `compression_stats` (and the head of the WS message): counts
 /// of readings and of field values.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Summary {
     /// Readings stored.
     pub total_readings: u64,
@@ -160,7 +173,7 @@ pub struct Summary {
 }
 
 /// `data` of a `compression_stats` message.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct CompressionStats {
     #[serde(flatten)]
     pub summary: Summary,
@@ -169,7 +182,7 @@ pub struct CompressionStats {
 }
 
 /// One vehicle's lifetime statistics.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct VehicleStats {
     pub readings: u64,
     pub fields_total: u64,
@@ -180,7 +193,7 @@ pub struct VehicleStats {
 }
 
 /// The logger child's status (`GET /logger/status`, WS `logger`).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct LoggerStatus {
     pub running: bool,
     pub pid: Option<u32>,
@@ -190,7 +203,7 @@ pub struct LoggerStatus {
 }
 
 /// Logger options: `POST /logger/start` body and WS `start_logger`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct StartRequest {
     /// Simulated vehicles (simulate mode; default 1).
     pub vehicles: Option<u32>,

@@ -18,6 +18,8 @@ use crate::auth::origin::OriginPolicy;
 use crate::model::Signals;
 use crate::services::ingest::IngestService;
 use crate::services::limits::Limits;
+use crate::metrics::Metrics;
+use crate::services::query::QueryService;
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -33,6 +35,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Both wire forms: decode, commit, acknowledge.
     pub ingest: IngestService,
+    /// Reads: history, vehicles, statistics.
+    pub query: QueryService,
     /// For `/status` (`pending_batch`).
     pub writer: WriterHandle,
     pub hub: Arc<Hub>,
@@ -50,6 +54,8 @@ pub struct AppState {
     pub limits: Limits,
     /// The per-vehicle decoding state in memory (for `/status`).
     pub vehicles: Arc<crate::vehicles::Vehicles>,
+    /// This server's Prometheus metrics (`/metrics`).
+    pub metrics: Metrics,
     pub started: Instant,
     /// Fires on shutdown: WebSocket tasks close, the server stops accepting.
     pub shutdown: CancellationToken,

@@ -302,6 +302,15 @@ impl Drop for ClientGuard<'_> {
     }
 }
 
+/// [`ClientGuard`] for a consumer that outlives a borrow (a GraphQL subscription stream).
+pub struct OwnedClientGuard(Arc<Hub>);
+
+impl Drop for OwnedClientGuard {
+    fn drop(&mut self) {
+        self.0.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Hub {
     /// `queue` = messages each client may fall behind before the oldest are dropped.
     pub fn new(queue: usize) -> Self {
@@ -402,6 +411,11 @@ impl Hub {
     pub fn client(&self) -> ClientGuard<'_> {
         self.clients.fetch_add(1, Ordering::Relaxed);
         ClientGuard(self)
+    }
+
+    pub fn owned_client(self: &Arc<Self>) -> OwnedClientGuard {
+        self.clients.fetch_add(1, Ordering::Relaxed);
+        OwnedClientGuard(self.clone())
     }
 
     pub fn clients(&self) -> usize {

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::actors::health::{HealthHandle, Observation};
 use crate::actors::hub::{Hub, HubEvent};
 use crate::actors::stats::StatsBook;
+use crate::metrics::Metrics;
 use crate::model::{Counters, SessionRecord, TelemetryRow, epoch_day, now_ms};
 use crate::store::{StatsDelta, Store, StoreError, WriteBatch};
 
@@ -79,6 +80,7 @@ pub struct Writer {
     pending: Arc<AtomicUsize>,
     max_rows: usize,
     commits: watch::Sender<u64>,
+    metrics: Metrics,
 }
 
 impl Writer {
@@ -89,6 +91,7 @@ impl Writer {
         health: HealthHandle,
         queue: usize,
         max_rows: usize,
+        metrics: Metrics,
     ) -> (Self, WriterHandle) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let pending = Arc::new(AtomicUsize::new(0));
@@ -102,6 +105,7 @@ impl Writer {
             health,
             pending: pending.clone(),
             max_rows: max_rows.max(1),
+            metrics,
         };
         (
             w,
@@ -134,6 +138,25 @@ impl Writer {
             self.commit(batch).await;
         }
         tracing::debug!("The writer flushed its queue and stopped.");
+    }
+
+    /// Readings per wire form (seed, batch) and non-null fields per channel
+    /// (not transmitted, transmitted), for the metrics.
+    fn count(&self, rows: &[crate::model::TelemetryRow]) -> ([u64; 2], Vec<[u64; 2]>) {
+        let mut per_form = [0u64; 2];
+        let mut fields: Vec<[u64; 2]> = Vec::new();
+        for r in rows {
+            per_form[usize::from(r.session_id != crate::model::SEED_SESSION)] += 1;
+            if fields.len() < r.values.len() {
+                fields.resize(r.values.len(), [0; 2]);
+            }
+            for (i, v) in r.values.iter().enumerate() {
+                if v.is_some() {
+                    fields[i][usize::from(r.transmitted & (1 << i) != 0)] += 1;
+                }
+            }
+        }
+        (per_form, fields)
     }
 
     fn gather(&mut self, first: (WriteRequest, Reply)) -> Vec<(WriteRequest, Reply)> {
@@ -182,7 +205,11 @@ impl Writer {
             })
             .collect();
 
+        // Counted only if the commit succeeds; one pass over the rows, off the request path.
+        let counts = self.count(&wb.rows);
+        let started = std::time::Instant::now();
         let result = self.store.commit(wb).await;
+        self.metrics.commit(started.elapsed().as_secs_f64(), n_rows);
         self.pending.fetch_sub(n_rows, Ordering::Relaxed);
         match &result {
             Ok(()) => self.health.report(Observation::Committed).await,
@@ -195,6 +222,10 @@ impl Writer {
             let _ = reply.send(result.clone());
         }
         if result.is_ok() {
+            let (per_form, fields) = counts;
+            self.metrics.readings(0, 0, per_form[0]);
+            self.metrics.readings(1, 0, per_form[1]);
+            self.metrics.fields(&fields);
             self.stats.add(stats.iter().map(|(vin, c)| (&**vin, c)));
             self.hub.publish_all(events);
             self.commits.send_modify(|n| *n += 1);

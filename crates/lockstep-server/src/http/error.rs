@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::actors::logger::LoggerError;
 use crate::services::ingest::IngestError;
+use crate::services::query::QueryError;
 use crate::store::StoreError;
 
 /// Everything a handler can answer besides success.
@@ -142,6 +143,18 @@ fn e_msg(retry_after_s: u32) -> String {
     format!(
         "rate limit exceeded for this device; nothing was stored, retry after {retry_after_s} s"
     )
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::BadRequest(m) => ApiError::BadRequest(m),
+            QueryError::Invalid(m) => ApiError::Unprocessable(m),
+            QueryError::InvalidVin(v) => ApiError::InvalidVin(v),
+            e @ QueryError::UnknownVehicle(_) => ApiError::NotFound(e.to_string()),
+            QueryError::Store(e) => e.into(),
+        }
+    }
 }
 
 impl From<LoggerError> for ApiError {

@@ -14,6 +14,15 @@ use crate::http::extract::require_json;
 use crate::state::AppState;
 
 /// `POST /logger/start` with an optional JSON body.
+#[utoipa::path(post, path = "/logger/start", tag = "operations",
+    request_body(content = Option<crate::protocol::StartRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Started: `{\"status\": \"started\", \"pid\": n}`", body = Object),
+        (status = 400, description = "Bad options", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "Not an operator", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "Already running", body = Object),
+        (status = 503, description = "No logger binary", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn start(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -42,6 +51,11 @@ pub async fn start(
 }
 
 /// `POST /logger/stop`.
+#[utoipa::path(post, path = "/logger/stop", tag = "operations",
+    responses(
+        (status = 200, description = "`stopped` or `not_running`", body = Object),
+        (status = 403, description = "Not an operator", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn stop(State(app): State<AppState>) -> Response {
     match app.logger.stop().await {
         Stopped::Stopped { exit_code } => {
@@ -52,6 +66,8 @@ pub async fn stop(State(app): State<AppState>) -> Response {
 }
 
 /// `GET /logger/status`.
+#[utoipa::path(get, path = "/logger/status", tag = "operations",
+    responses((status = 200, description = "The logger child", body = LoggerStatus)))]
 pub async fn status(State(app): State<AppState>) -> Json<LoggerStatus> {
     Json(app.logger.status())
 }

@@ -12,8 +12,12 @@
 //! - [`device_ingest`]: vehicles and edge loggers sending readings (device credentials);
 //! - [`reads`]: clients reading stored data and the live stream (viewer and up);
 //! - [`operator`]: logger control (operator and up);
-//! - [`admin`]: tokens (admin);
-//! - [`public`]: health/status, the dashboard and its login.
+//! - [`admin`]: tokens and vehicles' descriptive fields (admin);
+//! - [`public`]: health/status, `/metrics`, the dashboard and its login.
+//!
+//! Two routers are built from the state and merged beside the groups, under
+//! the same guards: [`graphql`] (reads) and [`openapi`] (`/openapi.json`,
+//! `/docs`; public); [`policy_table`] lists their paths too.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,7 +27,7 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state, map_response_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, get, patch, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -33,8 +37,12 @@ use crate::state::AppState;
 pub mod dashboard;
 pub mod error;
 pub mod extract;
+pub mod graphql;
+pub mod history;
 pub mod logger;
 pub mod peer;
+pub mod metrics;
+pub mod openapi;
 pub mod status;
 pub mod telemetry;
 pub mod tokens;
@@ -77,6 +85,12 @@ pub fn policy_table() -> Vec<(Method, &'static str, Policy)> {
         .flat_map(|(policy, routes)| routes.into_iter().map(move |r| (r.method, r.path, policy)))
         .collect();
     t.extend(DASHBOARD.iter().map(|p| (Method::GET, *p, Policy::Public)));
+    // The routers built from the state (see [`router`]).
+    t.extend([
+        (Method::GET, "/graphql", Policy::Read),
+        (Method::POST, "/graphql", Policy::Read),
+    ]);
+    t.extend(openapi::PATHS.iter().map(|p| (Method::GET, *p, Policy::Public)));
     t
 }
 
@@ -88,7 +102,7 @@ pub fn router(state: AppState, cors: Option<Vec<String>>) -> Router {
     };
     let cors = CorsLayer::new()
         .allow_origin(origins)
-        .allow_methods([Method::GET, Method::POST])
+        .allow_methods([Method::GET, Method::POST, Method::PATCH])
         .allow_headers([header::CONTENT_TYPE, header::AUTHORIZATION]);
     let body_limit = state.settings.body_limit;
     let listed: Arc<HashSet<String>> = Arc::new(
@@ -119,7 +133,23 @@ pub fn router(state: AppState, cors: Option<Vec<String>>) -> Router {
         }
         app = app.merge(group);
     }
+    // Routers built from the state, under the guards of their groups.
+    let guarded = |r: Router<AppState>, policy: Policy| {
+        r.route_layer(from_fn_with_state(
+            Guard {
+                auth: state.auth.clone(),
+                origins: state.origins.clone(),
+                policy,
+            },
+            enforce,
+        ))
+        .route_layer(from_fn_with_state(state.clone(), per_ip_limit))
+    };
+    app = app
+        .merge(guarded(graphql::router(&state), Policy::Read))
+        .merge(guarded(openapi::router(&state.signals), Policy::Public));
     app.route_layer(from_fn_with_state(listed, unlisted))
+        .route_layer(from_fn_with_state(state.clone(), metrics::count_requests))
         .fallback(status::not_found)
         // Ingest reads its body itself (413 as JSON); this bounds every other extractor.
         .layer(DefaultBodyLimit::max(body_limit))
@@ -169,6 +199,10 @@ pub fn device_ingest() -> Vec<Route> {
 pub fn reads() -> Vec<Route> {
     vec![
         route(Method::GET, "/api/vehicles", get(vehicles::list)),
+        route(Method::GET, "/api/vehicles/{vin}", get(vehicles::get_one)),
+        route(Method::GET, "/api/vehicles/{vin}/telemetry", get(history::telemetry)),
+        route(Method::GET, "/api/vehicles/{vin}/stats", get(vehicles::daily_stats)),
+        route(Method::GET, "/api/stats", get(vehicles::fleet_stats)),
         route(Method::GET, "/logger/status", get(logger::status)),
         route(Method::GET, "/ws", get(ws::upgrade)),
     ]
@@ -182,7 +216,7 @@ pub fn operator() -> Vec<Route> {
     ]
 }
 
-/// Tokens.
+/// Tokens and vehicles' descriptive fields.
 pub fn admin() -> Vec<Route> {
     vec![
         route(Method::GET, "/api/tokens", get(tokens::list)),
@@ -192,6 +226,7 @@ pub fn admin() -> Vec<Route> {
             "/api/tokens/{id}/revoke",
             post(tokens::revoke),
         ),
+        route(Method::PATCH, "/api/vehicles/{vin}", patch(vehicles::patch)),
     ]
 }
 
@@ -200,6 +235,7 @@ pub fn public() -> Vec<Route> {
     use crate::auth::web;
     vec![
         route(Method::GET, "/status", get(status::status)),
+        route(Method::GET, "/metrics", get(metrics::metrics)),
         route(Method::GET, "/api/session", get(web::session)),
         route(Method::POST, "/api/login", post(web::login)),
         route(Method::POST, "/api/logout", post(web::logout)),

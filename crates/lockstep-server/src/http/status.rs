@@ -13,7 +13,7 @@ use crate::protocol::Summary;
 use crate::state::AppState;
 use crate::store::StoreKind;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StatusJson {
     pub status: &'static str,
     pub compression_stats: Summary,
@@ -33,13 +33,15 @@ pub struct StatusJson {
     pub ws_slow_disconnects: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct StoreJson {
     pub kind: StoreKind,
     pub healthy: bool,
     pub pending_batch: usize,
 }
 
+#[utoipa::path(get, path = "/status", tag = "operations",
+    responses((status = 200, description = "Health and counters", body = StatusJson)))]
 /// `GET /status`: never touches the store (health comes from the health actor), so it answers even when the store hangs.
 pub async fn status(State(app): State<AppState>) -> Json<StatusJson> {
     let healthy = app.health.healthy();

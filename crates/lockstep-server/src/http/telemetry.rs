@@ -16,6 +16,21 @@ use crate::services::ingest::{Ack, Form};
 use crate::state::AppState;
 
 /// `POST /api/telemetry`.
+#[utoipa::path(post, path = "/api/telemetry", tag = "ingest",
+    request_body(description = "One telemetry.TelemetryReading (application/x-protobuf) or one lockstep.v1.Batch (application/x-lockstep-batch)",
+        content(
+            (crate::http::openapi::ProtobufBody = "application/x-protobuf"),
+            (crate::http::openapi::ProtobufBody = "application/x-lockstep-batch"),
+        )),
+    responses(
+        (status = 200, description = "Stored", body = Ack),
+        (status = 400, description = "Not a valid message", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "Resync: resend from next_seq starting with a keyframe", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Body or batch too large", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "Unsupported Content-Type", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Invalid VIN", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "Store unavailable (Retry-After)", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn post_telemetry(
     State(app): State<AppState>,
     Extension(sender): Extension<Principal>,
@@ -37,6 +52,20 @@ pub async fn post_telemetry(
 }
 
 /// `POST /api/v1/batch`.
+#[utoipa::path(post, path = "/api/v1/batch", tag = "ingest",
+    request_body(description = "One lockstep.v1.Batch", content(
+        (crate::http::openapi::ProtobufBody = "application/x-lockstep-batch"),
+        (crate::http::openapi::ProtobufBody = "application/x-protobuf"),
+    )),
+    responses(
+        (status = 200, description = "Stored", body = Ack),
+        (status = 400, description = "Not a valid message", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "Resync", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Body or batch too large", body = crate::http::openapi::ErrorBody),
+        (status = 415, description = "Unsupported Content-Type", body = crate::http::openapi::ErrorBody),
+        (status = 422, description = "Invalid VIN", body = crate::http::openapi::ErrorBody),
+        (status = 503, description = "Store unavailable (Retry-After)", body = crate::http::openapi::ErrorBody),
+    ))]
 pub async fn post_batch(
     State(app): State<AppState>,
     Extension(sender): Extension<Principal>,

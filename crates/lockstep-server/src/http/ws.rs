@@ -80,6 +80,12 @@ enum Sent {
 }
 
 /// `GET /ws`.
+#[utoipa::path(get, path = "/ws", tag = "live",
+    description = "WebSocket upgrade. The server sends `ServerMsg` JSON texts; clients send `ClientMsg`.",
+    responses(
+        (status = 101, description = "Switching protocols; messages: ServerMsg (server to client), ClientMsg (client to server)"),
+        (status = 400, description = "Not a WebSocket upgrade request"),
+    ))]
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     operator: Operator,
@@ -189,6 +195,7 @@ async fn client(
     ];
     drop(history);
     first.extend(logs);
+    app.metrics.ws_messages(first.len());
     let limit = app.settings.ws_send_timeout();
     match send_burst(&mut sink, &mut first, &cancel, limit).await {
         Sent::Ok => {}
@@ -237,6 +244,7 @@ async fn client(
                 break;
             }
         };
+        app.metrics.ws_messages(burst.len());
         if !burst.is_empty() {
             match send_burst(&mut sink, &mut burst, &cancel, limit).await {
                 Sent::Ok => {}

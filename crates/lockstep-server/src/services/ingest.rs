@@ -37,7 +37,8 @@ use crate::auth::{Auth, Principal};
 use crate::model::{Counters, SEED_SESSION, SessionRecord, Signals, TelemetryRow};
 use crate::protocol::{ReadingJson, ServerMsg};
 use crate::services::limits::{Limits, RetryAfter};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, WriteBatch};
+use crate::metrics::Metrics;
 use crate::vehicles::Vehicles;
 use lockstep_codec::seed::SeedState;
 
@@ -123,7 +124,7 @@ impl IngestError {
 }
 
 /// The success body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Ack {
     pub status: &'static str,
     pub compression_ratio: f64,
@@ -134,7 +135,7 @@ pub struct Ack {
 }
 
 /// What the lockstep form adds to [`Ack`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchAck {
     pub session_id: String,
     pub first_seq: u64,
@@ -183,6 +184,7 @@ struct Inner {
     /// Session owners already confirmed by the store: (VIN, session) → credential.
     owners: std::sync::Mutex<Owners>,
     limits: Limits,
+    metrics: Metrics,
 }
 
 /// Session owners as the store told them: (VIN, session) → identity; `None`
@@ -230,6 +232,7 @@ impl IngestService {
         health: HealthHandle,
         bounds: Bounds,
         auth: Arc<Auth>,
+        metrics: Metrics,
     ) -> anyhow::Result<Self> {
         let Bounds {
             max_batch_readings,
@@ -258,6 +261,7 @@ impl IngestService {
                 auth,
                 owners: Default::default(),
                 limits,
+                metrics,
             }),
         })
     }
@@ -535,11 +539,21 @@ impl Inner {
             }
         }
         // Refusals are logged (rate-limited) where they become HTTP answers.
-        let outcome = cb
-            .decode(&self.catalog, state)
-            .map_err(|e| IngestError::from_decode(e, next_seq))?;
+        let outcome = match cb.decode(&self.catalog, state) {
+            Ok(o) => o,
+            Err(e) => {
+                let e = IngestError::from_decode(e, next_seq);
+                if let IngestError::Resync { kind, .. } = &e {
+                    self.metrics.resync(kind);
+                    self.metrics.readings(1, 2, cb.len() as u64);
+                    self.count_resync(vehicle.vin.clone()).await;
+                }
+                return Err(e);
+            }
+        };
         let (readings, new_state) = match outcome {
             BatchOutcome::Duplicate => {
+                self.metrics.readings(1, 1, cb.len() as u64);
                 return Ok(Ack::new(&Counters::default(), Some(batch_ack(true))));
             }
             BatchOutcome::Fresh { readings, state } => (readings, state),
@@ -579,6 +593,19 @@ impl Inner {
         self.submit(vin, rows, session, counters, events).await?;
         vehicle.install(cb.session_id(), new_state);
         Ok(Ack::new(&counters, Some(batch_ack(false))))
+    }
+
+    /// Adds one to the vehicle's stored resync counter (a vehicle the store
+    /// does not know yet is not counted). Rare, so it is its own small
+    /// transaction; a failure is logged and does not change the 409.
+    async fn count_resync(&self, vin: Arc<str>) {
+        let batch = WriteBatch {
+            resyncs: vec![(vin, 1)],
+            ..WriteBatch::default()
+        };
+        if let Err(e) = self.store.commit(batch).await {
+            tracing::warn!(error = %e, "A resync could not be counted.");
+        }
     }
 
     fn event(&self, row: &TelemetryRow) -> HubEvent {
@@ -653,10 +680,11 @@ mod tests {
             health_handle.clone(),
             8,
             1000,
+            crate::metrics::Metrics::new(&Signals::from_catalog(&catalog)),
         );
         tokio::spawn(writer.run(stop.clone()));
         let svc = IngestService::new(
-            catalog,
+            catalog.clone(),
             store.clone(),
             writer_handle,
             hub,
@@ -684,6 +712,7 @@ mod tests {
                     secure_cookies: false,
                 },
             )),
+            crate::metrics::Metrics::new(&Signals::from_catalog(&catalog)),
         )
         .unwrap();
         (svc, store, stop)

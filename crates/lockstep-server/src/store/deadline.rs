@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    BoxFut, SinkLease, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals, WriteBatch,
+    BoxFut, Bucket, DayStats, HistoryQuery, SinkLease, Store, StoreError, StoreKind,
+    VehicleDetail, VehiclePage, VehicleSummary, VehicleTotals, WriteBatch,
 };
 use crate::model::TelemetryRow;
 
@@ -65,8 +66,47 @@ impl Store for Deadline {
         Box::pin(self.within("history read", self.inner.recent(limit)))
     }
 
-    fn vehicles(&self) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>> {
-        Box::pin(self.within("vehicle list", self.inner.vehicles()))
+    fn vehicles(&self, page: VehiclePage) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>> {
+        Box::pin(self.within("vehicle list", self.inner.vehicles(page)))
+    }
+
+    fn vehicle(&self, vin: Arc<str>) -> BoxFut<'_, Result<Option<VehicleDetail>, StoreError>> {
+        Box::pin(self.within("vehicle read", self.inner.vehicle(vin)))
+    }
+
+    fn history(
+        &self,
+        q: HistoryQuery,
+    ) -> BoxFut<'_, Result<Option<Vec<TelemetryRow>>, StoreError>> {
+        Box::pin(self.within("history read", self.inner.history(q)))
+    }
+
+    fn count_history(
+        &self,
+        vin: Arc<str>,
+        from: i64,
+        to: i64,
+    ) -> BoxFut<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(self.within("history count", self.inner.count_history(vin, from, to)))
+    }
+
+    fn buckets(
+        &self,
+        vin: Arc<str>,
+        from: i64,
+        to: i64,
+        step: i64,
+    ) -> BoxFut<'_, Result<Option<Vec<Bucket>>, StoreError>> {
+        Box::pin(self.within("bucket read", self.inner.buckets(vin, from, to, step)))
+    }
+
+    fn daily_stats(
+        &self,
+        vin: Arc<str>,
+        first: i32,
+        last: i32,
+    ) -> BoxFut<'_, Result<Option<Vec<DayStats>>, StoreError>> {
+        Box::pin(self.within("statistics read", self.inner.daily_stats(vin, first, last)))
     }
 
     fn totals(&self) -> BoxFut<'_, Result<Vec<VehicleTotals>, StoreError>> {

@@ -23,7 +23,13 @@ use crate::settings::StoreConfig;
 pub mod deadline;
 pub mod pg_tls;
 pub mod postgres;
+pub mod query;
 pub mod sqlite;
+
+pub use query::{
+    Bucket, DayStats, HistoryCursor, HistoryQuery, SignalAggregate, VehicleDetail, VehiclePage,
+    VehicleProfile,
+};
 
 /// A boxed future, so that [`Store`] stays object safe.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -118,16 +124,23 @@ pub struct WriteBatch {
     pub sessions: Vec<SessionRecord>,
     /// At most one per (vin, day).
     pub stats: Vec<StatsDelta>,
+    /// Changes of vehicles' model/year (`PATCH /api/vehicles/{vin}`); a VIN
+    /// the store does not know is left alone.
+    pub profiles: Vec<VehicleProfile>,
+    /// Resync answers to add to known vehicles' counters.
+    pub resyncs: Vec<(Arc<str>, u64)>,
 }
 
 /// A vehicle as listed by `GET /api/vehicles`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct VehicleSummary {
     pub vin: String,
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
     /// Readings stored (from the statistics).
     pub readings: u64,
+    pub model: Option<String>,
+    pub year: Option<i32>,
 }
 
 /// The lifetime totals of one vehicle.
@@ -138,7 +151,7 @@ pub struct VehicleTotals {
 }
 
 /// Which backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     Sqlite,
@@ -167,7 +180,37 @@ pub trait Store: Send + Sync + 'static {
         last: u64,
     ) -> BoxFut<'_, Result<u64, StoreError>>;
     fn recent(&self, limit: usize) -> BoxFut<'_, Result<Vec<TelemetryRow>, StoreError>>;
-    fn vehicles(&self) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>>;
+    /// Vehicles ordered by VIN, after `page.after`, at most `page.limit`.
+    fn vehicles(&self, page: VehiclePage) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>>;
+    /// One vehicle; `None` if the store does not know the VIN.
+    fn vehicle(&self, vin: Arc<str>) -> BoxFut<'_, Result<Option<VehicleDetail>, StoreError>>;
+    /// Raw readings of one vehicle in `(ts, session_id, seq)` order, one page;
+    /// `None` if the VIN is unknown.
+    fn history(&self, q: HistoryQuery)
+    -> BoxFut<'_, Result<Option<Vec<TelemetryRow>>, StoreError>>;
+    /// How many readings of one vehicle lie in `from <= ts < to`; `None` if unknown.
+    fn count_history(
+        &self,
+        vin: Arc<str>,
+        from: i64,
+        to: i64,
+    ) -> BoxFut<'_, Result<Option<u64>, StoreError>>;
+    /// Per-bucket aggregates (epoch-aligned buckets of `step` ms) computed in
+    /// the database, only buckets with readings; `None` if the VIN is unknown.
+    fn buckets(
+        &self,
+        vin: Arc<str>,
+        from: i64,
+        to: i64,
+        step: i64,
+    ) -> BoxFut<'_, Result<Option<Vec<Bucket>>, StoreError>>;
+    /// Daily statistics of one vehicle for epoch days `first..=last`; `None` if unknown.
+    fn daily_stats(
+        &self,
+        vin: Arc<str>,
+        first: i32,
+        last: i32,
+    ) -> BoxFut<'_, Result<Option<Vec<DayStats>>, StoreError>>;
     /// Lifetime statistics per vehicle.
     fn totals(&self) -> BoxFut<'_, Result<Vec<VehicleTotals>, StoreError>>;
     /// A cheap WRITE round trip (one row of `health_probe` rewritten) that

@@ -27,9 +27,11 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
+use super::query::{Dialect, ReadSql, bucket_signals, use_rollup};
 use super::{
-    BoxFut, SignalColumns, SinkLease, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals,
-    WriteBatch, from_sql_u64, to_sql_u64,
+    BoxFut, Bucket, DayStats, HistoryQuery, SignalColumns, SinkLease, Store, StoreError, StoreKind,
+    VehicleDetail, VehiclePage, VehicleSummary, VehicleTotals, WriteBatch, from_sql_u64,
+    to_sql_u64,
 };
 use crate::model::{Counters, TelemetryRow};
 
@@ -90,6 +92,14 @@ CREATE TABLE health_probe (
     id          INTEGER PRIMARY KEY,
     checked_at  BIGINT NOT NULL  -- Unix ms
 );
+"#,
+    r#"
+-- Resync answers (409) given to the vehicle's batches.
+ALTER TABLE vehicles ADD COLUMN resyncs BIGINT NOT NULL DEFAULT 0;
+-- History pages and buckets: one vehicle's range in (ts, session, seq) order.
+CREATE INDEX telemetry_vehicle_ts ON telemetry_data (vehicle_id, ts, session_id, seq);
+-- The newest keyframe of a vehicle without scanning its rows.
+CREATE INDEX telemetry_vehicle_keyframe ON telemetry_data (vehicle_id, ts) WHERE keyframe;
 "#,
 ];
 
@@ -162,6 +172,9 @@ impl Sql {
 pub struct PgStore {
     pool: Pool,
     sql: Sql,
+    reads: ReadSql,
+    /// `telemetry_rollup` existed when the store opened (see [`use_rollup`]).
+    has_rollup: bool,
 }
 
 fn invalid(e: impl std::fmt::Display) -> StoreError {
@@ -202,14 +215,20 @@ pub fn build_pool(url: &str, pool_size: usize) -> anyhow::Result<Pool> {
 impl PgStore {
     /// Builds the pool, checks the connection and applies the migrations.
     pub async fn connect(url: &str, pool_size: usize, cols: SignalColumns) -> anyhow::Result<Self> {
-        let store = Self {
+        let mut store = Self {
             pool: build_pool(url, pool_size)?,
             sql: Sql::new(&cols),
+            reads: ReadSql::new(&cols, Dialect::Postgres),
+            has_rollup: false,
         };
         store
             .migrate(&cols)
             .await
             .context("cannot reach PostgreSQL or apply the migrations")?;
+        store.has_rollup = store
+            .query("SELECT to_regclass('telemetry_rollup') IS NOT NULL", &[])
+            .await?[0]
+            .get(0);
         Ok(store)
     }
 
@@ -368,6 +387,31 @@ impl PgStore {
             }
             futures_util::try_join!(upsert_sessions, upsert_stats).map_err(StoreError::from)?;
         }
+        for p in &b.profiles {
+            tx.execute(
+                "UPDATE vehicles SET
+                   model = CASE WHEN $2 THEN $3 ELSE model END,
+                   year = CASE WHEN $4 THEN $5 ELSE year END
+                 WHERE vin = $1",
+                &[
+                    &&*p.vin,
+                    &p.model.is_some(),
+                    &p.model.clone().flatten(),
+                    &p.year.is_some(),
+                    &p.year.flatten(),
+                ],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        }
+        for (vin, n) in &b.resyncs {
+            tx.execute(
+                "UPDATE vehicles SET resyncs = resyncs + $2 WHERE vin = $1",
+                &[&&**vin, &(*n as i64)],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        }
         tx.commit().await.map_err(StoreError::from)?;
         Ok(Copied::Stored)
     }
@@ -380,6 +424,15 @@ impl PgStore {
         let client = self.pool.get().await.map_err(StoreError::from)?;
         let st = client.prepare_cached(sql).await.map_err(StoreError::from)?;
         client.query(&st, params).await.map_err(StoreError::from)
+    }
+
+    /// The vehicle's id; `None` if the VIN is unknown.
+    async fn vehicle_id(&self, vin: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .query(&self.reads.vehicle_id, &[&vin])
+            .await?
+            .first()
+            .map(|r| r.get(0)))
     }
 }
 
@@ -922,14 +975,11 @@ impl Store for PgStore {
         })
     }
 
-    fn vehicles(&self) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>> {
+    fn vehicles(&self, page: VehiclePage) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>> {
         Box::pin(async move {
+            let after = page.after.unwrap_or_default();
             let rows = self
-                .query(
-                    "SELECT v.vin, v.first_seen, v.last_seen, COALESCE(SUM(c.readings), 0)::int8
-                     FROM vehicles v LEFT JOIN compression_stats c ON c.vehicle_id = v.id GROUP BY v.id ORDER BY v.vin",
-                    &[],
-                )
+                .query(&self.reads.vehicles, &[&after, &(page.limit as i64)])
                 .await?;
             Ok(rows
                 .iter()
@@ -938,8 +988,138 @@ impl Store for PgStore {
                     first_seen_ms: r.get(1),
                     last_seen_ms: r.get(2),
                     readings: r.get::<_, i64>(3).max(0) as u64,
+                    model: r.get(4),
+                    year: r.get(5),
                 })
                 .collect())
+        })
+    }
+
+    fn vehicle(&self, vin: Arc<str>) -> BoxFut<'_, Result<Option<VehicleDetail>, StoreError>> {
+        Box::pin(async move {
+            let rows = self.query(&self.reads.detail, &[&&*vin]).await?;
+            Ok(rows.first().map(|r| {
+                let n = |i: usize| r.get::<_, i64>(i).max(0) as u64;
+                VehicleDetail {
+                    vin: r.get(0),
+                    model: r.get(1),
+                    year: r.get(2),
+                    first_seen_ms: r.get(3),
+                    last_seen_ms: r.get(4),
+                    resyncs: n(5),
+                    readings: n(6),
+                    sessions: n(7),
+                    last_keyframe_ms: r.get(8),
+                }
+            }))
+        })
+    }
+
+    fn history(
+        &self,
+        q: HistoryQuery,
+    ) -> BoxFut<'_, Result<Option<Vec<TelemetryRow>>, StoreError>> {
+        Box::pin(async move {
+            let Some(id) = self.vehicle_id(&q.vin).await? else {
+                return Ok(None);
+            };
+            let a = q.after;
+            let rows = self
+                .query(
+                    &self.reads.page,
+                    &[
+                        &id,
+                        &q.from,
+                        &q.to,
+                        &a.ts,
+                        &a.session,
+                        &a.seq,
+                        &(q.limit as i64),
+                    ],
+                )
+                .await?;
+            let n = self.reads.channels;
+            Ok(Some(
+                rows.iter()
+                    .map(|r| TelemetryRow {
+                        vin: q.vin.clone(),
+                        ts_ms: r.get(0),
+                        session_id: from_sql_u64(r.get(1)),
+                        seq: from_sql_u64(r.get(2)),
+                        transmitted: from_sql_u64(r.get(3)),
+                        keyframe: r.get(4),
+                        values: (0..n).map(|i| r.get(5 + i)).collect(),
+                    })
+                    .collect(),
+            ))
+        })
+    }
+
+    fn count_history(
+        &self,
+        vin: Arc<str>,
+        from: i64,
+        to: i64,
+    ) -> BoxFut<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let Some(id) = self.vehicle_id(&vin).await? else {
+                return Ok(None);
+            };
+            let rows = self.query(&self.reads.count, &[&id, &from, &to]).await?;
+            Ok(Some(rows[0].get::<_, i64>(0).max(0) as u64))
+        })
+    }
+
+    fn buckets(
+        &self,
+        vin: Arc<str>,
+        from: i64,
+        to: i64,
+        step: i64,
+    ) -> BoxFut<'_, Result<Option<Vec<Bucket>>, StoreError>> {
+        Box::pin(async move {
+            let Some(id) = self.vehicle_id(&vin).await? else {
+                return Ok(None);
+            };
+            let rows = if use_rollup(self.has_rollup, from, to, step) {
+                self.query(&self.reads.rollup_buckets, &[&&*vin, &from, &to, &step])
+                    .await?
+            } else {
+                self.query(&self.reads.buckets, &[&id, &from, &to, &step])
+                    .await?
+            };
+            let n = self.reads.channels;
+            Ok(Some(
+                rows.iter()
+                    .map(|r| Bucket {
+                        start: r.get(0),
+                        count: r.get::<_, Option<i64>>(1).unwrap_or(0).max(0) as u64,
+                        signals: bucket_signals(n, |i| r.get(i)),
+                    })
+                    .collect(),
+            ))
+        })
+    }
+
+    fn daily_stats(
+        &self,
+        vin: Arc<str>,
+        first: i32,
+        last: i32,
+    ) -> BoxFut<'_, Result<Option<Vec<DayStats>>, StoreError>> {
+        Box::pin(async move {
+            let Some(id) = self.vehicle_id(&vin).await? else {
+                return Ok(None);
+            };
+            let rows = self.query(&self.reads.days, &[&id, &first, &last]).await?;
+            Ok(Some(
+                rows.iter()
+                    .map(|r| DayStats {
+                        day: r.get(0),
+                        counters: counters(r, 1),
+                    })
+                    .collect(),
+            ))
         })
     }
 
@@ -1065,6 +1245,7 @@ mod tests {
                 .collect(),
             sessions: vec![],
             stats: vec![],
+            ..Default::default()
         }
     }
 

@@ -11,9 +11,11 @@ use anyhow::Context as _;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+use super::query::{Dialect, ReadSql, bucket_signals, use_rollup};
 use super::{
-    BoxFut, SignalColumns, SinkLease, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals,
-    WriteBatch, from_sql_u64, to_sql_u64,
+    BoxFut, Bucket, DayStats, HistoryQuery, SignalColumns, SinkLease, Store, StoreError, StoreKind,
+    VehicleDetail, VehiclePage, VehicleSummary, VehicleTotals, WriteBatch, from_sql_u64,
+    to_sql_u64,
 };
 use crate::model::{Counters, TelemetryRow, civil_date};
 
@@ -75,6 +77,14 @@ CREATE TABLE health_probe (
     checked_at  INTEGER NOT NULL        -- Unix ms
 );
 "#,
+    r#"
+-- Resync answers (409) given to the vehicle's batches.
+ALTER TABLE vehicles ADD COLUMN resyncs INTEGER NOT NULL DEFAULT 0;
+-- History pages and buckets: one vehicle's range in (ts, session, seq) order.
+CREATE INDEX telemetry_vehicle_ts ON telemetry_data (vehicle_id, ts, session_id, seq);
+-- The newest keyframe of a vehicle without scanning its rows.
+CREATE INDEX telemetry_vehicle_keyframe ON telemetry_data (vehicle_id, ts) WHERE keyframe;
+"#,
 ];
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
@@ -91,6 +101,9 @@ pub struct SqliteStore {
     writer: mpsc::Sender<Job>,
     read: Arc<Mutex<Connection>>,
     sql: Arc<Sql>,
+    reads: Arc<ReadSql>,
+    /// `telemetry_rollup` existed when the store opened (see [`use_rollup`]).
+    has_rollup: bool,
 }
 
 /// The statements that name the value columns, generated once.
@@ -183,6 +196,11 @@ impl SqliteStore {
             .with_context(|| format!("cannot open SQLite database {}", path.display()))?;
         migrate(&mut conn, cols).context("cannot apply the SQLite migrations")?;
         let sql = Arc::new(Sql::new(cols));
+        let has_rollup: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'telemetry_rollup')",
+            [],
+            |r| r.get(0),
+        )?;
         let read = open_conn(path)?;
         // Unbounded is fine: the async writer actor awaits each commit, so at most one waits here.
         let (tx, rx) = mpsc::channel::<Job>();
@@ -205,6 +223,8 @@ impl SqliteStore {
             writer: tx,
             read: Arc::new(Mutex::new(read)),
             sql,
+            reads: Arc::new(ReadSql::new(cols, Dialect::Sqlite)),
+            has_rollup,
         })
     }
 
@@ -236,6 +256,23 @@ impl SqliteStore {
         let closed = || StoreError::Closed("the SQLite writer thread stopped".into());
         self.writer.send(job).map_err(|_| closed())?;
         rx.await.map_err(|_| closed())?
+    }
+
+    /// Runs `f` with the vehicle's id; `None` if the VIN is unknown.
+    async fn for_vehicle<T: Send + 'static>(
+        &self,
+        vin: Arc<str>,
+        f: impl FnOnce(&Connection, &ReadSql, i64) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<Option<T>, StoreError> {
+        let reads = self.reads.clone();
+        self.read(move |c| {
+            let id: Option<i64> = c
+                .prepare_cached(&reads.vehicle_id)?
+                .query_row([&*vin], |r| r.get(0))
+                .optional()?;
+            id.map(|id| f(c, &reads, id)).transpose()
+        })
+        .await
     }
 }
 
@@ -317,6 +354,28 @@ fn commit(conn: &mut Connection, sql: &Sql, b: &WriteBatch) -> rusqlite::Result<
                 c.fields_skipped as i64,
                 c.bytes_received as i64
             ])?;
+        }
+    }
+    {
+        let mut st = tx.prepare_cached(
+            "UPDATE vehicles SET
+               model = CASE WHEN ?2 THEN ?3 ELSE model END,
+               year = CASE WHEN ?4 THEN ?5 ELSE year END
+             WHERE vin = ?1",
+        )?;
+        for p in &b.profiles {
+            st.execute(params![
+                &*p.vin,
+                p.model.is_some(),
+                p.model.clone().flatten(),
+                p.year.is_some(),
+                p.year.flatten()
+            ])?;
+        }
+        let mut st =
+            tx.prepare_cached("UPDATE vehicles SET resyncs = resyncs + ?2 WHERE vin = ?1")?;
+        for (vin, n) in &b.resyncs {
+            st.execute(params![&**vin, *n as i64])?;
         }
     }
     tx.commit()
@@ -416,14 +475,136 @@ impl Store for SqliteStore {
         }))
     }
 
-    fn vehicles(&self) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>> {
-        Box::pin(self.read(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT v.vin, v.first_seen, v.last_seen, COALESCE(SUM(c.readings), 0)
-                 FROM vehicles v LEFT JOIN compression_stats c ON c.vehicle_id = v.id GROUP BY v.id ORDER BY v.vin",
-            )?;
-            st.query_map([], |r| {
-                Ok(VehicleSummary { vin: r.get(0)?, first_seen_ms: r.get(1)?, last_seen_ms: r.get(2)?, readings: r.get::<_, i64>(3)?.max(0) as u64 })
+    fn vehicles(&self, page: VehiclePage) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>> {
+        let reads = self.reads.clone();
+        Box::pin(self.read(move |c| {
+            let mut st = c.prepare_cached(&reads.vehicles)?;
+            let after = page.after.unwrap_or_default();
+            st.query_map(params![after, page.limit as i64], |r| {
+                Ok(VehicleSummary {
+                    vin: r.get(0)?,
+                    first_seen_ms: r.get(1)?,
+                    last_seen_ms: r.get(2)?,
+                    readings: r.get::<_, i64>(3)?.max(0) as u64,
+                    model: r.get(4)?,
+                    year: r.get(5)?,
+                })
+            })?
+            .collect()
+        }))
+    }
+
+    fn vehicle(&self, vin: Arc<str>) -> BoxFut<'_, Result<Option<VehicleDetail>, StoreError>> {
+        let reads = self.reads.clone();
+        Box::pin(self.read(move |c| {
+            c.prepare_cached(&reads.detail)?
+                .query_row([&*vin], |r| {
+                    let n = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+                    Ok(VehicleDetail {
+                        vin: r.get(0)?,
+                        model: r.get(1)?,
+                        year: r.get(2)?,
+                        first_seen_ms: r.get(3)?,
+                        last_seen_ms: r.get(4)?,
+                        resyncs: n(5)?,
+                        readings: n(6)?,
+                        sessions: n(7)?,
+                        last_keyframe_ms: r.get(8)?,
+                    })
+                })
+                .optional()
+        }))
+    }
+
+    fn history(
+        &self,
+        q: HistoryQuery,
+    ) -> BoxFut<'_, Result<Option<Vec<TelemetryRow>>, StoreError>> {
+        Box::pin(self.for_vehicle(q.vin.clone(), move |c, reads, id| {
+            let mut st = c.prepare_cached(&reads.page)?;
+            let a = q.after;
+            st.query_map(
+                params![id, q.from, q.to, a.ts, a.session, a.seq, q.limit as i64],
+                |r| {
+                    Ok(TelemetryRow {
+                        vin: q.vin.clone(),
+                        ts_ms: r.get(0)?,
+                        session_id: from_sql_u64(r.get(1)?),
+                        seq: from_sql_u64(r.get(2)?),
+                        transmitted: from_sql_u64(r.get(3)?),
+                        keyframe: r.get(4)?,
+                        values: (0..reads.channels)
+                            .map(|i| r.get::<_, Option<f64>>(5 + i))
+                            .collect::<rusqlite::Result<_>>()?,
+                    })
+                },
+            )?
+            .collect()
+        }))
+    }
+
+    fn count_history(
+        &self,
+        vin: Arc<str>,
+        from: i64,
+        to: i64,
+    ) -> BoxFut<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(self.for_vehicle(vin, move |c, reads, id| {
+            c.prepare_cached(&reads.count)?
+                .query_row(params![id, from, to], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as u64)
+        }))
+    }
+
+    fn buckets(
+        &self,
+        vin: Arc<str>,
+        from: i64,
+        to: i64,
+        step: i64,
+    ) -> BoxFut<'_, Result<Option<Vec<Bucket>>, StoreError>> {
+        let rollup = use_rollup(self.has_rollup, from, to, step);
+        let key = vin.clone();
+        Box::pin(self.for_vehicle(vin, move |c, reads, id| {
+            let (sql, first) = if rollup {
+                (&reads.rollup_buckets, params![&*key, from, to, step])
+            } else {
+                (&reads.buckets, params![id, from, to, step])
+            };
+            let mut st = c.prepare_cached(sql)?;
+            st.query_map(first, |r| {
+                Ok(Bucket {
+                    start: r.get(0)?,
+                    count: r.get::<_, Option<i64>>(1)?.unwrap_or(0).max(0) as u64,
+                    signals: bucket_signals(reads.channels, |i| {
+                        r.get::<_, Option<f64>>(i).ok().flatten()
+                    }),
+                })
+            })?
+            .collect()
+        }))
+    }
+
+    fn daily_stats(
+        &self,
+        vin: Arc<str>,
+        first: i32,
+        last: i32,
+    ) -> BoxFut<'_, Result<Option<Vec<DayStats>>, StoreError>> {
+        Box::pin(self.for_vehicle(vin, move |c, reads, id| {
+            let mut st = c.prepare_cached(&reads.days)?;
+            st.query_map(params![id, civil_date(first), civil_date(last)], |r| {
+                let day: String = r.get(0)?;
+                Ok(DayStats {
+                    day: crate::model::parse_civil_date(&day).ok_or_else(|| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            0,
+                            rusqlite::types::Type::Text,
+                            format!("not a YYYY-MM-DD day: {day:?}").into(),
+                        )
+                    })?,
+                    counters: counters(r, 1)?,
+                })
             })?
             .collect()
         }))

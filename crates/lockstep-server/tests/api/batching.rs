@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use lockstep_server::model::TelemetryRow;
 use lockstep_server::store::{
-    self, BoxFut, SinkLease, Store, StoreError, StoreKind, VehicleSummary, VehicleTotals,
-    WriteBatch,
+    self, BoxFut, Bucket, DayStats, HistoryQuery, SinkLease, Store, StoreError, StoreKind,
+    VehicleDetail, VehiclePage, VehicleSummary, VehicleTotals, WriteBatch,
 };
 use lockstep_server::{App, StoreConfig};
 use serde_json::Value;
@@ -64,14 +65,48 @@ impl Store for Instrumented {
     fn recent(
         &self,
         limit: usize,
-    ) -> BoxFut<'_, Result<Vec<lockstep_server::model::TelemetryRow>, StoreError>> {
+    ) -> BoxFut<'_, Result<Vec<TelemetryRow>, StoreError>> {
         self.inner.recent(limit)
     }
-    fn vehicles(&self) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>> {
+    fn vehicles(&self, page: VehiclePage) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>> {
         if self.fail_reads.load(Ordering::SeqCst) {
             return Box::pin(async { Err(StoreError::unavailable("injected read failure")) });
         }
-        self.inner.vehicles()
+        self.inner.vehicles(page)
+    }
+    fn vehicle(&self, vin: Arc<str>) -> BoxFut<'_, Result<Option<VehicleDetail>, StoreError>> {
+        self.inner.vehicle(vin)
+    }
+    fn history(
+        &self,
+        q: HistoryQuery,
+    ) -> BoxFut<'_, Result<Option<Vec<TelemetryRow>>, StoreError>> {
+        self.inner.history(q)
+    }
+    fn count_history(
+        &self,
+        vin: Arc<str>,
+        from: i64,
+        to: i64,
+    ) -> BoxFut<'_, Result<Option<u64>, StoreError>> {
+        self.inner.count_history(vin, from, to)
+    }
+    fn buckets(
+        &self,
+        vin: Arc<str>,
+        from: i64,
+        to: i64,
+        step: i64,
+    ) -> BoxFut<'_, Result<Option<Vec<Bucket>>, StoreError>> {
+        self.inner.buckets(vin, from, to, step)
+    }
+    fn daily_stats(
+        &self,
+        vin: Arc<str>,
+        first: i32,
+        last: i32,
+    ) -> BoxFut<'_, Result<Option<Vec<DayStats>>, StoreError>> {
+        self.inner.daily_stats(vin, first, last)
     }
     fn totals(&self) -> BoxFut<'_, Result<Vec<VehicleTotals>, StoreError>> {
         self.inner.totals()

@@ -197,6 +197,32 @@ impl TestApp {
             .expect("json")
     }
 
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.addr))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// GET that must answer 200 with JSON.
+    pub async fn ok_json(&self, path: &str) -> Value {
+        let resp = self.get(path).await;
+        assert_eq!(resp.status(), 200, "GET {path}");
+        resp.json().await.expect("json")
+    }
+
+    /// Posts readings `range` of [`drive`] in batches of at most 200, each acknowledged.
+    pub async fn post_readings(&self, enc: &mut Encoder, range: std::ops::Range<usize>, t0: i64) {
+        let mut k = range.start;
+        while k < range.end {
+            let end = (k + 200).min(range.end);
+            let resp = self.post_batch(&batch(enc, k..end, t0)).await;
+            assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+            k = end;
+        }
+    }
+
     pub async fn status(&self) -> Value {
         self.get_json("/status").await
     }

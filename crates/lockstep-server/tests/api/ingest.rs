@@ -98,8 +98,9 @@ async fn seed_form_is_reconstructed_stored_and_deduplicated(backend: Backend) {
         sent_skip
     );
     let vehicles = app.get_json("/api/vehicles").await;
-    assert_eq!(vehicles[0]["vin"], v.as_str());
-    assert_eq!(vehicles[0]["readings"], 60);
+    assert_eq!(vehicles["vehicles"][0]["vin"], v.as_str());
+    assert_eq!(vehicles["vehicles"][0]["readings"], 60);
+    assert_eq!(vehicles["next_cursor"], Value::Null);
 }
 
 async fn lockstep_form_is_stored_within_tolerance_and_deduplicated(backend: Backend) {

@@ -119,7 +119,7 @@ async fn a_database_of_the_original_server_keeps_every_row() {
 
     // The API sees them: per-vehicle readings, lifetime statistics.
     let vehicles = app.get_json("/api/vehicles").await;
-    let readings: Vec<(String, u64)> = vehicles
+    let readings: Vec<(String, u64)> = vehicles["vehicles"]
         .as_array()
         .unwrap()
         .iter()
@@ -173,8 +173,7 @@ async fn a_database_of_the_original_server_keeps_every_row() {
     let app = spawn_app_with(db.clone(), &[]).await;
     assert_eq!(db.count("SELECT COUNT(*) FROM telemetry_data").await, 6);
     assert_eq!(
-        app.get_json("/api/vehicles")
-            .await
+        app.get_json("/api/vehicles").await["vehicles"]
             .as_array()
             .unwrap()
             .len(),

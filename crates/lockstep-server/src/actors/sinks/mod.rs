@@ -96,7 +96,7 @@ pub struct SinkStatus {
 }
 
 /// `/status` → `sinks.<name>`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SinkStatusJson {
     /// The broker connection is up.
     pub connected: bool,
