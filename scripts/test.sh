@@ -60,6 +60,14 @@ LOCKSTEP_REQUIRE_DASHBOARD=1 cargo nextest run --workspace --no-fail-fast
   LOCKSTEP_SERVER_BIN="$PWD/../target/debug/lockstep-server" \
   LOCKSTEP_EDGE_BIN="$PWD/../target/debug/lockstep-edge" \
     npm run e2e
-  # The dashboard's login (read auth required) in the same Chromium.
-  LOCKSTEP_SERVER_BIN="$PWD/../target/debug/lockstep-server" node e2e/login.e2e.mjs
+  # Signing in when read auth is required (the page's form, and the cookie's flags), and the
+  # history view against the real query API, in the same Chromium.
+  export LOCKSTEP_SERVER_BIN="$PWD/../target/debug/lockstep-server"
+  export LOCKSTEP_EDGE_BIN="$PWD/../target/debug/lockstep-edge"
+  npm run e2e:login
+  npm run e2e:login-cookie
+  npm run e2e:history
 )
+
+# The OpenAPI document against the running server, bounded in time.
+SCHEMATHESIS_TIME_S=120 scripts/schemathesis.sh

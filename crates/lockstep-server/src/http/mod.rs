@@ -40,9 +40,9 @@ pub mod extract;
 pub mod graphql;
 pub mod history;
 pub mod logger;
-pub mod peer;
 pub mod metrics;
 pub mod openapi;
+pub mod peer;
 pub mod status;
 pub mod telemetry;
 pub mod tokens;
@@ -90,7 +90,11 @@ pub fn policy_table() -> Vec<(Method, &'static str, Policy)> {
         (Method::GET, "/graphql", Policy::Read),
         (Method::POST, "/graphql", Policy::Read),
     ]);
-    t.extend(openapi::PATHS.iter().map(|p| (Method::GET, *p, Policy::Public)));
+    t.extend(
+        openapi::PATHS
+            .iter()
+            .map(|p| (Method::GET, *p, Policy::Public)),
+    );
     t
 }
 
@@ -200,8 +204,16 @@ pub fn reads() -> Vec<Route> {
     vec![
         route(Method::GET, "/api/vehicles", get(vehicles::list)),
         route(Method::GET, "/api/vehicles/{vin}", get(vehicles::get_one)),
-        route(Method::GET, "/api/vehicles/{vin}/telemetry", get(history::telemetry)),
-        route(Method::GET, "/api/vehicles/{vin}/stats", get(vehicles::daily_stats)),
+        route(
+            Method::GET,
+            "/api/vehicles/{vin}/telemetry",
+            get(history::telemetry),
+        ),
+        route(
+            Method::GET,
+            "/api/vehicles/{vin}/stats",
+            get(vehicles::daily_stats),
+        ),
         route(Method::GET, "/api/stats", get(vehicles::fleet_stats)),
         route(Method::GET, "/logger/status", get(logger::status)),
         route(Method::GET, "/ws", get(ws::upgrade)),
@@ -251,13 +263,11 @@ async fn per_ip_limit(
 ) -> Response {
     match app.limits.check_ip(peer.ip()) {
         Ok(()) => next.run(req).await,
-        Err(crate::services::limits::RetryAfter(s)) => {
-            error::ApiError::TooManyRequests {
-                message: format!("too many requests from this address; retry after {s} s"),
-                retry_after_s: s,
-            }
-            .into_response()
+        Err(crate::services::limits::RetryAfter(s)) => error::ApiError::TooManyRequests {
+            message: format!("too many requests from this address; retry after {s} s"),
+            retry_after_s: s,
         }
+        .into_response(),
     }
 }
 

@@ -62,10 +62,7 @@ impl Store for Instrumented {
     ) -> BoxFut<'_, Result<u64, StoreError>> {
         self.inner.stored_count(vin, session_id, first, last)
     }
-    fn recent(
-        &self,
-        limit: usize,
-    ) -> BoxFut<'_, Result<Vec<TelemetryRow>, StoreError>> {
+    fn recent(&self, limit: usize) -> BoxFut<'_, Result<Vec<TelemetryRow>, StoreError>> {
         self.inner.recent(limit)
     }
     fn vehicles(&self, page: VehiclePage) -> BoxFut<'_, Result<Vec<VehicleSummary>, StoreError>> {
