@@ -8,10 +8,6 @@
 //!
 //! No dependency on `lockstep-server`: the server's own tests use this crate.
 
-pub mod stall;
-
-pub use stall::StallProxy;
-
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

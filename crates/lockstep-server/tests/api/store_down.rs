@@ -6,55 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use lockstep_testkit::{PG_ADDR, Proxy};
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
 use crate::helpers::*;
-
-/// A TCP proxy to PostgreSQL that can cut every connection and refuse new ones.
-struct Proxy {
-    port: u16,
-    open: watch::Sender<bool>,
-}
-
-impl Proxy {
-    async fn start(target: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (open, _) = watch::channel(true);
-        let state = open.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if !*state.borrow() {
-                    continue; // dropped: the connection is refused
-                }
-                let mut closed = state.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = closed.wait_for(|open| !*open) => {}
-                    }
-                });
-            }
-        });
-        Self { port, open }
-    }
-
-    fn close(&self) {
-        self.open.send_replace(false);
-    }
-
-    fn reopen(&self) {
-        self.open.send_replace(true);
-    }
-}
 
 /// A server on `db` (PostgreSQL) reached through the proxy at `addr`, with
 /// `Retry-After: 1` and the extra flags.
@@ -81,8 +36,8 @@ async fn app_via(db: &Arc<TestDb>, addr: &str, extra: &[&str]) -> TestApp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_gives_503_then_recovers() {
     let db = Arc::new(TestDb::new(Backend::Postgres).await);
-    let proxy = Proxy::start("127.0.0.1:5432").await;
-    let app = app_via(&db, &format!("127.0.0.1:{}", proxy.port), &[]).await;
+    let proxy = Proxy::start(PG_ADDR.into()).await;
+    let app = app_via(&db, &proxy.addr, &[]).await;
 
     let mut enc = encoder(&vin(40), 0x40);
     let t0 = 1_764_000_000_000;
@@ -148,7 +103,7 @@ async fn postgres_outage_gives_503_then_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn black_holed_postgres_gives_503_within_the_deadline() {
     let db = Arc::new(TestDb::new(Backend::Postgres).await);
-    let proxy = lockstep_testkit::StallProxy::start(lockstep_testkit::PG_ADDR).await;
+    let proxy = Proxy::start(PG_ADDR.into()).await;
     let app = app_via(&db, &proxy.addr, &["--store-timeout-ms", "2000"]).await;
 
     let mut enc = encoder(&vin(42), 0x42);
@@ -157,7 +112,7 @@ async fn black_holed_postgres_gives_503_within_the_deadline() {
     let b1 = batch(&mut enc, 20..40, t0);
     assert_eq!(app.post_batch(&b0).await.status(), 200);
 
-    proxy.stall();
+    proxy.black_hole();
     // Upper bounds on waiting, generous for a loaded machine: 2 s configured.
     let resp = tokio::time::timeout(Duration::from_secs(10), app.post_batch(&b1))
         .await
@@ -180,7 +135,7 @@ async fn black_holed_postgres_gives_503_within_the_deadline() {
     .await;
     assert_eq!(status["store"]["healthy"], false);
 
-    proxy.resume();
+    proxy.restore();
     eventually(Duration::from_secs(30), "ingest to recover", || async {
         (app.post_batch(&b1).await.status() == 200).then_some(())
     })
