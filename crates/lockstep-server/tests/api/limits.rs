@@ -242,5 +242,25 @@ async fn the_edge_waits_out_429_and_loses_nothing() {
         app.db.count("SELECT COUNT(*) FROM telemetry_data").await,
         100
     );
+    // The budget was really exceeded: the server answered 429 at least once.
+    let metrics = app
+        .http
+        .get(format!("{server}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("lockstep_requests_total{")
+                && l.contains(r#"route="/api/telemetry""#)
+                && l.contains(r#"status="429""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(refused >= 1.0, "no 429 was answered:\n{metrics}");
     app.stop().await;
 }
