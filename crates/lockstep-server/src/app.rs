@@ -150,6 +150,9 @@ impl App {
             settings.batch_rows,
             metrics.clone(),
         );
+        if settings.shared_store {
+            writer_handle.mark_shared();
+        }
         let limits = Limits::new(settings.rates());
         let idle = Duration::from_secs(settings.vehicle_idle_s.max(1));
         let vehicles = Arc::new(Vehicles::new(settings.max_vehicles, idle));

@@ -14,7 +14,8 @@
 //! `lockstep_requests_total{route,status}`, `lockstep_commit_seconds` and
 //! `lockstep_commit_rows` (histograms), `lockstep_ws_clients`,
 //! `lockstep_ws_messages_total`, `lockstep_ws_dropped_total`,
-//! `lockstep_resyncs_total{kind}`, `lockstep_store_up`,
+//! `lockstep_resyncs_total{kind}`, `lockstep_session_retries_total{cause}`,
+//! `lockstep_store_up`,
 //! `lockstep_logger_running`, `lockstep_build_info{version}`, and
 //! `process_*` (resident memory, CPU seconds, open fds, start time).
 
@@ -58,6 +59,8 @@ struct Handles {
     /// Per channel: [not transmitted, transmitted].
     fields: Vec<[Counter; 2]>,
     resyncs: Vec<Counter>,
+    /// [stale, batch]: see [`Metrics::stale_session`].
+    session_retries: [Counter; 2],
     commit_seconds: Histogram,
     commit_rows: Histogram,
     ws_messages: Counter,
@@ -109,6 +112,10 @@ impl Metrics {
                 "lockstep_resyncs_total",
                 "Batches answered 409 (the edge must resync), by kind."
             );
+            metrics::describe_counter!(
+                "lockstep_session_retries_total",
+                "Requests decoded again because another server instance advanced their session first (cause=stale), or because the batch they were in was given up for another request's (cause=batch)."
+            );
             metrics::describe_gauge!("lockstep_ws_clients", "Connected WebSocket clients.");
             metrics::describe_counter!(
                 "lockstep_ws_messages_total",
@@ -147,6 +154,9 @@ impl Metrics {
                     .iter()
                     .map(|k| metrics::counter!("lockstep_resyncs_total", "kind" => *k))
                     .collect(),
+                session_retries: ["stale", "batch"].map(
+                    |c| metrics::counter!("lockstep_session_retries_total", "cause" => c),
+                ),
                 commit_seconds: metrics::histogram!("lockstep_commit_seconds"),
                 commit_rows: metrics::histogram!("lockstep_commit_rows"),
                 ws_messages: metrics::counter!("lockstep_ws_messages_total"),
@@ -179,6 +189,12 @@ impl Metrics {
         if let Some(i) = RESYNC_KINDS.iter().position(|k| *k == kind) {
             self.inner.h.resyncs[i].increment(1);
         }
+    }
+
+    /// A request that decodes again: its own session was advanced by
+    /// another instance (`own`), or its batch was given up for another's.
+    pub fn stale_session(&self, own: bool) {
+        self.inner.h.session_retries[usize::from(!own)].increment(1);
     }
 
     /// One writer transaction.

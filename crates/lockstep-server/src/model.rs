@@ -71,6 +71,11 @@ pub struct SessionRecord {
     pub session_id: u64,
     pub next_seq: u64,
     pub state: Vec<u8>,
+    /// The stored version this state was decoded against (0: none stored).
+    /// The commit stores `version + 1` only if the stored version is still
+    /// this one (compare-and-set), else the batch fails with
+    /// `StoreError::Stale` naming the session.
+    pub version: u64,
 }
 
 /// Counters of one request, added to the vehicle's row of the day.

@@ -187,6 +187,14 @@ pub struct Settings {
     )]
     pub writer_queue: usize,
 
+    /// Other server instances write to the same database: check a cached
+    /// session state's version before every decode from the start. Without
+    /// it, an instance starts checking at the first session it finds
+    /// advanced by another (that request decodes again); correctness does
+    /// not depend on it (every commit is a compare-and-set).
+    #[arg(help_heading = "Store", long, env = "LOCKSTEP_SHARED_STORE", value_parser = BoolishValueParser::new(), action = ArgAction::Set, default_value = "false")]
+    pub shared_store: bool,
+
     /// Connections in the PostgreSQL pool.
     #[arg(
         help_heading = "Store",

@@ -135,14 +135,23 @@ impl Vehicles {
     }
 }
 
-/// What the server knows of one vehicle. Entries are authoritative once
-/// loaded: `None` = the store has nothing for that session.
+/// What the server knows of one vehicle: states as of a stored version.
+/// Entries are authoritative once loaded (`None` = the store has nothing
+/// for that session) unless another server instance commits to the same
+/// sessions; then `check` asks the store whether the version moved (one
+/// primary-key read that carries the state only if it did).
 pub struct VehicleState {
     pub vin: Arc<str>,
-    seed: Option<SeedState>,
-    sessions: HashMap<u64, Option<SessionState>>,
+    seed: Option<Versioned<SeedState>>,
+    sessions: HashMap<u64, Versioned<Option<SessionState>>>,
     /// Sessions in order of last use, for eviction.
     recent: Vec<u64>,
+}
+
+/// A state and the stored version it is (0: nothing stored).
+struct Versioned<T> {
+    version: u64,
+    state: T,
 }
 
 impl VehicleState {
@@ -155,35 +164,72 @@ impl VehicleState {
         }
     }
 
-    /// The session's state, from memory or the store.
+    /// The session's state and its stored version, from memory or the store.
+    /// `check`: ask the store whether the version moved since it was cached.
     pub async fn session(
         &mut self,
         store: &dyn Store,
         catalog: &Catalog,
         session_id: u64,
-    ) -> Result<Option<&SessionState>, StoreError> {
-        if !self.sessions.contains_key(&session_id) {
-            let bytes = store.load_session(self.vin.clone(), session_id).await?;
-            let state = bytes.and_then(|b| {
-                let s = SessionState::from_bytes(catalog, &b);
-                if s.is_none() {
-                    tracing::warn!(vin = %self.vin, session_id = format_args!("{session_id:016x}"), "Stored session state is unreadable; the edge will be asked to resync.");
+        check: bool,
+    ) -> Result<(Option<&SessionState>, u64), StoreError> {
+        let known = self.sessions.get(&session_id).map(|v| v.version);
+        if known.is_none() || check {
+            let stored = store
+                .session_if_changed(self.vin.clone(), session_id, known)
+                .await?;
+            if known != Some(stored.version) {
+                let state = stored.state.and_then(|b| {
+                    let s = SessionState::from_bytes(catalog, &b);
+                    if s.is_none() {
+                        tracing::warn!(vin = %self.vin, session_id = format_args!("{session_id:016x}"), "Stored session state is unreadable; the edge will be asked to resync.");
+                    }
+                    s
+                });
+                if known.is_some() {
+                    tracing::debug!(vin = %self.vin, session_id = format_args!("{session_id:016x}"), version = stored.version, "Another server instance advanced the session; its state was reloaded.");
                 }
-                s
-            });
-            self.touch(session_id);
-            self.sessions.insert(session_id, state);
+                self.sessions.insert(
+                    session_id,
+                    Versioned {
+                        version: stored.version,
+                        state,
+                    },
+                );
+            }
         }
-        Ok(self.sessions.get(&session_id).and_then(Option::as_ref))
+        self.touch(session_id);
+        let v = &self.sessions[&session_id];
+        Ok((v.state.as_ref(), v.version))
     }
 
-    /// Installs a session's state after its rows were committed.
-    pub fn install(&mut self, session_id: u64, state: SessionState) {
+    /// Installs a session's state after its rows were committed as `version`.
+    pub fn install(&mut self, session_id: u64, state: SessionState, version: u64) {
         self.touch(session_id);
-        self.sessions.insert(session_id, Some(state));
+        self.sessions.insert(
+            session_id,
+            Versioned {
+                version,
+                state: Some(state),
+            },
+        );
+    }
+
+    /// Forgets a cached state another writer advanced (`SEED_SESSION`: the
+    /// seed predictor); the next use reloads it.
+    pub fn forget(&mut self, session_id: u64) {
+        if session_id == SEED_SESSION {
+            self.seed = None;
+        } else {
+            self.sessions.remove(&session_id);
+            self.recent.retain(|s| *s != session_id);
+        }
     }
 
     fn touch(&mut self, session_id: u64) {
+        if self.recent.last() == Some(&session_id) {
+            return;
+        }
         self.recent.retain(|s| *s != session_id);
         self.recent.push(session_id);
         while self.recent.len() > SESSIONS_PER_VEHICLE {
@@ -192,21 +238,34 @@ impl VehicleState {
         }
     }
 
-    /// The seed-form state, from memory or the store.
-    pub async fn seed(&mut self, store: &dyn Store) -> Result<&SeedState, StoreError> {
-        if self.seed.is_none() {
-            let bytes = store.load_session(self.vin.clone(), SEED_SESSION).await?;
-            self.seed = Some(
-                bytes
-                    .and_then(|b| SeedState::from_bytes(&b))
-                    .unwrap_or_default(),
-            );
+    /// The seed-form state and its stored version, from memory or the store
+    /// (`check`: as for [`Self::session`]).
+    pub async fn seed(
+        &mut self,
+        store: &dyn Store,
+        check: bool,
+    ) -> Result<(&SeedState, u64), StoreError> {
+        let known = self.seed.as_ref().map(|v| v.version);
+        if known.is_none() || check {
+            let stored = store
+                .session_if_changed(self.vin.clone(), SEED_SESSION, known)
+                .await?;
+            if known != Some(stored.version) {
+                self.seed = Some(Versioned {
+                    version: stored.version,
+                    state: stored
+                        .state
+                        .and_then(|b| SeedState::from_bytes(&b))
+                        .unwrap_or_default(),
+                });
+            }
         }
-        Ok(self.seed.get_or_insert_with(SeedState::default))
+        let v = self.seed.as_ref().expect("loaded above");
+        Ok((&v.state, v.version))
     }
 
-    /// Installs the seed state after its row was committed.
-    pub fn install_seed(&mut self, s: SeedState) {
-        self.seed = Some(s);
+    /// Installs the seed state after its row was committed as `version`.
+    pub fn install_seed(&mut self, s: SeedState, version: u64) {
+        self.seed = Some(Versioned { version, state: s });
     }
 }

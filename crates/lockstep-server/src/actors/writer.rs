@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,7 @@ pub struct WriterHandle {
     tx: mpsc::Sender<(WriteRequest, Reply)>,
     pending: Arc<AtomicUsize>,
     commits: watch::Receiver<u64>,
+    shared: Arc<AtomicBool>,
 }
 
 impl WriterHandle {
@@ -64,6 +65,23 @@ impl WriterHandle {
         self.commits.clone()
     }
 
+    /// Whether other writers (server instances) commit to the same
+    /// sessions: then ingest checks a cached state's version before decoding.
+    /// Set at the first stale session seen (or from the start with
+    /// `LOCKSTEP_SHARED_STORE`); it stays set.
+    pub fn shared(&self) -> bool {
+        self.shared.load(Ordering::Relaxed)
+    }
+
+    /// Records that another writer changed a session.
+    pub fn mark_shared(&self) {
+        if !self.shared.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                "Another server instance writes the same sessions: sessions are checked before decoding from now on."
+            );
+        }
+    }
+
     /// Readings queued or being committed.
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
@@ -81,6 +99,9 @@ pub struct Writer {
     max_rows: usize,
     commits: watch::Sender<u64>,
     metrics: Metrics,
+    /// Other writers (server instances) commit to the same sessions: set at
+    /// the first stale session seen, here or by ingest's version check.
+    shared: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -96,7 +117,9 @@ impl Writer {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let pending = Arc::new(AtomicUsize::new(0));
         let (commits, commits_rx) = watch::channel(0);
+        let shared = Arc::new(AtomicBool::new(false));
         let w = Self {
+            shared: shared.clone(),
             commits,
             rx,
             store,
@@ -113,6 +136,7 @@ impl Writer {
                 tx,
                 pending,
                 commits: commits_rx,
+                shared,
             },
         )
     }
@@ -178,38 +202,102 @@ impl Writer {
         let now = now_ms();
         let day = epoch_day(now);
         let mut wb = WriteBatch::default();
-        let mut seen: HashMap<Arc<str>, ()> = HashMap::new();
-        let mut stats: HashMap<Arc<str>, Counters> = HashMap::new();
-        let mut sessions: HashMap<(Arc<str>, u64), SessionRecord> = HashMap::new();
-        let mut replies = Vec::with_capacity(requests.len());
-        let mut events = Vec::new();
+        let mut pending: Vec<Pending> = Vec::with_capacity(requests.len());
         let n_rows: usize = requests.iter().map(|(r, _)| r.rows.len()).sum();
         wb.rows.reserve(n_rows);
         for (r, reply) in requests {
-            if seen.insert(r.vin.clone(), ()).is_none() {
-                wb.vehicles.push((r.vin.clone(), now));
-            }
-            stats.entry(r.vin.clone()).or_default().add(&r.counters);
-            sessions.insert((r.vin.clone(), r.session.session_id), r.session);
+            pending.push(Pending {
+                key: (r.vin.clone(), r.session.session_id),
+                counters: r.counters,
+                events: r.events,
+                reply,
+            });
+            wb.sessions.push(r.session);
             wb.rows.extend(r.rows);
-            events.extend(r.events);
-            replies.push(reply);
         }
-        wb.sessions = sessions.into_values().collect();
-        wb.stats = stats
-            .iter()
-            .map(|(vin, c)| StatsDelta {
-                vin: vin.clone(),
-                day,
-                counters: *c,
-            })
-            .collect();
+        // One request per (vehicle, session) is in flight (the vehicle's lock
+        // is held from decode to reply); should two meet, the later state wins.
+        let mut seen = std::collections::HashSet::new();
+        let mut sessions = std::mem::take(&mut wb.sessions);
+        sessions.reverse();
+        sessions.retain(|s| seen.insert((s.vin.clone(), s.session_id)));
+        sessions.reverse();
+        wb.sessions = sessions;
+        let mut stats = summarise(&pending, &mut wb, now, day);
 
         // Counted only if the commit succeeds; one pass over the rows, off the request path.
-        let counts = self.count(&wb.rows);
-        let started = std::time::Instant::now();
-        let result = self.store.commit(wb).await;
-        self.metrics.commit(started.elapsed().as_secs_f64(), n_rows);
+        let mut result;
+        loop {
+            let counts = self.count(&wb.rows);
+            let rows = wb.rows.len();
+            // A copy to retry without stale requests, once other writers were
+            // seen; a lone instance does not pay for it (see below).
+            let retry = self.shared.load(Ordering::Relaxed).then(|| wb.clone());
+            let started = std::time::Instant::now();
+            result = self.store.commit(std::mem::take(&mut wb)).await;
+            self.metrics.commit(started.elapsed().as_secs_f64(), rows);
+            let Err(StoreError::Stale(stale)) = &result else {
+                if result.is_ok() {
+                    let (per_form, fields) = counts;
+                    self.metrics.readings(0, 0, per_form[0]);
+                    self.metrics.readings(1, 0, per_form[1]);
+                    self.metrics.fields(&fields);
+                }
+                break;
+            };
+            // Another instance advanced these sessions: their requests reload
+            // and decode again; the others are committed without them.
+            self.shared.store(true, Ordering::Relaxed);
+            let stale: std::collections::HashSet<(Arc<str>, u64)> = stale.iter().cloned().collect();
+            let Some(copy) = retry else {
+                // The first conflict this instance sees, with no copy of the
+                // batch: every request submits again (the stale ones after
+                // reloading), from now on with copies.
+                tracing::info!(
+                    "Another server instance writes the same sessions: sessions are checked before decoding from now on."
+                );
+                for p in pending.drain(..) {
+                    let mine = stale.contains(&p.key);
+                    let _ = p.reply.send(Err(StoreError::Stale(if mine {
+                        vec![p.key]
+                    } else {
+                        Vec::new()
+                    })));
+                }
+                stats.clear();
+                result = Ok(());
+                break;
+            };
+            wb = copy;
+            let before = pending.len();
+            let (gone, kept): (Vec<_>, Vec<_>) =
+                pending.into_iter().partition(|p| stale.contains(&p.key));
+            pending = kept;
+            tracing::debug!(
+                stale = gone.len(),
+                kept = pending.len(),
+                "Sessions changed by another writer; committing the batch without them."
+            );
+            for p in gone {
+                let _ = p.reply.send(Err(StoreError::Stale(vec![p.key])));
+            }
+            if pending.len() == before {
+                // The store named sessions none of these requests carry: a bug; fail them all.
+                result = Err(StoreError::Invalid(
+                    "the store reported stale sessions the batch does not hold".into(),
+                ));
+                break;
+            }
+            wb.rows
+                .retain(|r| !stale.contains(&(r.vin.clone(), r.session_id)));
+            wb.sessions
+                .retain(|s| !stale.contains(&(s.vin.clone(), s.session_id)));
+            stats = summarise(&pending, &mut wb, now, day);
+            if pending.is_empty() {
+                result = Ok(());
+                break;
+            }
+        }
         self.pending.fetch_sub(n_rows, Ordering::Relaxed);
         match &result {
             Ok(()) => self.health.report(Observation::Committed).await,
@@ -218,17 +306,53 @@ impl Writer {
                 self.health.report(Observation::Failed(e.clone())).await;
             }
         }
-        for reply in replies {
-            let _ = reply.send(result.clone());
+        let mut events = Vec::new();
+        for p in pending {
+            events.extend(p.events);
+            let _ = p.reply.send(result.clone());
         }
         if result.is_ok() {
-            let (per_form, fields) = counts;
-            self.metrics.readings(0, 0, per_form[0]);
-            self.metrics.readings(1, 0, per_form[1]);
-            self.metrics.fields(&fields);
             self.stats.add(stats.iter().map(|(vin, c)| (&**vin, c)));
             self.hub.publish_all(events);
             self.commits.send_modify(|n| *n += 1);
         }
     }
+}
+
+/// A request in the writer's batch, after its rows and session moved into
+/// the [`WriteBatch`].
+struct Pending {
+    /// (VIN, session): which rows and session state are the request's.
+    key: (Arc<str>, u64),
+    counters: Counters,
+    events: Vec<HubEvent>,
+    reply: Reply,
+}
+
+/// Sets the batch's vehicles and statistics from its requests; returns the
+/// statistics per vehicle (for the in-memory book).
+fn summarise(
+    pending: &[Pending],
+    wb: &mut WriteBatch,
+    now: i64,
+    day: i32,
+) -> HashMap<Arc<str>, Counters> {
+    let mut stats: HashMap<Arc<str>, Counters> = HashMap::new();
+    wb.vehicles.clear();
+    for p in pending {
+        let c = stats.entry(p.key.0.clone()).or_insert_with(|| {
+            wb.vehicles.push((p.key.0.clone(), now));
+            Counters::default()
+        });
+        c.add(&p.counters);
+    }
+    wb.stats = stats
+        .iter()
+        .map(|(vin, c)| StatsDelta {
+            vin: vin.clone(),
+            day,
+            counters: *c,
+        })
+        .collect();
+    stats
 }

@@ -100,7 +100,7 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_) | StoreError::Closed(_) => {
+            StoreError::Unavailable(_) | StoreError::Closed(_) | StoreError::Stale(_) => {
                 // Debug: the health actor logs an outage once, not per request.
                 tracing::debug!(error = %e, "Answering 503: the store is unavailable.");
                 ApiError::StoreUnavailable

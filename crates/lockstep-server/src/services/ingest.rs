@@ -39,7 +39,7 @@ use crate::model::{Counters, SEED_SESSION, SessionRecord, Signals, TelemetryRow}
 use crate::protocol::{ReadingJson, ServerMsg};
 use crate::services::limits::{Limits, RetryAfter};
 use crate::store::{Store, StoreError, WriteBatch};
-use crate::vehicles::Vehicles;
+use crate::vehicles::{VehicleState, Vehicles};
 use lockstep_codec::seed::SeedState;
 
 /// Which wire form a body is in.
@@ -193,6 +193,10 @@ type Owners = std::collections::HashMap<(Arc<str>, u64), Option<String>>;
 
 /// Sessions whose owner is cached; beyond this the cache starts over.
 const OWNERS_CACHED: usize = 100_000;
+
+/// How often a request decodes again after another server instance advanced
+/// its session first; then it gets 503 with `Retry-After` (nothing stored).
+const STALE_RETRIES: u32 = 4;
 
 /// Seed timestamps before this (2000-01-01, Unix ms) are refused: seconds, or a broken clock.
 pub const SEED_TS_MIN: i64 = 946_684_800_000;
@@ -388,14 +392,35 @@ impl Inner {
             )));
         }
 
-        let handle = self.vehicles.get(&vin);
+        let mut attempt = 0;
+        loop {
+            match self.commit_seed(&vin, &reading, bytes.len()).await {
+                Err(IngestError::Store(StoreError::Stale(_))) if attempt < STALE_RETRIES => {
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// The seed reading decoded against the vehicle's predictor as stored,
+    /// committed with a compare-and-set on its version. `Stale`: another
+    /// server instance advanced the predictor first (then it is reloaded
+    /// and the caller decodes again).
+    async fn commit_seed(
+        &self,
+        vin: &Vin,
+        reading: &TelemetryReading,
+        body_len: usize,
+    ) -> Result<Ack, IngestError> {
+        let handle = self.vehicles.get(vin);
         let mut vehicle = handle.lock().await;
-        let seed = match vehicle.seed(&*self.store).await {
-            Ok(s) => s.clone(),
+        let (seed, version) = match vehicle.seed(&*self.store, self.writer.shared()).await {
+            Ok((s, v)) => (s.clone(), v),
             Err(e) => return Err(self.store_failed(e).await),
         };
         let mut next = seed.clone();
-        let rec = next.predictor.reconstruct(&reading);
+        let rec = next.predictor.reconstruct(reading);
         let mut values = vec![None; self.catalog.len()];
         let mut transmitted = 0u64;
         for (i, name) in lockstep_codec::seed::SEED_FIELDS.iter().enumerate() {
@@ -425,7 +450,7 @@ impl Inner {
                 Err(e) => Err(self.store_failed(e).await),
             };
         }
-        counters.bytes_received = bytes.len() as u64;
+        counters.bytes_received = body_len as u64;
         next.last_ts = Some(reading.timestamp);
         let row = TelemetryRow {
             vin: vehicle.vin.clone(),
@@ -446,13 +471,18 @@ impl Inner {
             session_id: SEED_SESSION,
             next_seq: reading.timestamp as u64,
             state: next.to_bytes(),
+            version,
         };
-        self.submit(vehicle.vin.clone(), vec![row], session, counters, events)
+        let vin = vehicle.vin.clone();
+        self.submit(&mut vehicle, vin, vec![row], session, counters, events)
             .await?;
-        vehicle.install_seed(SeedState {
-            predictor: next.predictor,
-            last_ts: next.last_ts,
-        });
+        vehicle.install_seed(
+            SeedState {
+                predictor: next.predictor,
+                last_ts: next.last_ts,
+            },
+            version + 1,
+        );
         Ok(Ack::new(&counters, None))
     }
 
@@ -486,23 +516,46 @@ impl Inner {
             "session_id",
             format_args!("{:016x}", cb.session_id()).to_string(),
         );
+        let mut attempt = 0;
+        loop {
+            match self.commit_batch(&cb, bytes.len(), sender).await {
+                Err(IngestError::Store(StoreError::Stale(_))) if attempt < STALE_RETRIES => {
+                    attempt += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// The batch decoded against its session's state as stored, committed
+    /// with a compare-and-set on its version (see [`Self::commit_seed`]).
+    async fn commit_batch(
+        &self,
+        cb: &CheckedBatch,
+        body_len: usize,
+        sender: &Principal,
+    ) -> Result<Ack, IngestError> {
+        let handle = self.vehicles.get(cb.vin());
+        let mut vehicle = handle.lock().await;
+        let vin = vehicle.vin.clone();
+        self.may_continue(sender, &vin, cb.session_id()).await?;
+        let (state, version) = match vehicle
+            .session(
+                &*self.store,
+                &self.catalog,
+                cb.session_id(),
+                self.writer.shared(),
+            )
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => return Err(self.store_failed(e).await),
+        };
         let batch_ack = |duplicate| BatchAck {
             session_id: format!("{:016x}", cb.session_id()),
             first_seq: cb.first_seq(),
             last_seq: cb.last_seq(),
             duplicate,
-        };
-
-        let handle = self.vehicles.get(cb.vin());
-        let mut vehicle = handle.lock().await;
-        let vin = vehicle.vin.clone();
-        self.may_continue(sender, &vin, cb.session_id()).await?;
-        let state = match vehicle
-            .session(&*self.store, &self.catalog, cb.session_id())
-            .await
-        {
-            Ok(s) => s,
-            Err(e) => return Err(self.store_failed(e).await),
         };
         let next_seq = state.map(|s| s.next_seq());
         let mut state = state;
@@ -562,7 +615,7 @@ impl Inner {
             BatchOutcome::Fresh { readings, state } => (readings, state),
         };
         let mut counters = Counters {
-            bytes_received: bytes.len() as u64,
+            bytes_received: body_len as u64,
             ..Counters::default()
         };
         let with_events = self.hub.has_clients();
@@ -592,9 +645,11 @@ impl Inner {
             session_id: cb.session_id(),
             next_seq: new_state.next_seq(),
             state: new_state.to_bytes(),
+            version,
         };
-        self.submit(vin, rows, session, counters, events).await?;
-        vehicle.install(cb.session_id(), new_state);
+        self.submit(&mut vehicle, vin, rows, session, counters, events)
+            .await?;
+        vehicle.install(cb.session_id(), new_state, version + 1);
         Ok(Ack::new(&counters, Some(batch_ack(false))))
     }
 
@@ -619,15 +674,22 @@ impl Inner {
         HubEvent::new(Some(row.vin.clone()), &msg)
     }
 
+    /// Commits through the writer. `Stale`: another server instance advanced
+    /// the session first, and the vehicle's cached state is forgotten (an
+    /// empty list: the batch was given up for another request's stale state,
+    /// this one's state stays); the caller decodes again.
     async fn submit(
         &self,
+        vehicle: &mut VehicleState,
         vin: Arc<str>,
         rows: Vec<TelemetryRow>,
         session: SessionRecord,
         counters: Counters,
         events: Vec<HubEvent>,
     ) -> Result<(), IngestError> {
-        self.writer
+        let session_id = session.session_id;
+        let r = self
+            .writer
             .submit(WriteRequest {
                 vin,
                 rows,
@@ -635,8 +697,15 @@ impl Inner {
                 counters,
                 events,
             })
-            .await
-            .map_err(IngestError::Store)
+            .await;
+        if let Err(StoreError::Stale(keys)) = &r {
+            self.metrics.stale_session(!keys.is_empty());
+            if !keys.is_empty() {
+                tracing::debug!("Another server instance advanced the session; decoding again.");
+                vehicle.forget(session_id);
+            }
+        }
+        r.map_err(IngestError::Store)
     }
 }
 

@@ -62,6 +62,18 @@ impl Store for Deadline {
         Box::pin(self.within("state load", self.inner.load_session(vin, session_id)))
     }
 
+    fn session_if_changed(
+        &self,
+        vin: Arc<str>,
+        session_id: u64,
+        known: Option<u64>,
+    ) -> BoxFut<'_, Result<super::SessionVersion, StoreError>> {
+        Box::pin(self.within(
+            "state version read",
+            self.inner.session_if_changed(vin, session_id, known),
+        ))
+    }
+
     fn recent(&self, limit: usize) -> BoxFut<'_, Result<Vec<TelemetryRow>, StoreError>> {
         Box::pin(self.within("history read", self.inner.recent(limit)))
     }

@@ -54,6 +54,12 @@ pub enum StoreError {
     /// The server is shutting down and the write path is closed.
     #[error("the store is closing: {0}")]
     Closed(String),
+    /// Another writer (another server instance on the same database) advanced
+    /// these sessions (VIN, session id) since their states were read: their
+    /// version no longer matches. Nothing of the batch was written; the
+    /// requests that carry them must reload the state and decode again.
+    #[error("{} session state(s) changed by another writer", .0.len())]
+    Stale(Vec<(Arc<str>, u64)>),
 }
 
 impl StoreError {
@@ -63,7 +69,10 @@ impl StoreError {
 
     /// True when retrying later may succeed (answered 503 + `Retry-After`).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable(_) | Self::Closed(_))
+        matches!(
+            self,
+            Self::Unavailable(_) | Self::Closed(_) | Self::Stale(_)
+        )
     }
 }
 
@@ -131,6 +140,16 @@ pub struct WriteBatch {
     pub resyncs: Vec<(Arc<str>, u64)>,
 }
 
+/// A session's stored version, with its state when the caller asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionVersion {
+    /// 0: no state stored; every commit of the session adds one.
+    pub version: u64,
+    /// The stored state, present only when `version` is not the caller's
+    /// known version (and is not 0).
+    pub state: Option<Vec<u8>>,
+}
+
 /// A vehicle as listed by `GET /api/vehicles`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct VehicleSummary {
@@ -169,6 +188,16 @@ pub trait Store: Send + Sync + 'static {
         vin: Arc<str>,
         session_id: u64,
     ) -> BoxFut<'_, Result<Option<Vec<u8>>, StoreError>>;
+    /// The session's stored version and, only when it differs from `known`
+    /// (`None`: nothing cached), its state: one primary-key read that
+    /// carries the state only when another writer changed it. Ingest calls
+    /// it before decoding against a cached state once other writers are seen.
+    fn session_if_changed(
+        &self,
+        vin: Arc<str>,
+        session_id: u64,
+        known: Option<u64>,
+    ) -> BoxFut<'_, Result<SessionVersion, StoreError>>;
     /// The latest `limit` readings, oldest first.
     /// How many readings of the session with `first <= seq <= last` are stored
     /// (ingest calls a batch a duplicate only if all of it is).

@@ -101,6 +101,11 @@ CREATE INDEX telemetry_vehicle_ts ON telemetry_data (vehicle_id, ts, session_id,
 -- The newest keyframe of a vehicle without scanning its rows.
 CREATE INDEX telemetry_vehicle_keyframe ON telemetry_data (vehicle_id, ts) WHERE keyframe;
 "#,
+    r#"
+-- One truth per session across server instances: every commit of a session's
+-- state adds one, as a compare-and-set on the version it was decoded against.
+ALTER TABLE sessions ADD COLUMN version BIGINT NOT NULL DEFAULT 1;
+"#,
 ];
 
 /// The statements that name the value columns, generated once from the catalog.
@@ -330,6 +335,7 @@ impl PgStore {
                     &sessions.next,
                     &sessions.state,
                     &now,
+                    &sessions.version,
                 ],
             )
             .await
@@ -346,7 +352,7 @@ impl PgStore {
             .await
         };
 
-        if small {
+        let sessions_written = if small {
             let rows = RowColumns::new(&b.rows, self.sql.channels);
             let insert_rows = async {
                 if b.rows.is_empty() {
@@ -364,13 +370,14 @@ impl PgStore {
                 tx.execute(&telemetry_st, &p).await
             };
             let vehicle_params: [&(dyn ToSql + Sync); 2] = [&vins, &seen];
-            futures_util::try_join!(
+            let (_, _, n, _) = futures_util::try_join!(
                 tx.execute(&vehicles_st, &vehicle_params),
                 insert_rows,
                 upsert_sessions,
                 upsert_stats,
             )
             .map_err(StoreError::from)?;
+            n
         } else {
             let ids: HashMap<String, i64> = tx
                 .query(&vehicles_st, &[&vins, &seen])
@@ -385,7 +392,15 @@ impl PgStore {
                 tx.rollback().await.map_err(StoreError::from)?;
                 return Ok(Copied::Duplicate);
             }
-            futures_util::try_join!(upsert_sessions, upsert_stats).map_err(StoreError::from)?;
+
+            futures_util::try_join!(upsert_sessions, upsert_stats)
+                .map_err(StoreError::from)?
+                .0
+        };
+        if sessions_written != b.sessions.len() as u64 {
+            // Another writer advanced a session: none of this batch is kept.
+            tx.rollback().await.map_err(StoreError::from)?;
+            return Err(StoreError::Stale(stale_sessions(&client, b).await?));
         }
         for p in &b.profiles {
             tx.execute(
@@ -466,13 +481,31 @@ const UPSERT_VEHICLES: &str = "INSERT INTO vehicles (vin, first_seen, last_seen)
      ON CONFLICT (vin) DO UPDATE SET last_seen = GREATEST(vehicles.last_seen, EXCLUDED.last_seen)
      RETURNING id, vin";
 
+/// The sessions' compare-and-set: ($6) the version each state was decoded
+/// against; a new row is stored as version 1, an existing one is replaced
+/// only if it still has that version (and gets one more). The affected-row
+/// count says whether every session was written (see [`stale_sessions`]).
 const UPSERT_SESSIONS: &str =
-    "INSERT INTO sessions (vehicle_id, session_id, next_seq, state, updated_at)
-     SELECT v.id, t.s, t.n, t.st, $5::int8
-     FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bytea[]) AS t(vin, s, n, st)
+    "INSERT INTO sessions (vehicle_id, session_id, next_seq, state, updated_at, version)
+     SELECT v.id, t.s, t.n, t.st, $5::int8, t.ver + 1
+     FROM unnest($1::text[], $2::int8[], $3::int8[], $4::bytea[], $6::int8[]) AS t(vin, s, n, st, ver)
      JOIN vehicles v ON v.vin = t.vin
      ON CONFLICT (vehicle_id, session_id) DO UPDATE SET
-       next_seq = EXCLUDED.next_seq, state = EXCLUDED.state, updated_at = EXCLUDED.updated_at";
+       next_seq = EXCLUDED.next_seq, state = EXCLUDED.state, updated_at = EXCLUDED.updated_at,
+       version = EXCLUDED.version
+     WHERE sessions.version = EXCLUDED.version - 1";
+
+/// The stored versions of ($1, $2) sessions, 0 for none (a failed
+/// compare-and-set only: finds which sessions another writer advanced).
+const SESSION_VERSIONS: &str = "SELECT t.vin, t.s, COALESCE(s.version, 0)
+     FROM unnest($1::text[], $2::int8[]) AS t(vin, s)
+     LEFT JOIN vehicles v ON v.vin = t.vin
+     LEFT JOIN sessions s ON s.vehicle_id = v.id AND s.session_id = t.s";
+
+/// A session's version and, when it is not the caller's ($3), its state.
+const SESSION_IF_CHANGED: &str =
+    "SELECT s.version, CASE WHEN s.version IS DISTINCT FROM $3::int8 THEN s.state END
+     FROM sessions s JOIN vehicles v ON v.id = s.vehicle_id WHERE v.vin = $1 AND s.session_id = $2";
 
 const UPSERT_STATS: &str = "INSERT INTO compression_stats (vehicle_id, day, readings, fields_total, fields_transmitted, fields_skipped, bytes_received)
      SELECT v.id, DATE '1970-01-01' + t.d, t.r, t.ft, t.fx, t.fs, t.b
@@ -484,6 +517,49 @@ const UPSERT_STATS: &str = "INSERT INTO compression_stats (vehicle_id, day, read
        fields_transmitted = compression_stats.fields_transmitted + EXCLUDED.fields_transmitted,
        fields_skipped = compression_stats.fields_skipped + EXCLUDED.fields_skipped,
        bytes_received = compression_stats.bytes_received + EXCLUDED.bytes_received";
+
+/// The sessions of `b` whose stored version is no longer the one they were
+/// decoded against (after a failed compare-and-set, outside its transaction:
+/// versions only grow, so a session found stale here was stale then).
+async fn stale_sessions(
+    client: &deadpool_postgres::Client,
+    b: &WriteBatch,
+) -> Result<Vec<(Arc<str>, u64)>, StoreError> {
+    let vins: Vec<&str> = b.sessions.iter().map(|s| &*s.vin).collect();
+    let ids: Vec<i64> = b
+        .sessions
+        .iter()
+        .map(|s| to_sql_u64(s.session_id))
+        .collect();
+    let st = client
+        .prepare_cached(SESSION_VERSIONS)
+        .await
+        .map_err(StoreError::from)?;
+    let rows = client
+        .query(&st, &[&vins, &ids])
+        .await
+        .map_err(StoreError::from)?;
+    let stored: HashMap<(String, i64), i64> = rows
+        .into_iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect();
+    let stale: Vec<(Arc<str>, u64)> = b
+        .sessions
+        .iter()
+        .filter(|s| {
+            stored.get(&(s.vin.to_string(), to_sql_u64(s.session_id))) != Some(&(s.version as i64))
+        })
+        .map(|s| (s.vin.clone(), s.session_id))
+        .collect();
+    if stale.is_empty() {
+        // The compare-and-set failed but every version matches now: a
+        // session row vanished and came back; let the caller retry.
+        return Err(StoreError::Unavailable(
+            "a session compare-and-set failed without a stale session".into(),
+        ));
+    }
+    Ok(stale)
+}
 
 /// Every row, session and statistic must name a vehicle of the batch: the
 /// statements find vehicles by VIN, and a missing one would drop data silently.
@@ -545,6 +621,8 @@ struct SessionColumns<'a> {
     session: Vec<i64>,
     next: Vec<i64>,
     state: Vec<&'a [u8]>,
+    /// The version each state was decoded against.
+    version: Vec<i64>,
 }
 
 impl<'a> SessionColumns<'a> {
@@ -558,6 +636,7 @@ impl<'a> SessionColumns<'a> {
                 .collect(),
             next: b.sessions.iter().map(|s| to_sql_u64(s.next_seq)).collect(),
             state: b.sessions.iter().map(|s| &s.state[..]).collect(),
+            version: b.sessions.iter().map(|s| s.version as i64).collect(),
         }
     }
 }
@@ -942,6 +1021,33 @@ impl Store for PgStore {
                 )
                 .await?;
             Ok(rows.first().map(|r| r.get(0)))
+        })
+    }
+
+    fn session_if_changed(
+        &self,
+        vin: Arc<str>,
+        session_id: u64,
+        known: Option<u64>,
+    ) -> BoxFut<'_, Result<super::SessionVersion, StoreError>> {
+        Box::pin(async move {
+            let known = known.map(|v| v as i64);
+            let rows = self
+                .query(
+                    SESSION_IF_CHANGED,
+                    &[&&*vin, &to_sql_u64(session_id), &known],
+                )
+                .await?;
+            Ok(rows
+                .first()
+                .map(|r| super::SessionVersion {
+                    version: r.get::<_, i64>(0) as u64,
+                    state: r.get(1),
+                })
+                .unwrap_or(super::SessionVersion {
+                    version: 0,
+                    state: None,
+                }))
         })
     }
 

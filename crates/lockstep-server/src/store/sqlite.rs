@@ -85,6 +85,11 @@ CREATE INDEX telemetry_vehicle_ts ON telemetry_data (vehicle_id, ts, session_id,
 -- The newest keyframe of a vehicle without scanning its rows.
 CREATE INDEX telemetry_vehicle_keyframe ON telemetry_data (vehicle_id, ts) WHERE keyframe;
 "#,
+    r#"
+-- One truth per session across server instances: every commit of a session's
+-- state adds one, as a compare-and-set on the version it was decoded against.
+ALTER TABLE sessions ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
+"#,
 ];
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
@@ -211,8 +216,9 @@ impl SqliteStore {
                 for job in rx {
                     match job {
                         Job::Commit(batch, reply) => {
-                            let r =
-                                commit(&mut conn, &writer_sql, &batch).map_err(StoreError::from);
+                            let r = commit(&mut conn, &writer_sql, &batch)
+                                .map_err(StoreError::from)
+                                .and_then(|r| r);
                             let _ = reply.send(r);
                         }
                         Job::Run(f) => f(&mut conn),
@@ -276,7 +282,13 @@ impl SqliteStore {
     }
 }
 
-fn commit(conn: &mut Connection, sql: &Sql, b: &WriteBatch) -> rusqlite::Result<()> {
+/// One transaction; `Ok(Err(Stale))` when a session's compare-and-set failed
+/// (then nothing was written).
+fn commit(
+    conn: &mut Connection,
+    sql: &Sql,
+    b: &WriteBatch,
+) -> rusqlite::Result<Result<(), StoreError>> {
     let tx = conn.transaction()?;
     let mut ids = std::collections::HashMap::with_capacity(b.vehicles.len());
     {
@@ -316,20 +328,34 @@ fn commit(conn: &mut Connection, sql: &Sql, b: &WriteBatch) -> rusqlite::Result<
         }
     }
     {
+        // Compare-and-set: a new row is version 1; an existing one is replaced
+        // only if it still has the version the state was decoded against.
         let mut st = tx.prepare_cached(
-            "INSERT INTO sessions (vehicle_id, session_id, next_seq, state, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO sessions (vehicle_id, session_id, next_seq, state, updated_at, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6 + 1)
              ON CONFLICT (vehicle_id, session_id) DO UPDATE SET
-               next_seq = excluded.next_seq, state = excluded.state, updated_at = excluded.updated_at",
+               next_seq = excluded.next_seq, state = excluded.state, updated_at = excluded.updated_at,
+               version = excluded.version
+             WHERE sessions.version = excluded.version - 1",
         )?;
         let now = crate::model::now_ms();
+        let mut stale = Vec::new();
         for s in &b.sessions {
-            st.execute(params![
+            let n = st.execute(params![
                 id_of(&s.vin)?,
                 to_sql_u64(s.session_id),
                 to_sql_u64(s.next_seq),
                 s.state,
-                now
+                now,
+                s.version as i64
             ])?;
+            if n == 0 {
+                stale.push((s.vin.clone(), s.session_id));
+            }
+        }
+        if !stale.is_empty() {
+            // Another writer (another server on this file) advanced them:
+            // nothing of the batch is kept (dropping `tx` rolls back).
+            return Ok(Err(StoreError::Stale(stale)));
         }
     }
     {
@@ -378,7 +404,7 @@ fn commit(conn: &mut Connection, sql: &Sql, b: &WriteBatch) -> rusqlite::Result<
             st.execute(params![&**vin, *n as i64])?;
         }
     }
-    tx.commit()
+    tx.commit().map(Ok)
 }
 
 /// Takes a sink's lease (?1 sink, ?2 holder, ?3 now, ?4 ttl) if it is free,
@@ -443,6 +469,29 @@ impl Store for SqliteStore {
             c.prepare_cached("SELECT s.state FROM sessions s JOIN vehicles v ON v.id = s.vehicle_id WHERE v.vin = ?1 AND s.session_id = ?2")?
                 .query_row(params![&*vin, to_sql_u64(session_id)], |r| r.get(0))
                 .optional()
+        }))
+    }
+
+    fn session_if_changed(
+        &self,
+        vin: Arc<str>,
+        session_id: u64,
+        known: Option<u64>,
+    ) -> BoxFut<'_, Result<super::SessionVersion, StoreError>> {
+        Box::pin(self.read(move |c| {
+            let known = known.map(|v| v as i64);
+            Ok(c.prepare_cached("SELECT s.version, CASE WHEN s.version IS ?3 THEN NULL ELSE s.state END FROM sessions s JOIN vehicles v ON v.id = s.vehicle_id WHERE v.vin = ?1 AND s.session_id = ?2")?
+                .query_row(params![&*vin, to_sql_u64(session_id), known], |r| {
+                    Ok(super::SessionVersion {
+                        version: r.get::<_, i64>(0)? as u64,
+                        state: r.get(1)?,
+                    })
+                })
+                .optional()?
+                .unwrap_or(super::SessionVersion {
+                    version: 0,
+                    state: None,
+                }))
         }))
     }
 

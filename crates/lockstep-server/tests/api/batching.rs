@@ -53,6 +53,14 @@ impl Store for Instrumented {
     ) -> BoxFut<'_, Result<Option<Vec<u8>>, StoreError>> {
         self.inner.load_session(vin, session_id)
     }
+    fn session_if_changed(
+        &self,
+        vin: Arc<str>,
+        session_id: u64,
+        known: Option<u64>,
+    ) -> BoxFut<'_, Result<store::SessionVersion, StoreError>> {
+        self.inner.session_if_changed(vin, session_id, known)
+    }
     fn stored_count(
         &self,
         vin: Arc<str>,

@@ -12,6 +12,7 @@ mod cli;
 mod graphql;
 mod history;
 mod ingest;
+mod instances;
 mod limits;
 mod logger;
 mod metrics;
