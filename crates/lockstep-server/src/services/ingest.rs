@@ -539,13 +539,9 @@ impl Inner {
         let mut vehicle = handle.lock().await;
         let vin = vehicle.vin.clone();
         self.may_continue(sender, &vin, cb.session_id()).await?;
+        let checked = self.writer.shared();
         let (state, version) = match vehicle
-            .session(
-                &*self.store,
-                &self.catalog,
-                cb.session_id(),
-                self.writer.shared(),
-            )
+            .session(&*self.store, &self.catalog, cb.session_id(), checked)
             .await
         {
             Ok(s) => s,
@@ -598,6 +594,26 @@ impl Inner {
         let outcome = match cb.decode(&self.catalog, state) {
             Ok(o) => o,
             Err(e) => {
+                if !checked {
+                    // Decoded against a cached state without asking the store:
+                    // if another instance moved the session on, the batch only
+                    // looks like a gap. Ask before refusing.
+                    let now = match vehicle
+                        .session(&*self.store, &self.catalog, cb.session_id(), true)
+                        .await
+                    {
+                        Ok((_, v)) => v,
+                        Err(e) => return Err(self.store_failed(e).await),
+                    };
+                    if now != version {
+                        self.writer.mark_shared();
+                        self.metrics.stale_session(true);
+                        return Err(IngestError::Store(StoreError::Stale(vec![(
+                            vin,
+                            cb.session_id(),
+                        )])));
+                    }
+                }
                 let e = IngestError::from_decode(e, next_seq);
                 if let IngestError::Resync { kind, .. } = &e {
                     self.metrics.resync(kind);
