@@ -24,6 +24,12 @@ if [[ ! -x /usr/bin/chromium ]]; then
     fail "could not install chromium (apt-get install -y chromium, as root); the browser test needs it."
 fi
 /usr/bin/chromium --version >/dev/null 2>&1 || fail "/usr/bin/chromium does not run."
+if [[ ! -x /usr/sbin/nginx ]]; then
+  echo "/usr/sbin/nginx is missing; installing Debian's nginx"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; } ||
+    fail "could not install nginx (apt-get install -y nginx, as root); the cluster tests put it in front of three servers."
+fi
+/usr/sbin/nginx -v >/dev/null 2>&1 || fail "/usr/sbin/nginx does not run."
 command -v node >/dev/null && command -v npm >/dev/null || fail "Node >= 20.19 with npm is not installed."
 node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' ||
   fail "Node $(node --version) is too old: dashboard/package.json needs >= 20.19."

@@ -12,11 +12,14 @@
 //! - [`cpp_edge`]: the C++ example edge on the codec's C ABI: conformance
 //!   vectors from C++, a Twizy trip across server and edge SIGKILLs;
 //! - [`outage`]: PostgreSQL cut off behind a proxy mid-replay: 503s, backoff, catch-up;
+//! - [`cluster`]: three instances on one PostgreSQL behind a real nginx (both wire
+//!   forms, one instance SIGKILLed), and the edge's failover between two servers;
 //! - [`headline`]: the README's compression headline on the recorded Twizy trips.
 
 mod harness;
 
 mod chaos;
+mod cluster;
 mod cpp_edge;
 mod headline;
 mod logger;
