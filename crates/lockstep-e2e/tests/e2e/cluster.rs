@@ -83,21 +83,24 @@ http {{
             .spawn()
             .expect("spawn nginx");
         let mut n = Nginx { port, dir, child };
-        let base = n.base();
+        let url = format!("{}/status", n.base());
         let http = reqwest::Client::new();
-        eventually(Duration::from_secs(10), "nginx answers", || async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
             if let Some(st) = n.child.try_wait().unwrap() {
                 panic!("nginx exited ({st}): {}", n.log());
             }
-            http.get(format!("{base}/status"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-                .map(|_| ())
-        })
-        .await;
-        n
+            let up = http.get(&url).send().await;
+            if up.is_ok_and(|r| r.status().is_success()) {
+                return n;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nginx did not answer within 10 s: {}",
+                n.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn base(&self) -> String {
