@@ -88,7 +88,11 @@ impl From<rusqlite::Error> for StoreError {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        let text = e.to_string();
+        // `Display` of a server error says only "db error"; the message is in the source.
+        let text = match e.as_db_error() {
+            Some(d) => format!("{e}: {}", d.message()),
+            None => e.to_string(),
+        };
         match e.code().map(|c| c.code()) {
             // Class 23: integrity constraint violation.
             Some(c) if c.starts_with("23") => Self::Conflict(text),

@@ -30,6 +30,12 @@ use crate::model::{civil_date, parse_civil_date};
 const MAINTENANCE_LOCK: &str = "SELECT pg_advisory_xact_lock(7311209)";
 /// How long a step waits for a table lock before giving up until the next run.
 const LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '2s'";
+/// Attaching or dropping a partition adds or removes its foreign key, which
+/// locks `vehicles`; a commit locks `vehicles` (its upsert) before the
+/// partitions. Taking `vehicles` first here too keeps the order the same,
+/// so the two cannot deadlock (a commit waits for the step, at most the
+/// lock timeout, instead).
+const LOCK_VEHICLES: &str = "LOCK TABLE vehicles IN SHARE ROW EXCLUSIVE MODE";
 /// Day partitions are made for timestamps in [1970-01-01, 10000-01-01); the
 /// default partition keeps the rest.
 const LAST_TS: i64 = 253_402_300_800_000;
@@ -74,7 +80,7 @@ pub(super) async fn maintain(pool: &Pool, m: Maintenance) -> Result<MaintenanceR
         for &day in existing.iter().filter(|&&d| d + DAY_MS <= cutoff) {
             let tx = client.transaction().await.map_err(StoreError::from)?;
             tx.batch_execute(&format!(
-                "{MAINTENANCE_LOCK}; {LOCK_TIMEOUT}; DROP TABLE IF EXISTS {}",
+                "{MAINTENANCE_LOCK}; {LOCK_TIMEOUT}; {LOCK_VEHICLES}; DROP TABLE IF EXISTS {}",
                 partition_name(day)
             ))
             .await
@@ -142,7 +148,8 @@ pub(super) async fn maintain(pool: &Pool, m: Maintenance) -> Result<MaintenanceR
         // ATTACH checks the default partition holds no row of the day: lock
         // it first, so no such row can arrive between the move and the check.
         tx.batch_execute(&format!(
-            "LOCK TABLE telemetry_default IN ACCESS EXCLUSIVE MODE;
+            "{LOCK_VEHICLES};
+             LOCK TABLE telemetry_default IN ACCESS EXCLUSIVE MODE;
              CREATE TABLE {name} (LIKE telemetry_data INCLUDING DEFAULTS)"
         ))
         .await
