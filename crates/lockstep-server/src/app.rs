@@ -18,9 +18,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::actors::health::Health;
-use crate::actors::maintenance::Maintainer;
 use crate::actors::hub::{Hub, Level};
 use crate::actors::logger::{LoggerConfig, Supervisor};
+use crate::actors::maintenance::Maintainer;
 use crate::actors::sinks::{self, SinkContext};
 use crate::actors::stats::{self, StatsBook};
 use crate::actors::writer::Writer;

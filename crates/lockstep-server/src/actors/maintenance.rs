@@ -68,7 +68,9 @@ impl Maintainer {
                     rollup_deleted = r.rollup_deleted,
                     "Storage maintenance done."
                 ),
-                Err(e) => tracing::warn!(error = %e, "Storage maintenance failed; it runs again at the next tick."),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Storage maintenance failed; it runs again at the next tick.")
+                }
             }
         }
     }

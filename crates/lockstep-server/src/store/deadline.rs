@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    BoxFut, Bucket, DayStats, HistoryQuery, Maintenance, MaintenanceReport, SinkLease, Store, StoreError, StoreKind, VehicleDetail,
-    VehiclePage, VehicleSummary, VehicleTotals, WriteBatch,
+    BoxFut, Bucket, DayStats, HistoryQuery, Maintenance, MaintenanceReport, SinkLease, Store,
+    StoreError, StoreKind, VehicleDetail, VehiclePage, VehicleSummary, VehicleTotals, WriteBatch,
 };
 use crate::model::TelemetryRow;
 

@@ -8,7 +8,8 @@
 //! 1. retention: drops the day partitions wholly before the cutoff, deletes
 //!    older rows from the default partition and older rollup minutes;
 //! 2. for each day held by the default partition and each day from today to
-//!    `days_ahead`, creates the day's partition in one short transaction:
+//!    `days_ahead`, creates the day's partition in one short transaction
+//!    that locks the table (milliseconds: ingest waits, then goes on):
 //!    `CREATE TABLE … (LIKE telemetry_data)`, the day's rows moved out of the
 //!    default partition (ids unchanged, so sinks' cursors stay valid),
 //!    `ATTACH PARTITION`. Readers see the rows before or after the move,
@@ -145,11 +146,14 @@ pub(super) async fn maintain(pool: &Pool, m: Maintenance) -> Result<MaintenanceR
         if exists {
             continue;
         }
-        // ATTACH checks the default partition holds no row of the day: lock
-        // it first, so no such row can arrive between the move and the check.
+        // The whole table, briefly: ATTACH alone locks the parent less, so a
+        // query planned just before it would look for the moved rows in the
+        // default partition only and miss them; with the lock it waits and
+        // plans with the new partition. It also keeps rows of the day from
+        // arriving in the default partition between the move and the ATTACH.
         tx.batch_execute(&format!(
             "{LOCK_VEHICLES};
-             LOCK TABLE telemetry_default IN ACCESS EXCLUSIVE MODE;
+             LOCK TABLE telemetry_data IN ACCESS EXCLUSIVE MODE;
              CREATE TABLE {name} (LIKE telemetry_data INCLUDING DEFAULTS)"
         ))
         .await

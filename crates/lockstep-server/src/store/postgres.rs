@@ -353,14 +353,15 @@ impl PgStore {
             .map_err(StoreError::from)?;
         let small = b.rows.len() <= SMALL_BATCH && into == CopyInto::Table;
         // Prepared once per connection, then taken from its cache.
-        let (vehicles_st, telemetry_st, sessions_st, stats_st, rollup_st) = futures_util::try_join!(
-            tx.prepare_cached(UPSERT_VEHICLES),
-            tx.prepare_cached(&self.sql.insert_telemetry),
-            tx.prepare_cached(UPSERT_SESSIONS),
-            tx.prepare_cached(UPSERT_STATS),
-            tx.prepare_cached(&self.sql.upsert_rollup),
-        )
-        .map_err(StoreError::from)?;
+        let (vehicles_st, telemetry_st, sessions_st, stats_st, rollup_st) =
+            futures_util::try_join!(
+                tx.prepare_cached(UPSERT_VEHICLES),
+                tx.prepare_cached(&self.sql.insert_telemetry),
+                tx.prepare_cached(UPSERT_SESSIONS),
+                tx.prepare_cached(UPSERT_STATS),
+                tx.prepare_cached(&self.sql.upsert_rollup),
+            )
+            .map_err(StoreError::from)?;
         let channels = self.sql.channels;
 
         let vins: Vec<&str> = b.vehicles.iter().map(|(v, _)| &**v).collect();
@@ -927,7 +928,10 @@ async fn rollup_upkeep(
     }
     if tx.query_one(rollup::NEEDS_REBUILD, &[]).await?.get(0) {
         let n = tx.execute(&rollup::rebuild(cols), &[]).await?;
-        tracing::info!(minutes = n, "Filled telemetry_rollup from the stored readings.");
+        tracing::info!(
+            minutes = n,
+            "Filled telemetry_rollup from the stored readings."
+        );
     }
     Ok(())
 }

@@ -236,9 +236,7 @@ pub fn rebuild(cols: &SignalColumns) -> String {
         .names()
         .iter()
         .map(|n| {
-            format!(
-                "MIN(t.\"{n}\"), MAX(t.\"{n}\"), COALESCE(SUM(t.\"{n}\"), 0), COUNT(t.\"{n}\")"
-            )
+            format!("MIN(t.\"{n}\"), MAX(t.\"{n}\"), COALESCE(SUM(t.\"{n}\"), 0), COUNT(t.\"{n}\")")
         })
         .collect::<Vec<_>>()
         .join(", ");
@@ -252,7 +250,8 @@ pub fn rebuild(cols: &SignalColumns) -> String {
 }
 
 /// True if the rollup is empty while readings are stored: it must be rebuilt.
-pub const NEEDS_REBUILD: &str = "SELECT NOT EXISTS (SELECT 1 FROM telemetry_rollup) AND EXISTS (SELECT 1 FROM telemetry_data)";
+pub const NEEDS_REBUILD: &str =
+    "SELECT NOT EXISTS (SELECT 1 FROM telemetry_rollup) AND EXISTS (SELECT 1 FROM telemetry_data)";
 
 #[cfg(test)]
 mod tests {

@@ -14,9 +14,9 @@ use tokio::sync::oneshot;
 use super::query::{Dialect, ReadSql, bucket_signals, use_rollup};
 use super::rollup::{self, MinuteRollup};
 use super::{
-    BoxFut, Bucket, DayStats, HistoryQuery, Maintenance, MaintenanceReport, SignalColumns, SinkLease, Store, StoreError, StoreKind,
-    VehicleDetail, VehiclePage, VehicleSummary, VehicleTotals, WriteBatch, from_sql_u64,
-    to_sql_u64,
+    BoxFut, Bucket, DayStats, HistoryQuery, Maintenance, MaintenanceReport, SignalColumns,
+    SinkLease, Store, StoreError, StoreKind, VehicleDetail, VehiclePage, VehicleSummary,
+    VehicleTotals, WriteBatch, from_sql_u64, to_sql_u64,
 };
 use crate::model::{Counters, TelemetryRow, civil_date};
 
@@ -197,7 +197,10 @@ fn rollup_upkeep(conn: &Connection, cols: &SignalColumns) -> rusqlite::Result<()
     }
     if conn.query_row(rollup::NEEDS_REBUILD, [], |r| r.get::<_, bool>(0))? {
         let n = conn.execute(&rollup::rebuild(cols), [])?;
-        tracing::info!(minutes = n, "Filled telemetry_rollup from the stored readings.");
+        tracing::info!(
+            minutes = n,
+            "Filled telemetry_rollup from the stored readings."
+        );
     }
     Ok(())
 }
@@ -765,15 +768,26 @@ impl Store for SqliteStore {
                 .await?;
             for (id, vin) in vehicles {
                 for (sql, key, counter) in [
-                    (DELETE_OLD_ROWS, rusqlite::types::Value::Integer(id), &mut report.rows_deleted),
-                    (DELETE_OLD_MINUTES, rusqlite::types::Value::Text(vin), &mut report.rollup_deleted),
+                    (
+                        DELETE_OLD_ROWS,
+                        rusqlite::types::Value::Integer(id),
+                        &mut report.rows_deleted,
+                    ),
+                    (
+                        DELETE_OLD_MINUTES,
+                        rusqlite::types::Value::Text(vin),
+                        &mut report.rollup_deleted,
+                    ),
                 ] {
                     loop {
                         let key = key.clone();
                         let n = self
                             .write(move |c| {
-                                c.prepare_cached(sql)?
-                                    .execute(params![key, cutoff, RETENTION_BATCH as i64])
+                                c.prepare_cached(sql)?.execute(params![
+                                    key,
+                                    cutoff,
+                                    RETENTION_BATCH as i64
+                                ])
                             })
                             .await?;
                         *counter += n as u64;

@@ -124,7 +124,11 @@ async fn retention_removes_only_the_old_days(backend: Backend) {
         .await
         .expect("maintenance");
     assert_eq!(
-        (first.partitions_dropped, first.rows_deleted, first.rollup_deleted),
+        (
+            first.partitions_dropped,
+            first.rows_deleted,
+            first.rollup_deleted
+        ),
         (0, 0, 0)
     );
     assert_eq!(db.count("SELECT COUNT(*) FROM telemetry_data").await, 450);
@@ -143,7 +147,11 @@ async fn retention_removes_only_the_old_days(backend: Backend) {
     };
     if backend == Backend::Postgres {
         let names = partitions(db.clone()).await;
-        for day in ["telemetry_20251015", "telemetry_20251114", "telemetry_20251124"] {
+        for day in [
+            "telemetry_20251015",
+            "telemetry_20251114",
+            "telemetry_20251124",
+        ] {
             assert!(names.iter().any(|n| n == day), "{day} in {names:?}");
         }
         assert_eq!(
@@ -167,15 +175,20 @@ async fn retention_removes_only_the_old_days(backend: Backend) {
         Backend::Postgres => {
             assert_eq!((second.partitions_dropped, second.rows_deleted), (1, 0));
             let names = partitions(db.clone()).await;
-            assert!(!names.iter().any(|n| n == "telemetry_20251015"), "{names:?}");
+            assert!(
+                !names.iter().any(|n| n == "telemetry_20251015"),
+                "{names:?}"
+            );
             assert!(names.iter().any(|n| n == "telemetry_20251114"), "{names:?}");
         }
         Backend::Sqlite => assert_eq!(second.rows_deleted, 150),
     }
     let cutoff = days[0] + DAY;
     assert_eq!(
-        db.count(&format!("SELECT COUNT(*) FROM telemetry_data WHERE ts < {cutoff}"))
-            .await,
+        db.count(&format!(
+            "SELECT COUNT(*) FROM telemetry_data WHERE ts < {cutoff}"
+        ))
+        .await,
         0
     );
     assert_eq!(db.count("SELECT COUNT(*) FROM telemetry_data").await, 300);
@@ -186,7 +199,10 @@ async fn retention_removes_only_the_old_days(backend: Backend) {
         .await,
         0
     );
-    assert_eq!(db.count("SELECT SUM(count) FROM telemetry_rollup").await, 300);
+    assert_eq!(
+        db.count("SELECT SUM(count) FROM telemetry_rollup").await,
+        300
+    );
     drop(store);
 
     // The server reads what is left, and takes new readings.
@@ -206,7 +222,10 @@ async fn retention_removes_only_the_old_days(backend: Backend) {
     }
     app.post_readings(&mut encoder(&a, 39), 0..10, T0 + 600_000)
         .await;
-    assert_eq!(app.db.count("SELECT COUNT(*) FROM telemetry_data").await, 310);
+    assert_eq!(
+        app.db.count("SELECT COUNT(*) FROM telemetry_data").await,
+        310
+    );
 }
 
 both_stores!(
@@ -262,7 +281,9 @@ async fn partitioning_migration_keeps_every_row() {
         .iter()
         .map(|s| format!("\"{}\"", s.name))
         .collect();
-    let values: Vec<String> = (0..names.len()).map(|i| format!("g * {}.5", i + 1)).collect();
+    let values: Vec<String> = (0..names.len())
+        .map(|i| format!("g * {}.5", i + 1))
+        .collect();
     db.query(&format!(
         "INSERT INTO vehicles (vin, first_seen, last_seen) VALUES ('{a}', {T0}, {T0}), ('{b}', {T0}, {T0});
          -- vehicle 1, session 5: one reading every 7 minutes over four days
@@ -324,12 +345,16 @@ async fn partitioning_migration_keeps_every_row() {
         seen += body["readings"].as_array().unwrap().len();
         match body["next_cursor"].as_str() {
             Some(c) => {
-                next = format!("/api/vehicles/{a}/telemetry?from={from}&to={to}&limit=300&cursor={c}")
+                next =
+                    format!("/api/vehicles/{a}/telemetry?from={from}&to={to}&limit=300&cursor={c}")
             }
             None => break,
         }
     }
-    let stored_a = before.iter().filter(|r| r[1].as_deref() == Some("1")).count();
+    let stored_a = before
+        .iter()
+        .filter(|r| r[1].as_deref() == Some("1"))
+        .count();
     assert_eq!(seen, stored_a);
     // Bucket queries from the rollup agree with the raw rows.
     let rolled = app
@@ -348,7 +373,11 @@ async fn partitioning_migration_keeps_every_row() {
     assert_eq!(rolled["buckets"], raw["buckets"]);
 
     // New readings: ids above the migrated ones, stored once even if resent.
-    let max_before: i64 = before.last().unwrap()[0].as_deref().unwrap().parse().unwrap();
+    let max_before: i64 = before.last().unwrap()[0]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
     let mut enc = encoder(&a, 77);
     let again = batch(&mut enc, 0..20, T0);
     for _ in 0..2 {
