@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::actors::health::Health;
 use crate::actors::hub::{Hub, Level};
 use crate::actors::logger::{LoggerConfig, Supervisor};
+use crate::actors::maintenance::Maintainer;
 use crate::actors::sinks::{self, SinkContext};
 use crate::actors::stats::{self, StatsBook};
 use crate::actors::writer::Writer;
@@ -191,6 +192,14 @@ impl App {
             limits
                 .clone()
                 .run_housekeeping(Duration::from_secs(60), background.clone()),
+        );
+        tokio::spawn(
+            Maintainer::new(
+                store.clone(),
+                Duration::from_secs(settings.maintenance_s),
+                settings.retention_days,
+            )
+            .run(background.clone()),
         );
         let writer_stop = CancellationToken::new();
         let writer_task = tokio::spawn(writer.run(writer_stop.clone()));

@@ -204,6 +204,29 @@ pub struct Settings {
     )]
     pub pg_pool: usize,
 
+    /// Whole UTC days of readings kept before today's; older readings and
+    /// rollup minutes are removed by the maintenance task (PostgreSQL: whole
+    /// day partitions dropped; SQLite: deleted in small batches). Unset:
+    /// keep everything.
+    #[arg(
+        help_heading = "Store",
+        long,
+        env = "LOCKSTEP_RETENTION_DAYS",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub retention_days: Option<u32>,
+
+    /// Seconds between two runs of the storage maintenance (PostgreSQL day
+    /// partitions created ahead, the retention); it also runs at start.
+    #[arg(
+        help_heading = "Store",
+        long,
+        env = "LOCKSTEP_MAINTENANCE_S",
+        default_value_t = 3600,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub maintenance_s: u64,
+
     /// Seconds a client should wait after a 503 (`Retry-After`).
     #[arg(
         help_heading = "Store",

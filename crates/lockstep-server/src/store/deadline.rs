@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    BoxFut, Bucket, DayStats, HistoryQuery, SinkLease, Store, StoreError, StoreKind, VehicleDetail,
-    VehiclePage, VehicleSummary, VehicleTotals, WriteBatch,
+    BoxFut, Bucket, DayStats, HistoryQuery, Maintenance, MaintenanceReport, SinkLease, Store,
+    StoreError, StoreKind, VehicleDetail, VehiclePage, VehicleSummary, VehicleTotals, WriteBatch,
 };
 use crate::model::TelemetryRow;
 
@@ -164,5 +164,12 @@ impl Store for Deadline {
         position: i64,
     ) -> BoxFut<'_, Result<bool, StoreError>> {
         Box::pin(self.within("sink cursor", self.inner.advance_sink(lease, position)))
+    }
+
+    // No deadline around the whole run: it is background work made of many
+    // short transactions (each bounded by the store's own lock timeout), and
+    // abandoning it midway only rolls back the step in progress.
+    fn maintain(&self, policy: Maintenance) -> BoxFut<'_, Result<MaintenanceReport, StoreError>> {
+        self.inner.maintain(policy)
     }
 }

@@ -21,9 +21,11 @@ use crate::model::{Counters, SessionRecord, Signals, TelemetryRow};
 use crate::settings::StoreConfig;
 
 pub mod deadline;
+pub mod pg_partitions;
 pub mod pg_tls;
 pub mod postgres;
 pub mod query;
+pub mod rollup;
 pub mod sqlite;
 
 pub use query::{
@@ -95,7 +97,11 @@ impl From<rusqlite::Error> for StoreError {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> Self {
-        let text = e.to_string();
+        // `Display` of a server error says only "db error"; the message is in the source.
+        let text = match e.as_db_error() {
+            Some(d) => format!("{e}: {}", d.message()),
+            None => e.to_string(),
+        };
         match e.code().map(|c| c.code()) {
             // Class 23: integrity constraint violation.
             Some(c) if c.starts_with("23") => Self::Conflict(text),
@@ -267,6 +273,49 @@ pub trait Store: Send + Sync + 'static {
     /// holds it; `false` when another holder took the sink over.
     fn advance_sink(&self, lease: SinkLease, position: i64)
     -> BoxFut<'_, Result<bool, StoreError>>;
+
+    /// Storage upkeep (`actors::maintenance`): PostgreSQL creates the day
+    /// partitions of `telemetry_data` ahead and moves rows that landed in
+    /// the default partition into their day's; with a retention, both stores
+    /// remove readings (and rollup minutes) older than its cutoff.
+    fn maintain(&self, policy: Maintenance) -> BoxFut<'_, Result<MaintenanceReport, StoreError>>;
+}
+
+/// What one maintenance run is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Maintenance {
+    /// The present, Unix ms.
+    pub now_ms: i64,
+    /// Keep the readings of the last this many whole UTC days before today's
+    /// (`LOCKSTEP_RETENTION_DAYS`); `None` = keep everything.
+    pub retention_days: Option<u32>,
+    /// PostgreSQL: day partitions exist from today to this many days ahead.
+    pub days_ahead: u32,
+}
+
+pub const DAY_MS: i64 = 86_400_000;
+
+impl Maintenance {
+    /// Readings with `ts` below this are removed; a UTC day start.
+    pub fn cutoff_ms(&self) -> Option<i64> {
+        self.retention_days
+            .map(|d| self.now_ms - self.now_ms.rem_euclid(DAY_MS) - i64::from(d) * DAY_MS)
+    }
+}
+
+/// What a maintenance run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MaintenanceReport {
+    /// Day partitions created (PostgreSQL).
+    pub partitions_created: u64,
+    /// Rows moved from the default partition into their day's (PostgreSQL).
+    pub rows_moved: u64,
+    /// Day partitions dropped by the retention (PostgreSQL).
+    pub partitions_dropped: u64,
+    /// Rows deleted one by one by the retention (SQLite; PostgreSQL's default partition).
+    pub rows_deleted: u64,
+    /// Rollup minutes deleted by the retention.
+    pub rollup_deleted: u64,
 }
 
 /// Who asks for which sink's lease, and for how long.

@@ -28,10 +28,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::query::{Dialect, ReadSql, bucket_signals, use_rollup};
+use super::rollup::{self, MinuteRollup, RollupColumns};
 use super::{
-    BoxFut, Bucket, DayStats, HistoryQuery, SignalColumns, SinkLease, Store, StoreError, StoreKind,
-    VehicleDetail, VehiclePage, VehicleSummary, VehicleTotals, WriteBatch, from_sql_u64,
-    to_sql_u64,
+    BoxFut, Bucket, DayStats, HistoryQuery, Maintenance, MaintenanceReport, SignalColumns,
+    SinkLease, Store, StoreError, StoreKind, VehicleDetail, VehiclePage, VehicleSummary,
+    VehicleTotals, WriteBatch, from_sql_u64, to_sql_u64,
 };
 use crate::model::{Counters, TelemetryRow};
 
@@ -106,6 +107,45 @@ CREATE INDEX telemetry_vehicle_keyframe ON telemetry_data (vehicle_id, ts) WHERE
 -- state adds one, as a compare-and-set on the version it was decoded against.
 ALTER TABLE sessions ADD COLUMN version BIGINT NOT NULL DEFAULT 1;
 "#,
+    r#"
+-- telemetry_data partitioned by the UTC day of `ts` (docs/partitions.md).
+-- Every row is copied with its id; the maintenance task creates the days
+-- ahead and moves rows that land in the default partition into their day's.
+-- A unique index of a partitioned table must hold the partition key, so the
+-- duplicate check is on (vehicle, session, seq, ts): a retried reading has
+-- the same ts, and the seed form's seq is its ts.
+ALTER TABLE telemetry_data RENAME TO telemetry_unpartitioned;
+CREATE TABLE telemetry_data (LIKE telemetry_unpartitioned INCLUDING DEFAULTS INCLUDING IDENTITY)
+    PARTITION BY RANGE (ts);
+CREATE TABLE telemetry_default PARTITION OF telemetry_data DEFAULT;
+DO $$
+DECLARE d BIGINT;
+BEGIN
+    FOR d IN SELECT DISTINCT ts - ts % 86400000 FROM telemetry_unpartitioned
+             WHERE ts >= 0 AND ts < 253402300800000 LOOP
+        EXECUTE format('CREATE TABLE %I PARTITION OF telemetry_data FOR VALUES FROM (%s) TO (%s)',
+            'telemetry_' || to_char(to_timestamp(d / 1000) AT TIME ZONE 'UTC', 'YYYYMMDD'),
+            d, d + 86400000);
+    END LOOP;
+END $$;
+INSERT INTO telemetry_data OVERRIDING SYSTEM VALUE SELECT * FROM telemetry_unpartitioned ORDER BY id;
+SELECT setval(pg_get_serial_sequence('telemetry_data', 'id'),
+              COALESCE((SELECT MAX(id) FROM telemetry_unpartitioned), 0) + 1, false);
+DROP TABLE telemetry_unpartitioned;
+ALTER TABLE telemetry_data ADD FOREIGN KEY (vehicle_id) REFERENCES vehicles (id);
+ALTER TABLE telemetry_data ADD CONSTRAINT telemetry_dedupe UNIQUE (vehicle_id, session_id, seq, ts);
+-- Downstream sinks read in id order (no longer a primary key: it would have to hold ts).
+CREATE INDEX telemetry_id ON telemetry_data (id);
+CREATE INDEX telemetry_vehicle_ts ON telemetry_data (vehicle_id, ts, session_id, seq);
+CREATE INDEX telemetry_vehicle_keyframe ON telemetry_data (vehicle_id, ts) WHERE keyframe;
+-- Per vehicle and minute (store::rollup), filled from the rows after the migrations.
+CREATE TABLE telemetry_rollup (
+    vehicle_vin  TEXT NOT NULL,
+    minute       BIGINT NOT NULL,  -- Unix ms of the minute start
+    count        BIGINT NOT NULL,
+{rollup_columns}    PRIMARY KEY (vehicle_vin, minute)
+);
+"#,
 ];
 
 /// The statements that name the value columns, generated once from the catalog.
@@ -117,6 +157,8 @@ struct Sql {
     insert_telemetry: String,
     recent: String,
     readings_after: String,
+    /// One `telemetry_rollup` upsert per commit ([`rollup::pg_upsert`]).
+    upsert_rollup: String,
 }
 
 impl Sql {
@@ -139,7 +181,7 @@ impl Sql {
           WITH ORDINALITY AS t(vin, s, q, ts, {names}, m, k, ord)
      JOIN vehicles v ON v.vin = t.vin
      ORDER BY t.ord
-     ON CONFLICT (vehicle_id, session_id, seq) DO NOTHING",
+     ON CONFLICT (vehicle_id, session_id, seq, ts) DO NOTHING",
             vals = value_names
                 .iter()
                 .map(|c| format!("t.{c}"))
@@ -164,6 +206,7 @@ impl Sql {
         );
         Self {
             readings_after,
+            upsert_rollup: rollup::pg_upsert(cols),
             channels: n,
             copy_columns,
             copy_types,
@@ -254,7 +297,10 @@ impl PgStore {
             .get(0);
         let original = applied == 0 && original::set_aside(&tx).await?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(applied as usize) {
-            tx.batch_execute(&sql.replace("{signal_columns}", &cols.ddl("DOUBLE PRECISION")))
+            let sql = sql
+                .replace("{signal_columns}", &cols.ddl("DOUBLE PRECISION"))
+                .replace("{rollup_columns}", &rollup::ddl(cols, Dialect::Postgres));
+            tx.batch_execute(&sql)
                 .await
                 .with_context(|| format!("migration {}", i + 1))?;
             tx.execute(
@@ -267,6 +313,7 @@ impl PgStore {
         if original {
             original::import(&tx, cols).await?;
         }
+        rollup_upkeep(&tx, cols).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -277,17 +324,20 @@ impl PgStore {
     /// Large batches load their rows with binary COPY (see [`SMALL_BATCH`]),
     /// straight into the table; if a row is already there, once more through
     /// the staging table (see [`CopyInto`]).
+    /// The rollup of the rows is upserted in the same transaction (one
+    /// statement, see [`rollup`]); a small batch with a row already stored
+    /// takes the staging path too, which tells which rows were inserted.
     async fn commit_batch(&self, b: WriteBatch) -> Result<(), StoreError> {
         check_vins(&b)?;
         match self.commit_with(&b, CopyInto::Table).await? {
-            Copied::Stored => Ok(()),
+            Copied::Stored | Copied::Only(_) => Ok(()),
             Copied::Duplicate => {
                 tracing::warn!(
                     rows = b.rows.len(),
                     "a row of the batch is already stored; redoing the batch through the staging table"
                 );
                 match self.commit_with(&b, CopyInto::Staging).await? {
-                    Copied::Stored => Ok(()),
+                    Copied::Stored | Copied::Only(_) => Ok(()),
                     Copied::Duplicate => Err(StoreError::Conflict(
                         "the staging path reported a duplicate".into(),
                     )),
@@ -306,15 +356,18 @@ impl PgStore {
         tx.batch_execute(COMMIT_ORDER_LOCK)
             .await
             .map_err(StoreError::from)?;
-        let small = b.rows.len() <= SMALL_BATCH;
+        let small = b.rows.len() <= SMALL_BATCH && into == CopyInto::Table;
         // Prepared once per connection, then taken from its cache.
-        let (vehicles_st, telemetry_st, sessions_st, stats_st) = futures_util::try_join!(
-            tx.prepare_cached(UPSERT_VEHICLES),
-            tx.prepare_cached(&self.sql.insert_telemetry),
-            tx.prepare_cached(UPSERT_SESSIONS),
-            tx.prepare_cached(UPSERT_STATS),
-        )
-        .map_err(StoreError::from)?;
+        let (vehicles_st, telemetry_st, sessions_st, stats_st, rollup_st) =
+            futures_util::try_join!(
+                tx.prepare_cached(UPSERT_VEHICLES),
+                tx.prepare_cached(&self.sql.insert_telemetry),
+                tx.prepare_cached(UPSERT_SESSIONS),
+                tx.prepare_cached(UPSERT_STATS),
+                tx.prepare_cached(&self.sql.upsert_rollup),
+            )
+            .map_err(StoreError::from)?;
+        let channels = self.sql.channels;
 
         let vins: Vec<&str> = b.vehicles.iter().map(|(v, _)| &**v).collect();
         let seen: Vec<i64> = b.vehicles.iter().map(|(_, s)| *s).collect();
@@ -370,13 +423,21 @@ impl PgStore {
                 tx.execute(&telemetry_st, &p).await
             };
             let vehicle_params: [&(dyn ToSql + Sync); 2] = [&vins, &seen];
-            let (_, _, n, _) = futures_util::try_join!(
+            // Sent in the same pipeline: if a row turns out to be stored
+            // already, the transaction is rolled back and redone.
+            let minutes = rollup::aggregate(&b.rows, channels);
+            let (_, inserted, n, _, _) = futures_util::try_join!(
                 tx.execute(&vehicles_st, &vehicle_params),
                 insert_rows,
                 upsert_sessions,
                 upsert_stats,
+                upsert_rollup(&tx, &rollup_st, &minutes, channels),
             )
             .map_err(StoreError::from)?;
+            if inserted != b.rows.len() as u64 {
+                tx.rollback().await.map_err(StoreError::from)?;
+                return Ok(Copied::Duplicate);
+            }
             n
         } else {
             let ids: HashMap<String, i64> = tx
@@ -386,16 +447,33 @@ impl PgStore {
                 .into_iter()
                 .map(|r| (r.get(1), r.get(0)))
                 .collect();
-            if copy_rows(&tx, &self.sql, &b.rows, &ids, into).await? == Copied::Duplicate {
-                // The upserts were never polled; they only borrow `tx`.
-                drop((upsert_sessions, upsert_stats));
-                tx.rollback().await.map_err(StoreError::from)?;
-                return Ok(Copied::Duplicate);
-            }
-
-            futures_util::try_join!(upsert_sessions, upsert_stats)
-                .map_err(StoreError::from)?
-                .0
+            let minutes = match copy_rows(&tx, &self.sql, &b.rows, &ids, into).await? {
+                Copied::Duplicate => {
+                    // The upserts were never polled; they only borrow `tx`.
+                    drop((upsert_sessions, upsert_stats));
+                    tx.rollback().await.map_err(StoreError::from)?;
+                    return Ok(Copied::Duplicate);
+                }
+                Copied::Stored => rollup::aggregate(&b.rows, channels),
+                Copied::Only(keys) => rollup::aggregate(
+                    b.rows.iter().filter(|r| {
+                        keys.contains(&(
+                            ids.get(&*r.vin).copied().unwrap_or_default(),
+                            to_sql_u64(r.session_id),
+                            to_sql_u64(r.seq),
+                            r.ts_ms,
+                        ))
+                    }),
+                    channels,
+                ),
+            };
+            futures_util::try_join!(
+                upsert_sessions,
+                upsert_stats,
+                upsert_rollup(&tx, &rollup_st, &minutes, channels)
+            )
+            .map_err(StoreError::from)?
+            .0
         };
         if sessions_written != b.sessions.len() as u64 {
             // Another writer advanced a session: none of this batch is kept.
@@ -449,6 +527,30 @@ impl PgStore {
             .first()
             .map(|r| r.get(0)))
     }
+}
+
+/// The rollup of a commit's rows: one statement ([`rollup::pg_upsert`]).
+async fn upsert_rollup(
+    tx: &deadpool_postgres::Transaction<'_>,
+    st: &tokio_postgres::Statement,
+    minutes: &[MinuteRollup],
+    channels: usize,
+) -> Result<u64, tokio_postgres::Error> {
+    if minutes.is_empty() {
+        return Ok(0);
+    }
+    let c = RollupColumns::new(minutes, channels);
+    let mut p: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(3 + 4 * channels);
+    p.extend([&c.vin as &(dyn ToSql + Sync), &c.minute, &c.count]);
+    for i in 0..channels {
+        p.extend([
+            &c.min[i] as &(dyn ToSql + Sync),
+            &c.max[i],
+            &c.sum[i],
+            &c.n[i],
+        ]);
+    }
+    tx.execute(st, &p).await
 }
 
 /// Taken by every commit before it inserts, held until it ends. An identity
@@ -881,12 +983,49 @@ async fn add_signal_columns(
     Ok(())
 }
 
-/// What a COPY attempt did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Adds the rollup's columns of new catalog signals, and fills the rollup if
+/// it is empty while rows are stored (right after its migration, or after
+/// the original server's rows were imported).
+async fn rollup_upkeep(
+    tx: &deadpool_postgres::Transaction<'_>,
+    cols: &SignalColumns,
+) -> anyhow::Result<()> {
+    let existing: Vec<String> = tx
+        .query(
+            "SELECT column_name::text FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = 'telemetry_rollup'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for alter in rollup::add_missing(cols, &existing, Dialect::Postgres) {
+        tx.batch_execute(&alter).await?;
+    }
+    if tx.query_one(rollup::NEEDS_REBUILD, &[]).await?.get(0) {
+        let n = tx.execute(&rollup::rebuild(cols), &[]).await?;
+        tracing::info!(
+            minutes = n,
+            "Filled telemetry_rollup from the stored readings."
+        );
+    }
+    Ok(())
+}
+
+/// (vehicle id, session, seq, ts) of a stored row: its unique key.
+type RowKey = (i64, i64, i64, i64);
+
+/// What an insert attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Copied {
+    /// Every row of the batch was inserted.
     Stored,
+    /// [`CopyInto::Staging`]: only these rows were inserted, the others were
+    /// already stored.
+    Only(std::collections::HashSet<RowKey>),
     /// [`CopyInto::Table`] met a row already stored; the transaction is
-    /// aborted and must be rolled back.
+    /// aborted or must be rolled back.
     Duplicate,
 }
 
@@ -928,13 +1067,21 @@ async fn copy_rows(
         Err(e) => return Err(e.into()),
     }
     if into == CopyInto::Staging {
-        tx.batch_execute(&format!(
+        let insert = format!(
             "INSERT INTO telemetry_data ({c}) SELECT {c} FROM telemetry_staging
-             ON CONFLICT (vehicle_id, session_id, seq) DO NOTHING",
+             ON CONFLICT (vehicle_id, session_id, seq, ts) DO NOTHING
+             RETURNING vehicle_id, session_id, seq, ts",
             c = sql.copy_columns
-        ))
-        .await
-        .map_err(StoreError::from)?;
+        );
+        // The rows really inserted, for the rollup.
+        let keys = tx
+            .query(&insert, &[])
+            .await
+            .map_err(StoreError::from)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .collect();
+        return Ok(Copied::Only(keys));
     }
     Ok(Copied::Stored)
 }
@@ -1325,6 +1472,10 @@ impl Store for PgStore {
             Ok(n == 1)
         })
     }
+
+    fn maintain(&self, policy: Maintenance) -> BoxFut<'_, Result<MaintenanceReport, StoreError>> {
+        Box::pin(super::pg_partitions::maintain(&self.pool, policy))
+    }
 }
 
 #[cfg(test)]
@@ -1419,6 +1570,34 @@ mod tests {
                 Some(1300.0),
                 "from the 2nd batch"
             );
+            // The rollup counts each stored row once, with the stored values.
+            let r = &store
+                .query(
+                    "SELECT (SELECT SUM(count)::int8 FROM telemetry_rollup),
+                            (SELECT SUM(speed_n)::int8 FROM telemetry_rollup),
+                            (SELECT SUM(speed_sum) FROM telemetry_rollup),
+                            (SELECT SUM(speed) FROM telemetry_data),
+                            (SELECT MAX(speed_max) FROM telemetry_rollup)",
+                    &[],
+                )
+                .await
+                .expect("query")[0];
+            assert_eq!(r.get::<_, i64>(0), 600, "rollup count");
+            assert_eq!(r.get::<_, i64>(1), 600, "rollup values");
+            assert_eq!(r.get::<_, f64>(2), r.get::<_, f64>(3), "rollup sum");
+            assert_eq!(r.get::<_, f64>(4), 1599.0, "rollup max");
+            // A small batch with a stored row (the pipelined insert) is redone
+            // through the staging path: the rollup counts only the new row.
+            store
+                .commit_batch(batch(&vin, 598..601, 3000.0))
+                .await
+                .expect("small overlapping batch");
+            let n: i64 = store
+                .query("SELECT SUM(count)::int8 FROM telemetry_rollup", &[])
+                .await
+                .expect("query")[0]
+                .get(0);
+            assert_eq!(n, 601, "rollup count after the small batch");
             // The connections are usable after the rollback.
             store.ping().await.expect("ping");
         })

@@ -12,10 +12,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::query::{Dialect, ReadSql, bucket_signals, use_rollup};
+use super::rollup::{self, MinuteRollup};
 use super::{
-    BoxFut, Bucket, DayStats, HistoryQuery, SignalColumns, SinkLease, Store, StoreError, StoreKind,
-    VehicleDetail, VehiclePage, VehicleSummary, VehicleTotals, WriteBatch, from_sql_u64,
-    to_sql_u64,
+    BoxFut, Bucket, DayStats, HistoryQuery, Maintenance, MaintenanceReport, SignalColumns,
+    SinkLease, Store, StoreError, StoreKind, VehicleDetail, VehiclePage, VehicleSummary,
+    VehicleTotals, WriteBatch, from_sql_u64, to_sql_u64,
 };
 use crate::model::{Counters, TelemetryRow, civil_date};
 
@@ -90,6 +91,15 @@ CREATE INDEX telemetry_vehicle_keyframe ON telemetry_data (vehicle_id, ts) WHERE
 -- state adds one, as a compare-and-set on the version it was decoded against.
 ALTER TABLE sessions ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
 "#,
+    r#"
+-- Per vehicle and minute (store::rollup), filled from the rows after the migrations.
+CREATE TABLE telemetry_rollup (
+    vehicle_vin  TEXT NOT NULL,
+    minute       INTEGER NOT NULL,  -- Unix ms of the minute start
+    count        INTEGER NOT NULL,
+{rollup_columns}    PRIMARY KEY (vehicle_vin, minute)
+);
+"#,
 ];
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
@@ -117,6 +127,8 @@ struct Sql {
     insert_telemetry: String,
     recent: String,
     readings_after: String,
+    /// One (vehicle, minute) of `telemetry_rollup` ([`rollup::sqlite_upsert`]).
+    upsert_rollup: String,
 }
 
 impl Sql {
@@ -125,6 +137,7 @@ impl Sql {
         let params: Vec<String> = (1..=n + 6).map(|i| format!("?{i}")).collect();
         Self {
             channels: n,
+            upsert_rollup: rollup::sqlite_upsert(cols),
             insert_telemetry: format!(
                 "INSERT OR IGNORE INTO telemetry_data
                  (vehicle_id, session_id, seq, ts, {}, transmitted_mask, keyframe)
@@ -165,12 +178,36 @@ fn migrate(conn: &mut Connection, cols: &SignalColumns) -> rusqlite::Result<()> 
     let tx = conn.transaction()?;
     if version < MIGRATIONS.len() {
         for sql in &MIGRATIONS[version..] {
-            tx.execute_batch(&sql.replace("{signal_columns}", &cols.ddl("REAL")))?;
+            tx.execute_batch(
+                &sql.replace("{signal_columns}", &cols.ddl("REAL"))
+                    .replace("{rollup_columns}", &rollup::ddl(cols, Dialect::Sqlite)),
+            )?;
         }
         tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
     }
     add_signal_columns(&tx, cols)?;
+    rollup_upkeep(&tx, cols)?;
     tx.commit()
+}
+
+/// Adds the rollup's columns of new catalog signals, and fills the rollup if
+/// it is empty while rows are stored (right after its migration).
+fn rollup_upkeep(conn: &Connection, cols: &SignalColumns) -> rusqlite::Result<()> {
+    let existing: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('telemetry_rollup')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for alter in rollup::add_missing(cols, &existing, Dialect::Sqlite) {
+        conn.execute_batch(&alter)?;
+    }
+    if conn.query_row(rollup::NEEDS_REBUILD, [], |r| r.get::<_, bool>(0))? {
+        let n = conn.execute(&rollup::rebuild(cols), [])?;
+        tracing::info!(
+            minutes = n,
+            "Filled telemetry_rollup from the stored readings."
+        );
+    }
+    Ok(())
 }
 
 /// Adds a column for each catalog signal the table does not have yet.
@@ -307,6 +344,8 @@ fn commit(
             rusqlite::Error::InvalidParameterName(format!("vehicle {vin} missing from the batch"))
         })
     };
+    // The rows really inserted (not ignored as already stored), for the rollup.
+    let mut inserted: Vec<&TelemetryRow> = Vec::with_capacity(b.rows.len());
     {
         let mut st = tx.prepare_cached(&sql.insert_telemetry)?;
         let mut values: Vec<Option<f64>> = vec![None; sql.channels];
@@ -324,9 +363,12 @@ fn commit(
             p.extend([&vid as &dyn rusqlite::ToSql, &sid, &seq, &r.ts_ms]);
             p.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
             p.extend([&mask as &dyn rusqlite::ToSql, &r.keyframe]);
-            st.execute(p.as_slice())?;
+            if st.execute(p.as_slice())? == 1 {
+                inserted.push(r);
+            }
         }
     }
+    upsert_rollup(&tx, sql, &rollup::aggregate(inserted, sql.channels))?;
     {
         // Compare-and-set: a new row is version 1; an existing one is replaced
         // only if it still has the version the state was decoded against.
@@ -405,6 +447,26 @@ fn commit(
         }
     }
     tx.commit().map(Ok)
+}
+
+/// The rollup of a commit's rows, one upsert per (vehicle, minute).
+fn upsert_rollup(conn: &Connection, sql: &Sql, minutes: &[MinuteRollup]) -> rusqlite::Result<()> {
+    let mut st = conn.prepare_cached(&sql.upsert_rollup)?;
+    for m in minutes {
+        let mut p: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(3 + 4 * sql.channels);
+        let vin: &str = &m.vin;
+        p.extend([&vin as &dyn rusqlite::ToSql, &m.minute, &m.count]);
+        for c in 0..sql.channels {
+            p.extend([
+                &m.min[c] as &dyn rusqlite::ToSql,
+                &m.max[c],
+                &m.sum[c],
+                &m.n[c],
+            ]);
+        }
+        st.execute(p.as_slice())?;
+    }
+    Ok(())
 }
 
 /// Takes a sink's lease (?1 sink, ?2 holder, ?3 now, ?4 ttl) if it is free,
@@ -736,4 +798,71 @@ impl Store for SqliteStore {
             .map(|n| n == 1)
         }))
     }
+
+    /// Retention only (no partitions here): per vehicle, oldest first, at
+    /// most [`RETENTION_BATCH`] rows per transaction on the writer thread,
+    /// so the commits queued meanwhile go in between.
+    fn maintain(&self, m: Maintenance) -> BoxFut<'_, Result<MaintenanceReport, StoreError>> {
+        Box::pin(async move {
+            let mut report = MaintenanceReport::default();
+            let Some(cutoff) = m.cutoff_ms() else {
+                return Ok(report);
+            };
+            let vehicles: Vec<(i64, String)> = self
+                .read(|c| {
+                    c.prepare("SELECT id, vin FROM vehicles")?
+                        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect()
+                })
+                .await?;
+            for (id, vin) in vehicles {
+                for (sql, key, counter) in [
+                    (
+                        DELETE_OLD_ROWS,
+                        rusqlite::types::Value::Integer(id),
+                        &mut report.rows_deleted,
+                    ),
+                    (
+                        DELETE_OLD_MINUTES,
+                        rusqlite::types::Value::Text(vin),
+                        &mut report.rollup_deleted,
+                    ),
+                ] {
+                    loop {
+                        let key = key.clone();
+                        let n = self
+                            .write(move |c| {
+                                c.prepare_cached(sql)?.execute(params![
+                                    key,
+                                    cutoff,
+                                    RETENTION_BATCH as i64
+                                ])
+                            })
+                            .await?;
+                        *counter += n as u64;
+                        if n < RETENTION_BATCH {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }
+            Ok(report)
+        })
+    }
 }
+
+/// Rows deleted per retention transaction (SQLite).
+const RETENTION_BATCH: usize = 2_000;
+
+/// ?1 vehicle id, ?2 cutoff, ?3 batch. Through the (vehicle_id, ts) index,
+/// oldest first. The newest row of the table is never deleted: SQLite would
+/// then reuse ids, and a sink's cursor would skip the new rows.
+const DELETE_OLD_ROWS: &str = "DELETE FROM telemetry_data WHERE id IN (
+     SELECT id FROM telemetry_data WHERE vehicle_id = ?1 AND ts < ?2
+       AND id < (SELECT MAX(id) FROM telemetry_data)
+     ORDER BY ts LIMIT ?3)";
+
+/// ?1 VIN, ?2 cutoff, ?3 batch.
+const DELETE_OLD_MINUTES: &str = "DELETE FROM telemetry_rollup WHERE rowid IN (
+     SELECT rowid FROM telemetry_rollup WHERE vehicle_vin = ?1 AND minute < ?2 LIMIT ?3)";

@@ -142,6 +142,12 @@ impl Store for Instrumented {
     ) -> BoxFut<'_, Result<bool, StoreError>> {
         self.inner.advance_sink(lease, position)
     }
+    fn maintain(
+        &self,
+        policy: lockstep_server::store::Maintenance,
+    ) -> BoxFut<'_, Result<lockstep_server::store::MaintenanceReport, StoreError>> {
+        self.inner.maintain(policy)
+    }
 }
 
 async fn instrumented_app(backend: Backend) -> (TestApp, Arc<Instrumented>) {

@@ -245,31 +245,20 @@ async fn bad_history_requests_are_refused(backend: Backend) {
     }
 }
 
-/// When `telemetry_rollup` exists, whole-minute steps over whole-minute
-/// ranges read it (here it holds a row unlike the raw data, to tell the
-/// sources apart); other steps still aggregate the raw rows.
-async fn minute_steps_read_the_rollup_when_it_exists(backend: Backend) {
-    let db = std::sync::Arc::new(TestDb::new(backend).await);
-    let cat = catalog();
-    let mut ddl = String::from(
-        "CREATE TABLE telemetry_rollup (vehicle_vin TEXT NOT NULL, minute BIGINT NOT NULL, count BIGINT NOT NULL",
-    );
-    for s in cat.signals() {
-        let n = &s.name;
-        ddl += &format!(
-            ", {n}_min DOUBLE PRECISION, {n}_max DOUBLE PRECISION, {n}_sum DOUBLE PRECISION, {n}_n BIGINT NOT NULL DEFAULT 0"
-        );
-    }
-    ddl += ", PRIMARY KEY (vehicle_vin, minute))";
-    db.query(&ddl).await;
+/// Whole-minute steps over whole-minute ranges read `telemetry_rollup`
+/// (here one of its rows is altered after ingest, to tell the sources
+/// apart); other steps still aggregate the raw rows.
+async fn minute_steps_read_the_rollup(backend: Backend) {
+    let app = spawn_app(backend).await;
     let a = vin(37);
-    db.query(&format!(
-        "INSERT INTO telemetry_rollup (vehicle_vin, minute, count, speed_min, speed_max, speed_sum, speed_n)
-         VALUES ('{a}', {T0}, 999, 1.0, 2.0, 30.0, 10)"
-    ))
-    .await;
-    let app = spawn_app_with(db, &[]).await;
     app.post_readings(&mut encoder(&a, 4), 0..60, T0).await;
+    app.db
+        .query(&format!(
+            "UPDATE telemetry_rollup SET count = 999, speed_min = 1.0, speed_max = 2.0, speed_sum = 30.0, speed_n = 10,
+                    battery_min = NULL, battery_max = NULL, battery_sum = 0, battery_n = 0
+             WHERE vehicle_vin = '{a}' AND minute = {T0}"
+        ))
+        .await;
     let path = format!("/api/vehicles/{a}/telemetry?from={T0}&to={}", T0 + 60_000);
     let rolled = app.ok_json(&format!("{path}&step=60000")).await;
     let b = &rolled["buckets"][0];
@@ -285,7 +274,7 @@ async fn minute_steps_read_the_rollup_when_it_exists(backend: Backend) {
 }
 
 both_stores!(
-    minute_steps_read_the_rollup_when_it_exists,
+    minute_steps_read_the_rollup,
     pages_cover_the_range_once_under_concurrent_inserts,
     buckets_match_the_raw_readings,
     csv_export_has_every_reading,

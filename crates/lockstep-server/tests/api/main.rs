@@ -22,6 +22,7 @@ mod security;
 mod shutdown;
 mod sinks;
 mod status;
+mod storage;
 mod store_down;
 mod tls;
 mod vehicles;
