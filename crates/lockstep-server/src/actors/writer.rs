@@ -227,7 +227,8 @@ impl Writer {
             self.metrics.readings(1, 0, per_form[1]);
             self.metrics.fields(&fields);
             self.stats.add(stats.iter().map(|(vin, c)| (&**vin, c)));
-            self.hub.publish_all(events);
+            self.hub
+                .publish_committed(events, stats.iter().map(|(vin, c)| (&**vin, c)));
             self.commits.send_modify(|n| *n += 1);
         }
     }

@@ -8,6 +8,7 @@ mod helpers;
 mod bad_input;
 mod batching;
 mod catalog;
+mod cluster;
 mod cli;
 mod graphql;
 mod history;
