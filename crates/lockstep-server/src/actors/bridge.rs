@@ -186,10 +186,7 @@ impl BridgeHandle {
     /// become a `gap`, events go to the hub, statistics to the book.
     fn receive(&self, frame: &[u8], hub: &Hub, stats: &StatsBook) {
         let mut lines = frame.split(|b| *b == b'\n');
-        let Some(Ok(h)) = lines
-            .next()
-            .map(serde_json::from_slice::<FrameHeader>)
-        else {
+        let Some(Ok(h)) = lines.next().map(serde_json::from_slice::<FrameHeader>) else {
             tracing::warn!("A malformed frame on the Redis channel was ignored.");
             return;
         };
@@ -393,7 +390,13 @@ impl Bridge {
             stats,
             store,
         } = self;
-        let publisher = publish(client.clone(), handle.clone(), rx, hub.clone(), stop.clone());
+        let publisher = publish(
+            client.clone(),
+            handle.clone(),
+            rx,
+            hub.clone(),
+            stop.clone(),
+        );
         let subscriber = subscribe(client, handle, hub, stats, store, stop);
         tokio::join!(publisher, subscriber);
     }
@@ -497,8 +500,7 @@ async fn publish(
             for f in &frames {
                 pipe.cmd("PUBLISH").arg(&channel).arg(f.as_slice()).ignore();
             }
-            let sent =
-                tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
+            let sent = tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
             let n = frames.len() as u64;
             frames.clear();
             match sent {

@@ -27,8 +27,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{Notify, broadcast};
 
-pub use crate::protocol::Level;
 use crate::model::Counters;
+pub use crate::protocol::Level;
 use crate::protocol::{GapReason, ServerMsg};
 
 /// `log` messages kept for clients that connect later.

@@ -94,11 +94,12 @@ impl ClusterLogger {
         if let Some(c) = &*c {
             return Ok(c.clone());
         }
-        let fresh = tokio::time::timeout(CALL_TIMEOUT, self.client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| {
-                redis::RedisError::from((redis::ErrorKind::Io, "connect timed out"))
-            })??;
+        let fresh =
+            tokio::time::timeout(CALL_TIMEOUT, self.client.get_multiplexed_async_connection())
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from((redis::ErrorKind::Io, "connect timed out"))
+                })??;
         *c = Some(fresh.clone());
         Ok(fresh)
     }
@@ -127,7 +128,11 @@ impl ClusterLogger {
     }
 
     async fn take_lease(&self) -> R<bool> {
-        let (key, me, ms) = (self.lease_key.clone(), self.instance.clone(), self.lease_ms());
+        let (key, me, ms) = (
+            self.lease_key.clone(),
+            self.instance.clone(),
+            self.lease_ms(),
+        );
         self.call(|mut c| async move {
             let ok: Option<String> = redis::cmd("SET")
                 .arg(&key)
@@ -143,7 +148,11 @@ impl ClusterLogger {
     }
 
     async fn renew_lease(&self) -> R<bool> {
-        let (key, me, ms) = (self.lease_key.clone(), self.instance.clone(), self.lease_ms());
+        let (key, me, ms) = (
+            self.lease_key.clone(),
+            self.instance.clone(),
+            self.lease_ms(),
+        );
         self.call(|mut c| async move {
             let n: i64 = redis::Script::new(RENEW)
                 .key(&key)
@@ -182,7 +191,10 @@ impl ClusterLogger {
     /// Writes the holder's status for every instance.
     async fn publish_status(&self, s: &LoggerStatus) {
         *self.cached.lock().unwrap_or_else(|p| p.into_inner()) = Some(s.clone());
-        let (key, text) = (self.status_key.clone(), serde_json::to_string(s).unwrap_or_default());
+        let (key, text) = (
+            self.status_key.clone(),
+            serde_json::to_string(s).unwrap_or_default(),
+        );
         if let Err(e) = self
             .call(|mut c| async move { c.set::<_, _, ()>(&key, &text).await })
             .await
@@ -346,7 +358,9 @@ impl ClusterLogger {
             };
             if !held || want.is_none() {
                 if !held {
-                    tracing::warn!("Another instance holds the logger lease; stopping this one's logger.");
+                    tracing::warn!(
+                        "Another instance holds the logger lease; stopping this one's logger."
+                    );
                 }
                 local.stop_local().await;
                 if held {

@@ -163,7 +163,11 @@ async fn redis_outage_degrades_then_recovers() {
     let (mut ea, mut eb) = (encoder(&va, 1), encoder(&vb, 2));
     a.post_readings(&mut ea, 0..10, t0).await;
     let (got, _) = readings(&mut ws_b, 10).await;
-    assert_eq!(got[va.as_str()].len(), 10, "across instances before the outage");
+    assert_eq!(
+        got[va.as_str()].len(),
+        10,
+        "across instances before the outage"
+    );
 
     tokio::task::block_in_place(|| redis.kill());
     // Ingest goes on at both (post_readings asserts 200).
@@ -203,7 +207,10 @@ async fn redis_outage_degrades_then_recovers() {
             seen.push(m["data"]["seq"].as_u64().unwrap());
         }
     }
-    assert_eq!(seen, expected, "a's readings after the outage reach b's client");
+    assert_eq!(
+        seen, expected,
+        "a's readings after the outage reach b's client"
+    );
     // Statistics: the store's (reloaded after the outage) plus what came since.
     let stored = db.count("SELECT COUNT(*) FROM telemetry_data").await;
     assert_eq!(stored, 50);
@@ -293,7 +300,11 @@ async fn one_logger_for_the_cluster() {
     );
     for app in [&a, &b] {
         let st = app.get_json("/logger/status").await;
-        assert_eq!((st["running"].as_bool(), st["pid"].as_u64()), (Some(false), None), "{st}");
+        assert_eq!(
+            (st["running"].as_bool(), st["pid"].as_u64()),
+            (Some(false), None),
+            "{st}"
+        );
     }
     assert!(
         !std::path::Path::new(&format!("/proc/{pid}")).exists()
@@ -338,6 +349,85 @@ async fn the_logger_moves_when_its_instance_goes() {
     let cmdline = std::fs::read(format!("/proc/{new_pid}/cmdline")).unwrap();
     assert!(
         String::from_utf8_lossy(&cmdline).contains("--vehicles\u{0}2"),
+        "same options on the new holder"
+    );
+    let (code, body) = post(&b, "/logger/stop", None).await;
+    assert_eq!((code, body["status"].clone()), (200, json!("stopped")));
+}
+
+/// The holder is SIGKILLed (a real server process): its lease expires and the
+/// other instance starts the logger with the same options.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_holder_loses_the_logger_to_another_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = script(dir.path(), POLITE);
+    let db = Arc::new(TestDb::new(Backend::Postgres).await);
+    let p = prefix();
+    let lease = ["--logger-lease-ms", "1000", "--logger-grace-ms", "500"];
+    // The holder: the real binary, so that it can be killed outright.
+    let port = lockstep_testkit::free_port();
+    let data = tempfile::tempdir().unwrap();
+    let mut holder = tokio::process::Command::new(env!("CARGO_BIN_EXE_lockstep-server"))
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--database-url", &db.url(), "--enable-supabase", "false"])
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--redis-url", SHARED_REDIS, "--redis-prefix", &p])
+        .arg("--edge-bin")
+        .arg(&bin)
+        .args(lease)
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}");
+    eventually(WAIT, "the holder's bridge to connect", || async {
+        let s: Value = http
+            .get(format!("{url}/status"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (s["cluster"]["redis_connected"] == true).then_some(())
+    })
+    .await;
+    let mut args = vec!["--edge-bin", bin.to_str().unwrap()];
+    args.extend_from_slice(&lease);
+    let b = instance(&db, SHARED_REDIS, &p, &args).await;
+    bridged(&b).await;
+
+    let resp = http
+        .post(format!("{url}/logger/start"))
+        .json(&json!({"vehicles": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let pid = resp.json::<Value>().await.unwrap()["pid"].as_u64().unwrap();
+    eventually(WAIT, "b to see the holder's logger", || async {
+        (b.get_json("/logger/status").await["pid"].as_u64() == Some(pid)).then_some(())
+    })
+    .await;
+
+    holder.kill().await.unwrap();
+    // The stand-in child ignores --exit-with-parent: end its group ourselves.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &format!("-{pid}")])
+        .status();
+    let st = eventually(WAIT, "b to take the logger over", || async {
+        let st = b.get_json("/logger/status").await;
+        (st["running"] == true && st["pid"].as_u64().is_some_and(|p| p != pid)).then_some(st)
+    })
+    .await;
+    let new_pid = st["pid"].as_u64().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{new_pid}/cmdline")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("--vehicles\u{0}3"),
         "same options on the new holder"
     );
     let (code, body) = post(&b, "/logger/stop", None).await;
