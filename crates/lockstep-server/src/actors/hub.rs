@@ -856,6 +856,54 @@ mod tests {
         assert!(hub.routes().filtered.is_empty());
     }
 
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Relay for Recorder {
+        fn events(&self, events: &[&HubEvent]) {
+            let mut r = self.0.lock().unwrap();
+            r.extend(events.iter().map(|e| e.text.as_str().to_owned()));
+        }
+        fn stats(&self, _: &[(&str, &Counters)]) {}
+    }
+
+    fn reading(vin: &str, session: u64, seq: u64) -> HubEvent {
+        HubEvent {
+            order: Some((session, seq)),
+            shared: true,
+            ..ev(Some(vin), &format!("{vin}{seq}"))
+        }
+    }
+
+    #[tokio::test]
+    async fn with_a_relay_readings_are_ordered_per_vehicle_and_shared_once() {
+        let hub = Arc::new(Hub::new(16));
+        let relay = Arc::new(Recorder(Mutex::default()));
+        hub.attach_relay(relay.clone());
+        let mut all = hub.subscribe();
+        hub.publish_all([reading("A", 1, 1), reading("A", 1, 2)]);
+        // From another instance: a repeat, a late one, the next, another vehicle.
+        hub.publish_remote(vec![
+            reading("A", 1, 2),
+            reading("A", 1, 1),
+            reading("A", 1, 3),
+            reading("B", 7, 1),
+        ]);
+        // A new session of A starts a new order.
+        hub.publish_all([reading("A", 2, 1)]);
+        let late = ServerMsg::Gap {
+            missed: Some(1),
+            reason: GapReason::Late,
+        }
+        .to_text();
+        assert_eq!(
+            take(&mut all).await,
+            ["A1", "A2", "A3", "B1", late.as_str(), "A1"]
+        );
+        assert_eq!(hub.out_of_order(), 2);
+        // Only local events went to the relay, each once.
+        assert_eq!(*relay.0.lock().unwrap(), ["A1", "A2", "A1"]);
+    }
+
     #[tokio::test]
     async fn new_clients_get_the_log_backlog_once() {
         let hub = Arc::new(Hub::new(16));
