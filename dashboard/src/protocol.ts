@@ -101,7 +101,19 @@ export type ServerMessage =
   | { type: 'compression_stats'; data: CompressionStats }
   | { type: 'log'; data: LogEntry }
   | { type: 'logger'; data: LoggerStatus }
-  | { type: 'lagged'; data: { dropped: number } };
+  | { type: 'lagged'; data: { dropped: number } }
+  | { type: 'gap'; data: Gap };
+
+/**
+ * Messages from other server instances were lost on the way (several instances behind a load
+ * balancer share the live stream through Redis): `missed` is how many when known, `null` when not.
+ */
+export interface Gap {
+  missed: number | null;
+  reason: 'bridge_down' | 'dropped' | 'late';
+}
+
+const GAP_REASONS: readonly string[] = ['bridge_down', 'dropped', 'late'];
 
 export type ClientMessage =
   | { type: 'subscribe'; vins: string[] }
@@ -147,6 +159,13 @@ export function parseServerMessage(text: string): ServerMessage | null {
     case 'lagged':
       return isObject(data) && typeof data.dropped === 'number'
         ? { type: 'lagged', data: { dropped: data.dropped } }
+        : null;
+    case 'gap':
+      return isObject(data) &&
+        (data.missed === null || typeof data.missed === 'number') &&
+        typeof data.reason === 'string' &&
+        GAP_REASONS.includes(data.reason)
+        ? { type: 'gap', data: { missed: data.missed as number | null, reason: data.reason as Gap['reason'] } }
         : null;
     default:
       return null;

@@ -282,6 +282,19 @@ function applyMessage(state: DashboardState, msg: ServerMessage, now: number): v
         timestamp: now,
       });
       break;
+    case 'gap':
+      state.lagged.events += 1;
+      state.lagged.dropped += msg.data.missed ?? 0;
+      pushLog(state, {
+        level: 'warn',
+        source: 'dashboard',
+        message:
+          msg.data.reason === 'bridge_down'
+            ? 'The server lost its link to the other instances: readings they receive do not reach this page until it returns; charts may have gaps.'
+            : `${msg.data.missed ?? 'Some'} message(s) from other server instances were lost (${msg.data.reason}); charts may have gaps.`,
+        timestamp: now,
+      });
+      break;
   }
 }
 

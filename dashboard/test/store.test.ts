@@ -273,6 +273,16 @@ describe('logger, log, lagged, vehicles', () => {
     expect(s.logs[1].message).toContain('7');
   });
 
+  it('gap counts missed messages and leaves a warning in the log', () => {
+    const s = initialState();
+    msg(s, { type: 'gap', data: { missed: null, reason: 'bridge_down' } });
+    msg(s, { type: 'gap', data: { missed: 4, reason: 'dropped' } });
+    expect(s.lagged).toEqual({ events: 2, dropped: 4 });
+    expect(s.logs).toHaveLength(2);
+    expect(s.logs[0].message).toContain('other instances');
+    expect(s.logs[1].message).toContain('4');
+  });
+
   it('merges GET /api/vehicles into last-seen without inventing points', () => {
     const s = initialState();
     msg(s, { type: 'telemetry', data: reading(VIN_A, 1000) });

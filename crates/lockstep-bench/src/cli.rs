@@ -83,6 +83,12 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub ws_clients: u32,
 
+    /// Connect the subscribers to this other instance of the cluster (loopback
+    /// URL) instead of the one under load: the latency is then the
+    /// cross-instance delivery through Redis (docs/deploy.md).
+    #[arg(long, value_name = "URL")]
+    pub ws_url: Option<String>,
+
     /// Each WebSocket subscriber subscribes to one vehicle (client i → vehicle i mod V).
     #[arg(long)]
     pub ws_per_vehicle: bool,

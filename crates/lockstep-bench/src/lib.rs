@@ -189,8 +189,12 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
             vins: per_vehicle.then(|| vec![vins[(i % vins.len() as u64) as usize].clone()]),
             timed: i.is_multiple_of(every),
         };
+        let ws_addr = match &args.ws_url {
+            Some(u) => spawn::loopback_addr(u)?,
+            None => ctx.addr,
+        };
         let g = ws::Group::connect(
-            ctx.addr,
+            ws_addr,
             u64::from(args.ws_clients),
             spec,
             256,

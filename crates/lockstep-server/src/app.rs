@@ -17,10 +17,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::actors::bridge::{Bridge, BridgeConfig};
 use crate::actors::health::Health;
 use crate::actors::hub::{Hub, Level};
 use crate::actors::logger::{LoggerConfig, Supervisor};
 use crate::actors::maintenance::Maintainer;
+use crate::actors::logger_lease::ClusterLogger;
 use crate::actors::sinks::{self, SinkContext};
 use crate::actors::stats::{self, StatsBook};
 use crate::actors::writer::Writer;
@@ -139,6 +141,29 @@ impl App {
         let stats = Arc::new(StatsBook::load(totals));
         let hub = Arc::new(Hub::new(settings.ws_queue));
         let background = CancellationToken::new();
+        let bridge = match &settings.redis_url {
+            None => None,
+            Some(url) => {
+                let (bridge, handle) = Bridge::new(
+                    BridgeConfig {
+                        url: url.expose().to_owned(),
+                        prefix: settings.redis_prefix.clone(),
+                        queue: settings.redis_queue,
+                    },
+                    hub.clone(),
+                    stats.clone(),
+                    store.clone(),
+                )?;
+                hub.attach_relay(handle.clone());
+                let client = bridge.client();
+                tracing::info!(
+                    instance = handle.instance(),
+                    prefix = %settings.redis_prefix,
+                    "Sharing the live stream with other instances through Redis."
+                );
+                Some((bridge, handle, client))
+            }
+        };
         let (health, health_handle) = Health::new(store.clone(), hub.clone());
 
         let metrics = Metrics::new(&signals);
@@ -182,6 +207,13 @@ impl App {
             },
         )?;
         // Nothing fails after this point: start the actors.
+        let (bridge, redis_client) = match bridge {
+            Some((b, handle, client)) => {
+                tokio::spawn(b.run(background.clone()));
+                (Some(handle), Some(client))
+            }
+            None => (None, None),
+        };
         tokio::spawn(health.run(background.clone()));
         tokio::spawn(sweep_vehicles(
             vehicles.clone(),
@@ -243,6 +275,18 @@ impl App {
         let shutdown = CancellationToken::new();
         let logger_stop = CancellationToken::new();
         let logger_task = tokio::spawn(supervisor.run(logger_stop.clone()));
+        if let (Some(client), Some(b)) = (redis_client, &bridge) {
+            // One logger for all instances: start/stop/status through the lease.
+            let cluster = Arc::new(ClusterLogger::new(
+                client,
+                b.instance(),
+                &settings.redis_prefix,
+                Duration::from_millis(settings.logger_lease_ms),
+                settings.logger_grace(),
+            ));
+            logger.attach_cluster(cluster.clone());
+            tokio::spawn(cluster.run(logger.clone(), logger_stop.clone()));
+        }
 
         tokio::spawn(stats::broadcast(
             stats.clone(),
@@ -268,6 +312,7 @@ impl App {
             stats,
             health: health_handle,
             logger,
+            bridge,
             sinks,
             started: Instant::now(),
             shutdown,

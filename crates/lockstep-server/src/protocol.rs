@@ -31,17 +31,40 @@ pub enum ServerMsg {
     Logger(LoggerStatus),
     /// The client was too slow: this many messages were dropped for it.
     Lagged { dropped: u64 },
+    /// Messages from other instances were lost on the way (Redis unreachable,
+    /// a full queue, a reading that came after a later one): `missed` is how
+    /// many when known, `null` when not (an outage of the bridge).
+    Gap {
+        missed: Option<u64>,
+        reason: GapReason,
+    },
+}
+
+/// Why a `gap` message was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GapReason {
+    /// The connection to Redis was lost; messages of other instances in the
+    /// meantime are not coming.
+    BridgeDown,
+    /// Another instance's messages were dropped (its queue to Redis was full
+    /// or a publish failed).
+    Dropped,
+    /// A reading arrived after a later one of the same vehicle session had
+    /// been delivered, and was not delivered.
+    Late,
 }
 
 impl ServerMsg {
     /// Every `type` tag, in declaration order.
-    pub const KINDS: [&'static str; 6] = [
+    pub const KINDS: [&'static str; 7] = [
         "history",
         "telemetry",
         "compression_stats",
         "log",
         "logger",
         "lagged",
+        "gap",
     ];
 
     /// The `type` tag (exhaustive: a new variant must be named here and in [`Self::KINDS`]).
@@ -53,6 +76,7 @@ impl ServerMsg {
             ServerMsg::Log(_) => "log",
             ServerMsg::Logger(_) => "logger",
             ServerMsg::Lagged { .. } => "lagged",
+            ServerMsg::Gap { .. } => "gap",
         }
     }
 
@@ -193,7 +217,7 @@ pub struct VehicleStats {
 }
 
 /// The logger child's status (`GET /logger/status`, WS `logger`).
-#[derive(Debug, Clone, Default, Serialize, PartialEq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct LoggerStatus {
     pub running: bool,
     pub pid: Option<u32>,
@@ -203,7 +227,7 @@ pub struct LoggerStatus {
 }
 
 /// Logger options: `POST /logger/start` body and WS `start_logger`.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct StartRequest {
     /// Simulated vehicles (simulate mode; default 1).
     pub vehicles: Option<u32>,
@@ -289,6 +313,10 @@ mod tests {
                 last_run_s: None,
             }),
             ServerMsg::Lagged { dropped: 7 },
+            ServerMsg::Gap {
+                missed: Some(3),
+                reason: GapReason::Dropped,
+            },
         ];
         // Every variant once, in order: a new variant must get an example.
         let kinds: Vec<&str> = msgs.iter().map(ServerMsg::kind).collect();

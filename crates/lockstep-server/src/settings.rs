@@ -259,6 +259,48 @@ pub struct Settings {
     )]
     pub shutdown_grace_ms: u64,
 
+    /// Several instances behind a load balancer: share the live stream
+    /// (readings, logger output and status, statistics) and the logger lease
+    /// through Redis at this URL (`redis://HOST:PORT`). Unset: one instance,
+    /// nothing shared (docs/deploy.md).
+    #[arg(
+        help_heading = "Cluster",
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<Secret>,
+
+    /// Prefix of every Redis channel and key this server uses, so that several
+    /// clusters (or tests) can share one Redis.
+    #[arg(
+        help_heading = "Cluster",
+        long,
+        env = "LOCKSTEP_REDIS_PREFIX",
+        default_value = "lockstep"
+    )]
+    pub redis_prefix: String,
+
+    /// Messages waiting to be published to Redis; when full (Redis slow or
+    /// down) new ones are dropped, counted, and remote clients are told of the gap.
+    #[arg(
+        help_heading = "Cluster",
+        long,
+        env = "LOCKSTEP_REDIS_QUEUE",
+        default_value_t = 8192
+    )]
+    pub redis_queue: usize,
+
+    /// Milliseconds the cluster's logger lease lasts without renewal: a dead
+    /// holder's logger is restarted by another instance after this long.
+    #[arg(
+        help_heading = "Cluster",
+        long,
+        env = "LOCKSTEP_LOGGER_LEASE_MS",
+        default_value_t = 10_000
+    )]
+    pub logger_lease_ms: u64,
+
     /// Forward every stored reading to NATS JetStream at this URL
     /// (`nats://HOST:PORT`, credentials in the URL if needed). Unset: no NATS sink.
     #[arg(

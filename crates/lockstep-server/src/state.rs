@@ -44,6 +44,8 @@ pub struct AppState {
     /// Read-only here: the health actor alone decides it.
     pub health: HealthHandle,
     pub logger: LoggerHandle,
+    /// The Redis bridge to other instances (`REDIS_URL`), if configured.
+    pub bridge: Option<Arc<crate::actors::bridge::BridgeHandle>>,
     /// Credentials, roles and web sessions.
     pub auth: Arc<Auth>,
     /// Origins allowed to change state and open WebSockets.

@@ -11,16 +11,25 @@
 //! behind loses the oldest ones, is told how many with
 //! `ServerMsg::Lagged`, and never slows the sender or
 //! other clients. Drops are counted for `/status`.
+//!
+//! With several instances (`REDIS_URL`), a [`Relay`] (the Redis bridge) is
+//! attached: events marked `shared` are handed to it in publication order,
+//! and events from other instances come back through [`Hub::publish_remote`].
+//! Readings then pass a per-vehicle order check ([`Hub`]'s sequencer): a
+//! reading whose `(session, seq)` is not after the last one delivered for its
+//! vehicle is a duplicate or came late, is not delivered, and clients get a
+//! `gap` message for the late ones. Without a relay nothing of this runs.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{Notify, broadcast};
 
+use crate::model::Counters;
 pub use crate::protocol::Level;
-use crate::protocol::ServerMsg;
+use crate::protocol::{GapReason, ServerMsg};
 
 /// `log` messages kept for clients that connect later.
 pub const LOG_BACKLOG: usize = 100;
@@ -34,6 +43,13 @@ pub struct HubEvent {
     /// Only for clients allowed to control the logger (its output may name
     /// files and settings a viewer has no business seeing).
     pub operators_only: bool,
+    /// A reading's `(session_id, seq)`: its place in its vehicle's order.
+    pub order: Option<(u64, u64)>,
+    /// For every instance's clients (readings, logger output and status),
+    /// not only this one's: handed to the [`Relay`] when one is attached.
+    pub shared: bool,
+    /// A `log` line: kept in the backlog for clients that connect later.
+    pub is_log: bool,
 }
 
 impl HubEvent {
@@ -43,6 +59,78 @@ impl HubEvent {
             vin,
             text: msg.to_text().into(),
             operators_only: false,
+            order: None,
+            shared: false,
+            is_log: false,
+        }
+    }
+
+    /// A committed reading of `vin` (shared with other instances).
+    pub fn reading(vin: Arc<str>, session_id: u64, seq: u64, msg: &ServerMsg) -> Self {
+        Self {
+            order: Some((session_id, seq)),
+            shared: true,
+            ..Self::new(Some(vin), msg)
+        }
+    }
+
+    /// A message for every instance's clients.
+    pub fn shared(msg: &ServerMsg) -> Self {
+        Self {
+            shared: true,
+            ..Self::new(None, msg)
+        }
+    }
+}
+
+/// Carries this instance's shared events to the other instances (the Redis
+/// bridge). Called under the hub's routing lock, in publication order: it
+/// must not block (queue, and count what does not fit).
+pub trait Relay: Send + Sync {
+    /// Shared events just published here.
+    fn events(&self, events: &[&HubEvent]);
+    /// Statistics of one committed batch, per vehicle.
+    fn stats(&self, deltas: &[(&str, &Counters)]);
+}
+
+/// Most vehicles whose last delivered position the sequencer remembers; past
+/// it the memory is cleared (a duplicate could then pass once).
+const SEQUENCER_VEHICLES: usize = 100_000;
+
+/// Per vehicle, the `(session_id, seq)` of the last reading delivered.
+#[derive(Default)]
+struct Sequencer {
+    last: HashMap<Arc<str>, (u64, u64)>,
+}
+
+impl Sequencer {
+    /// Whether `ev` may be delivered: `Ok(())`, or `Err(late)` — a duplicate
+    /// (`late` = false) or a reading older than one already delivered (true).
+    fn admit(&mut self, ev: &HubEvent) -> Result<(), bool> {
+        let (Some(vin), Some((session, seq))) = (&ev.vin, ev.order) else {
+            return Ok(());
+        };
+        match self.last.get_mut(&**vin) {
+            // A new session of the vehicle starts a new order.
+            Some(last) if last.0 == session => {
+                if seq > last.1 {
+                    last.1 = seq;
+                    Ok(())
+                } else {
+                    Err(seq < last.1)
+                }
+            }
+            Some(last) => {
+                *last = (session, seq);
+                Ok(())
+            }
+            None => {
+                if self.last.len() >= SEQUENCER_VEHICLES {
+                    self.last.clear();
+                }
+                self.last.insert(vin.clone(), (session, seq));
+                Ok(())
+            }
         }
     }
 }
@@ -60,6 +148,12 @@ pub struct Hub {
     /// The last [`LOG_BACKLOG`] `log` messages, changed under the `routes`
     /// lock so that a new client sees each exactly once (backlog or live).
     logs: Mutex<VecDeque<HubEvent>>,
+    /// The bridge to other instances, if any (set once at start).
+    relay: OnceLock<Arc<dyn Relay>>,
+    /// Orders readings per vehicle across instances (used only with a relay).
+    sequencer: Mutex<Sequencer>,
+    /// Readings not delivered because they repeated or came late (relay only).
+    out_of_order: AtomicU64,
 }
 
 /// The clients with a VIN filter.
@@ -324,7 +418,61 @@ impl Hub {
             dropped: AtomicU64::new(0),
             slow_disconnects: AtomicU64::new(0),
             logs: Mutex::default(),
+            relay: OnceLock::new(),
+            sequencer: Mutex::default(),
+            out_of_order: AtomicU64::new(0),
         }
+    }
+
+    /// Attaches the bridge to other instances; from now on shared events go
+    /// to it too, and readings are ordered per vehicle. Once only.
+    pub fn attach_relay(&self, relay: Arc<dyn Relay>) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// Whether a relay is attached (another instance's clients may listen).
+    pub fn relayed(&self) -> bool {
+        self.relay.get().is_some()
+    }
+
+    /// Readings not delivered since start because another copy or a later
+    /// reading of the same vehicle session came first.
+    pub fn out_of_order(&self) -> u64 {
+        self.out_of_order.load(Ordering::Relaxed)
+    }
+
+    /// Publishes a committed batch: its readings (in order) and, to other
+    /// instances, its statistics per vehicle.
+    pub fn publish_committed<'a>(
+        &self,
+        events: Vec<HubEvent>,
+        stats: impl IntoIterator<Item = (&'a str, &'a Counters)>,
+    ) {
+        if let Some(relay) = self.relay.get() {
+            let deltas: Vec<(&str, &Counters)> = stats.into_iter().collect();
+            relay.stats(&deltas);
+        }
+        self.publish_all(events);
+    }
+
+    /// Publishes events that another instance published (never relayed back);
+    /// `log` lines join the backlog.
+    pub fn publish_remote(&self, events: Vec<HubEvent>) {
+        let routes = self.routes();
+        for ev in events.iter().filter(|ev| ev.is_log) {
+            self.keep_log(ev);
+        }
+        self.deliver_locked(&routes, events);
+    }
+
+    /// Tells every client that messages from other instances were lost
+    /// (`missed`: how many, when known).
+    pub fn gap(&self, missed: Option<u64>, reason: GapReason) {
+        tracing::debug!(?missed, ?reason, "Clients are told of a gap in the stream.");
+        self.publish_locked(
+            &self.routes(),
+            [HubEvent::new(None, &ServerMsg::Gap { missed, reason })],
+        );
     }
 
     fn routes(&self) -> MutexGuard<'_, Routes> {
@@ -355,7 +503,53 @@ impl Hub {
     /// Publishes in order, taking the routing lock once.
     pub fn publish_all(&self, events: impl IntoIterator<Item = HubEvent>) {
         let routes = self.routes();
-        self.publish_locked(&routes, events);
+        match self.relay.get() {
+            None => self.publish_locked(&routes, events),
+            Some(relay) => {
+                let events: Vec<HubEvent> = events.into_iter().collect();
+                let shared: Vec<&HubEvent> = events.iter().filter(|e| e.shared).collect();
+                if !shared.is_empty() {
+                    relay.events(&shared);
+                }
+                self.deliver_locked(&routes, events);
+            }
+        }
+    }
+
+    /// With a relay: passes readings through the sequencer, then publishes.
+    fn deliver_locked(&self, routes: &Routes, events: Vec<HubEvent>) {
+        let mut late = 0u64;
+        let mut skipped = 0u64;
+        let admitted: Vec<HubEvent> = {
+            let mut seq = self.sequencer.lock().unwrap_or_else(|p| p.into_inner());
+            events
+                .into_iter()
+                .filter(|ev| match seq.admit(ev) {
+                    Ok(()) => true,
+                    Err(was_late) => {
+                        skipped += 1;
+                        late += u64::from(was_late);
+                        false
+                    }
+                })
+                .collect()
+        };
+        if skipped > 0 {
+            self.out_of_order.fetch_add(skipped, Ordering::Relaxed);
+        }
+        self.publish_locked(routes, admitted);
+        if late > 0 {
+            self.publish_locked(
+                routes,
+                [HubEvent::new(
+                    None,
+                    &ServerMsg::Gap {
+                        missed: Some(late),
+                        reason: GapReason::Late,
+                    },
+                )],
+            );
+        }
     }
 
     /// Drops are counted here, as they happen — not when the slow client
@@ -389,9 +583,10 @@ impl Hub {
         }
     }
 
-    /// Whether anyone would receive a message (skip serialising otherwise).
+    /// Whether anyone would receive a message (skip serialising otherwise):
+    /// a client here, or — with a relay — possibly on another instance.
     pub fn has_clients(&self) -> bool {
-        self.clients() > 0
+        self.clients() > 0 || self.relayed()
     }
 
     /// A subscription to every message, from now on.
@@ -451,24 +646,44 @@ impl Hub {
         self.log_event(HubEvent::new(None, &ServerMsg::log(level, source, message)));
     }
 
-    /// Like [`Self::log`], for operators only (the spawned logger's output).
+    /// Like [`Self::log`], for operators only (the spawned logger's output),
+    /// and shared with other instances' operators.
     pub fn log_operators(&self, level: Level, source: &str, message: &str) {
         self.log_event(HubEvent {
             operators_only: true,
+            shared: true,
             ..HubEvent::new(None, &ServerMsg::log(level, source, message))
         });
     }
 
-    fn log_event(&self, ev: HubEvent) {
+    /// Like [`Self::log`], shared with other instances' clients (the logger's
+    /// own lifecycle lines: the logger is the cluster's).
+    pub fn log_shared(&self, level: Level, source: &str, message: &str) {
+        self.log_event(HubEvent {
+            shared: true,
+            ..HubEvent::new(None, &ServerMsg::log(level, source, message))
+        });
+    }
+
+    fn log_event(&self, mut ev: HubEvent) {
+        ev.is_log = true;
         let routes = self.routes();
+        self.keep_log(&ev);
+        if ev.shared
+            && let Some(relay) = self.relay.get()
         {
-            let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
-            if logs.len() >= LOG_BACKLOG {
-                logs.pop_front();
-            }
-            logs.push_back(ev.clone());
+            relay.events(&[&ev]);
         }
         self.publish_locked(&routes, [ev]);
+    }
+
+    /// Adds a `log` line to the backlog (call under the routing lock).
+    fn keep_log(&self, ev: &HubEvent) {
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        if logs.len() >= LOG_BACKLOG {
+            logs.pop_front();
+        }
+        logs.push_back(ev.clone());
     }
 
     /// A subscription to every message from now on, and the `log` backlog
@@ -497,6 +712,9 @@ mod tests {
             vin: vin.map(Into::into),
             text: text.to_owned().into(),
             operators_only: false,
+            order: None,
+            shared: false,
+            is_log: false,
         }
     }
 
@@ -636,6 +854,54 @@ mod tests {
         // (b2 came while it asked for A only).
         assert_eq!(got, ["a1", "a2", "b3", "c1"]);
         assert!(hub.routes().filtered.is_empty());
+    }
+
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Relay for Recorder {
+        fn events(&self, events: &[&HubEvent]) {
+            let mut r = self.0.lock().unwrap();
+            r.extend(events.iter().map(|e| e.text.as_str().to_owned()));
+        }
+        fn stats(&self, _: &[(&str, &Counters)]) {}
+    }
+
+    fn reading(vin: &str, session: u64, seq: u64) -> HubEvent {
+        HubEvent {
+            order: Some((session, seq)),
+            shared: true,
+            ..ev(Some(vin), &format!("{vin}{seq}"))
+        }
+    }
+
+    #[tokio::test]
+    async fn with_a_relay_readings_are_ordered_per_vehicle_and_shared_once() {
+        let hub = Arc::new(Hub::new(16));
+        let relay = Arc::new(Recorder(Mutex::default()));
+        hub.attach_relay(relay.clone());
+        let mut all = hub.subscribe();
+        hub.publish_all([reading("A", 1, 1), reading("A", 1, 2)]);
+        // From another instance: a repeat, a late one, the next, another vehicle.
+        hub.publish_remote(vec![
+            reading("A", 1, 2),
+            reading("A", 1, 1),
+            reading("A", 1, 3),
+            reading("B", 7, 1),
+        ]);
+        // A new session of A starts a new order.
+        hub.publish_all([reading("A", 2, 1)]);
+        let late = ServerMsg::Gap {
+            missed: Some(1),
+            reason: GapReason::Late,
+        }
+        .to_text();
+        assert_eq!(
+            take(&mut all).await,
+            ["A1", "A2", "A3", "B1", late.as_str(), "A1"]
+        );
+        assert_eq!(hub.out_of_order(), 2);
+        // Only local events went to the relay, each once.
+        assert_eq!(*relay.0.lock().unwrap(), ["A1", "A2", "A1"]);
     }
 
     #[tokio::test]

@@ -9,14 +9,16 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::hub::{Hub, Level};
+use futures_util::future::BoxFuture;
+
+use crate::actors::hub::{Hub, HubEvent, Level};
 use crate::auth::{Auth, Scope};
 use crate::model::now_ms;
 use crate::protocol::ServerMsg;
@@ -166,15 +168,59 @@ enum Cmd {
     Stop(oneshot::Sender<Stopped>),
 }
 
+/// One logger for several instances (see `logger_lease`): start, stop and
+/// status go through it when attached; `local` is this instance's supervisor.
+pub trait ClusterControl: Send + Sync {
+    fn start<'a>(
+        &'a self,
+        local: &'a LoggerHandle,
+        req: StartRequest,
+    ) -> BoxFuture<'a, Result<Started, LoggerError>>;
+    fn stop<'a>(&'a self, local: &'a LoggerHandle) -> BoxFuture<'a, Stopped>;
+    /// The cluster's logger status (what the lease holder last wrote).
+    fn status(&self, local: &LoggerHandle) -> LoggerStatus;
+}
+
 /// Cheap handle to the supervisor.
 #[derive(Clone)]
 pub struct LoggerHandle {
     tx: mpsc::Sender<Cmd>,
     status: Arc<Mutex<LoggerStatus>>,
+    cluster: Arc<OnceLock<Arc<dyn ClusterControl>>>,
 }
 
 impl LoggerHandle {
+    /// Makes start, stop and status the cluster's (once, at start).
+    pub fn attach_cluster(&self, cluster: Arc<dyn ClusterControl>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// Starts the logger: the cluster's if attached, else this instance's child.
     pub async fn start(&self, req: StartRequest) -> Result<Started, LoggerError> {
+        match self.cluster.get() {
+            Some(c) => c.start(self, req).await,
+            None => self.start_local(req).await,
+        }
+    }
+
+    /// Stops the logger: the cluster's if attached, else this instance's child.
+    pub async fn stop(&self) -> Stopped {
+        match self.cluster.get() {
+            Some(c) => c.stop(self).await,
+            None => self.stop_local().await,
+        }
+    }
+
+    /// The logger's status: the cluster's if attached, else this instance's child's.
+    pub fn status(&self) -> LoggerStatus {
+        match self.cluster.get() {
+            Some(c) => c.status(self),
+            None => self.local_status(),
+        }
+    }
+
+    /// Starts this instance's child.
+    pub async fn start_local(&self, req: StartRequest) -> Result<Started, LoggerError> {
         let (tx, rx) = oneshot::channel();
         let gone = || LoggerError::Unavailable("the server is shutting down".into());
         self.tx
@@ -184,7 +230,8 @@ impl LoggerHandle {
         rx.await.map_err(|_| gone())?
     }
 
-    pub async fn stop(&self) -> Stopped {
+    /// Stops this instance's child.
+    pub async fn stop_local(&self) -> Stopped {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Cmd::Stop(tx)).await.is_err() {
             return Stopped::NotRunning;
@@ -192,7 +239,8 @@ impl LoggerHandle {
         rx.await.unwrap_or(Stopped::NotRunning)
     }
 
-    pub fn status(&self) -> LoggerStatus {
+    /// This instance's child.
+    pub fn local_status(&self) -> LoggerStatus {
         self.status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -273,7 +321,11 @@ impl Supervisor {
                 running: None,
                 auth,
             },
-            LoggerHandle { tx, status },
+            LoggerHandle {
+                tx,
+                status,
+                cluster: Arc::default(),
+            },
         )
     }
 
@@ -318,7 +370,9 @@ impl Supervisor {
             f(&mut s);
             s.clone()
         };
-        self.hub.broadcast(&ServerMsg::Logger(snapshot));
+        // The logger is the cluster's: every instance's clients hear of it.
+        self.hub
+            .publish(HubEvent::shared(&ServerMsg::Logger(snapshot)));
     }
 
     async fn start(&mut self, req: &StartRequest) -> Result<Started, LoggerError> {
@@ -433,7 +487,7 @@ impl Supervisor {
             Level::Warn
         };
         tracing::info!(pid = r.pid, exit_code = ?code, run_s, "{line}");
-        self.hub.log(level, "server", &line);
+        self.hub.log_shared(level, "server", &line);
         self.set_status(|s| {
             s.running = false;
             s.pid = None;

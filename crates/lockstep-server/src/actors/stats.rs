@@ -52,6 +52,20 @@ impl StatsBook {
         self.version.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Replaces every total by the store's (after a bridge outage, when
+    /// other instances' deltas may have been missed).
+    pub fn reset(&self, totals: Vec<VehicleTotals>) {
+        let mut fresh = BTreeMap::new();
+        for t in totals {
+            fresh
+                .entry(t.vin)
+                .or_insert_with(Counters::default)
+                .add(&t.counters);
+        }
+        *self.lock() = fresh;
+        self.version.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn version(&self) -> u64 {
         self.version.load(Ordering::Relaxed)
     }

@@ -313,7 +313,8 @@ impl Writer {
         }
         if result.is_ok() {
             self.stats.add(stats.iter().map(|(vin, c)| (&**vin, c)));
-            self.hub.publish_all(events);
+            self.hub
+                .publish_committed(events, stats.iter().map(|(vin, c)| (&**vin, c)));
             self.commits.send_modify(|n| *n += 1);
         }
     }

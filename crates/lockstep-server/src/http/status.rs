@@ -31,6 +31,12 @@ pub struct StatusJson {
     pub vehicles_in_memory: usize,
     /// WebSocket clients disconnected (close code 1013) because they did not read.
     pub ws_slow_disconnects: u64,
+    /// With `REDIS_URL`: the bridge to the other instances (`null` without).
+    /// Its being down makes `status` `degraded` (ingest goes on).
+    pub cluster: Option<crate::actors::bridge::ClusterStatusJson>,
+    /// Readings not delivered to this instance's clients because a copy or a
+    /// later reading of the same vehicle session came first (cluster only).
+    pub ws_out_of_order: u64,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -45,8 +51,16 @@ pub struct StoreJson {
 /// `GET /status`: never touches the store (health comes from the health actor), so it answers even when the store hangs.
 pub async fn status(State(app): State<AppState>) -> Json<StatusJson> {
     let healthy = app.health.healthy();
+    let cluster = app.bridge.as_ref().map(|b| b.status());
+    let bridged = cluster.as_ref().is_none_or(|c| c.redis_connected);
     Json(StatusJson {
-        status: if healthy { "healthy" } else { "degraded" },
+        status: if healthy && bridged {
+            "healthy"
+        } else {
+            "degraded"
+        },
+        cluster,
+        ws_out_of_order: app.hub.out_of_order(),
         compression_stats: app.stats.summary(),
         // Only when ENABLE_SUPABASE made the server store in (Supabase's) PostgreSQL.
         supabase_enabled: app.settings.enable_supabase && app.store.kind() == StoreKind::Postgres,

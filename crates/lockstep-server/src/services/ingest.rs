@@ -687,7 +687,7 @@ impl Inner {
             row: row.clone(),
             signals: self.signals.clone(),
         });
-        HubEvent::new(Some(row.vin.clone()), &msg)
+        HubEvent::reading(row.vin.clone(), row.session_id, row.seq, &msg)
     }
 
     /// Commits through the writer. `Stale`: another server instance advanced

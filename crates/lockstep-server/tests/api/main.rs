@@ -9,6 +9,7 @@ mod bad_input;
 mod batching;
 mod catalog;
 mod cli;
+mod cluster;
 mod graphql;
 mod history;
 mod ingest;
