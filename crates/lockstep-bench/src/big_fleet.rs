@@ -68,6 +68,9 @@ pub struct FleetArgs {
     /// Also write the JSON report here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Keep the server's database (SQLite directory / PostgreSQL database) for a look afterwards.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -143,7 +146,7 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<FleetReport> {
         format!("LOCKSTEP_WS_PER_IP={}", args.dashboards + 8),
         "RUST_LOG=warn".to_owned(),
     ];
-    let server = Spawned::start(binary, args.store, &args.pg_admin_url, &env, false).await?;
+    let server = Spawned::start(binary, args.store, &args.pg_admin_url, &env, args.keep).await?;
     let result = measure(&server, &args).await;
     let tail = server.log_tail(20);
     server.stop().await;
