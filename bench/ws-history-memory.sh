@@ -24,7 +24,7 @@ D=$(mktemp -d)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ulimit -n "$(ulimit -Hn)" || true
 (cd "$D" && PORT=$PORT LOCKSTEP_HOST=127.0.0.1 LOCKSTEP_DATA_DIR=$D LOCKSTEP_WS_PER_IP=$((CLIENTS + 100)) \
-  LOCKSTEP_IP_REQUESTS_PER_S=100000 RUST_LOG=warn exec "$SERVER" >"$D/server.log" 2>&1) &
+  LOCKSTEP_IP_REQUESTS_PER_S=100000 LOCKSTEP_DEVICE_REQUESTS_PER_S=100000 LOCKSTEP_DEVICE_READINGS_PER_S=10000000 RUST_LOG=warn exec "$SERVER" >"$D/server.log" 2>&1) &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$D"' EXIT
 for _ in $(seq 100); do

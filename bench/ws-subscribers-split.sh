@@ -6,7 +6,8 @@
 # subscribers' CPU separately.
 #
 #   bench/ws-subscribers-split.sh
-# Environment: CLIENTS, RATE, D, BUILD=0 to skip the release build, PG (postgres://postgres@127.0.0.1:5432), OUT (dir for the JSON).
+# Environment: CLIENTS, RATE, D, STORE (postgres | sqlite), BUILD=0 to skip the release build,
+# PG (postgres://postgres@127.0.0.1:5432), OUT (dir for the JSON).
 set -euo pipefail
 ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 cd "$ROOT"
@@ -14,6 +15,7 @@ CLIENTS=${CLIENTS:-1000}
 RATE=${RATE:-1000}
 D=${D:-10}
 PG=${PG:-postgres://postgres@127.0.0.1:5432}
+STORE=${STORE:-postgres}
 if [[ "${BUILD:-1}" != 0 ]]; then
   cargo build --release -p lockstep-server -p lockstep-bench
 fi
@@ -21,12 +23,16 @@ SERVER="$ROOT/target/release/lockstep-server"
 BENCH="$ROOT/target/release/lockstep-bench"
 T=$(mktemp -d)
 DB="lockstep_wssplit_$$_$(date +%s)"
-psql "$PG/postgres" -qAtc "CREATE DATABASE $DB" >/dev/null
-URL="$PG/$DB"
+if [[ "$STORE" == sqlite ]]; then
+  URL="sqlite://$T/lockstep.db"
+else
+  psql "$PG/postgres" -qAtc "CREATE DATABASE $DB" >/dev/null
+  URL="$PG/$DB"
+fi
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ulimit -n "$(ulimit -Hn)" || true
 (cd "$T" && PORT=$PORT LOCKSTEP_HOST=127.0.0.1 LOCKSTEP_DATA_DIR=$T DATABASE_URL=$URL \
-  LOCKSTEP_WS_PER_IP=$((CLIENTS + 100)) LOCKSTEP_IP_REQUESTS_PER_S=100000 RUST_LOG=warn \
+  LOCKSTEP_WS_PER_IP=$((CLIENTS + 100)) LOCKSTEP_IP_REQUESTS_PER_S=100000 LOCKSTEP_DEVICE_REQUESTS_PER_S=100000 LOCKSTEP_DEVICE_READINGS_PER_S=10000000 RUST_LOG=warn \
   exec "$SERVER" >"$T/server.log" 2>&1) &
 PID=$!
 SUBS=
@@ -34,7 +40,7 @@ cleanup() {
   [[ -n "$SUBS" ]] && kill "$SUBS" 2>/dev/null || true
   kill "$PID" 2>/dev/null || true
   wait "$PID" 2>/dev/null || true
-  psql "$PG/postgres" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null || true
+  [[ "$STORE" == sqlite ]] || psql "$PG/postgres" -qAtc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null || true
   rm -rf "$T"
 }
 trap cleanup EXIT
@@ -57,7 +63,7 @@ sleep 0.5
 read -r subs_json <&3
 wait "$SUBS"; SUBS=
 echo "$subs_json" >"$T/subs.json"
-[[ -n "${OUT:-}" ]] && cp "$T/load.json" "$OUT/ws-split-load.json" && cp "$T/subs.json" "$OUT/ws-split-subscribers.json"
+[[ -n "${OUT:-}" ]] && cp "$T/load.json" "$OUT/ws-split-$STORE-load.json" && cp "$T/subs.json" "$OUT/ws-split-$STORE-subscribers.json"
 python3 - "$T/load.json" "$T/subs.json" <<'EOF'
 import json, sys
 l = json.load(open(sys.argv[1])); s = json.load(open(sys.argv[2]))

@@ -143,6 +143,8 @@ pub async fn run(args: FleetArgs) -> anyhow::Result<FleetReport> {
     };
     let env = [
         "LOCKSTEP_IP_REQUESTS_PER_S=100000".to_owned(),
+        // The per-device budget would throttle the probe vehicles, not the server.
+        "LOCKSTEP_DEVICE_REQUESTS_PER_S=100000".to_owned(),
         format!("LOCKSTEP_WS_PER_IP={}", args.dashboards + 8),
         "RUST_LOG=warn".to_owned(),
     ];
