@@ -84,8 +84,13 @@ export interface DashboardState {
   loggerError: string | null;
   loggerBusy: boolean;
   lagged: { events: number; dropped: number };
-  /** Readings in the last `history` message, or null before one arrived. */
+  /**
+   * Readings of the last history, or null before one arrived. The server sends the history in
+   * consecutive `history` messages (chunks of a few KiB); they add up until another message comes.
+   */
   historyReadings: number | null;
+  /** The last message was a `history` chunk (the next one continues the same history). */
+  historyOpen: boolean;
   version: number;
 }
 
@@ -115,6 +120,7 @@ export function initialState(): DashboardState {
     loggerBusy: false,
     lagged: { events: 0, dropped: 0 },
     historyReadings: null,
+    historyOpen: false,
     version: 0,
   };
 }
@@ -247,10 +253,12 @@ export function pushLog(state: DashboardState, raw: LogEntry): boolean {
 }
 
 function applyMessage(state: DashboardState, msg: ServerMessage, now: number): void {
+  const continues = state.historyOpen;
+  state.historyOpen = msg.type === 'history';
   switch (msg.type) {
     case 'history': {
       for (const r of msg.data) applyReading(state, r, now, true);
-      state.historyReadings = msg.data.length;
+      state.historyReadings = (continues ? (state.historyReadings ?? 0) : 0) + msg.data.length;
       break;
     }
     case 'telemetry':
@@ -305,6 +313,8 @@ export function reduce(state: DashboardState, action: Action): void {
       applyMessage(state, action.msg, action.now);
       break;
     case 'connection':
+      // A new connection starts a new history.
+      state.historyOpen = false;
       if (action.phase === 'connected' && state.connection.phase !== 'connected') state.connection.connects += 1;
       state.connection.phase = action.phase;
       state.connection.attempt = action.attempt;

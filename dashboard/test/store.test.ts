@@ -35,6 +35,22 @@ describe('history', () => {
     expect(vehicleList(s).map((v) => v.vin)).toEqual([VIN_A, VIN_B]);
   });
 
+  it('a history in several chunks adds up until another message comes', () => {
+    const s = initialState();
+    msg(s, { type: 'history', data: [reading(VIN_A, 1000), reading(VIN_B, 1100)] });
+    msg(s, { type: 'history', data: [reading(VIN_A, 1200)] });
+    expect(s.historyReadings).toBe(3);
+    expect(s.vehicles.get(VIN_A)!.t).toEqual([1000, 1200]);
+    msg(s, { type: 'lagged', data: { dropped: 1 } });
+    // The next connection's history counts afresh.
+    reduce(s, { kind: 'connection', phase: 'connected', attempt: 0, retryInMs: null });
+    msg(s, { type: 'history', data: [reading(VIN_A, 1200)] });
+    expect(s.historyReadings).toBe(1);
+    msg(s, { type: 'lagged', data: { dropped: 1 } });
+    msg(s, { type: 'history', data: [reading(VIN_A, 1400)] });
+    expect(s.historyReadings).toBe(1);
+  });
+
   it('an empty history is fine (0 vehicles)', () => {
     const s = initialState();
     msg(s, { type: 'history', data: [] });

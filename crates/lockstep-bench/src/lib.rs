@@ -9,6 +9,7 @@
 //! the same table → stop the server, drop its database → print the table and
 //! write the JSON. Server CPU and RSS come from `/proc`.
 
+pub mod big_fleet;
 pub mod cli;
 pub mod fleet;
 pub mod history;
@@ -18,6 +19,7 @@ pub mod procfs;
 pub mod report;
 pub mod spawn;
 pub mod store;
+pub mod subscribers;
 pub mod ws;
 
 use std::net::SocketAddr;

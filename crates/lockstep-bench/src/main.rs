@@ -1,12 +1,17 @@
 //! `lockstep-bench`: drives a lockstep-server (or starts one) and prints what
 //! it measured. All the work is in the library; this only wires.
 //! `lockstep-bench history …` measures the read side instead (see
-//! [`lockstep_bench::history`]).
+//! [`lockstep_bench::history`]); `lockstep-bench fleet …` grows a fleet to
+//! 50,000 VINs (see [`lockstep_bench::big_fleet`]); `lockstep-bench
+//! subscribers …` holds WebSocket subscribers in a process of their own
+//! (see [`lockstep_bench::subscribers`]).
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
+use lockstep_bench::big_fleet::{self, FleetArgs};
 use lockstep_bench::history::{self, HistoryArgs};
+use lockstep_bench::subscribers::{self, SubscribersArgs};
 use lockstep_bench::{Args, run};
 
 #[tokio::main]
@@ -17,6 +22,24 @@ async fn main() -> ExitCode {
             Ok(_) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("lockstep-bench history: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if argv.get(1).is_some_and(|a| a == "fleet") {
+        return match big_fleet::run(FleetArgs::parse_from(&argv[1..])).await {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lockstep-bench fleet: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if argv.get(1).is_some_and(|a| a == "subscribers") {
+        return match subscribers::run(SubscribersArgs::parse_from(&argv[1..])).await {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lockstep-bench subscribers: {e:#}");
                 ExitCode::FAILURE
             }
         };

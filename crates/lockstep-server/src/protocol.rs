@@ -19,7 +19,9 @@ use crate::model::{Signals, TelemetryRow};
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum ServerMsg {
-    /// Sent once right after connecting: the latest stored readings, oldest first.
+    /// Right after connecting: the latest stored readings, oldest first, in
+    /// one or more consecutive messages of a few KiB each (so no client's
+    /// write buffer grows to the size of the whole history).
     History(Vec<ReadingJson>),
     /// One committed reading.
     Telemetry(ReadingJson),
@@ -86,6 +88,34 @@ impl ServerMsg {
             tracing::error!(error = %e, kind = self.kind(), "A WebSocket message could not be serialised.");
             format!(r#"{{"type":"{}","data":null}}"#, self.kind())
         })
+    }
+
+    /// The history as `history` messages of at most about `max_bytes` each
+    /// (one reading larger than that goes alone), oldest first; always at
+    /// least one message, empty when there is no history. Each text equals
+    /// `ServerMsg::History(chunk).to_text()`; each reading is serialised once.
+    pub fn history_chunks(readings: &[ReadingJson], max_bytes: usize) -> Vec<String> {
+        const HEAD: &str = r#"{"type":"history","data":["#;
+        const TAIL: &str = "]}";
+        let mut out = Vec::new();
+        let mut text = String::from(HEAD);
+        for r in readings {
+            let one = serde_json::to_string(r).unwrap_or_else(|e| {
+                tracing::error!(error = %e, "A history reading could not be serialised.");
+                "null".to_owned()
+            });
+            let empty = text.len() == HEAD.len();
+            if !empty && text.len() + 1 + one.len() + TAIL.len() > max_bytes {
+                text.push_str(TAIL);
+                out.push(std::mem::replace(&mut text, String::from(HEAD)));
+            } else if !empty {
+                text.push(',');
+            }
+            text.push_str(&one);
+        }
+        text.push_str(TAIL);
+        out.push(text);
+        out
     }
 
     /// A `log` message stamped now.
@@ -341,6 +371,47 @@ mod tests {
         for (g, o) in golden.iter().zip(&ours) {
             assert_eq!(g, o, "golden message differs");
         }
+    }
+
+    #[test]
+    fn history_chunks_are_history_messages_in_order() {
+        let ServerMsg::History(one) = examples().remove(0) else {
+            unreachable!()
+        };
+        let readings: Vec<ReadingJson> = (0..10)
+            .map(|i| {
+                let mut r = one[0].clone();
+                r.row.seq = i;
+                r
+            })
+            .collect();
+        let whole = ServerMsg::History(readings.clone()).to_text();
+        let size = ServerMsg::History(readings[..1].to_vec()).to_text().len();
+        for max in [1, size, 3 * size + 2, whole.len(), usize::MAX] {
+            let chunks = ServerMsg::history_chunks(&readings, max);
+            let mut at = 0;
+            for c in &chunks {
+                assert!(c.len() <= max.max(size), "{} > {max}", c.len());
+                let v: serde_json::Value = serde_json::from_str(c).unwrap();
+                let n = v["data"].as_array().unwrap().len();
+                assert!(n >= 1);
+                assert_eq!(
+                    c,
+                    &ServerMsg::History(readings[at..at + n].to_vec()).to_text()
+                );
+                at += n;
+            }
+            assert_eq!(
+                at,
+                readings.len(),
+                "every reading once, in order (max {max})"
+            );
+        }
+        assert_eq!(ServerMsg::history_chunks(&readings, usize::MAX), [whole]);
+        assert_eq!(
+            ServerMsg::history_chunks(&[], 100),
+            [ServerMsg::History(Vec::new()).to_text()]
+        );
     }
 
     #[test]

@@ -334,6 +334,15 @@ impl Subscription {
         }
     }
 
+    /// The VINs this subscription is narrowed to; empty = every vehicle.
+    pub fn vins(&self) -> &HashSet<String> {
+        static NONE: std::sync::OnceLock<HashSet<String>> = std::sync::OnceLock::new();
+        match &self.feed {
+            Feed::All(_) => NONE.get_or_init(HashSet::new),
+            Feed::Vins { vins, .. } => vins,
+        }
+    }
+
     /// Changes the VIN filter (empty = everything). Messages queued under the
     /// old filter that pass the new one are moved into `out`, so none is lost
     /// or repeated by the switch; a newly added VIN's messages come from now on.

@@ -215,6 +215,11 @@ pub fn reads() -> Vec<Route> {
             get(vehicles::daily_stats),
         ),
         route(Method::GET, "/api/stats", get(vehicles::fleet_stats)),
+        route(
+            Method::GET,
+            "/api/stats/vehicles",
+            get(vehicles::vehicle_stats),
+        ),
         route(Method::GET, "/logger/status", get(logger::status)),
         route(Method::GET, "/ws", get(ws::upgrade)),
     ]

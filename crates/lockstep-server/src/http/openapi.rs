@@ -93,6 +93,7 @@ a CSV export at most 1,000,000 readings."
         crate::http::vehicles::patch,
         crate::http::vehicles::daily_stats,
         crate::http::vehicles::fleet_stats,
+        crate::http::vehicles::vehicle_stats,
         crate::http::history::telemetry,
         crate::http::status::status,
         crate::http::logger::status,

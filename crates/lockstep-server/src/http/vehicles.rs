@@ -1,5 +1,6 @@
 //! Vehicles and statistics: `GET /api/vehicles` (paged), `GET|PATCH
-//! /api/vehicles/{vin}`, `GET /api/vehicles/{vin}/stats`, `GET /api/stats`.
+//! /api/vehicles/{vin}`, `GET /api/vehicles/{vin}/stats`, `GET /api/stats`,
+//! `GET /api/stats/vehicles` (paged).
 //! A store failure answers 503 but does not touch the store's health (only
 //! the write path does).
 
@@ -10,10 +11,11 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 
+use crate::actors::stats::VehicleStatsPage;
 use crate::http::error::ApiError;
 use crate::http::extract::{content_type, read_body, unsupported};
 use crate::services::query::{
-    DailyStats, FleetStats, VehicleJson, VehicleList, VehiclePatch, parse_vin,
+    DailyStats, FleetStats, QueryService, VehicleJson, VehicleList, VehiclePatch, parse_vin,
 };
 use crate::state::AppState;
 
@@ -111,4 +113,23 @@ pub async fn daily_stats(
     ))]
 pub async fn fleet_stats(State(app): State<AppState>) -> Result<Json<FleetStats>, ApiError> {
     Ok(Json(app.query.fleet_stats().await?))
+}
+
+/// `GET /api/stats/vehicles?after=VIN&limit=N`.
+#[utoipa::path(get, path = "/api/stats/vehicles", tag = "vehicles",
+    params(
+        ("after" = Option<String>, Query, description = "next_after of the previous page (a VIN); absent: from the first VIN", pattern = "^[A-HJ-NPR-Z0-9]{17}$"),
+        ("limit" = Option<u32>, Query, description = "1..=1000, default 100", minimum = 1, maximum = 1000),
+    ),
+    responses(
+        (status = 200, description = "Lifetime compression statistics per vehicle, ordered by VIN (the figures of the WebSocket compression_stats message)", body = VehicleStatsPage),
+        (status = 400, description = "Bad limit, or after is not a VIN", body = crate::http::openapi::ErrorBody),
+    ))]
+pub async fn vehicle_stats(
+    State(app): State<AppState>,
+    Query(p): Query<HashMap<String, String>>,
+) -> Result<Json<VehicleStatsPage>, ApiError> {
+    Ok(Json(QueryService::vehicle_stats_from_params(
+        &app.stats, &p,
+    )?))
 }

@@ -2,7 +2,8 @@
 //! history (so nothing committed in between is missed), sends `history`,
 //! the current `compression_stats` and the recent `log` lines (the hub's
 //! backlog), then forwards hub messages that pass the client's
-//! VIN filter. A reader task handles client messages (`subscribe`,
+//! VIN filter, and a `compression_stats` on every statistics tick (the
+//! fleet totals plus the client's own vehicles: see `actors::stats`). A reader task handles client messages (`subscribe`,
 //! `start_logger`, `stop_logger`). Every send races the shutdown token, so a
 //! stuck client can neither stall shutdown nor anyone else.
 //!
@@ -44,9 +45,15 @@ const READ_BUFFER: usize = 2 * 1024;
 
 /// Bytes buffered before tungstenite writes to the socket (default 128 KiB).
 /// The client loop flushes after each burst anyway, so this only bounds how
-/// much one client's write buffer holds (it keeps its capacity for the
-/// connection's life): a burst bigger than this goes out in several writes.
-const WRITE_BUFFER: usize = 16 * 1024;
+/// much one client's write buffer holds (it keeps its capacity, and the
+/// pages it touched, for the connection's life): a burst bigger than this
+/// goes out in several writes. The buffer peaks at this plus one message.
+const WRITE_BUFFER: usize = 4 * 1024;
+
+/// Largest `history` message, bytes: the history goes out in chunks, so it
+/// does not leave a whole-history-sized write buffer with every client
+/// (47.5 KiB per client after a 100-reading history in round 1).
+const HISTORY_CHUNK: usize = 3 * 1024;
 
 /// A `log` message for this client only.
 fn reply(level: Level, source: &str, message: &str) -> String {
@@ -155,6 +162,8 @@ enum Step {
     Filter(HashSet<String>),
     Text(String),
     Send,
+    /// A `compression_stats` tick.
+    Stats,
     Close(u16, &'static str),
 }
 
@@ -178,22 +187,23 @@ async fn client(
             Vec::new()
         }
     };
-    let history = ServerMsg::History(
-        history
-            .into_iter()
-            .map(|row| ReadingJson {
-                row,
-                signals: app.signals.clone(),
-            })
-            .collect(),
-    );
+    let history: Vec<ReadingJson> = history
+        .into_iter()
+        .map(|row| ReadingJson {
+            row,
+            signals: app.signals.clone(),
+        })
+        .collect();
     // The current statistics at once, rather than at the next change; then
     // the recent log lines, so a reloaded page shows what happened before.
-    let mut first: Vec<Utf8Bytes> = vec![
-        history.to_text().into(),
-        app.stats.to_msg().to_text().into(),
-    ];
+    // Ticks from here on: the statistics sent now count as seen.
+    let mut ticks = app.stats.ticks();
+    let mut first: Vec<Utf8Bytes> = ServerMsg::history_chunks(&history, HISTORY_CHUNK)
+        .into_iter()
+        .map(Utf8Bytes::from)
+        .collect();
     drop(history);
+    first.push(app.stats.to_msg(events.vins()).to_text().into());
     first.extend(logs);
     app.metrics.ws_messages(first.len());
     let limit = app.settings.ws_send_timeout();
@@ -214,6 +224,7 @@ async fn client(
 
     let mut burst: Vec<Utf8Bytes> = Vec::new();
     let mut why = SHUTTING_DOWN;
+    let mut ticks_open = true;
     loop {
         // Whatever is already queued goes out with the first message: one
         // write (and one wake-up of the client) per burst, not per message.
@@ -226,6 +237,13 @@ async fn client(
                 Some(Ctl::Close(code, reason)) => Step::Close(code, reason),
             },
             open = events.recv(&mut burst, BURST) => if open { Step::Send } else { Step::Closed },
+            tick = ticks.changed(), if ticks_open => match tick {
+                Ok(()) => Step::Stats,
+                Err(_) => {
+                    ticks_open = false;
+                    Step::Send
+                }
+            },
         };
         let closed = match step {
             Step::Stop => break,
@@ -239,6 +257,17 @@ async fn client(
                 false
             }
             Step::Send => false,
+            Step::Stats => {
+                // Unfiltered: the text serialised once for everyone; else
+                // the totals plus this client's vehicles.
+                let vins = events.vins();
+                burst.push(if vins.is_empty() {
+                    ticks.borrow_and_update().clone()
+                } else {
+                    app.stats.to_msg(vins).to_text().into()
+                });
+                false
+            }
             Step::Close(code, reason) => {
                 why = (code, reason);
                 break;

@@ -17,6 +17,7 @@ use futures_util::Stream;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
+use crate::actors::stats::{StatsBook, VehicleStatsPage};
 use crate::model::{Counters, Signals, TelemetryRow, civil_date, parse_civil_date};
 use crate::store::{
     Bucket, HistoryCursor, HistoryQuery, Store, StoreError, VehicleDetail, VehiclePage,
@@ -536,6 +537,27 @@ impl QueryService {
             vehicles,
             next_cursor,
         })
+    }
+
+    /// `GET /api/stats/vehicles?after=VIN&limit=N` from the statistics in
+    /// memory (the same figures as the WebSocket `compression_stats`).
+    pub fn vehicle_stats_from_params(
+        stats: &StatsBook,
+        p: &HashMap<String, String>,
+    ) -> Result<VehicleStatsPage> {
+        let limit = match int_param(p, "limit")? {
+            None => DEFAULT_VEHICLES,
+            Some(n) if n >= 1 && n <= MAX_VEHICLES as i64 => n as usize,
+            Some(n) => return Err(bad(format!("limit must be 1..={MAX_VEHICLES}, got {n}"))),
+        };
+        let after = p
+            .get("after")
+            .map(|a| {
+                lockstep_codec::Vin::parse(a)
+                    .map_err(|e| bad(format!("after must be a VIN, got {a:?}: {e}")))
+            })
+            .transpose()?;
+        Ok(stats.page(after.as_ref().map(|v| v.as_str()), limit))
     }
 
     /// `limit`/`cursor` from a query string.

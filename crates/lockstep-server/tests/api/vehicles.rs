@@ -1,6 +1,7 @@
 //! Vehicles and statistics: the paged list, one vehicle's detail, PATCH of
 //! model/year, resyncs counted durably, daily and fleet statistics.
 
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 
 use crate::both_stores;
@@ -226,4 +227,112 @@ both_stores!(
     vehicles_are_paged_described_and_patched,
     resyncs_are_counted_durably,
     statistics_per_day_and_for_the_fleet,
+    a_large_fleet_is_paged_and_its_statistics_stay_bounded,
 );
+
+/// Every page of a VIN-ordered list (`limit=1000`), following `next_key` as
+/// `param`: the VINs in order, each once.
+async fn walk(app: &TestApp, path: &str, param: &str, next_key: &str) -> (Vec<Value>, usize) {
+    let (mut items, mut pages) = (Vec::new(), 0);
+    let mut next: Option<String> = None;
+    loop {
+        let url = match &next {
+            Some(c) => format!("{path}?limit=1000&{param}={c}"),
+            None => format!("{path}?limit=1000"),
+        };
+        let page = app.ok_json(&url).await;
+        pages += 1;
+        items.extend(page["vehicles"].as_array().unwrap().iter().cloned());
+        match page[next_key].as_str() {
+            Some(c) => next = Some(c.to_owned()),
+            None => return (items, pages),
+        }
+    }
+}
+
+/// A fleet larger than one page and than what a statistics message lists:
+/// `/api/vehicles` and `/api/stats/vehicles` page through every vehicle
+/// once; the `compression_stats` message carries the fleet totals, plus
+/// only the vehicles a client subscribed to.
+async fn a_large_fleet_is_paged_and_its_statistics_stay_bounded(backend: Backend) {
+    let db = std::sync::Arc::new(TestDb::new(backend).await);
+    let app = spawn_app_with(db, &["--ip-requests-per-s", "100000"]).await;
+    const N: u32 = 1050;
+    let posts = (1..=N).map(|n| {
+        let app = &app;
+        async move {
+            let mut enc = encoder(&vin(n), n.into());
+            let resp = app.post_batch(&batch(&mut enc, 0..1, T0)).await;
+            assert_eq!(resp.status(), 200);
+        }
+    });
+    futures_util::stream::iter(posts)
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+    let want: Vec<String> = (1..=N).map(vin).collect();
+
+    let (vehicles, pages) = walk(&app, "/api/vehicles", "cursor", "next_cursor").await;
+    assert_eq!(pages, 2);
+    let got: Vec<&str> = vehicles
+        .iter()
+        .map(|v| v["vin"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, want, "every vehicle once, by VIN");
+
+    let (stats, pages) = walk(&app, "/api/stats/vehicles", "after", "next_after").await;
+    assert_eq!(pages, 2);
+    let got: Vec<&str> = stats.iter().map(|v| v["vin"].as_str().unwrap()).collect();
+    assert_eq!(got, want, "every vehicle once, by VIN");
+    let s = &stats[4];
+    assert_eq!(s["readings"], 1);
+    assert_eq!(
+        s["fields_total"].as_u64().unwrap(),
+        s["fields_transmitted"].as_u64().unwrap() + s["fields_skipped"].as_u64().unwrap()
+    );
+    let page = app
+        .ok_json(&format!("/api/stats/vehicles?limit=2&after={}", vin(N - 2)))
+        .await;
+    assert_eq!(page["vehicles"][0]["vin"], vin(N - 1).as_str());
+    assert_eq!(page["vehicles"][1]["vin"], vin(N).as_str());
+    assert_eq!(page["next_after"], Value::Null);
+    for bad in ["limit=0", "limit=1001", "limit=x", "after=nope"] {
+        let resp = app.get(&format!("/api/stats/vehicles?{bad}")).await;
+        assert_eq!(resp.status(), 400, "{bad}");
+    }
+
+    // Without a filter: the fleet totals, no vehicle listed.
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+    let mut all = app.ws().await;
+    let s = all.until(WAIT, "compression_stats", |_| true).await;
+    assert_eq!(s["data"]["total_readings"], N);
+    assert_eq!(s["data"]["vehicles"], json!({}));
+
+    // Subscribed: the totals and exactly the subscribed vehicles, as they change.
+    let mut mine = app.ws().await;
+    assert_eq!(mine.next_json(WAIT).await["type"], "history");
+    mine.send_json(json!({"type": "subscribe", "vins": [vin(5), vin(7)]}))
+        .await;
+    let mut enc = encoder(&vin(5), 0x55);
+    assert_eq!(
+        app.post_batch(&batch(&mut enc, 0..3, T0 + 10_000))
+            .await
+            .status(),
+        200
+    );
+    let s = mine
+        .until(WAIT, "compression_stats", |m| {
+            m["data"]["vehicles"][vin(5)]["readings"] == 4
+        })
+        .await;
+    let listed: Vec<&String> = s["data"]["vehicles"].as_object().unwrap().keys().collect();
+    assert_eq!(listed, [&vin(5), &vin(7)]);
+    assert_eq!(s["data"]["total_readings"], N + 3);
+    // The unfiltered client's next tick: totals only.
+    let s = all
+        .until(WAIT, "compression_stats", |m| {
+            m["data"]["total_readings"] == N + 3
+        })
+        .await;
+    assert_eq!(s["data"]["vehicles"], json!({}));
+}

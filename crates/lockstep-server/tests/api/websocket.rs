@@ -12,6 +12,7 @@ use crate::helpers::*;
 
 both_stores!(
     history_then_live_telemetry_and_stats,
+    a_full_history_arrives_in_small_chunks,
     subscribe_filters_by_vin,
     a_client_that_never_reads_stalls_neither_ingest_nor_others,
 );
@@ -83,6 +84,53 @@ async fn history_then_live_telemetry_and_stats(backend: Backend) {
     assert!(c["bytes_received"].as_u64().unwrap() > 0);
     assert!(s["data"]["total_readings"].as_u64().unwrap() > 0);
     assert_eq!(app.status().await["ws_clients"], 1);
+}
+
+/// The history (100 readings by default) comes as consecutive `history`
+/// messages of at most 3 KiB, oldest first, every reading once.
+async fn a_full_history_arrives_in_small_chunks(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let v = vin(6);
+    let mut enc = encoder(&v, 0x6);
+    app.post_readings(&mut enc, 0..150, T0).await;
+
+    let mut ws = app.ws().await;
+    let (mut seqs, mut chunks) = (Vec::new(), 0);
+    let next = loop {
+        let m = tokio::time::timeout(WAIT, ws.stream.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .expect("ok");
+        let Message::Text(t) = m else { continue };
+        let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+        if v["type"] != "history" {
+            break v;
+        }
+        assert!(
+            t.len() <= 3 * 1024,
+            "a history message of {} bytes",
+            t.len()
+        );
+        chunks += 1;
+        seqs.extend(
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["seq"].as_u64().unwrap()),
+        );
+    };
+    assert!(chunks > 1, "{chunks} history message(s)");
+    assert_eq!(
+        seqs,
+        (50..150).collect::<Vec<u64>>(),
+        "the latest 100, oldest first"
+    );
+    assert_eq!(
+        next["type"], "compression_stats",
+        "statistics follow the history"
+    );
 }
 
 async fn subscribe_filters_by_vin(backend: Backend) {
