@@ -30,7 +30,6 @@ use crate::metrics::Metrics;
 use crate::model::Signals;
 use crate::serve::{self, ListenConfig, ListenStats};
 use crate::services::ingest::{Bounds, IngestService};
-use crate::services::limits::Limits;
 use crate::services::query::QueryService;
 use crate::settings::{Settings, StoreConfig, redact_url};
 use crate::state::AppState;
@@ -120,7 +119,8 @@ impl App {
                 read: settings.read_auth_mode(),
                 admin_token: settings.admin_token.clone(),
                 trust_loopback: settings.trust_loopback,
-                secure_cookies: false,
+                // The session cookie only travels over TLS when the server speaks it.
+                secure_cookies: settings.tls_cert.is_some(),
             },
         ));
         tracing::info!(
@@ -150,7 +150,7 @@ impl App {
             settings.batch_rows,
             metrics.clone(),
         );
-        let limits = Limits::new(settings.rates());
+        let limits = settings.limits();
         let idle = Duration::from_secs(settings.vehicle_idle_s.max(1));
         let vehicles = Arc::new(Vehicles::new(settings.max_vehicles, idle));
         let ingest = IngestService::new(
@@ -175,6 +175,7 @@ impl App {
                 signals: signals.clone(),
                 commits: writer_handle.commits(),
                 stop: background.clone(),
+                metrics: metrics.clone(),
             },
         )?;
         // Nothing fails after this point: start the actors.
