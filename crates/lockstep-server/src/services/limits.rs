@@ -368,8 +368,14 @@ mod tests {
             limits.ws_slot(ip(3), Some("token:a")).err(),
             Some(WsFull::PerCredential(2))
         );
-        assert!(limits.ws_slot(ip(3), Some("token:b")).is_ok(), "another token");
-        assert!(limits.ws_slot(ip(3), None).is_ok(), "no credential: per address only");
+        assert!(
+            limits.ws_slot(ip(3), Some("token:b")).is_ok(),
+            "another token"
+        );
+        assert!(
+            limits.ws_slot(ip(3), None).is_ok(),
+            "no credential: per address only"
+        );
         drop(a);
         assert!(limits.ws_slot(ip(3), Some("token:a")).is_ok(), "freed");
     }

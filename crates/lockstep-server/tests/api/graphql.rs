@@ -159,7 +159,9 @@ async fn vehicle_detail_and_daily_stats_match_rest(backend: Backend) {
     let day = days[0]["day"].as_str().unwrap();
     let one = graphql(
         &app,
-        &format!(r#"{{ dailyStats(vin: "{v}", from: "{day}", to: "{day}") {{ days {{ day }} }} }}"#),
+        &format!(
+            r#"{{ dailyStats(vin: "{v}", from: "{day}", to: "{day}") {{ days {{ day }} }} }}"#
+        ),
     )
     .await;
     assert_eq!(one["data"]["dailyStats"]["days"][0]["day"], day, "{one}");

@@ -326,7 +326,11 @@ async fn failed_authentications_are_budgeted_per_address() {
     }
     let r = read(&attacker, bad).await.unwrap();
     assert_eq!(r.status(), 429, "over the budget");
-    let wait: u32 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let wait: u32 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=20).contains(&wait), "one attempt per 20 s: {wait}");
     let body: Value = r.json().await.unwrap();
     assert!(
@@ -375,7 +379,11 @@ async fn failed_authentications_are_budgeted_per_address() {
     };
     assert_eq!(ingest(bad).await.unwrap().status(), 401);
     assert_eq!(ingest(&device).await.unwrap().status(), 200);
-    assert_eq!(read(&other, bad).await.unwrap().status(), 401, "third failure");
+    assert_eq!(
+        read(&other, bad).await.unwrap().status(),
+        401,
+        "third failure"
+    );
     assert_eq!(read(&other, bad).await.unwrap().status(), 429, "fourth");
     assert_eq!(ingest(&device).await.unwrap().status(), 429);
     assert_eq!(
@@ -387,16 +395,10 @@ async fn failed_authentications_are_budgeted_per_address() {
 }
 
 /// Opens `/ws` from `ip` with extra headers; `Err(status)` when refused.
-async fn ws_from(
-    port: u16,
-    ip: [u8; 4],
-    header: (&str, &str),
-) -> Result<Ws, u16> {
+async fn ws_from(port: u16, ip: [u8; 4], header: (&str, &str)) -> Result<Ws, u16> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(std::net::SocketAddr::from((ip, 0)))
-        .unwrap();
+    socket.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
     let tcp = socket
         .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
         .await
@@ -404,11 +406,10 @@ async fn ws_from(
     let mut req = format!("ws://127.0.0.1:{port}/ws")
         .into_client_request()
         .unwrap();
-    req.headers_mut()
-        .insert(
-            axum::http::HeaderName::from_bytes(header.0.as_bytes()).unwrap(),
-            header.1.parse().unwrap(),
-        );
+    req.headers_mut().insert(
+        axum::http::HeaderName::from_bytes(header.0.as_bytes()).unwrap(),
+        header.1.parse().unwrap(),
+    );
     match tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp)).await
     {
         Ok((stream, _)) => Ok(Ws { stream }),

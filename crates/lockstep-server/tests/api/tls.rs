@@ -463,9 +463,16 @@ async fn a_client_certificate_is_a_device_credential_for_its_vins() {
     let cert_a = device_ca.issue(&[&a]);
     let dev_a = https_client(client_config(&server_ca, Some(&cert_a)));
     assert_eq!(seed_as(&dev_a, &base, &a, T0).await, 200, "A writes A");
-    assert_eq!(seed_as(&dev_a, &base, &b, T0).await, 403, "A may not write B");
+    assert_eq!(
+        seed_as(&dev_a, &base, &b, T0).await,
+        403,
+        "A may not write B"
+    );
     let mut enc = encoder(&a, 5);
-    assert_eq!(batch_via(&dev_a, &base, &batch(&mut enc, 0..3, T0)).await, 200);
+    assert_eq!(
+        batch_via(&dev_a, &base, &batch(&mut enc, 0..3, T0)).await,
+        200
+    );
     let mut enc_b = encoder(&b, 5);
     assert_eq!(
         batch_via(&dev_a, &base, &batch(&mut enc_b, 0..3, T0)).await,
@@ -473,7 +480,11 @@ async fn a_client_certificate_is_a_device_credential_for_its_vins() {
         "a batch of B over A's certificate"
     );
     // A device certificate is no person: reads need a viewer.
-    let r = dev_a.get(format!("{base}/api/vehicles")).send().await.unwrap();
+    let r = dev_a
+        .get(format!("{base}/api/vehicles"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 403);
 
     // No certificate and no token: 401.
@@ -522,11 +533,7 @@ async fn a_client_certificate_is_a_device_credential_for_its_vins() {
 }
 
 /// Creates a token with the bootstrap admin over HTTPS; returns the JSON answer.
-async fn admin_post(
-    base: &str,
-    server_ca: &Ca,
-    body: serde_json::Value,
-) -> serde_json::Value {
+async fn admin_post(base: &str, server_ca: &Ca, body: serde_json::Value) -> serde_json::Value {
     let r = https_client(client_config(server_ca, None))
         .post(format!("{base}/api/tokens"))
         .bearer_auth(ADMIN)
@@ -552,11 +559,11 @@ async fn the_session_cookie_is_secure_under_tls() {
     )
     .await;
     let base = format!("https://localhost:{}", app.port);
-    let viewer = admin_post(&base, &server_ca, serde_json::json!({"role": "viewer"}))
-        .await["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let viewer =
+        admin_post(&base, &server_ca, serde_json::json!({"role": "viewer"})).await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
     let http = https_client(client_config(&server_ca, None));
     let r = http
         .post(format!("{base}/api/login"))
@@ -589,6 +596,9 @@ async fn the_session_cookie_is_secure_under_tls() {
         .unwrap();
     assert_eq!(r.status(), 204);
     let cleared = r.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(cleared.contains("Max-Age=0") && cleared.contains("Secure"), "{cleared}");
+    assert!(
+        cleared.contains("Max-Age=0") && cleared.contains("Secure"),
+        "{cleared}"
+    );
     app.stop().await;
 }
