@@ -28,11 +28,11 @@ fi
 
 DIR="$(mktemp -d)"
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-# An admin token so PATCH is exercised, and no per-address budget: schemathesis sends
+# An admin token so PATCH is exercised, and no per-address budgets (requests, failed logins): schemathesis sends
 # thousands of requests from one address, and 429 would leave the handlers untested.
 ADMIN="schemathesis-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
 LOCKSTEP_HOST=127.0.0.1 PORT="$PORT" DATABASE_URL="sqlite://$DIR/lockstep.db" \
-  LOCKSTEP_DATA_DIR="$DIR" LOCKSTEP_ADMIN_TOKEN="$ADMIN" LOCKSTEP_IP_REQUESTS_PER_S=0 \
+  LOCKSTEP_DATA_DIR="$DIR" LOCKSTEP_ADMIN_TOKEN="$ADMIN" LOCKSTEP_IP_REQUESTS_PER_S=0 LOCKSTEP_AUTH_FAILURES_PER_MIN=0 \
   RUST_LOG=warn "$BIN" >"$DIR/server.log" 2>&1 &
 SERVER=$!
 cleanup() {

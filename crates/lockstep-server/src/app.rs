@@ -33,7 +33,6 @@ use crate::metrics::Metrics;
 use crate::model::Signals;
 use crate::serve::{self, ListenConfig, ListenStats};
 use crate::services::ingest::{Bounds, IngestService};
-use crate::services::limits::Limits;
 use crate::services::query::QueryService;
 use crate::settings::{Settings, StoreConfig, redact_url};
 use crate::state::AppState;
@@ -123,7 +122,8 @@ impl App {
                 read: settings.read_auth_mode(),
                 admin_token: settings.admin_token.clone(),
                 trust_loopback: settings.trust_loopback,
-                secure_cookies: false,
+                // The session cookie only travels over TLS when the server speaks it.
+                secure_cookies: settings.tls_cert.is_some(),
             },
         ));
         tracing::info!(
@@ -179,7 +179,7 @@ impl App {
         if settings.shared_store {
             writer_handle.mark_shared();
         }
-        let limits = Limits::new(settings.rates());
+                let limits = settings.limits();
         let idle = Duration::from_secs(settings.vehicle_idle_s.max(1));
         let vehicles = Arc::new(Vehicles::new(settings.max_vehicles, idle));
         let ingest = IngestService::new(
@@ -204,6 +204,7 @@ impl App {
                 signals: signals.clone(),
                 commits: writer_handle.commits(),
                 stop: background.clone(),
+                metrics: metrics.clone(),
             },
         )?;
         // Nothing fails after this point: start the actors.

@@ -16,12 +16,17 @@
 //! `lockstep_ws_messages_total`, `lockstep_ws_dropped_total`,
 //! `lockstep_resyncs_total{kind}`, `lockstep_session_retries_total{cause}`,
 //! `lockstep_store_up`,
-//! `lockstep_logger_running`, `lockstep_build_info{version}`, and
-//! `process_*` (resident memory, CPU seconds, open fds, start time).
+//! `lockstep_logger_running`, `lockstep_build_info{version}`, the
+//! downstream sinks' `lockstep_sink_lag_readings{sink}`,
+//! `lockstep_sink_connected{sink}`,
+//! `lockstep_sink_forwarded_readings_total{sink}` and
+//! `lockstep_sink_publish_failures_total{sink}` (registered per configured
+//! sink, [`Metrics::sink`]), and `process_*` (resident memory, CPU seconds,
+//! open fds, start time).
 
 use std::sync::Arc;
 
-use metrics::{Counter, Histogram, Label, Recorder as _, with_local_recorder};
+use metrics::{Counter, Gauge, Histogram, Label, Recorder as _, with_local_recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
 use crate::model::Signals;
@@ -236,6 +241,55 @@ impl Metrics {
         let mut text = r.handle().render();
         text.push_str(&process_metrics());
         text
+    }
+}
+
+/// The handles of one downstream sink, registered in its server's recorder.
+#[derive(Clone)]
+pub struct SinkMetrics {
+    /// Readings stored but not yet acknowledged by the broker.
+    pub lag: Gauge,
+    /// 1 while the broker connection is up.
+    pub connected: Gauge,
+    /// Readings published and acknowledged.
+    pub forwarded: Counter,
+    /// Batches whose publication failed (published again later).
+    pub failures: Counter,
+}
+
+impl Metrics {
+    /// Registers the families of the sink `name` (`nats`, `mqtt`); all four
+    /// series show from the start (lag and failures at 0).
+    pub fn sink(&self, name: &'static str) -> SinkMetrics {
+        with_local_recorder(&self.inner.recorder, || {
+            metrics::describe_gauge!(
+                "lockstep_sink_lag_readings",
+                "Readings stored but not yet acknowledged by the sink's broker."
+            );
+            metrics::describe_gauge!(
+                "lockstep_sink_connected",
+                "1 while the sink's broker connection is up."
+            );
+            metrics::describe_counter!(
+                "lockstep_sink_forwarded_readings_total",
+                "Readings the sink published and its broker acknowledged."
+            );
+            metrics::describe_counter!(
+                "lockstep_sink_publish_failures_total",
+                "Batches the sink failed to publish (published again later)."
+            );
+            let m = SinkMetrics {
+                lag: metrics::gauge!("lockstep_sink_lag_readings", "sink" => name),
+                connected: metrics::gauge!("lockstep_sink_connected", "sink" => name),
+                forwarded: metrics::counter!("lockstep_sink_forwarded_readings_total", "sink" => name),
+                failures: metrics::counter!("lockstep_sink_publish_failures_total", "sink" => name),
+            };
+            m.lag.set(0.0);
+            m.connected.set(0.0);
+            m.forwarded.increment(0);
+            m.failures.increment(0);
+            m
+        })
     }
 }
 

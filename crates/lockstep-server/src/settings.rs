@@ -473,6 +473,29 @@ pub struct Settings {
     )]
     pub ws_per_ip: usize,
 
+    /// WebSocket connections open at once per credential (a token, the web
+    /// sessions opened with it, a device certificate), from any number of
+    /// addresses. 0 = no cap.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_WS_PER_CREDENTIAL",
+        default_value_t = 16
+    )]
+    pub ws_per_credential: usize,
+
+    /// Failed authentications (a bearer token or login that is not valid) per
+    /// client IP: that many in a row, then one every 60/N s; beyond it every
+    /// request of the address that presents a credential is answered 429 +
+    /// Retry-After. 0 = no budget.
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "LOCKSTEP_AUTH_FAILURES_PER_MIN",
+        default_value_t = 10
+    )]
+    pub auth_failures_per_min: u32,
+
     /// Seconds a WebSocket client may leave a burst of messages unread (its
     /// socket buffers full) before it is disconnected with close code 1013.
     #[arg(
@@ -618,24 +641,31 @@ impl Settings {
         Ok(Some(origins))
     }
 
-    /// This server's own origin and the dashboard's dev ports, on localhost and 127.0.0.1.
+    /// This server's own origin (`https` when it speaks TLS) and the
+    /// dashboard's dev ports, on localhost and 127.0.0.1.
     pub fn default_origins(&self, port: u16) -> Vec<String> {
+        let own = if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let mut ports = vec![port, 3000, 5173, 8080];
         ports.dedup();
         let mut origins: Vec<String> = ports
             .iter()
             .flat_map(|p| {
+                let scheme = if *p == port { own } else { "http" };
                 [
-                    format!("http://localhost:{p}"),
-                    format!("http://127.0.0.1:{p}"),
+                    format!("{scheme}://localhost:{p}"),
+                    format!("{scheme}://127.0.0.1:{p}"),
                 ]
             })
             .collect();
         let host = self.host.to_canonical();
         if !host.is_unspecified() && !host.is_loopback() {
             match host {
-                IpAddr::V4(ip) => origins.push(format!("http://{ip}:{port}")),
-                IpAddr::V6(ip) => origins.push(format!("http://[{ip}]:{port}")),
+                IpAddr::V4(ip) => origins.push(format!("{own}://{ip}:{port}")),
+                IpAddr::V6(ip) => origins.push(format!("{own}://[{ip}]:{port}")),
             }
         }
         origins
@@ -665,6 +695,13 @@ impl Settings {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    /// The limits of requests, failed authentications and WebSockets.
+    pub fn limits(&self) -> crate::services::limits::Limits {
+        crate::services::limits::Limits::new(self.rates())
+            .with_auth_failures(self.auth_failures_per_min)
+            .with_ws_per_credential(self.ws_per_credential)
     }
 
     /// The rates of [`crate::services::limits::Limits`].

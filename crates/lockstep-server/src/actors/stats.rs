@@ -123,11 +123,13 @@ impl StatsBook {
     /// Replaces every total by the store's (after a bridge outage, when
     /// other instances' deltas may have been missed).
     pub fn reset(&self, totals: Vec<VehicleTotals>) {
-        let mut fresh = BTreeMap::new();
+        let mut fresh = Book::default();
         for t in totals {
+            fresh.total.add(&t.counters);
             fresh
-                .entry(t.vin)
-                .or_insert_with(Counters::default)
+                .vehicles
+                .entry(t.vin.into_boxed_str())
+                .or_default()
                 .add(&t.counters);
         }
         *self.lock() = fresh;

@@ -70,6 +70,7 @@ fn describe(scope: &Scope) -> String {
         Scope::Role(r) => format!("role {}", r.as_str()),
         Scope::Vin(v) => format!("device {v}"),
         Scope::VinPrefix(p) => format!("fleet {p}*"),
+        Scope::Vins(vs) => format!("devices {}", vs.join(",")),
     }
 }
 

@@ -109,6 +109,8 @@ fn scope_columns(scope: &Scope) -> (Option<&str>, Option<&str>, Option<&str>) {
         Scope::Role(r) => (Some(r.as_str()), None, None),
         Scope::Vin(v) => (None, Some(v.as_str()), None),
         Scope::VinPrefix(p) => (None, None, Some(p.as_str())),
+        // Never stored: no token is created with it (see `Scope::from_parts`).
+        Scope::Vins(_) => (None, None, None),
     }
 }
 

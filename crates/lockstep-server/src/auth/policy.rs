@@ -62,6 +62,14 @@ impl IntoResponse for Refusal {
     }
 }
 
+/// Marks a response to a request whose credential (a bearer token, or the
+/// token of a login) was presented and is not valid, whatever the answer
+/// (401, or the anonymous answer of a public route): the router counts these
+/// against the address's budget of failed authentications
+/// (`LOCKSTEP_AUTH_FAILURES_PER_MIN`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CredentialRefused;
+
 /// The auth state a policy group needs.
 #[derive(Clone)]
 pub struct Guard {
@@ -156,10 +164,19 @@ pub async fn enforce(State(g): State<Guard>, mut req: Request, next: Next) -> Re
     {
         Ok(p) => p,
         // The public group answers without a credential; a bad one is ignored there
-        // (the dashboard's `/api/session` must tell a stale login from an error).
-        Err(AuthError::BadToken) if g.policy == Policy::Public => Principal::Anonymous,
+        // (the dashboard's `/api/session` must tell a stale login from an error),
+        // but it still counts as a failed authentication.
+        Err(AuthError::BadToken) if g.policy == Policy::Public => {
+            req.extensions_mut().insert(Principal::Anonymous);
+            let mut resp = next.run(req).await;
+            resp.extensions_mut().insert(CredentialRefused);
+            return resp;
+        }
         Err(AuthError::BadToken) => {
-            return Refusal::Unauthenticated(AuthError::BadToken.to_string()).into_response();
+            let mut resp =
+                Refusal::Unauthenticated(AuthError::BadToken.to_string()).into_response();
+            resp.extensions_mut().insert(CredentialRefused);
+            return resp;
         }
         Err(AuthError::Store(e)) => {
             tracing::warn!(error = %e, "Credentials could not be checked: the store is unavailable.");

@@ -70,6 +70,9 @@ pub enum Scope {
     Vin(String),
     /// A fleet (simulator, replayer): writes every VIN that starts with this.
     VinPrefix(String),
+    /// A client certificate that names several VINs: writes each of them.
+    /// Only certificates have it; tokens are per VIN or per prefix.
+    Vins(Vec<String>),
 }
 
 impl Scope {
@@ -102,6 +105,7 @@ impl Scope {
             Scope::Role(r) => format!("role:{}", r.as_str()),
             Scope::Vin(v) => format!("vin:{v}"),
             Scope::VinPrefix(p) => format!("fleet:{p}"),
+            Scope::Vins(vs) => format!("vins:{}", vs.join(",")),
         }
     }
 }
@@ -159,9 +163,28 @@ impl Principal {
             Principal::Device { scope, .. } => Some(match scope {
                 Scope::Vin(v) => v == vin,
                 Scope::VinPrefix(p) => vin.starts_with(p.as_str()),
+                Scope::Vins(vs) => vs.iter().any(|v| v == vin),
                 Scope::Role(_) => false,
             }),
             _ => None,
+        }
+    }
+
+    /// A stable name of the credential (never its secret) that per-credential
+    /// limits count under: `token:<public id>` for a person's token or a web
+    /// session opened with it, `admin-token` for the bootstrap admin, the
+    /// identity of a device credential; `None` for anonymous callers.
+    pub fn limit_key(&self) -> Option<String> {
+        match self {
+            Principal::Anonymous => None,
+            Principal::Person {
+                credential: Some(id),
+                ..
+            } => Some(format!("token:{id}")),
+            Principal::Person {
+                credential: None, ..
+            } => Some("admin-token".to_owned()),
+            Principal::Device { credential, .. } => Some(credential.clone()),
         }
     }
 
@@ -174,13 +197,40 @@ impl Principal {
     }
 }
 
-/// The identity a TLS client certificate proved. The TLS acceptor inserts it
-/// into the request's extensions when `LOCKSTEP_TLS_CLIENT_CA` is set and the
-/// certificate's subject CN or a SAN is a VIN; the device check accepts it
-/// like a device token for that VIN.
+/// The identity a TLS client certificate proved: the VINs among its names
+/// (subject CN, DNS SANs; see [`crate::http::peer::PeerCert`]). The router
+/// derives it from the certificate of the connection
+/// ([`PeerIdentity::from_names`]) when `LOCKSTEP_TLS_CLIENT_CA` is set; the
+/// device check accepts it like a device token for those VINs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerIdentity {
-    pub vin: Option<String>,
+    pub vins: Vec<String>,
+}
+
+impl PeerIdentity {
+    /// The VINs among a verified certificate's names (a DNS name is
+    /// case-insensitive, a VIN upper case); `None` if it names none.
+    pub fn from_names(names: &[String]) -> Option<Self> {
+        let mut vins: Vec<String> = Vec::new();
+        for n in names {
+            if let Ok(v) = lockstep_codec::Vin::parse(&n.to_ascii_uppercase()) {
+                let v = v.as_str().to_owned();
+                if !vins.contains(&v) {
+                    vins.push(v);
+                }
+            }
+        }
+        (!vins.is_empty()).then_some(Self { vins })
+    }
+
+    /// The device scope the certificate grants.
+    pub fn scope(&self) -> Option<Scope> {
+        match self.vins.as_slice() {
+            [] => None,
+            [one] => Some(Scope::Vin(one.clone())),
+            many => Some(Scope::Vins(many.to_vec())),
+        }
+    }
 }
 
 /// Why a credential was refused (401).
@@ -286,8 +336,7 @@ impl Auth {
                 role: s.role,
             });
         }
-        if let Some(vin) = peer.and_then(|p| p.vin.as_ref()) {
-            let scope = Scope::Vin(vin.clone());
+        if let Some(scope) = peer.and_then(PeerIdentity::scope) {
             return Ok(Principal::Device {
                 credential: scope.identity(),
                 scope,

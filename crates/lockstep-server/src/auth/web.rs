@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::policy::CredentialRefused;
 use super::service::{Auth, AuthError, Mode, Principal, Role, SESSION_COOKIE, cookie};
 
 /// `GET /api/session`.
@@ -88,7 +89,9 @@ pub async fn login(State(auth): State<Arc<Auth>>, headers: HeaderMap, body: Byte
             "a device token cannot open a dashboard session; use a viewer, operator or admin token",
         ),
         Err(AuthError::BadToken) => {
-            error(StatusCode::UNAUTHORIZED, &AuthError::BadToken.to_string())
+            let mut r = error(StatusCode::UNAUTHORIZED, &AuthError::BadToken.to_string());
+            r.extensions_mut().insert(CredentialRefused);
+            r
         }
         Err(AuthError::Store(e)) => {
             tracing::warn!(error = %e, "Login failed: the store is unavailable.");

@@ -7,7 +7,11 @@
 //! Signals are data, not schema: a reading carries `values: [{name, value}]`
 //! in catalog order, so the schema does not change with the catalog.
 //! Queries are bounded: depth at most [`MAX_DEPTH`], complexity at most
-//! [`MAX_COMPLEXITY`]. No GraphiQL page (the stock one loads from a CDN).
+//! [`MAX_COMPLEXITY`]. A field counts 1, and a list counts its selection once
+//! per row it may return (`limit`, or the number of buckets of the range), so
+//! the complexity of a query is about the number of values it can produce:
+//! one full page of raw readings (10,000 readings) fits, three do not. No
+//! GraphiQL page (the stock one loads from a CDN).
 
 use std::collections::{HashMap, HashSet};
 
@@ -21,11 +25,29 @@ use axum::routing::on_service;
 
 use crate::http::error::ApiError;
 use crate::model::{Signals, TelemetryRow};
-use crate::services::query::{HistoryParams, QueryError, parse_vin};
+use crate::services::query::{
+    DEFAULT_LIMIT, DEFAULT_VEHICLES, HistoryParams, MAX_BUCKETS, MAX_LIMIT, MAX_VEHICLES,
+    QueryError, parse_vin,
+};
 use crate::state::AppState;
 
 pub const MAX_DEPTH: usize = 8;
-pub const MAX_COMPLEXITY: usize = 2_000;
+pub const MAX_COMPLEXITY: usize = 100_000;
+
+/// Rows a paged field may return: `limit` within `1..=max`, `default` without one.
+fn rows(limit: Option<i32>, default: usize, max: usize) -> usize {
+    limit.map_or(default, |l| usize::try_from(l).unwrap_or(1).clamp(1, max))
+}
+
+/// Buckets of `step` ms in `[from, to)` (beyond [`MAX_BUCKETS`] the query
+/// service refuses the range anyway; the cap only keeps the sum finite).
+fn bucket_rows(from: i64, to: i64, step: i64) -> usize {
+    if step <= 0 || to <= from {
+        return 1;
+    }
+    let n = (to.saturating_sub(from) / step).saturating_add(1);
+    usize::try_from(n.clamp(1, 100 * MAX_BUCKETS)).unwrap_or(1)
+}
 
 pub type LockstepSchema = Schema<QueryRoot, EmptyMutation, SubscriptionRoot>;
 
@@ -124,6 +146,42 @@ pub struct GqlVehicle {
     pub readings: u64,
 }
 
+/// A vehicle as `GET /api/vehicles/{vin}` shows it.
+#[derive(SimpleObject)]
+pub struct GqlVehicleDetail {
+    pub vin: String,
+    pub model: Option<String>,
+    pub year: Option<i32>,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub readings: u64,
+    /// Lockstep sessions stored for the vehicle.
+    pub sessions: u64,
+    /// Resync answers (409) given to the vehicle's batches.
+    pub resyncs: u64,
+    /// Timestamp of the newest stored keyframe reading.
+    pub last_keyframe_ms: Option<i64>,
+}
+
+/// One UTC day of a vehicle's compression statistics.
+#[derive(SimpleObject)]
+pub struct GqlDay {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    pub readings: u64,
+    pub fields_total: u64,
+    pub fields_transmitted: u64,
+    pub fields_skipped: u64,
+    pub compression_ratio: f64,
+}
+
+/// `GET /api/vehicles/{vin}/stats`.
+#[derive(SimpleObject)]
+pub struct GqlDailyStats {
+    pub vin: String,
+    pub days: Vec<GqlDay>,
+}
+
 #[derive(SimpleObject)]
 pub struct VehiclePage {
     pub vehicles: Vec<GqlVehicle>,
@@ -170,6 +228,7 @@ pub struct QueryRoot;
 #[Object]
 impl QueryRoot {
     /// Vehicles ordered by VIN (`limit` 1..=1000, default 100).
+    #[graphql(complexity = "rows(limit, DEFAULT_VEHICLES, MAX_VEHICLES) * child_complexity")]
     async fn vehicles(
         &self,
         ctx: &Context<'_>,
@@ -198,7 +257,9 @@ impl QueryRoot {
         })
     }
 
-    /// Raw readings of one vehicle, `from <= timestamp < to`, one page.
+    /// Raw readings of one vehicle, `from <= timestamp < to`, one page
+    /// (`limit` 1..=10,000, default 1,000).
+    #[graphql(complexity = "rows(limit, DEFAULT_LIMIT, MAX_LIMIT) * child_complexity")]
     async fn telemetry(
         &self,
         ctx: &Context<'_>,
@@ -224,6 +285,7 @@ impl QueryRoot {
     }
 
     /// Per-bucket aggregates (epoch-aligned buckets of `step` ms), computed in the database.
+    #[graphql(complexity = "bucket_rows(from, to, step) * child_complexity")]
     async fn buckets(
         &self,
         ctx: &Context<'_>,
@@ -259,6 +321,70 @@ impl QueryRoot {
                     .collect(),
             })
             .collect())
+    }
+
+    /// One vehicle: descriptive fields, first/last seen, sessions and
+    /// predictor health (as `GET /api/vehicles/{vin}`).
+    async fn vehicle(
+        &self,
+        ctx: &Context<'_>,
+        vin: String,
+    ) -> async_graphql::Result<GqlVehicleDetail> {
+        let v = svc(ctx)
+            .query
+            .vehicle(parse_vin(&vin).map_err(gql)?)
+            .await
+            .map_err(gql)?;
+        Ok(GqlVehicleDetail {
+            vin: v.vin,
+            model: v.model,
+            year: v.year,
+            first_seen_ms: v.first_seen_ms,
+            last_seen_ms: v.last_seen_ms,
+            readings: v.readings,
+            sessions: v.sessions,
+            resyncs: v.resyncs,
+            last_keyframe_ms: v.last_keyframe_ms,
+        })
+    }
+
+    /// A vehicle's daily compression statistics (UTC day of receipt), `from`
+    /// and `to` as `YYYY-MM-DD`, inclusive, both optional (as
+    /// `GET /api/vehicles/{vin}/stats`).
+    async fn daily_stats(
+        &self,
+        ctx: &Context<'_>,
+        vin: String,
+        from: Option<String>,
+        to: Option<String>,
+    ) -> async_graphql::Result<GqlDailyStats> {
+        let mut p = HashMap::new();
+        if let Some(f) = from {
+            p.insert("from".to_owned(), f);
+        }
+        if let Some(t) = to {
+            p.insert("to".to_owned(), t);
+        }
+        let s = svc(ctx)
+            .query
+            .daily_stats(parse_vin(&vin).map_err(gql)?, &p)
+            .await
+            .map_err(gql)?;
+        Ok(GqlDailyStats {
+            vin: s.vin,
+            days: s
+                .days
+                .into_iter()
+                .map(|d| GqlDay {
+                    day: d.day,
+                    readings: d.readings,
+                    fields_total: d.fields_total,
+                    fields_transmitted: d.fields_transmitted,
+                    fields_skipped: d.fields_skipped,
+                    compression_ratio: d.compression_ratio,
+                })
+                .collect(),
+        })
     }
 
     /// Fleet totals.

@@ -31,7 +31,9 @@ use axum::routing::{MethodRouter, get, patch, post};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::auth::policy::{Guard, Policy, enforce};
+use crate::auth::PeerIdentity;
+use crate::auth::policy::{CredentialRefused, Guard, Policy, enforce};
+use crate::services::limits::RetryAfter;
 use crate::state::AppState;
 
 pub mod dashboard;
@@ -153,8 +155,12 @@ pub fn router(state: AppState, cors: Option<Vec<String>>) -> Router {
         .merge(guarded(graphql::router(&state), Policy::Read))
         .merge(guarded(openapi::router(&state.signals), Policy::Public));
     app.route_layer(from_fn_with_state(listed, unlisted))
+        .route_layer(from_fn_with_state(state.clone(), auth_failure_budget))
         .route_layer(from_fn_with_state(state.clone(), metrics::count_requests))
         .fallback(status::not_found)
+        // The names of a client certificate become a device identity here,
+        // before any guard authenticates.
+        .layer(axum::middleware::map_request(peer_identity))
         // Ingest reads its body itself (413 as JSON); this bounds every other extractor.
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(map_response_with_state(state.clone(), set_retry_after))
@@ -268,12 +274,69 @@ async fn per_ip_limit(
 ) -> Response {
     match app.limits.check_ip(peer.ip()) {
         Ok(()) => next.run(req).await,
-        Err(crate::services::limits::RetryAfter(s)) => error::ApiError::TooManyRequests {
+        Err(RetryAfter(s)) => error::ApiError::TooManyRequests {
             message: format!("too many requests from this address; retry after {s} s"),
             retry_after_s: s,
         }
         .into_response(),
     }
+}
+
+/// With mutual TLS, the VINs a verified client certificate names
+/// ([`peer::PeerCert`]) as the request's [`PeerIdentity`]: a device
+/// credential for those VINs.
+async fn peer_identity(mut req: Request) -> Request {
+    let identity = req
+        .extensions()
+        .get::<peer::PeerCert>()
+        .and_then(|c| PeerIdentity::from_names(&c.names));
+    if let Some(id) = identity {
+        req.extensions_mut().insert(id);
+    }
+    req
+}
+
+/// The budget of failed authentications per client address
+/// (`LOCKSTEP_AUTH_FAILURES_PER_MIN`): a response marked
+/// [`CredentialRefused`] counts one failure; the one over the budget is
+/// answered 429, and so is every later request of that address that presents
+/// a credential (a bearer token, a login) until the budget has refilled,
+/// before the credential is checked. Other addresses are not affected.
+async fn auth_failure_budget(
+    State(app): State<AppState>,
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(ip) = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_canonical())
+    else {
+        return next.run(req).await;
+    };
+    let refused = |s: u32| {
+        error::ApiError::TooManyRequests {
+            message: format!(
+                "too many failed authentications from this address; retry after {s} s"
+            ),
+            retry_after_s: s,
+        }
+        .into_response()
+    };
+    let presents = req.headers().contains_key(header::AUTHORIZATION)
+        || matched.as_ref().is_some_and(|m| m.as_str() == "/api/login");
+    if presents && let Err(RetryAfter(s)) = app.limits.auth_blocked(ip) {
+        return refused(s);
+    }
+    let resp = next.run(req).await;
+    if resp.extensions().get::<CredentialRefused>().is_some()
+        && let Err(RetryAfter(s)) = app.limits.auth_failed(ip)
+    {
+        tracing::warn!(%ip, "Too many failed authentications from one address: refused for {s} s.");
+        return refused(s);
+    }
+    resp
 }
 
 /// Fills `Retry-After` on 503s of an unavailable store from the settings.

@@ -19,8 +19,8 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse as _, Response};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
@@ -28,8 +28,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::logger::{Started, Stopped};
+use crate::auth::Principal;
 use crate::http::extract::Operator;
 use crate::protocol::{ClientMsg, Level, ReadingJson, ServerMsg};
+use crate::services::limits::WsFull;
 use crate::state::AppState;
 
 /// Most VINs one client may subscribe to (each costs a route entry in the hub).
@@ -96,18 +98,28 @@ enum Sent {
 pub async fn upgrade(
     ws: WebSocketUpgrade,
     operator: Operator,
+    Extension(principal): Extension<Principal>,
     State(app): State<AppState>,
 ) -> Response {
     let (admin, peer) = (operator.allowed, operator.peer);
-    let Some(slot) = app.limits.ws_slot(peer.ip()) else {
-        let max = app.settings.ws_per_ip;
-        return crate::http::error::ApiError::TooManyRequests {
-            message: format!(
-                "this address has {max} WebSocket connections open already (LOCKSTEP_WS_PER_IP)"
-            ),
-            retry_after_s: 5,
+    let credential = principal.limit_key();
+    let slot = match app.limits.ws_slot(peer.ip(), credential.as_deref()) {
+        Ok(slot) => slot,
+        Err(full) => {
+            let message = match full {
+                WsFull::PerIp(max) => format!(
+                    "this address has {max} WebSocket connections open already (LOCKSTEP_WS_PER_IP)"
+                ),
+                WsFull::PerCredential(max) => format!(
+                    "this credential has {max} WebSocket connections open already (LOCKSTEP_WS_PER_CREDENTIAL)"
+                ),
+            };
+            return crate::http::error::ApiError::TooManyRequests {
+                message,
+                retry_after_s: 5,
+            }
+            .into_response();
         }
-        .into_response();
     };
     ws.max_message_size(MAX_CLIENT_MESSAGE)
         .read_buffer_size(READ_BUFFER)

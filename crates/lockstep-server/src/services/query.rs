@@ -605,7 +605,10 @@ impl QueryService {
                     .ok_or_else(|| bad(format!("{name} must be a date YYYY-MM-DD, got {s:?}"))),
             }
         };
-        let (first, last) = (day("from", i32::MIN)?, day("to", i32::MAX)?);
+        // Defaults every store can hold as a date (PostgreSQL refuses
+        // 1970-01-01 ± i32::MAX days): statistics are kept per day of receipt,
+        // never before 1970, and 9999-12-31 is epoch day 2,932,896.
+        let (first, last) = (day("from", 0)?, day("to", 2_932_896)?);
         if first > last {
             return Err(bad("from must not be after to"));
         }

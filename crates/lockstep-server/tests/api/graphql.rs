@@ -95,7 +95,161 @@ async fn queries_read_vehicles_telemetry_buckets_and_stats(backend: Backend) {
     );
 }
 
-both_stores!(queries_read_vehicles_telemetry_buckets_and_stats);
+both_stores!(
+    queries_read_vehicles_telemetry_buckets_and_stats,
+    vehicle_detail_and_daily_stats_match_rest
+);
+
+/// `vehicle(vin)` and `dailyStats(vin, from, to)` answer what
+/// `GET /api/vehicles/{vin}` and `GET /api/vehicles/{vin}/stats` answer, with
+/// the same errors.
+async fn vehicle_detail_and_daily_stats_match_rest(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let v = vin(53);
+    let mut enc = encoder(&v, 9);
+    app.post_readings(&mut enc, 0..30, T0).await;
+    // A gap: one resync answered, counted in the vehicle's health.
+    let _lost = batch(&mut enc, 30..35, T0);
+    assert_eq!(
+        app.post_batch(&batch(&mut enc, 35..40, T0)).await.status(),
+        409
+    );
+    let q = format!(
+        r#"{{
+          vehicle(vin: "{v}") {{ vin model year firstSeenMs lastSeenMs readings sessions resyncs lastKeyframeMs }}
+          dailyStats(vin: "{v}") {{ vin days {{ day readings fieldsTotal fieldsTransmitted fieldsSkipped compressionRatio }} }}
+        }}"#
+    );
+    let body = graphql(&app, &q).await;
+    assert_eq!(body.get("errors"), None, "{body}");
+    let d = &body["data"];
+    let rest = app.ok_json(&format!("/api/vehicles/{v}")).await;
+    let g = &d["vehicle"];
+    for (gql, json) in [
+        ("vin", "vin"),
+        ("model", "model"),
+        ("year", "year"),
+        ("firstSeenMs", "first_seen_ms"),
+        ("lastSeenMs", "last_seen_ms"),
+        ("readings", "readings"),
+        ("sessions", "sessions"),
+        ("resyncs", "resyncs"),
+        ("lastKeyframeMs", "last_keyframe_ms"),
+    ] {
+        assert_eq!(g[gql], rest[json], "{gql}: {g} vs {rest}");
+    }
+    assert_eq!(g["readings"], 30);
+    assert_eq!(g["resyncs"], 1);
+    let rest_stats = app.ok_json(&format!("/api/vehicles/{v}/stats")).await;
+    let days = d["dailyStats"]["days"].as_array().unwrap();
+    let rest_days = rest_stats["days"].as_array().unwrap();
+    assert_eq!(days.len(), rest_days.len());
+    assert!(!days.is_empty());
+    for (g, r) in days.iter().zip(rest_days) {
+        assert_eq!(g["day"], r["day"]);
+        assert_eq!(g["readings"], r["readings"]);
+        assert_eq!(g["fieldsTotal"], r["fields_total"]);
+        assert_eq!(g["fieldsTransmitted"], r["fields_transmitted"]);
+        assert_eq!(g["fieldsSkipped"], r["fields_skipped"]);
+        assert_eq!(g["compressionRatio"], r["compression_ratio"]);
+    }
+    let total: u64 = days.iter().map(|d| d["readings"].as_u64().unwrap()).sum();
+    assert_eq!(total, 30);
+    // A range: the days within it only (none before 2000-01-02).
+    let day = days[0]["day"].as_str().unwrap();
+    let one = graphql(
+        &app,
+        &format!(
+            r#"{{ dailyStats(vin: "{v}", from: "{day}", to: "{day}") {{ days {{ day }} }} }}"#
+        ),
+    )
+    .await;
+    assert_eq!(one["data"]["dailyStats"]["days"][0]["day"], day, "{one}");
+    let none = graphql(
+        &app,
+        &format!(r#"{{ dailyStats(vin: "{v}", to: "2000-01-01") {{ days {{ day }} }} }}"#),
+    )
+    .await;
+    assert_eq!(none["data"]["dailyStats"]["days"], json!([]), "{none}");
+
+    // The REST errors, as codes.
+    let code = async |q: String| {
+        let b = graphql(&app, &q).await;
+        b["errors"][0]["extensions"]["code"].clone()
+    };
+    assert_eq!(
+        code(format!(r#"{{ vehicle(vin: "{}") {{ vin }} }}"#, vin(58))).await,
+        "NOT_FOUND"
+    );
+    assert_eq!(
+        code(r#"{ vehicle(vin: "not-a-vin") { vin } }"#.to_owned()).await,
+        "INVALID"
+    );
+    assert_eq!(
+        code(format!(
+            r#"{{ dailyStats(vin: "{v}", from: "yesterday") {{ vin }} }}"#
+        ))
+        .await,
+        "BAD_REQUEST"
+    );
+    assert_eq!(
+        code(format!(r#"{{ dailyStats(vin: "{}") {{ vin }} }}"#, vin(58))).await,
+        "NOT_FOUND"
+    );
+}
+
+/// The complexity bound: a list counts its selection once per row it may
+/// return, so one full page of readings (10,000) is allowed and three are
+/// refused before anything is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_complex_queries_are_refused() {
+    let app = spawn_app(Backend::Sqlite).await;
+    let v = vin(54);
+    app.post_readings(&mut encoder(&v, 4), 0..5, T0).await;
+    let page = |alias: &str| {
+        format!(
+            r#"{alias}: telemetry(vin: "{v}", from: {T0}, to: {to}, limit: 10000) {{ readings {{ timestamp values {{ name value }} transmitted }} }}"#,
+            to = T0 + 10_000
+        )
+    };
+    let one = graphql(&app, &format!("{{ {} }}", page("a"))).await;
+    assert_eq!(one.get("errors"), None, "{one}");
+    assert_eq!(one["data"]["a"]["readings"].as_array().unwrap().len(), 5);
+    let three = graphql(
+        &app,
+        &format!("{{ {} {} {} }}", page("a"), page("b"), page("c")),
+    )
+    .await;
+    let msg = three["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("too complex"), "{three}");
+    assert_eq!(three.get("data").and_then(|d| d.get("a")), None, "{three}");
+    // Buckets count per bucket of the range: 100,000 one-second buckets are refused…
+    let many = graphql(
+        &app,
+        &format!(
+            r#"{{ buckets(vin: "{v}", from: {T0}, to: {to}, step: 1000) {{ timestamp count signals {{ name min max mean }} }} }}"#,
+            to = T0 + 100_000_000
+        ),
+    )
+    .await;
+    assert!(
+        many["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too complex"),
+        "{many}"
+    );
+    // …a thousand are not.
+    let some = graphql(
+        &app,
+        &format!(
+            r#"{{ buckets(vin: "{v}", from: {T0}, to: {to}, step: 1000) {{ timestamp count }} }}"#,
+            to = T0 + 1_000_000
+        ),
+    )
+    .await;
+    assert_eq!(some.get("errors"), None, "{some}");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_deep_queries_are_refused() {

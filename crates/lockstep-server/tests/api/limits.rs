@@ -264,3 +264,233 @@ async fn the_edge_waits_out_429_and_loses_nothing() {
     assert!(refused >= 1.0, "no 429 was answered:\n{metrics}");
     app.stop().await;
 }
+
+const ADMIN: &str = "limits-bootstrap-admin-secret";
+
+/// An HTTP client whose connections come from `ip` (any 127.x.y.z is this machine).
+fn client_from(ip: [u8; 4]) -> reqwest::Client {
+    reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from(ip))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// A token created with the bootstrap admin (from 127.0.0.9, out of the way).
+async fn create_token(app: &TestApp, body: Value) -> String {
+    let r = client_from([127, 0, 0, 9])
+        .post(format!("{}/api/tokens", app.addr))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Repeated bad tokens and logins from one address: 401 up to the budget,
+/// then 429 + Retry-After — for a good credential of that address too, which
+/// is not even checked — while another address is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_are_budgeted_per_address() {
+    let app = spawn_app_with(
+        Arc::new(TestDb::new(Backend::Sqlite).await),
+        &[
+            "--device-auth",
+            "required",
+            "--read-auth",
+            "required",
+            "--admin-token",
+            ADMIN,
+            "--auth-failures-per-min",
+            "3",
+        ],
+    )
+    .await;
+    let viewer = create_token(&app, serde_json::json!({"role": "viewer"})).await;
+    let device = create_token(&app, serde_json::json!({"vin": vin(81)})).await;
+    let bad = "lst_000000000000_0000000000000000000000000000000000000000000000000000000000000000";
+    let (attacker, other) = (client_from([127, 0, 0, 1]), client_from([127, 0, 0, 2]));
+    let read = |c: &reqwest::Client, tok: &str| {
+        c.get(format!("{}/api/vehicles", app.addr))
+            .bearer_auth(tok)
+            .send()
+    };
+    for i in 0..3 {
+        let r = read(&attacker, bad).await.unwrap();
+        assert_eq!(r.status(), 401, "failure {} is within the budget", i + 1);
+    }
+    let r = read(&attacker, bad).await.unwrap();
+    assert_eq!(r.status(), 429, "over the budget");
+    let wait: u32 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=20).contains(&wait), "one attempt per 20 s: {wait}");
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("failed authentications"),
+        "{body}"
+    );
+    // While blocked, a valid token from that address is not even checked.
+    assert_eq!(read(&attacker, &viewer).await.unwrap().status(), 429);
+    let login = |c: &reqwest::Client, tok: &str| {
+        c.post(format!("{}/api/login", app.addr))
+            .json(&serde_json::json!({ "token": tok }))
+            .send()
+    };
+    assert_eq!(login(&attacker, bad).await.unwrap().status(), 429);
+    // Requests without a credential are not blocked.
+    assert_eq!(
+        attacker
+            .get(format!("{}/status", app.addr))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Another address: unaffected, with its own budget (logins and devices count too).
+    assert_eq!(read(&other, &viewer).await.unwrap().status(), 200);
+    assert_eq!(login(&other, &viewer).await.unwrap().status(), 204);
+    assert_eq!(login(&other, bad).await.unwrap().status(), 401);
+    let seed = lockstep_proto::telemetry::TelemetryReading {
+        vehicle_vin: vin(81),
+        timestamp: 1_764_000_000_000,
+        speed: Some(3.0),
+        ..Default::default()
+    };
+    let ingest = |tok: &str| {
+        other
+            .post(format!("{}/api/telemetry", app.addr))
+            .bearer_auth(tok)
+            .header("content-type", SEED)
+            .body(seed.encode_to_vec())
+            .send()
+    };
+    assert_eq!(ingest(bad).await.unwrap().status(), 401);
+    assert_eq!(ingest(&device).await.unwrap().status(), 200);
+    assert_eq!(
+        read(&other, bad).await.unwrap().status(),
+        401,
+        "third failure"
+    );
+    assert_eq!(read(&other, bad).await.unwrap().status(), 429, "fourth");
+    assert_eq!(ingest(&device).await.unwrap().status(), 429);
+    assert_eq!(
+        app.db.count("SELECT count(*) FROM telemetry_data").await,
+        1,
+        "only the good device's reading"
+    );
+    app.stop().await;
+}
+
+/// Opens `/ws` from `ip` with extra headers; `Err(status)` when refused.
+async fn ws_from(port: u16, ip: [u8; 4], header: (&str, &str)) -> Result<Ws, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((ip, 0))).unwrap();
+    let tcp = socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .unwrap();
+    let mut req = format!("ws://127.0.0.1:{port}/ws")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        axum::http::HeaderName::from_bytes(header.0.as_bytes()).unwrap(),
+        header.1.parse().unwrap(),
+    );
+    match tokio_tungstenite::client_async(req, tokio_tungstenite::MaybeTlsStream::Plain(tcp)).await
+    {
+        Ok((stream, _)) => Ok(Ws { stream }),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("WebSocket: {e}"),
+    }
+}
+
+/// One viewer token holds at most LOCKSTEP_WS_PER_CREDENTIAL sockets, from
+/// however many addresses, web sessions opened with it included; another
+/// token is not affected; a closed socket frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_per_credential_are_capped() {
+    let app = spawn_app_with(
+        Arc::new(TestDb::new(Backend::Sqlite).await),
+        &[
+            "--read-auth",
+            "required",
+            "--admin-token",
+            ADMIN,
+            "--ws-per-credential",
+            "2",
+        ],
+    )
+    .await;
+    let viewer = create_token(&app, serde_json::json!({"role": "viewer"})).await;
+    let other = create_token(&app, serde_json::json!({"role": "viewer"})).await;
+    let bearer = |t: &str| format!("Bearer {t}");
+    let auth = bearer(&viewer);
+    let mut first = ws_from(app.port, [127, 0, 0, 1], ("authorization", &auth))
+        .await
+        .expect("a first socket");
+    first.next_json(Duration::from_secs(10)).await;
+    let _second = ws_from(app.port, [127, 0, 0, 2], ("authorization", &auth))
+        .await
+        .expect("a second socket, from another address");
+    assert_eq!(
+        ws_from(app.port, [127, 0, 0, 3], ("authorization", &auth))
+            .await
+            .err(),
+        Some(429),
+        "a third socket of the token, from a third address"
+    );
+    // A web session opened with the same token counts as that token.
+    let r = app
+        .http
+        .post(format!("{}/api/login", app.addr))
+        .json(&serde_json::json!({ "token": viewer }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        ws_from(app.port, [127, 0, 0, 4], ("cookie", &cookie))
+            .await
+            .err(),
+        Some(429)
+    );
+    // Another token is not affected.
+    let other_auth = bearer(&other);
+    ws_from(app.port, [127, 0, 0, 1], ("authorization", &other_auth))
+        .await
+        .expect("another token's socket");
+    // Closing one frees its slot (once the server has noticed).
+    drop(first);
+    let port = app.port;
+    eventually(Duration::from_secs(10), "a free slot for the token", || {
+        let cookie = cookie.clone();
+        async move {
+            ws_from(port, [127, 0, 0, 4], ("cookie", &cookie))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    app.stop().await;
+}

@@ -7,7 +7,7 @@ use crate::helpers::*;
 const T0: i64 = 1_764_000_000_000;
 
 /// The value of the sample `name` whose labels include every `labels` pair (0 if absent).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
@@ -22,7 +22,7 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-async fn metrics(app: &TestApp) -> String {
+pub(crate) async fn metrics(app: &TestApp) -> String {
     let resp = app.get("/metrics").await;
     assert_eq!(resp.status(), 200);
     assert!(

@@ -550,3 +550,88 @@ async fn one_server_drives_each_sink_and_another_takes_over() {
     sub.wait_for_all(&stored).await;
     standby_app.stop().await;
 }
+
+/// The NATS sink's families on the server's own `/metrics`: with the broker
+/// unreachable (a proxy in front of the machine's NATS, closed) the lag is
+/// every stored reading and failures count up; once it is reachable, the lag
+/// falls to 0 and exactly the stored readings count as forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_lag_and_forwarding_show_in_metrics() {
+    use crate::metrics::{metrics, sample};
+    let proxy = lockstep_testkit::Proxy::start("127.0.0.1:4222".into()).await;
+    proxy.close();
+    let names = Names::new();
+    let nats = format!("nats://{}", proxy.addr);
+    let flags = [
+        "--nats-url",
+        &nats,
+        "--nats-stream",
+        &names.stream,
+        "--nats-subject",
+        &names.subject,
+        "--sink-batch",
+        "100",
+    ]
+    .map(str::to_owned);
+    let app = spawn_with_sinks(Backend::Sqlite, &flags).await;
+    let nats_sink = [("sink", "nats")];
+    let text = metrics(&app).await;
+    assert_eq!(
+        sample(&text, "lockstep_sink_forwarded_readings_total", &nats_sink),
+        0.0
+    );
+    assert!(
+        text.contains("lockstep_sink_lag_readings{sink=\"nats\"}"),
+        "the families exist from the start: {text}"
+    );
+
+    let mut encoders = [encoder(&vin(91), 1), encoder(&vin(92), 2)];
+    ingest(&app, &mut encoders, 0..20).await;
+    let text = eventually(WAIT, "the lag of 40 readings and a failure", || async {
+        let text = metrics(&app).await;
+        (sample(&text, "lockstep_sink_lag_readings", &nats_sink) == 40.0
+            && sample(&text, "lockstep_sink_publish_failures_total", &nats_sink) >= 1.0)
+            .then_some(text)
+    })
+    .await;
+    assert_eq!(sample(&text, "lockstep_sink_connected", &nats_sink), 0.0);
+    assert_eq!(
+        sample(&text, "lockstep_sink_forwarded_readings_total", &nats_sink),
+        0.0
+    );
+    assert_eq!(app.status().await["sinks"]["nats"]["lag_readings"], 40);
+
+    proxy.reopen();
+    let text = eventually(WAIT, "the sink to catch up", || async {
+        let text = metrics(&app).await;
+        (sample(&text, "lockstep_sink_lag_readings", &nats_sink) == 0.0
+            && sample(&text, "lockstep_sink_forwarded_readings_total", &nats_sink) == 40.0)
+            .then_some(text)
+    })
+    .await;
+    eventually(WAIT, "the connection gauge", || async {
+        (sample(&metrics(&app).await, "lockstep_sink_connected", &nats_sink) == 1.0).then_some(())
+    })
+    .await;
+    let failures = sample(&text, "lockstep_sink_publish_failures_total", &nats_sink);
+    // More readings move the counter by exactly what was stored.
+    ingest(&app, &mut encoders, 20..25).await;
+    eventually(WAIT, "10 more forwarded", || async {
+        let text = metrics(&app).await;
+        (sample(&text, "lockstep_sink_forwarded_readings_total", &nats_sink) == 50.0
+            && sample(&text, "lockstep_sink_lag_readings", &nats_sink) == 0.0)
+            .then_some(())
+    })
+    .await;
+    let text = metrics(&app).await;
+    assert_eq!(
+        sample(&text, "lockstep_sink_publish_failures_total", &nats_sink),
+        failures,
+        "no failure while the broker is up"
+    );
+    let got = stream_messages("nats://127.0.0.1:4222", &names.stream).await;
+    let ids: BTreeSet<&str> = got.iter().map(|(_, id, _)| id.as_str()).collect();
+    assert_eq!(ids.len(), 50, "every stored reading is in the stream");
+    app.stop().await;
+    delete_stream("nats://127.0.0.1:4222", &names.stream).await;
+}

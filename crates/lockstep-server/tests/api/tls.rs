@@ -389,3 +389,216 @@ async fn the_spawned_logger_reaches_an_https_server() {
     .await;
     app.stop().await;
 }
+
+const ADMIN: &str = "tls-bootstrap-admin-secret";
+const T0: i64 = 1_764_547_200_000;
+
+/// Posts one seed-form reading of `vin` through `http` (no token).
+async fn seed_as(http: &reqwest::Client, base: &str, vin: &str, ts: i64) -> u16 {
+    use lockstep_proto::Message as _;
+    let r = lockstep_proto::telemetry::TelemetryReading {
+        vehicle_vin: vin.to_owned(),
+        timestamp: ts,
+        speed: Some(42.0),
+        battery: Some(80.0),
+        ..Default::default()
+    };
+    http.post(format!("{base}/api/telemetry"))
+        .header("content-type", SEED)
+        .body(r.encode_to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Posts a lockstep batch through `http` (no token).
+async fn batch_via(http: &reqwest::Client, base: &str, b: &lockstep_proto::v1::Batch) -> u16 {
+    use lockstep_proto::Message as _;
+    http.post(format!("{base}/api/v1/batch"))
+        .header("content-type", BATCH)
+        .body(b.encode_to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn stored_for(app: &TestApp, vin: &str) -> i64 {
+    app.db
+        .count(&format!(
+            "SELECT count(*) FROM telemetry_data t JOIN vehicles v ON v.id = t.vehicle_id WHERE v.vin = '{vin}'"
+        ))
+        .await
+}
+
+/// Mutual TLS as a device credential: a certificate from the device CA that
+/// names a VIN (CN or DNS SAN) writes that VIN with no token and nothing
+/// else; without a certificate or token, device auth required answers 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_a_device_credential_for_its_vins() {
+    let server_ca = Ca::new("server CA");
+    let device_ca = Ca::new("device CA");
+    let dir = tempfile::tempdir().unwrap();
+    let app = tls_app(
+        dir.path(),
+        &server_ca,
+        Some(&device_ca),
+        &[
+            "--device-auth",
+            "required",
+            "--read-auth",
+            "required",
+            "--admin-token",
+            ADMIN,
+        ],
+    )
+    .await;
+    let base = format!("https://localhost:{}", app.port);
+    let (a, b, c, d) = (vin(71), vin(72), vin(73), vin(74));
+
+    // A certificate for A (CN and SAN).
+    let cert_a = device_ca.issue(&[&a]);
+    let dev_a = https_client(client_config(&server_ca, Some(&cert_a)));
+    assert_eq!(seed_as(&dev_a, &base, &a, T0).await, 200, "A writes A");
+    assert_eq!(
+        seed_as(&dev_a, &base, &b, T0).await,
+        403,
+        "A may not write B"
+    );
+    let mut enc = encoder(&a, 5);
+    assert_eq!(
+        batch_via(&dev_a, &base, &batch(&mut enc, 0..3, T0)).await,
+        200
+    );
+    let mut enc_b = encoder(&b, 5);
+    assert_eq!(
+        batch_via(&dev_a, &base, &batch(&mut enc_b, 0..3, T0)).await,
+        403,
+        "a batch of B over A's certificate"
+    );
+    // A device certificate is no person: reads need a viewer.
+    let r = dev_a
+        .get(format!("{base}/api/vehicles"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // No certificate and no token: 401.
+    let anonymous = https_client(client_config(&server_ca, None));
+    assert_eq!(seed_as(&anonymous, &base, &a, T0 + 1000).await, 401);
+    // A certificate that names no VIN proves nothing: 401 as well.
+    let edge = device_ca.issue(&["edge-9.fleet.example"]);
+    let named = https_client(client_config(&server_ca, Some(&edge)));
+    assert_eq!(seed_as(&named, &base, &a, T0 + 2000).await, 401);
+
+    // A certificate naming two VINs (CN, then a SAN in lower case) writes both, no third.
+    let lower_d = d.to_ascii_lowercase();
+    let cert_cd = device_ca.issue(&[&c, &lower_d]);
+    let dev_cd = https_client(client_config(&server_ca, Some(&cert_cd)));
+    assert_eq!(seed_as(&dev_cd, &base, &c, T0).await, 200);
+    assert_eq!(seed_as(&dev_cd, &base, &d, T0).await, 200);
+    assert_eq!(seed_as(&dev_cd, &base, &a, T0 + 3000).await, 403);
+
+    // A token still works beside certificates (bearer first).
+    let resp = admin_post(&base, &server_ca, serde_json::json!({"vin": b})).await;
+    let tok_b = resp["token"].as_str().unwrap().to_owned();
+    let r = dev_a
+        .post(format!("{base}/api/telemetry"))
+        .bearer_auth(&tok_b)
+        .header("content-type", SEED)
+        .body({
+            use lockstep_proto::Message as _;
+            lockstep_proto::telemetry::TelemetryReading {
+                vehicle_vin: b.clone(),
+                timestamp: T0,
+                speed: Some(1.0),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "B's token over A's certificate writes B");
+
+    assert_eq!(stored_for(&app, &a).await, 1 + 3);
+    assert_eq!(stored_for(&app, &b).await, 1, "only what B's token wrote");
+    assert_eq!(stored_for(&app, &c).await, 1);
+    assert_eq!(stored_for(&app, &d).await, 1);
+    app.stop().await;
+}
+
+/// Creates a token with the bootstrap admin over HTTPS; returns the JSON answer.
+async fn admin_post(base: &str, server_ca: &Ca, body: serde_json::Value) -> serde_json::Value {
+    let r = https_client(client_config(server_ca, None))
+        .post(format!("{base}/api/tokens"))
+        .bearer_auth(ADMIN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    r.json().await.unwrap()
+}
+
+/// Under TLS the dashboard's session cookie is `Secure` (besides HttpOnly and
+/// SameSite=Strict), and the server's own https origin may log in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cookie_is_secure_under_tls() {
+    let server_ca = Ca::new("server CA");
+    let dir = tempfile::tempdir().unwrap();
+    let app = tls_app(
+        dir.path(),
+        &server_ca,
+        None,
+        &["--read-auth", "required", "--admin-token", ADMIN],
+    )
+    .await;
+    let base = format!("https://localhost:{}", app.port);
+    let viewer =
+        admin_post(&base, &server_ca, serde_json::json!({"role": "viewer"})).await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let http = https_client(client_config(&server_ca, None));
+    let r = http
+        .post(format!("{base}/api/login"))
+        .header("origin", &base)
+        .json(&serde_json::json!({ "token": viewer }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "the dashboard's own https origin logs in");
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let attrs: Vec<&str> = set.split(';').map(str::trim).collect();
+    for want in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
+        assert!(attrs.contains(&want), "{want} in {set}");
+    }
+    let cookie = attrs[0].to_owned();
+    assert!(cookie.starts_with("lockstep_session="), "{set}");
+    let r = http
+        .get(format!("{base}/api/vehicles"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the cookie authenticates over TLS");
+    let r = http
+        .post(format!("{base}/api/logout"))
+        .header("origin", &base)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let cleared = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cleared.contains("Max-Age=0") && cleared.contains("Secure"),
+        "{cleared}"
+    );
+    app.stop().await;
+}

@@ -34,6 +34,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{Metrics, SinkMetrics};
 use crate::model::{Signals, TelemetryRow, now_ms};
 use crate::protocol::ReadingJson;
 use crate::settings::Settings;
@@ -164,6 +165,8 @@ pub struct SinkContext {
     /// Bumped by the writer after each commit.
     pub commits: watch::Receiver<u64>,
     pub stop: CancellationToken,
+    /// The server's recorder: each sink registers its families there.
+    pub metrics: Metrics,
 }
 
 /// Starts a sink actor per configured broker. Fails (before the server
@@ -219,6 +222,7 @@ fn spawn<B: Broker>(
         signals: ctx.signals.clone(),
         commits: ctx.commits.clone(),
         status: status.clone(),
+        metrics: ctx.metrics.sink(B::NAME),
         holder,
         timing,
     };
@@ -233,6 +237,7 @@ pub struct Sink<B: Broker> {
     signals: Signals,
     commits: watch::Receiver<u64>,
     status: Arc<SinkStatus>,
+    metrics: SinkMetrics,
     holder: Arc<str>,
     timing: SinkTiming,
 }
@@ -255,10 +260,12 @@ impl<B: Broker> Sink<B> {
         let mut backoff = self.timing.poll.min(Duration::from_millis(200));
         let mut counted: Option<Instant> = None;
         let mut broker_up = true;
-        let lag_gauge = metrics::gauge!("lockstep_sink_lag_readings", "sink" => name);
-        let connected_gauge = metrics::gauge!("lockstep_sink_connected", "sink" => name);
-        let forwarded = metrics::counter!("lockstep_sink_forwarded_readings_total", "sink" => name);
-        let failures = metrics::counter!("lockstep_sink_publish_failures_total", "sink" => name);
+        let SinkMetrics {
+            lag: lag_gauge,
+            connected: connected_gauge,
+            forwarded,
+            failures,
+        } = self.metrics.clone();
         while !stop.is_cancelled() {
             let connected = self.status.connected.load(Ordering::Relaxed);
             connected_gauge.set(if connected { 1.0 } else { 0.0 });
