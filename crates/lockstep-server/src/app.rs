@@ -21,8 +21,8 @@ use crate::actors::bridge::{Bridge, BridgeConfig};
 use crate::actors::health::Health;
 use crate::actors::hub::{Hub, Level};
 use crate::actors::logger::{LoggerConfig, Supervisor};
-use crate::actors::maintenance::Maintainer;
 use crate::actors::logger_lease::ClusterLogger;
+use crate::actors::maintenance::Maintainer;
 use crate::actors::sinks::{self, SinkContext};
 use crate::actors::stats::{self, StatsBook};
 use crate::actors::writer::Writer;
@@ -179,7 +179,7 @@ impl App {
         if settings.shared_store {
             writer_handle.mark_shared();
         }
-                let limits = settings.limits();
+        let limits = settings.limits();
         let idle = Duration::from_secs(settings.vehicle_idle_s.max(1));
         let vehicles = Arc::new(Vehicles::new(settings.max_vehicles, idle));
         let ingest = IngestService::new(
