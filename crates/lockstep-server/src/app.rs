@@ -176,7 +176,8 @@ impl App {
             settings.batch_rows,
             metrics.clone(),
         );
-        if settings.shared_store {
+        // Instances joined through Redis share their store: check versions from the start.
+        if settings.shared_store || settings.redis_url.is_some() {
             writer_handle.mark_shared();
         }
         let limits = settings.limits();
