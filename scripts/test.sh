@@ -30,6 +30,8 @@ if [[ ! -x /usr/sbin/nginx ]]; then
     fail "could not install nginx (apt-get install -y nginx, as root); the cluster tests put it in front of three servers."
 fi
 /usr/sbin/nginx -v >/dev/null 2>&1 || fail "/usr/sbin/nginx does not run."
+# g++, libcurl and nlohmann-json for the C++ edge the end-to-end tests build.
+./examples/cpp-edge/install-deps.sh || fail "could not install the C++ edge's build dependencies (examples/cpp-edge/install-deps.sh)."
 command -v node >/dev/null && command -v npm >/dev/null || fail "Node >= 20.19 with npm is not installed."
 node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' ||
   fail "Node $(node --version) is too old: dashboard/package.json needs >= 20.19."

@@ -7,18 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-have_header() { echo "#include <$1>" | g++ -std=c++17 -E -x c++ - >/dev/null 2>&1; }
-need=()
-command -v g++ >/dev/null 2>&1 || need+=(g++)
-command -v make >/dev/null 2>&1 || need+=(make)
-if ! command -v g++ >/dev/null 2>&1 || ! have_header curl/curl.h; then need+=(libcurl4-openssl-dev); fi
-if ! command -v g++ >/dev/null 2>&1 || ! have_header nlohmann/json.hpp; then need+=(nlohmann-json3-dev); fi
-if [ ${#need[@]} -gt 0 ]; then
-    echo "cpp-edge: installing ${need[*]}"
-    sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}"
-fi
+examples/cpp-edge/install-deps.sh
 
 target="${CARGO_TARGET_DIR:-target}"
 cargo build -p lockstep-codec-c
