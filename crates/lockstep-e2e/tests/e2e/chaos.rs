@@ -1,28 +1,39 @@
 //! The chaos test: two recorded Twizy trips replayed by the real
-//! `lockstep-edge`, one in each wire form (protobuf batches given both server
-//! instances with `--server` twice, for failover; the seed form of one reading
-//! per POST, given one instance — see below), while a driver SIGKILLs and restarts the
-//! instances, crash-restarts a private PostgreSQL cluster the test creates
-//! itself, black-holes the database connections and resets them through a
-//! proxy. At the end every reading is stored exactly once within tolerance,
-//! and no server process exceeded [`RSS_BOUND_MIB`].
+//! `lockstep-edge`, one in each wire form (each edge given both ingesting
+//! server instances with `--server` twice, for failover), while a driver
+//! SIGKILLs and restarts the instances, crash-restarts a private PostgreSQL
+//! cluster the test creates itself, black-holes the database connections and
+//! resets them through a proxy, and stops a private `redis-server` that joins
+//! the instances' live streams. A third instance, never faulted, serves a
+//! WebSocket observer. At the end every reading is stored exactly once within
+//! tolerance, the observer got no reading twice and none that is not stored,
+//! what it missed during the faults it was told of (`gap`/`lagged` or a
+//! closed socket) or came from an instance killed between commit and publish,
+//! and after the faults it gets every reading of a further trip; no server
+//! process exceeded [`RSS_BOUND_MIB`].
 //!
 //! The schedule of faults comes from a random *chaos seed* printed at the
 //! start and in every failure message; `LOCKSTEP_CHAOS_SEED=<n>` reproduces
 //! the schedule, `LOCKSTEP_CHAOS_SECS=<s>` (default 45) lengthens the run (the
 //! replays are paced to last that long).
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::*;
-use lockstep_testkit::PrivatePostgres;
+use lockstep_testkit::{PrivatePostgres, PrivateRedis};
 
 /// The trip replayed in the protobuf batch form (1049 rows).
 const BATCH_TRIP: &str = SHORT_TRIP;
 /// The trip replayed in the seed form (1703 rows; another vehicle).
 const SEED_TRIP: &str = "T3_06_07_2021.csv";
+/// Replayed after the faults, to show the live stream recovered (2517 rows; a third vehicle).
+const CALM_TRIP: &str = "T3_05_25_2021_04.csv";
 
 /// The most a server process may hold resident at any sample (debug build;
 /// it idles at tens of MiB): a leak or unbounded buffering under retries
@@ -58,6 +69,8 @@ enum Fault {
     BlackHole { ms: u64 },
     /// Every database connection is closed on both sides.
     Reset,
+    /// The Redis joining the instances' live streams SIGKILLed, started again after `down_ms`.
+    StopRedis { down_ms: u64 },
 }
 
 /// The schedule a chaos seed stands for: (pause before, fault), enough for `secs`.
@@ -67,7 +80,7 @@ fn schedule(seed: u64, secs: u64, instances: usize) -> Vec<(u64, Fault)> {
     let mut t = 0;
     while t < secs * 1000 {
         let pause = rng.range(1_000, 4_000);
-        let fault = match rng.range(0, 9) {
+        let fault = match rng.range(0, 10) {
             0..=3 => Fault::KillServer {
                 i: rng.range(0, instances as u64 - 1) as usize,
                 down_ms: rng.range(0, 2_000),
@@ -78,11 +91,16 @@ fn schedule(seed: u64, secs: u64, instances: usize) -> Vec<(u64, Fault)> {
             6 | 7 => Fault::BlackHole {
                 ms: rng.range(500, 4_000),
             },
-            _ => Fault::Reset,
+            8 => Fault::Reset,
+            _ => Fault::StopRedis {
+                down_ms: rng.range(200, 3_000),
+            },
         };
         t += pause
             + match fault {
-                Fault::KillServer { down_ms, .. } | Fault::RestartPostgres { down_ms } => down_ms,
+                Fault::KillServer { down_ms, .. }
+                | Fault::RestartPostgres { down_ms }
+                | Fault::StopRedis { down_ms } => down_ms,
                 Fault::BlackHole { ms } => ms,
                 Fault::Reset => 0,
             };
@@ -122,8 +140,69 @@ struct Tally {
     postgres_restarts: u32,
     black_holes: u32,
     resets: u32,
+    redis_stops: u32,
     max_rss_kib: u64,
     samples: u32,
+}
+
+/// What the WebSocket observer saw: live readings as (VIN, session hex, seq),
+/// and every way it was told it missed some.
+#[derive(Default)]
+struct Observed {
+    readings: Vec<(String, String, u64)>,
+    /// `gap` and `lagged` messages.
+    notices: u32,
+    /// Sockets that closed or failed (the client knows it missed what followed).
+    closes: u32,
+}
+
+/// A dashboard-like client of `/ws` on `port`, reconnecting whenever its
+/// socket closes, until the returned task is aborted.
+fn observe(port: u16) -> (Arc<Mutex<Observed>>, tokio::task::JoinHandle<()>) {
+    let seen = Arc::new(Mutex::new(Observed::default()));
+    let tally = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let url = format!("ws://127.0.0.1:{port}/ws");
+            if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await {
+                while let Some(Ok(m)) = ws.next().await {
+                    let Message::Text(t) = m else { continue };
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) else {
+                        continue;
+                    };
+                    let mut o = tally.lock().unwrap();
+                    match v["type"].as_str() {
+                        Some("telemetry") => {
+                            let d = &v["data"];
+                            o.readings.push((
+                                d["vehicle_vin"].as_str().unwrap_or_default().to_owned(),
+                                d["session_id"].as_str().unwrap_or_default().to_owned(),
+                                d["seq"].as_u64().unwrap_or(u64::MAX),
+                            ));
+                        }
+                        Some("gap" | "lagged") => o.notices += 1,
+                        _ => {}
+                    }
+                }
+            }
+            tally.lock().unwrap().closes += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    (seen, task)
+}
+
+/// The stored readings of `vin` as the live stream names them.
+fn stream_keys(vin: &str, rows: &[StoredRow]) -> HashSet<(String, String, u64)> {
+    rows.iter()
+        .map(|r| {
+            (
+                vin.to_owned(),
+                format!("{:016x}", r.session_id as u64),
+                r.seq as u64,
+            )
+        })
+        .collect()
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -150,11 +229,17 @@ async fn chaos_every_reading_once_through_kills_and_store_faults() {
     let pg = tokio::task::block_in_place(PrivatePostgres::start);
     let db = Db::Private { addr: pg.addr() };
     let proxy = Proxy::start(pg.addr()).await;
-    let args = ["--retry-after-s", "1"];
+    let mut redis = tokio::task::block_in_place(PrivateRedis::start);
+    let redis_url = redis.url();
+    let args = ["--retry-after-s", "1", "--redis-url", &redis_url];
     let mut servers = vec![
         Server::start(&db.url_via(&proxy.addr), &args).await,
         Server::start(&db.url_via(&proxy.addr), &args).await,
     ];
+    // Takes no ingest and is never faulted: its WebSocket client sees the
+    // other instances' readings only through Redis.
+    let observer = Server::start(&db.url_via(&proxy.addr), &args).await;
+    let (observed, observer_task) = observe(observer.port);
     let plan = schedule(seed, secs, servers.len());
     println!("schedule: {plan:?}");
 
@@ -179,15 +264,14 @@ async fn chaos_every_reading_once_through_kills_and_store_faults() {
         ],
     );
     let seed_speed = speed(seed_trip.readings.len());
-    // The seed form is given one instance only: without a per-vehicle
-    // compare-and-set in the commit, an instance reconstructs seed readings
-    // with the predictor state it cached before another instance stored some,
-    // and stores values outside the seed tolerance (chaos seed
-    // 1796108275521968410 with both instances: 54 values). The batch form is
-    // safe across instances (a stale state is a gap: 409, resync from a
-    // keyframe). Give the seed edge `--server` twice once every commit is a
-    // compare-and-set of the vehicle's state.
-    let mut seed_edge = Edge::replay(&s1, SEED_TRIP, &["--seed-wire", "--speed", &seed_speed]);
+    // Both instances for the seed form too: every commit is a compare-and-set
+    // of the vehicle's predictor state, so an instance whose cached predictor
+    // is stale decodes again instead of storing wrong values.
+    let mut seed_edge = Edge::replay(
+        &s1,
+        SEED_TRIP,
+        &["--server", &s0, "--seed-wire", "--speed", &seed_speed],
+    );
 
     let mut tally = Tally::default();
     // Sleeps in slices, sampling every server's resident memory.
@@ -238,6 +322,12 @@ async fn chaos_every_reading_once_through_kills_and_store_faults() {
                 proxy.reset();
                 tally.resets += 1;
             }
+            Fault::StopRedis { down_ms } => {
+                redis.kill();
+                tally.redis_stops += 1;
+                pause(down_ms, &servers, &mut tally).await;
+                tokio::task::block_in_place(|| redis.start_again());
+            }
         }
     }
     let chaos_s = started.elapsed().as_secs_f64();
@@ -280,11 +370,84 @@ async fn chaos_every_reading_once_through_kills_and_store_faults() {
         (batch_rows.len() + seed_rows.len()) as i64,
         "nothing but the two vehicles ({repro})"
     );
+
+    // The observer during the faults: nothing twice, nothing that is not
+    // stored, and what it missed it was told of, unless an instance died
+    // between its commit and its publish (that instance's readings of that
+    // moment never reach Redis; see docs/deploy.md).
+    let mut stored = stream_keys(&batch_vin, &batch_rows);
+    stored.extend(stream_keys(&seed_vin, &seed_rows));
+    let (received, notices, closes) = {
+        let o = observed.lock().unwrap();
+        (o.readings.clone(), o.notices, o.closes)
+    };
+    let distinct: HashSet<_> = received.iter().cloned().collect();
+    assert_eq!(
+        distinct.len(),
+        received.len(),
+        "the observer got no reading twice ({repro})"
+    );
+    let phantom: Vec<_> = distinct.difference(&stored).take(3).collect();
+    assert!(
+        phantom.is_empty(),
+        "the observer got readings that are not stored, e.g. {phantom:?} ({repro})"
+    );
+    let missed = stored.len() - distinct.len();
+    assert!(
+        missed == 0 || notices + closes > 0 || tally.server_kills > 0,
+        "the observer missed {missed} readings and was not told ({repro})"
+    );
+
+    // After the faults the live stream works again: a further trip reaches the
+    // observer whole, exactly once.
+    let (calm_vin, calm_trip) = expected_trip(CALM_TRIP);
+    let before = received.len();
+    let mut calm_edge = Edge::replay(
+        &s0,
+        CALM_TRIP,
+        &["--as-fast-as-possible", "--batch-readings", "50"],
+    );
+    let calm = calm_edge.finish(Duration::from_secs(120)).await;
+    assert_eq!(
+        calm.acknowledged,
+        calm_trip.readings.len() as u64,
+        "{}",
+        calm.text
+    );
+    let calm_rows = db.rows_of(&calm_vin).await;
+    assert_exactly_once_within_tolerance(&calm_trip.readings, &calm_rows);
+    let calm_keys = stream_keys(&calm_vin, &calm_rows);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let calm_seen = loop {
+        let got: Vec<_> = observed.lock().unwrap().readings[before..]
+            .iter()
+            .filter(|k| k.0 == calm_vin)
+            .cloned()
+            .collect();
+        if got.len() >= calm_keys.len() || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    observer_task.abort();
+    let calm_distinct: HashSet<_> = calm_seen.iter().cloned().collect();
+    assert_eq!(
+        (calm_seen.len(), calm_distinct == calm_keys),
+        (calm_keys.len(), true),
+        "after the faults the observer gets every reading of the calm trip once ({repro})"
+    );
+    println!(
+        "observer (third instance, through Redis): {} of {} readings during the faults, told {notices} times by gap/lagged,          {closes} socket closes; after the faults {} of {} readings",
+        distinct.len(),
+        stored.len(),
+        calm_distinct.len(),
+        calm_keys.len()
+    );
     assert!(tally.samples > 0, "the memory was sampled ({repro})");
     let max_mib = tally.max_rss_kib.div_ceil(1024);
     println!(
         "chaos seed {seed}: {total} readings exactly once ({} batch form, {} seed form) in {chaos_s:.1} s of faults; \
-         {} server SIGKILLs + restarts, {} PostgreSQL crash restarts, {} black holes, {} connection resets; \
+         {} server SIGKILLs + restarts, {} PostgreSQL crash restarts, {} black holes, {} connection resets, {} Redis stops; \
          edge retries {} + {}, resyncs {} + {}, duplicates {} + {}; max server RSS {max_mib} MiB over {} samples (bound {RSS_BOUND_MIB} MiB)",
         batch_rows.len(),
         seed_rows.len(),
@@ -292,6 +455,7 @@ async fn chaos_every_reading_once_through_kills_and_store_faults() {
         tally.postgres_restarts,
         tally.black_holes,
         tally.resets,
+        tally.redis_stops,
         summaries[0].retries,
         summaries[1].retries,
         summaries[0].resyncs,
