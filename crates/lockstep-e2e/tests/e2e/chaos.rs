@@ -398,8 +398,23 @@ async fn chaos_every_reading_once_through_kills_and_store_faults() {
         "the observer missed {missed} readings and was not told ({repro})"
     );
 
-    // After the faults the live stream works again: a further trip reaches the
-    // observer whole, exactly once.
+    // After the faults the live stream works again: once every instance says
+    // its bridge is up (the subscribers reconnect with backoff), a further
+    // trip reaches the observer whole, exactly once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for s in [&servers[0], &observer] {
+        while s
+            .status()
+            .await
+            .is_none_or(|v| v["cluster"]["redis_connected"] != true)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the Redis bridge came back within 30 s ({repro})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let (calm_vin, calm_trip) = expected_trip(CALM_TRIP);
     let before = received.len();
     let mut calm_edge = Edge::replay(

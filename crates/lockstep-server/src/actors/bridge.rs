@@ -496,21 +496,26 @@ async fn publish(
                     Err(_) => break,
                 }
             }
-            let mut pipe = redis::pipe();
-            for f in &frames {
-                pipe.cmd("PUBLISH").arg(&channel).arg(f.as_slice()).ignore();
+            let mut sent = publish_frames(&mut conn, &channel, &frames).await;
+            if sent.is_err() {
+                // A connection that died while idle (Redis restarted) fails
+                // its first use: one fresh connection before counting a loss.
+                if let Ok(Ok(c)) =
+                    tokio::time::timeout(CALL_TIMEOUT, client.get_multiplexed_async_connection())
+                        .await
+                {
+                    conn = c;
+                    sent = publish_frames(&mut conn, &channel, &frames).await;
+                }
             }
-            let sent = tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await;
             let n = frames.len() as u64;
             frames.clear();
             match sent {
-                Ok(Ok(())) => {
+                Ok(()) => {
                     handle.published.fetch_add(n, Ordering::Relaxed);
                 }
-                failed => {
-                    if let Ok(Err(e)) = failed {
-                        tracing::debug!(error = %e, "Publishing to Redis failed.");
-                    }
+                Err(e) => {
+                    tracing::debug!(error = %e, "Publishing to Redis failed.");
                     // Lost: receivers see the hole in the numbering.
                     handle.dropped.fetch_add(n, Ordering::Relaxed);
                     set_up(&handle, &handle.publisher_up, false, &hub);
@@ -521,6 +526,23 @@ async fn publish(
         if !pause(&mut backoff, &stop).await {
             return;
         }
+    }
+}
+
+/// One pipeline of PUBLISH commands, bounded in time.
+async fn publish_frames(
+    conn: &mut redis::aio::MultiplexedConnection,
+    channel: &str,
+    frames: &[Vec<u8>],
+) -> Result<(), String> {
+    let mut pipe = redis::pipe();
+    for f in frames {
+        pipe.cmd("PUBLISH").arg(channel).arg(f.as_slice()).ignore();
+    }
+    match tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<()>(conn)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
     }
 }
 
