@@ -201,7 +201,7 @@ async fn measure(server: &Spawned, args: &FleetArgs) -> anyhow::Result<FleetRepo
     let mut steps = Vec::new();
     for &target in &args.steps {
         let loadavg_before = crate::procfs::loadavg();
-        let sampler = crate::procfs::RssSampler::start(server.pid);
+        let sampler = crate::procfs::RssSampler::start(vec![server.pid]);
         let t = Instant::now();
         register(
             server.addr,

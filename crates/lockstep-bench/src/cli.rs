@@ -14,6 +14,18 @@ pub enum StoreKind {
     Postgres,
 }
 
+/// How the load spreads over the instances of a cluster (`--instances`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Spread {
+    /// Each connection stays on one instance (connection i → instance i mod N), as a
+    /// load balancer with sticky upstream connections: every vehicle is ingested by one instance.
+    Connection,
+    /// Each vehicle's consecutive requests go to the next instance, as nginx's per-request
+    /// round robin: every request finds its vehicle's cached state stale and reloads it.
+    Request,
+}
+
 /// Which wire form the load uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,6 +46,7 @@ pub enum Form {
   lockstep-bench --spawn --store sqlite --form lockstep --batch 100 --vehicles 50 --connections 10 --count 500000
   lockstep-bench --spawn --store postgres --form seed --rate 1000 --ws-clients 1000 --duration 15
   lockstep-bench --spawn --store sqlite --rate 100 --idle-ws-clients 10000 --duration 10
+  lockstep-bench --spawn --store postgres --instances 3 --form lockstep --batch 10 --rate 3000 --ws-clients 6 --ws-latency-every 1
   lockstep-bench --url http://127.0.0.1:8001 --server-pid 1234 --database-url postgres://postgres@127.0.0.1/lockstep"
 )]
 pub struct Args {
@@ -45,6 +58,23 @@ pub struct Args {
     /// the binary; default: `lockstep-server` next to this executable.
     #[arg(long, num_args = 0..=1, value_name = "PATH")]
     pub spawn: Option<Option<PathBuf>>,
+
+    /// Spawned servers (a cluster on one PostgreSQL database, joined by Redis: see
+    /// --redis-url). The load spreads over them by --spread; the WebSocket
+    /// subscribers are dealt round the instances (subscriber i → instance i mod N), and
+    /// their latency is split into readings ingested by their own instance and by another.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub instances: u32,
+
+    /// How the load spreads over the instances.
+    #[arg(long, value_enum, default_value_t = Spread::Connection)]
+    pub spread: Spread,
+
+    /// Redis for the spawned servers (`REDIS_URL`, with a prefix unique to the run).
+    /// Default with --instances > 1: redis://127.0.0.1:6379; with one instance, none
+    /// unless given (give it to measure one instance in cluster mode).
+    #[arg(long)]
+    pub redis_url: Option<String>,
 
     /// Store of the spawned server: a fresh SQLite file in a temporary directory, or a
     /// fresh uniquely named PostgreSQL database (created on --pg-admin-url's server, dropped after).

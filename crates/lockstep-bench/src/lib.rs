@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use lockstep_codec::Catalog;
 
-pub use cli::{Args, Form, StoreKind};
+pub use cli::{Args, Form, Spread, StoreKind};
 use report::{
     CpuReport, IdleReport, Latency, LoadReport, Machine, ProcReport, Report, ServerInfo, WsReport,
 };
@@ -48,7 +48,17 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     if args.request_timeout <= 0.0 || args.rate < 0.0 {
         bail!("--request-timeout must be positive and --rate not negative");
     }
-    let needed = u64::from(args.connections)
+    if args.instances > 1 && (args.spawn.is_none() || args.store != StoreKind::Postgres) {
+        bail!(
+            "--instances > 1 needs --spawn and --store postgres (the instances share one database)"
+        );
+    }
+    if args.ws_url.is_some() && args.instances > 1 {
+        bail!(
+            "--ws-url drives a cluster started elsewhere; with --instances the subscribers are dealt round the instances"
+        );
+    }
+    let needed = u64::from(args.connections) * u64::from(args.instances)
         + u64::from(args.ws_clients)
         + u64::from(args.idle_ws_clients)
         + 256;
@@ -60,23 +70,26 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 Some(p) => p.clone(),
                 None => spawn::default_binary()?,
             };
-            Some(
-                Spawned::start(
-                    bin,
-                    args.store,
-                    &args.pg_admin_url,
-                    &args.server_env,
-                    args.keep,
-                )
-                .await?,
+            let mut s = Spawned::start(
+                bin,
+                args.store,
+                &args.pg_admin_url,
+                &cluster_env(&args),
+                args.keep,
             )
+            .await?;
+            if let Err(e) = s.add_instances(args.instances - 1).await {
+                s.stop().await;
+                return Err(e);
+            }
+            Some(s)
         }
         None => None,
     };
-    let (addr, pid, store, url) = match &spawned {
+    let (addrs, pids, store, url) = match &spawned {
         Some(s) => (
-            s.addr,
-            Some(s.pid),
+            s.addrs(),
+            s.pids(),
             Some(s.store.clone()),
             format!("http://{}", s.addr),
         ),
@@ -88,12 +101,18 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 .as_deref()
                 .map(StoreAccess::from_url)
                 .transpose()?;
-            (addr, args.server_pid, store, url)
+            (
+                vec![addr],
+                args.server_pid.into_iter().collect(),
+                store,
+                url,
+            )
         }
     };
     let ctx = Ctx {
-        addr,
-        pid,
+        addr: addrs[0],
+        addrs,
+        pids,
         store,
         url,
         fd_limit,
@@ -129,9 +148,32 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// The spawned servers' environment: the run's `--server-env`, and for a
+/// cluster its Redis with a prefix of its own (so runs never hear each other).
+fn cluster_env(args: &Args) -> Vec<String> {
+    let mut env = args.server_env.clone();
+    let redis = args
+        .redis_url
+        .clone()
+        .or_else(|| (args.instances > 1).then(|| "redis://127.0.0.1:6379".to_owned()));
+    if let Some(r) = redis {
+        env.push(format!("REDIS_URL={r}"));
+        env.push(format!(
+            "LOCKSTEP_REDIS_PREFIX=lockstep-bench-{}-{}",
+            std::process::id(),
+            load::unix_ms()
+        ));
+    }
+    env
+}
+
 struct Ctx {
+    /// The first instance: the one idle clients, `/status` and `--ws-url`-less
+    /// single-instance runs use.
     addr: SocketAddr,
-    pid: Option<u32>,
+    addrs: Vec<SocketAddr>,
+    /// Every instance's PID (none when driving a server whose PID is not given).
+    pids: Vec<u32>,
     store: Option<StoreAccess>,
     url: String,
     fd_limit: spawn::FdLimit,
@@ -145,8 +187,23 @@ fn ratio(a: f64, b: f64) -> Option<f64> {
 async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
     let started_unix_ms = load::unix_ms();
     let loadavg_start = procfs::loadavg();
-    let pid = ctx.pid;
-    let rss = || pid.and_then(procfs::rss_kib);
+    let pids = ctx.pids.clone();
+    let has_pid = !pids.is_empty();
+    let rss = || has_pid.then(|| procfs::rss_sum_kib(&pids)).flatten();
+    let cpu_sum = || -> Option<f64> {
+        has_pid
+            .then(|| pids.iter().map(|&p| procfs::cpu_seconds(p)).sum())
+            .flatten()
+    };
+    let user_sys_sum = || -> Option<(f64, f64)> {
+        has_pid
+            .then(|| {
+                pids.iter()
+                    .map(|&p| procfs::user_sys_seconds(p))
+                    .try_fold((0.0, 0.0), |a, x| x.map(|x| (a.0 + x.0, a.1 + x.1)))
+            })
+            .flatten()
+    };
     // Let a freshly started server finish its start-up allocations.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_idle = rss();
@@ -162,6 +219,8 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
         let spec = |_| ws::ClientSpec {
             vins: Some(vec![fleet::IDLE_VIN.to_owned()]),
             timed: false,
+            addr: None,
+            local_vins: None,
         };
         Some(
             ws::Group::connect(
@@ -187,9 +246,32 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
         let every = u64::from(args.ws_latency_every);
         let per_vehicle = args.ws_per_vehicle;
         let vins = vins.clone();
-        let spec = move |i: u64| ws::ClientSpec {
-            vins: per_vehicle.then(|| vec![vins[(i % vins.len() as u64) as usize].clone()]),
-            timed: i.is_multiple_of(every),
+        // A cluster: subscriber i on instance i mod N; under Spread::Connection
+        // each instance's own vehicles are known, so the rest is cross-instance.
+        let n = ctx.addrs.len();
+        let homes: Vec<Arc<std::collections::HashSet<String>>> = (0..n)
+            .map(|k| {
+                Arc::new(
+                    vins.iter()
+                        .enumerate()
+                        .filter(|(i, _)| {
+                            load::home_instance(*i, args.connections, vins.len(), n) == k
+                        })
+                        .map(|(_, v)| v.clone())
+                        .collect(),
+                )
+            })
+            .collect();
+        let split = n > 1 && args.spread == Spread::Connection;
+        let addrs = ctx.addrs.clone();
+        let spec = move |i: u64| {
+            let k = (i % n as u64) as usize;
+            ws::ClientSpec {
+                vins: per_vehicle.then(|| vec![vins[(i % vins.len() as u64) as usize].clone()]),
+                timed: i.is_multiple_of(every),
+                addr: (n > 1).then(|| addrs[k]),
+                local_vins: split.then(|| homes[k].clone()),
+            }
         };
         let ws_addr = match &args.ws_url {
             Some(u) => spawn::loopback_addr(u)?,
@@ -242,7 +324,8 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
         Duration::from_secs_f64(args.duration)
     };
     let plan = load::Plan {
-        addr: ctx.addr,
+        addrs: ctx.addrs.clone(),
+        spread: args.spread,
         form: args.form,
         batch: args.batch,
         connections: args.connections.min(args.vehicles),
@@ -252,12 +335,9 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
         timeout,
         hard_stop: start + run_for + Duration::from_secs(5),
     };
-    let cpu0 = (
-        pid.and_then(procfs::cpu_seconds),
-        procfs::self_cpu_seconds(),
-        pid.and_then(procfs::user_sys_seconds),
-    );
-    let sampler = pid.map(procfs::RssSampler::start);
+    let cpu0 = (cpu_sum(), procfs::self_cpu_seconds(), user_sys_sum());
+    let inst_cpu0: Vec<Option<f64>> = pids.iter().map(|&p| procfs::cpu_seconds(p)).collect();
+    let sampler = has_pid.then(|| procfs::RssSampler::start(pids.clone()));
     let out = load::run(plan, vehicles).await;
     let window_s = match (out.first_send, out.last_ack) {
         (Some(a), Some(b)) if b > a => (b - a).as_secs_f64(),
@@ -279,11 +359,18 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
         g.settle(expected, Duration::from_secs(1), Duration::from_secs(10))
             .await;
     }
-    let cpu1 = (
-        pid.and_then(procfs::cpu_seconds),
-        procfs::self_cpu_seconds(),
-        pid.and_then(procfs::user_sys_seconds),
-    );
+    let cpu1 = (cpu_sum(), procfs::self_cpu_seconds(), user_sys_sum());
+    let instances: Vec<report::InstanceReport> = pids
+        .iter()
+        .zip(&ctx.addrs)
+        .zip(&inst_cpu0)
+        .map(|((&pid, addr), c0)| report::InstanceReport {
+            pid,
+            url: format!("http://{addr}"),
+            cpu_s: c0.zip(procfs::cpu_seconds(pid)).map(|(a, b)| b - a),
+            rss_kib: procfs::rss_kib(pid),
+        })
+        .collect();
     let pg_cpu = match &pg_url {
         Some(u) => {
             // Backends opened during the load count from zero.
@@ -320,7 +407,13 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
                 g.requested,
                 g.requested.div_ceil(u64::from(args.ws_latency_every)),
             );
-            let (c, hist, negative, _open) = g.stop().await;
+            let ws::Stopped {
+                counters: c,
+                latency_us: hist,
+                remote_us,
+                negative,
+                ..
+            } = g.stop().await;
             let delivered = c.telemetry.load(Relaxed);
             add_err("ws_connect", c.connect_errors.load(Relaxed));
             add_err("ws_closed_early", c.closed_early.load(Relaxed));
@@ -335,6 +428,7 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
                 fraction_delivered: ratio(delivered as f64, expected as f64),
                 msgs_per_s: delivered as f64 / window_s,
                 latency_ms: Latency::from_us(&hist),
+                latency_cross_instance_ms: Latency::from_us(&remote_us),
                 negative_latency: negative,
                 lagged_msgs: c.lagged_msgs.load(Relaxed),
                 lagged_dropped: c.lagged_dropped.load(Relaxed),
@@ -346,7 +440,9 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
     let idle_report = match idle {
         Some(g) => {
             let (requested, connect_s) = (g.requested, g.connect_seconds);
-            let (c, _, _, open) = g.stop().await;
+            let ws::Stopped {
+                counters: c, open, ..
+            } = g.stop().await;
             let connected = c.connected.load(Relaxed);
             add_err("idle_ws_connect", c.connect_errors.load(Relaxed));
             add_err("idle_ws_closed_early", c.closed_early.load(Relaxed));
@@ -374,7 +470,13 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
         None => IdleReport::default(),
     };
     let rss_end = rss();
-    let vm_hwm = pid.and_then(|p| procfs::status_kib(p, "VmHWM"));
+    let vm_hwm = has_pid
+        .then(|| {
+            pids.iter()
+                .map(|&p| procfs::status_kib(p, "VmHWM"))
+                .sum::<Option<u64>>()
+        })
+        .flatten();
 
     // 5. Committed rows, server status, raw limit.
     let committed = match (&ctx.store, rows_before) {
@@ -423,7 +525,9 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
         server: ServerInfo {
             spawned: args.spawn.is_some(),
             binary: ctx.binary.as_ref().map(|b| b.display().to_string()),
-            pid,
+            pid: pids.first().copied(),
+            instances,
+            spread: (pids.len() > 1).then_some(args.spread),
             url: ctx.url.clone(),
             store: ctx.store.as_ref().map(|s| s.kind().to_owned()),
             exit: None,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use lockstep_proto::{CONTENT_TYPE_BATCH, CONTENT_TYPE_SEED};
 
-use crate::cli::Form;
+use crate::cli::{Form, Spread};
 use crate::fleet::Vehicle;
 use crate::http::Conn;
 
@@ -27,7 +27,9 @@ pub const MAX_ATTEMPTS: u32 = 5;
 /// What to send and when to stop.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub addr: SocketAddr,
+    /// The instances; one unless a cluster is measured.
+    pub addrs: Vec<SocketAddr>,
+    pub spread: Spread,
     pub form: Form,
     pub batch: u32,
     pub connections: u32,
@@ -119,6 +121,13 @@ pub fn unix_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The instance that ingests vehicle `index` under [`Spread::Connection`]
+/// (vehicle → worker as in [`run`], worker → instance round the cluster).
+pub fn home_instance(index: usize, connections: u32, vehicles: usize, instances: usize) -> usize {
+    let workers = (connections as usize).clamp(1, vehicles.max(1));
+    (index % workers) % instances.max(1)
+}
+
 /// Runs the load to completion; vehicles come back in index order with their ack counts.
 pub async fn run(plan: Plan, vehicles: Vec<Vehicle>) -> Outcome {
     let workers = (plan.connections as usize).clamp(1, vehicles.len().max(1));
@@ -132,10 +141,11 @@ pub async fn run(plan: Plan, vehicles: Vec<Vehicle>) -> Outcome {
     let start = Instant::now();
     let per_worker_rate = plan.rate / workers as f64;
     let mut tasks = Vec::with_capacity(workers);
-    for share in shares {
+    for (w, share) in shares.into_iter().enumerate() {
         let (plan, remaining) = (plan.clone(), remaining.clone());
         tasks.push(tokio::spawn(worker(
             plan,
+            w,
             share,
             remaining,
             start,
@@ -165,6 +175,7 @@ fn claim(remaining: &AtomicU64, want: u64) -> u64 {
 
 async fn worker(
     plan: Arc<Plan>,
+    w: usize,
     vehicles: Vec<Vehicle>,
     remaining: Arc<AtomicU64>,
     start: Instant,
@@ -182,7 +193,10 @@ async fn worker(
         Form::Seed => 1,
         Form::Lockstep => u64::from(plan.batch),
     };
-    let mut conn: Option<Conn> = None;
+    // One connection per instance this worker talks to (one under Spread::Connection).
+    let n_inst = plan.addrs.len().max(1);
+    let mut conns: Vec<Option<Conn>> = (0..n_inst).map(|_| None).collect();
+    let mut sent_by_vehicle = vec![0usize; out.vehicles.len()];
     let mut next_at = start;
     let mut turn = 0usize;
     loop {
@@ -214,6 +228,12 @@ async fn worker(
         }
         let vi = turn % out.vehicles.len();
         turn += 1;
+        let inst = match plan.spread {
+            Spread::Connection => w % n_inst,
+            Spread::Request => (sent_by_vehicle[vi] + out.vehicles[vi].index) % n_inst,
+        };
+        sent_by_vehicle[vi] += 1;
+        let conn = &mut conns[inst];
         let body = out.vehicles[vi].next_body(n as u32, unix_ms());
         out.readings_sent += n;
         out.fields_total += body.fields_total;
@@ -223,8 +243,8 @@ async fn worker(
                 out.retries += 1;
             }
             if conn.is_none() {
-                match Conn::connect(plan.addr, plan.timeout).await {
-                    Ok(c) => conn = Some(c),
+                match Conn::connect(plan.addrs[inst], plan.timeout).await {
+                    Ok(c) => *conn = Some(c),
                     Err(e) => {
                         out.err(e.kind());
                         if Instant::now() >= plan.hard_stop {
@@ -251,7 +271,7 @@ async fn worker(
             {
                 Err(e) => {
                     out.err(e.kind());
-                    conn = None;
+                    *conn = None;
                 }
                 Ok(a) if a.status.is_success() => {
                     let now = Instant::now();

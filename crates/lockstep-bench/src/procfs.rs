@@ -88,23 +88,29 @@ pub fn mem_total_mib() -> u64 {
         / 1024
 }
 
-/// Samples a process's RSS every 100 ms and keeps the maximum.
+/// Samples the summed RSS of some processes (a cluster's instances) every
+/// 100 ms and keeps the maximum.
 pub struct RssSampler {
     peak: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The summed RSS of `pids`, KiB; `None` once any of them is gone.
+pub fn rss_sum_kib(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|&p| rss_kib(p)).sum()
+}
+
 impl RssSampler {
-    pub fn start(pid: u32) -> Self {
-        let peak = Arc::new(AtomicU64::new(rss_kib(pid).unwrap_or(0)));
+    pub fn start(pids: Vec<u32>) -> Self {
+        let peak = Arc::new(AtomicU64::new(rss_sum_kib(&pids).unwrap_or(0)));
         let stop = Arc::new(AtomicBool::new(false));
         let (p, s) = (peak.clone(), stop.clone());
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             while !s.load(Ordering::Relaxed) {
                 tick.tick().await;
-                match rss_kib(pid) {
+                match rss_sum_kib(&pids) {
                     Some(v) => {
                         p.fetch_max(v, Ordering::Relaxed);
                     }

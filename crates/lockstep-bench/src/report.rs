@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::cli::Args;
+use crate::cli::{Args, Spread};
 use crate::spawn::FdLimit;
 use crate::store::RawLimit;
 
@@ -56,9 +56,24 @@ pub struct ServerInfo {
     pub spawned: bool,
     pub binary: Option<String>,
     pub pid: Option<u32>,
+    /// Every instance (one unless `--instances`); `server_proc` sums them.
+    pub instances: Vec<InstanceReport>,
+    /// How the load spread over the instances (`null` with one).
+    pub spread: Option<Spread>,
     pub url: String,
     pub store: Option<String>,
     pub exit: Option<String>,
+}
+
+/// One instance of a cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceReport {
+    pub pid: u32,
+    pub url: String,
+    /// CPU seconds during the load.
+    pub cpu_s: Option<f64>,
+    /// RSS at the end of the load.
+    pub rss_kib: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -134,6 +149,9 @@ pub struct WsReport {
     pub msgs_per_s: f64,
     /// Receipt time − the reading's timestamp (wall clock ms at send; +0..1 ms of truncation).
     pub latency_ms: Latency,
+    /// Of `latency_ms`, the readings ingested by another instance than the
+    /// subscriber's (a cluster under `--spread connection`; empty otherwise).
+    pub latency_cross_instance_ms: Latency,
     pub negative_latency: u64,
     pub lagged_msgs: u64,
     pub lagged_dropped: u64,
@@ -299,6 +317,26 @@ impl Report {
                 opt(self.bench_proc.cpu_us_per_reading, 1)
             ),
         );
+        if self.server.instances.len() > 1 {
+            w(
+                &mut t,
+                "instances",
+                format!(
+                    "{} ({} spread; Redis bridge): CPU s {}",
+                    self.server.instances.len(),
+                    match self.server.spread {
+                        Some(Spread::Request) => "per-request",
+                        _ => "per-connection",
+                    },
+                    self.server
+                        .instances
+                        .iter()
+                        .map(|i| opt(i.cpu_s, 2))
+                        .collect::<Vec<_>>()
+                        .join(" / ")
+                ),
+            );
+        }
         w(
             &mut t,
             "server RSS MiB",
@@ -355,6 +393,21 @@ impl Report {
                     ws.lagged_dropped
                 ),
             );
+            let x = &ws.latency_cross_instance_ms;
+            if x.count > 0 {
+                w(
+                    &mut t,
+                    "  of which cross-instance",
+                    format!(
+                        "p50 {}  p99 {}  p999 {}  max {}  ({} timed msgs ingested by another instance)",
+                        opt(x.p50, 2),
+                        opt(x.p99, 2),
+                        opt(x.p999, 2),
+                        opt(x.max, 2),
+                        n0(x.count as f64)
+                    ),
+                );
+            }
         }
         let i = &self.idle_ws;
         if i.requested > 0 {

@@ -89,16 +89,28 @@ pub fn raise_fd_limit(needed: u64) -> FdLimit {
     }
 }
 
-/// A running server started by the harness.
+/// A running server started by the harness (the first instance of a
+/// cluster, which owns the store; see [`Spawned::add_instances`]).
 pub struct Spawned {
     child: Child,
     pub pid: u32,
     pub addr: SocketAddr,
     pub binary: PathBuf,
     pub store: StoreAccess,
+    database_url: String,
+    extra_env: Vec<String>,
+    /// More instances on the same store, in start order.
+    peers: Vec<Peer>,
     pg_db: Option<PgDatabase>,
     dir: tempfile::TempDir,
     keep: bool,
+}
+
+/// Another instance of the cluster: its own port, log and data directory.
+struct Peer {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
 }
 
 /// Default binary: `lockstep-server` beside this executable.
@@ -156,41 +168,7 @@ impl Spawned {
                 (url.clone(), StoreAccess::Postgres(url), Some(db))
             }
         };
-        let port = free_port();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let log = std::fs::File::create(dir.path().join("server.log"))?;
-        let mut cmd = Command::new(&binary);
-        cmd.current_dir(dir.path())
-            .env("PORT", port.to_string())
-            .env("LOCKSTEP_HOST", "127.0.0.1")
-            .env("DATABASE_URL", &database_url)
-            .env("LOCKSTEP_DATA_DIR", dir.path())
-            // A load test measures the server, not its abuse limits: every load
-            // generator is one loopback address driving many vehicles flat out.
-            .env("LOCKSTEP_DEVICE_REQUESTS_PER_S", "0")
-            .env("LOCKSTEP_DEVICE_READINGS_PER_S", "0")
-            .env("LOCKSTEP_IP_REQUESTS_PER_S", "0")
-            .env("LOCKSTEP_WS_PER_IP", "1000000")
-            .env("LOCKSTEP_MAX_CONNECTIONS", "1000000")
-            .env(
-                "RUST_LOG",
-                std::env::var("LOCKSTEP_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true);
-        for kv in extra_env {
-            let (k, v) = kv
-                .split_once('=')
-                .with_context(|| format!("--server-env {kv:?} is not KEY=VALUE"))?;
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()));
-        // On an error the database is dropped with `pg_db`.
-        let child = child?;
+        let (child, addr) = start_process(&binary, dir.path(), &database_url, extra_env)?;
         let pid = child.id().context("the server exited at once")?;
         let mut me = Self {
             child,
@@ -198,6 +176,9 @@ impl Spawned {
             addr,
             binary,
             store: access,
+            database_url,
+            extra_env: extra_env.to_vec(),
+            peers: Vec::new(),
             pg_db,
             dir,
             keep,
@@ -208,6 +189,47 @@ impl Spawned {
             bail!("{e:#}\n--- server log (last lines) ---\n{tail}");
         }
         Ok(me)
+    }
+
+    /// Starts `n` more instances on the same store and environment, each in a
+    /// directory of its own (`instance-K/`, with its `server.log`), and waits for each.
+    pub async fn add_instances(&mut self, n: u32) -> anyhow::Result<()> {
+        for _ in 0..n {
+            let k = self.peers.len() + 2;
+            let dir = self.dir.path().join(format!("instance-{k}"));
+            std::fs::create_dir_all(&dir)?;
+            let (mut child, addr) =
+                start_process(&self.binary, &dir, &self.database_url, &self.extra_env)?;
+            let pid = child.id().context("the server exited at once")?;
+            let ready = lockstep_testkit::wait_for_status(addr, Duration::from_secs(60), || {
+                child.try_wait().ok().flatten().map(|st| st.to_string())
+            })
+            .await;
+            self.peers.push(Peer { child, pid, addr });
+            if let Err(e) = ready {
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                bail!(
+                    "instance {k}: {e}\n--- its log (last lines) ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Every instance's address, the first one first.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.addr)
+            .chain(self.peers.iter().map(|p| p.addr))
+            .collect()
+    }
+
+    /// Every instance's PID, in the order of [`Spawned::addrs`].
+    pub fn pids(&self) -> Vec<u32> {
+        std::iter::once(self.pid)
+            .chain(self.peers.iter().map(|p| p.pid))
+            .collect()
     }
 
     async fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
@@ -232,21 +254,13 @@ impl Spawned {
 
     /// SIGTERM, up to 15 s for a graceful exit, then SIGKILL; drops the database
     /// (unless --keep). Returns the exit status text.
+    /// With more instances, each one's status after the first's, `; `-separated.
     pub async fn stop(mut self) -> String {
-        let status = if let Ok(Some(st)) = self.child.try_wait() {
-            format!("had already exited: {st}")
-        } else {
-            if let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            }
-            match tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await {
-                Ok(Ok(st)) => st.to_string(),
-                _ => {
-                    let _ = self.child.kill().await;
-                    "killed after 15 s without exiting".to_owned()
-                }
-            }
-        };
+        let mut status = stop_child(&mut self.child, self.pid).await;
+        for (k, mut p) in std::mem::take(&mut self.peers).into_iter().enumerate() {
+            let st = stop_child(&mut p.child, p.pid).await;
+            status.push_str(&format!("; instance {}: {st}", k + 2));
+        }
         let db = self.pg_db.take();
         if self.keep {
             let dir = std::mem::replace(
@@ -263,6 +277,66 @@ impl Spawned {
         // Otherwise the database is dropped with `db`.
         status
     }
+}
+
+/// SIGTERM, up to 15 s for a graceful exit, then SIGKILL; the exit status as text.
+async fn stop_child(child: &mut Child, pid: u32) -> String {
+    if let Ok(Some(st)) = child.try_wait() {
+        return format!("had already exited: {st}");
+    }
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    match tokio::time::timeout(Duration::from_secs(15), child.wait()).await {
+        Ok(Ok(st)) => st.to_string(),
+        _ => {
+            let _ = child.kill().await;
+            "killed after 15 s without exiting".to_owned()
+        }
+    }
+}
+
+/// Starts one server process on a free loopback port, logging to `dir/server.log`.
+fn start_process(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    database_url: &str,
+    extra_env: &[String],
+) -> anyhow::Result<(Child, SocketAddr)> {
+    let port = free_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let log = std::fs::File::create(dir.join("server.log"))?;
+    let mut cmd = Command::new(binary);
+    cmd.current_dir(dir)
+        .env("PORT", port.to_string())
+        .env("LOCKSTEP_HOST", "127.0.0.1")
+        .env("DATABASE_URL", database_url)
+        .env("LOCKSTEP_DATA_DIR", dir)
+        // A load test measures the server, not its abuse limits: every load
+        // generator is one loopback address driving many vehicles flat out.
+        .env("LOCKSTEP_DEVICE_REQUESTS_PER_S", "0")
+        .env("LOCKSTEP_DEVICE_READINGS_PER_S", "0")
+        .env("LOCKSTEP_IP_REQUESTS_PER_S", "0")
+        .env("LOCKSTEP_WS_PER_IP", "1000000")
+        .env("LOCKSTEP_MAX_CONNECTIONS", "1000000")
+        .env(
+            "RUST_LOG",
+            std::env::var("LOCKSTEP_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    for kv in extra_env {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--server-env {kv:?} is not KEY=VALUE"))?;
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", binary.display()))?;
+    Ok((child, addr))
 }
 
 /// Is this a loopback URL? Returns its socket address.

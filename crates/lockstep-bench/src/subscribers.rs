@@ -58,6 +58,8 @@ pub async fn run(args: SubscribersArgs) -> anyhow::Result<SubscribersReport> {
     let spec = move |i: u64| crate::ws::ClientSpec {
         vins: None,
         timed: i.is_multiple_of(every),
+        addr: None,
+        local_vins: None,
     };
     let cpu0 = crate::procfs::self_cpu_seconds();
     let g = crate::ws::Group::connect(addr, args.clients, spec, 256, Duration::from_secs(60)).await;
@@ -67,7 +69,12 @@ pub async fn run(args: SubscribersArgs) -> anyhow::Result<SubscribersReport> {
     tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
     g.settle(u64::MAX, Duration::from_secs(2), Duration::from_secs(30))
         .await;
-    let (c, hist, negative, _open) = g.stop().await;
+    let crate::ws::Stopped {
+        counters: c,
+        latency_us: hist,
+        negative,
+        ..
+    } = g.stop().await;
     let report = SubscribersReport {
         clients: args.clients,
         connected: c.connected.load(Relaxed),

@@ -5,6 +5,7 @@
 //! Each client is one task; all stop on one signal. A group is "connected"
 //! when every client has its `history` message (or has failed), within a deadline.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +39,9 @@ pub struct Counters {
 pub struct ClientEnd {
     /// Delivery latency, µs (timed clients only).
     pub latency_us: Option<Histogram<u64>>,
+    /// The part of `latency_us` for readings of vehicles outside
+    /// [`ClientSpec::local_vins`] (timed clients with that set only).
+    pub remote_us: Option<Histogram<u64>>,
     /// Timestamps later than the receipt time (clock or clamping artefacts).
     pub negative: u64,
     pub open_at_stop: bool,
@@ -58,6 +62,22 @@ pub struct ClientSpec {
     /// Sent as `{"type":"subscribe","vins":[..]}` after connecting; `None` = all vehicles.
     pub vins: Option<Vec<String>>,
     pub timed: bool,
+    /// Connect here instead of the group's address (another instance of a cluster).
+    pub addr: Option<SocketAddr>,
+    /// The vehicles ingested by the instance this client is connected to: the
+    /// readings of every other vehicle crossed instances, and are timed apart too.
+    pub local_vins: Option<Arc<HashSet<String>>>,
+}
+
+/// What a stopped group gathered.
+pub struct Stopped {
+    pub counters: Arc<Counters>,
+    /// Delivery latency of every timed message, µs.
+    pub latency_us: Histogram<u64>,
+    /// Of which the messages of vehicles ingested by another instance.
+    pub remote_us: Histogram<u64>,
+    pub negative: u64,
+    pub open: u64,
 }
 
 impl Group {
@@ -120,20 +140,29 @@ impl Group {
     }
 
     /// Stops every client and gathers their latency histograms.
-    pub async fn stop(self) -> (Arc<Counters>, Histogram<u64>, u64, u64) {
+    pub async fn stop(self) -> Stopped {
         let _ = self.stop.send(true);
-        let mut hist = latency_histogram();
+        let (mut latency_us, mut remote_us) = (latency_histogram(), latency_histogram());
         let (mut negative, mut open) = (0, 0);
         for t in self.tasks {
             if let Ok(end) = t.await {
                 if let Some(h) = end.latency_us {
-                    let _ = hist.add(&h);
+                    let _ = latency_us.add(&h);
+                }
+                if let Some(h) = end.remote_us {
+                    let _ = remote_us.add(&h);
                 }
                 negative += end.negative;
                 open += u64::from(end.open_at_stop);
             }
         }
-        (self.counters, hist, negative, open)
+        Stopped {
+            counters: self.counters,
+            latency_us,
+            remote_us,
+            negative,
+            open,
+        }
     }
 }
 
@@ -154,10 +183,12 @@ async fn client(
 ) -> ClientEnd {
     let mut end = ClientEnd {
         latency_us: spec.timed.then(latency_histogram),
+        remote_us: (spec.timed && spec.local_vins.is_some()).then(latency_histogram),
         negative: 0,
         open_at_stop: false,
     };
     let permit = gate.acquire_owned().await;
+    let addr = spec.addr.unwrap_or(addr);
     let url = format!("ws://{addr}/ws");
     let connect = async {
         let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
@@ -219,6 +250,11 @@ async fn client(
                                     end.negative += 1;
                                 } else {
                                     h.saturating_record(d.max(1) as u64);
+                                    if let (Some(r), Some(local)) = (end.remote_us.as_mut(), &spec.local_vins)
+                                        && field_str(s, "\"vehicle_vin\"").is_some_and(|v| !local.contains(v))
+                                    {
+                                        r.saturating_record(d.max(1) as u64);
+                                    }
                                 }
                             }
                         }
@@ -263,6 +299,14 @@ pub fn kind(s: &str) -> &str {
         .unwrap_or("")
 }
 
+/// The string value of the first `quoted_key` in `s` (no escapes: VINs and names).
+pub fn field_str<'a>(s: &'a str, quoted_key: &str) -> Option<&'a str> {
+    after_key(s, quoted_key)?
+        .strip_prefix('"')?
+        .split('"')
+        .next()
+}
+
 /// The integer value of the first `quoted_key` (e.g. `"timestamp"`) in `s`.
 pub fn field_i64(s: &str, quoted_key: &str) -> Option<i64> {
     let rest = after_key(s, quoted_key)?;
@@ -281,6 +325,8 @@ mod tests {
         let m = r#"{"type":"telemetry","data":{"timestamp":1700000000123,"vehicle_vin":"X","speed":1.5}}"#;
         assert_eq!(kind(m), "telemetry");
         assert_eq!(field_i64(m, "\"timestamp\""), Some(1_700_000_000_123));
+        assert_eq!(field_str(m, "\"vehicle_vin\""), Some("X"));
+        assert_eq!(field_str(m, "\"speed\""), None);
         let l = r#"{"type":"lagged","data":{"dropped": 17}}"#;
         assert_eq!(kind(l), "lagged");
         assert_eq!(field_i64(l, "\"dropped\""), Some(17));

@@ -18,14 +18,12 @@
 //! replays are paced to last that long).
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::*;
+use crate::observer::{observe, stream_keys};
 use lockstep_testkit::{PrivatePostgres, PrivateRedis};
 
 /// The trip replayed in the protobuf batch form (1049 rows).
@@ -143,66 +141,6 @@ struct Tally {
     redis_stops: u32,
     max_rss_kib: u64,
     samples: u32,
-}
-
-/// What the WebSocket observer saw: live readings as (VIN, session hex, seq),
-/// and every way it was told it missed some.
-#[derive(Default)]
-struct Observed {
-    readings: Vec<(String, String, u64)>,
-    /// `gap` and `lagged` messages.
-    notices: u32,
-    /// Sockets that closed or failed (the client knows it missed what followed).
-    closes: u32,
-}
-
-/// A dashboard-like client of `/ws` on `port`, reconnecting whenever its
-/// socket closes, until the returned task is aborted.
-fn observe(port: u16) -> (Arc<Mutex<Observed>>, tokio::task::JoinHandle<()>) {
-    let seen = Arc::new(Mutex::new(Observed::default()));
-    let tally = seen.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let url = format!("ws://127.0.0.1:{port}/ws");
-            if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await {
-                while let Some(Ok(m)) = ws.next().await {
-                    let Message::Text(t) = m else { continue };
-                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&t) else {
-                        continue;
-                    };
-                    let mut o = tally.lock().unwrap();
-                    match v["type"].as_str() {
-                        Some("telemetry") => {
-                            let d = &v["data"];
-                            o.readings.push((
-                                d["vehicle_vin"].as_str().unwrap_or_default().to_owned(),
-                                d["session_id"].as_str().unwrap_or_default().to_owned(),
-                                d["seq"].as_u64().unwrap_or(u64::MAX),
-                            ));
-                        }
-                        Some("gap" | "lagged") => o.notices += 1,
-                        _ => {}
-                    }
-                }
-            }
-            tally.lock().unwrap().closes += 1;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-    (seen, task)
-}
-
-/// The stored readings of `vin` as the live stream names them.
-fn stream_keys(vin: &str, rows: &[StoredRow]) -> HashSet<(String, String, u64)> {
-    rows.iter()
-        .map(|r| {
-            (
-                vin.to_owned(),
-                format!("{:016x}", r.session_id as u64),
-                r.seq as u64,
-            )
-        })
-        .collect()
 }
 
 fn env_u64(name: &str) -> Option<u64> {

@@ -1,15 +1,20 @@
-//! Several `lockstep-server` instances on one PostgreSQL database: three
-//! behind a real nginx (Debian's `/usr/sbin/nginx`, started by the test with
-//! its own configuration on a free port, round robin per request), replaying
-//! a recorded Twizy trip in both wire forms; one instance SIGKILLed
-//! mid-replay; and the edge's own failover (`--server` repeated) when the
-//! server it uses dies.
+//! Several `lockstep-server` instances on one PostgreSQL database and the
+//! machine's Redis (a prefix of their own): three behind a real nginx
+//! (Debian's `/usr/sbin/nginx`, started by the test with its own
+//! configuration on a free port, round robin per request), replaying a
+//! recorded Twizy trip in both wire forms with a WebSocket client on every
+//! instance; one instance SIGKILLed mid-replay; and the edge's own failover
+//! (`--server` repeated) when the server it uses dies.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::*;
+use crate::observer::{Observed, observe, stream_keys, wait_greeted};
+
+/// The machine's Redis; each cluster of a test gets a prefix of its own.
+const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 /// Debian's nginx (`apt-get install nginx`; `.ci/run` and `scripts/test.sh` install it).
 const NGINX: &str = "/usr/sbin/nginx";
@@ -148,12 +153,77 @@ async fn counter(server: &Server, name: &str) -> f64 {
         .sum()
 }
 
+/// Three instances on `db`, joined by Redis under a prefix unique to the test.
 async fn three_servers(db: &Db) -> Vec<Server> {
+    let prefix = format!(
+        "lockstep-e2e-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let args = ["--redis-url", REDIS_URL, "--redis-prefix", &prefix];
     let mut servers = Vec::new();
     for _ in 0..3 {
-        servers.push(Server::start(&db.url(), &[]).await);
+        servers.push(Server::start(&db.url(), &args).await);
     }
     servers
+}
+
+/// One instance's WebSocket client: what it heard, and its task.
+type Observer = (
+    std::sync::Arc<std::sync::Mutex<Observed>>,
+    tokio::task::JoinHandle<()>,
+);
+
+/// A WebSocket client on every instance, each greeted before the replay starts.
+async fn observe_all(servers: &[Server]) -> Vec<Observer> {
+    let observers: Vec<_> = servers.iter().map(|s| observe(s.port)).collect();
+    let seen: Vec<_> = observers.iter().map(|(o, _)| o.clone()).collect();
+    wait_greeted(&seen).await;
+    observers
+}
+
+/// Every observer heard every stored reading of `vin` exactly once, and
+/// nothing else, without a gap notice or a closed socket.
+async fn assert_everyone_heard(db: &Db, vin: &str, observers: Vec<Observer>) {
+    let stored = stream_keys(vin, &db.rows_of(vin).await);
+    for (i, (o, task)) in observers.into_iter().enumerate() {
+        let heard = eventually(
+            Duration::from_secs(20),
+            "every instance's client hears every stored reading",
+            || async {
+                let o = o.lock().unwrap();
+                (o.readings.len() >= stored.len()).then(|| o.readings.clone())
+            },
+        )
+        .await;
+        // A moment for anything extra (a duplicate) to arrive too.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        task.abort();
+        let o = o.lock().unwrap();
+        let unique: std::collections::HashSet<_> = o.readings.iter().cloned().collect();
+        assert_eq!(
+            o.readings.len(),
+            unique.len(),
+            "instance {i}'s client heard a reading twice"
+        );
+        assert_eq!(
+            unique, stored,
+            "instance {i}'s client heard exactly what is stored"
+        );
+        assert_eq!(
+            (o.notices, o.closes),
+            (0, 0),
+            "instance {i}: no gap notices or closes"
+        );
+        println!(
+            "instance {i}'s WebSocket client: {} of {} stored readings",
+            heard.len(),
+            stored.len()
+        );
+    }
 }
 
 /// The resync answers the store counted for `vin`.
@@ -165,7 +235,8 @@ async fn stored_resyncs(db: &Db, vin: &str) -> i64 {
 }
 
 /// Lockstep form through nginx to three instances: every reading exactly
-/// once within tolerance, at most one resync, every instance took requests.
+/// once within tolerance, at most one resync, every instance took requests,
+/// and a WebSocket client on each instance heard every reading once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_behind_nginx_store_a_lockstep_trip_once() {
     let db = Db::postgres().await;
@@ -173,6 +244,7 @@ async fn three_instances_behind_nginx_store_a_lockstep_trip_once() {
     let servers = three_servers(&db).await;
     let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
     let nginx = Nginx::start(&ports).await;
+    let observers = observe_all(&servers).await;
     let mut edge = Edge::replay(
         &nginx.base(),
         SHORT_TRIP,
@@ -199,6 +271,7 @@ async fn three_instances_behind_nginx_store_a_lockstep_trip_once() {
         per_instance.iter().all(|n| *n > 0.0),
         "round robin: {per_instance:?}"
     );
+    assert_everyone_heard(&db, &vin, observers).await;
 }
 
 /// Seed form through nginx to three instances: every reading exactly once,
@@ -211,6 +284,7 @@ async fn three_instances_behind_nginx_store_a_seed_trip_once() {
     let servers = three_servers(&db).await;
     let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
     let nginx = Nginx::start(&ports).await;
+    let observers = observe_all(&servers).await;
     let mut edge = Edge::replay(
         &nginx.base(),
         SHORT_TRIP,
@@ -236,6 +310,7 @@ async fn three_instances_behind_nginx_store_a_seed_trip_once() {
         "{} seed readings through 3 instances; {retries} requests decoded again after another instance advanced the predictor",
         trip.readings.len()
     );
+    assert_everyone_heard(&db, &vin, observers).await;
 }
 
 /// One of three instances SIGKILLed mid-replay: nginx moves on, nothing the

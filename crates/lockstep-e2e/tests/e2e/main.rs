@@ -17,6 +17,7 @@
 //! - [`headline`]: the README's compression headline on the recorded Twizy trips.
 
 mod harness;
+mod observer;
 
 mod chaos;
 mod cluster;
