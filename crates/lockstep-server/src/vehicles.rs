@@ -29,6 +29,12 @@ const SHARDS: usize = 32;
 /// Sessions kept in memory per vehicle; older ones are reloaded from the store if they return.
 const SESSIONS_PER_VEHICLE: usize = 4;
 
+/// How long a vehicle another instance wrote to keeps being checked before
+/// decoding. Behind a sticky load balancer no vehicle ever is, and the
+/// commit's compare-and-set alone keeps values right; behind per-request
+/// round robin nearly every request would otherwise fail its commit.
+const CONTENDED_FOR: Duration = Duration::from_secs(60);
+
 type Handle = Arc<tokio::sync::Mutex<VehicleState>>;
 
 /// A registry entry: the state and when a request last took it.
@@ -139,13 +145,18 @@ impl Vehicles {
 /// Entries are authoritative once loaded (`None` = the store has nothing
 /// for that session) unless another server instance commits to the same
 /// sessions; then `check` asks the store whether the version moved (one
-/// primary-key read that carries the state only if it did).
+/// primary-key read that carries the state only if it did). Callers check
+/// only while the vehicle is [`contended`](Self::contended): otherwise they
+/// decode against the cache and the commit's compare-and-set catches a
+/// stale one.
 pub struct VehicleState {
     pub vin: Arc<str>,
     seed: Option<Versioned<SeedState>>,
     sessions: HashMap<u64, Versioned<Option<SessionState>>>,
     /// Sessions in order of last use, for eviction.
     recent: Vec<u64>,
+    /// When another writer was last seen advancing this vehicle's state.
+    contended_at: Option<Instant>,
 }
 
 /// A state and the stored version it is (0: nothing stored).
@@ -161,7 +172,20 @@ impl VehicleState {
             seed: None,
             sessions: HashMap::new(),
             recent: Vec::new(),
+            contended_at: None,
         }
+    }
+
+    /// Whether another writer advanced this vehicle's state lately: then its
+    /// requests ask the store before decoding rather than fail at commit.
+    pub fn contended(&self) -> bool {
+        self.contended_at
+            .is_some_and(|at| at.elapsed() < CONTENDED_FOR)
+    }
+
+    /// Records that another writer advanced this vehicle's state.
+    pub fn mark_contended(&mut self) {
+        self.contended_at = Some(Instant::now());
     }
 
     /// The session's state and its stored version, from memory or the store.
@@ -187,6 +211,7 @@ impl VehicleState {
                     s
                 });
                 if known.is_some() {
+                    self.mark_contended();
                     tracing::debug!(vin = %self.vin, session_id = format_args!("{session_id:016x}"), version = stored.version, "Another server instance advanced the session; its state was reloaded.");
                 }
                 self.sessions.insert(
@@ -218,6 +243,7 @@ impl VehicleState {
     /// Forgets a cached state another writer advanced (`SEED_SESSION`: the
     /// seed predictor); the next use reloads it.
     pub fn forget(&mut self, session_id: u64) {
+        self.mark_contended();
         if session_id == SEED_SESSION {
             self.seed = None;
         } else {
@@ -251,6 +277,9 @@ impl VehicleState {
                 .session_if_changed(self.vin.clone(), SEED_SESSION, known)
                 .await?;
             if known != Some(stored.version) {
+                if known.is_some() {
+                    self.mark_contended();
+                }
                 self.seed = Some(Versioned {
                     version: stored.version,
                     state: stored

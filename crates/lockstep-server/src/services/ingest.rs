@@ -415,7 +415,8 @@ impl Inner {
     ) -> Result<Ack, IngestError> {
         let handle = self.vehicles.get(vin);
         let mut vehicle = handle.lock().await;
-        let (seed, version) = match vehicle.seed(&*self.store, self.writer.shared()).await {
+        let checked = self.writer.shared() && vehicle.contended();
+        let (seed, version) = match vehicle.seed(&*self.store, checked).await {
             Ok((s, v)) => (s.clone(), v),
             Err(e) => return Err(self.store_failed(e).await),
         };
@@ -539,7 +540,7 @@ impl Inner {
         let mut vehicle = handle.lock().await;
         let vin = vehicle.vin.clone();
         self.may_continue(sender, &vin, cb.session_id()).await?;
-        let checked = self.writer.shared();
+        let checked = self.writer.shared() && vehicle.contended();
         let (state, version) = match vehicle
             .session(&*self.store, &self.catalog, cb.session_id(), checked)
             .await
@@ -607,6 +608,7 @@ impl Inner {
                     };
                     if now != version {
                         self.writer.mark_shared();
+                        vehicle.mark_contended();
                         self.metrics.stale_session(true);
                         return Err(IngestError::Store(StoreError::Stale(vec![(
                             vin,
