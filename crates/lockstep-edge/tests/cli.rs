@@ -133,11 +133,8 @@ fn sigterm_during_an_outage_leaves_the_batches_spooled() {
         assert!(Instant::now() < deadline, "nothing spooled");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let st = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child's pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

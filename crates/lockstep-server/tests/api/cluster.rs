@@ -414,11 +414,23 @@ async fn a_killed_holder_loses_the_logger_to_another_instance() {
     })
     .await;
 
+    // The stand-in child ignores --exit-with-parent: its group is ended
+    // here, through the system call, once the pid is known to be that
+    // stand-in. (Debian's procps-ng 4.0.2 `kill -KILL -<pgid>` was seen
+    // signalling every process on the machine.)
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains(bin.to_str().unwrap()),
+        "pid {pid} is the holder's stand-in logger"
+    );
+    let group = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).expect("pid > 0");
+    assert_eq!(
+        rustix::process::getpgid(Some(group)).ok(),
+        Some(group),
+        "the logger leads its own process group"
+    );
     holder.kill().await.unwrap();
-    // The stand-in child ignores --exit-with-parent: end its group ourselves.
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &format!("-{pid}")])
-        .status();
+    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
     let st = eventually(WAIT, "b to take the logger over", || async {
         let st = b.get_json("/logger/status").await;
         (st["running"] == true && st["pid"].as_u64().is_some_and(|p| p != pid)).then_some(st)

@@ -287,12 +287,28 @@ impl Ws {
         mut pred: impl FnMut(&Value) -> bool,
     ) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;
+        // What came instead, for the failure message.
+        let mut seen: Vec<String> = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let v = self.next_json(left.max(Duration::from_millis(1))).await;
+            let next = tokio::time::timeout(
+                left.max(Duration::from_millis(1)),
+                self.next_json(Duration::MAX),
+            )
+            .await;
+            let Ok(v) = next else {
+                panic!(
+                    "no matching {kind:?} message within {timeout:?}; {} others came: {:?}",
+                    seen.len(),
+                    &seen[seen.len().saturating_sub(10)..]
+                );
+            };
             if v["type"] == kind && pred(&v) {
                 return v;
             }
+            let mut text = v.to_string();
+            text.truncate(300);
+            seen.push(text);
         }
     }
 
