@@ -3,7 +3,8 @@
 # API against SQLite and the PostgreSQL on 127.0.0.1:5432, end-to-end with the
 # real edge and server), the dashboard's unit tests, and the browser test in
 # Debian's Chromium.
-# Needs: cargo, Node >= 20.19 + npm, PostgreSQL reachable; installs what else
+# Needs: cargo, Node >= 20.19 + npm, PostgreSQL reachable; starts Redis, NATS
+# and Mosquitto when down; installs what else
 # is missing (cargo-nextest, Debian's chromium) and fails loudly otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,24 @@ if ! pg_isready -q -h 127.0.0.1 -p 5432; then
   echo "FATAL: PostgreSQL is not reachable on 127.0.0.1:5432; the store tests need it." >&2
   exit 1
 fi
+
+# Redis, NATS (JetStream) and Mosquitto on their standard ports: the cluster
+# and sink tests use them. Started from Debian's packages when down (each
+# test takes its own prefix, stream or topic, so a shared one is fine).
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+ensure_service() {
+  local name=$1 port=$2
+  shift 2
+  if ! port_open "$port"; then
+    echo "$name is not on 127.0.0.1:$port; starting it"
+    "$@" || true
+    for _ in $(seq 1 30); do port_open "$port" && break; sleep 0.5; done
+  fi
+  port_open "$port" || fail "$name is not reachable on 127.0.0.1:$port; the cluster and sink tests need it."
+}
+ensure_service Redis 6379 redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+ensure_service NATS 4222 start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server
+ensure_service Mosquitto 1883 mosquitto -d -c /etc/mosquitto/mosquitto.conf
 
 # The dashboard bundle first, so the server's build script finds it fresh
 # (and never runs npm itself in the middle of a parallel cargo build). Rebuilt
