@@ -117,6 +117,17 @@ pub struct Latency {
 }
 
 impl Latency {
+    /// "p50 …  p99 …  p999 …  max …", as every latency line of the table prints it.
+    fn quantiles(&self) -> String {
+        format!(
+            "p50 {}  p99 {}  p999 {}  max {}",
+            opt(self.p50, 2),
+            opt(self.p99, 2),
+            opt(self.p999, 2),
+            opt(self.max, 2)
+        )
+    }
+
     /// From a histogram of microseconds.
     pub fn from_us(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
@@ -274,17 +285,7 @@ impl Report {
             ),
         );
         let a = &self.ack_latency_ms;
-        w(
-            &mut t,
-            "ack latency ms",
-            format!(
-                "p50 {}  p99 {}  p999 {}  max {}",
-                opt(a.p50, 2),
-                opt(a.p99, 2),
-                opt(a.p999, 2),
-                opt(a.max, 2)
-            ),
-        );
+        w(&mut t, "ack latency ms", a.quantiles());
         let s = &self.server_proc;
         w(
             &mut t,
@@ -382,11 +383,8 @@ impl Report {
                 &mut t,
                 "WS delivery latency ms",
                 format!(
-                    "p50 {}  p99 {}  p999 {}  max {}  ({} timed msgs on {} clients; lagged {} msgs, {} dropped)",
-                    opt(ws.latency_ms.p50, 2),
-                    opt(ws.latency_ms.p99, 2),
-                    opt(ws.latency_ms.p999, 2),
-                    opt(ws.latency_ms.max, 2),
+                    "{}  ({} timed msgs on {} clients; lagged {} msgs, {} dropped)",
+                    ws.latency_ms.quantiles(),
                     n0(ws.latency_ms.count as f64),
                     ws.timed_clients,
                     ws.lagged_msgs,
@@ -399,11 +397,8 @@ impl Report {
                     &mut t,
                     "  of which cross-instance",
                     format!(
-                        "p50 {}  p99 {}  p999 {}  max {}  ({} timed msgs ingested by another instance)",
-                        opt(x.p50, 2),
-                        opt(x.p99, 2),
-                        opt(x.p999, 2),
-                        opt(x.max, 2),
+                        "{}  ({} timed msgs ingested by another instance)",
+                        x.quantiles(),
                         n0(x.count as f64)
                     ),
                 );
