@@ -585,8 +585,8 @@ async fn subscribe(
         set_up(&handle, &handle.subscriber_up, true, &hub);
         if outage {
             // Other instances' statistics deltas may have been missed: the store has the truth.
-            match store.totals().await {
-                Ok(t) => stats.reset(t),
+            match stats.reload(store.totals()).await {
+                Ok(()) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "The statistics could not be reloaded after the Redis outage.")
                 }

@@ -450,18 +450,13 @@ impl Hub {
         self.out_of_order.load(Ordering::Relaxed)
     }
 
-    /// Publishes a committed batch: its readings (in order) and, to other
-    /// instances, its statistics per vehicle.
-    pub fn publish_committed<'a>(
-        &self,
-        events: Vec<HubEvent>,
-        stats: impl IntoIterator<Item = (&'a str, &'a Counters)>,
-    ) {
+    /// Tells other instances this instance's statistics per vehicle, once
+    /// they are stored.
+    pub fn relay_stats(&self, stats: &HashMap<&str, Counters>) {
         if let Some(relay) = self.relay.get() {
-            let deltas: Vec<(&str, &Counters)> = stats.into_iter().collect();
+            let deltas: Vec<(&str, &Counters)> = stats.iter().map(|(v, c)| (*v, c)).collect();
             relay.stats(&deltas);
         }
-        self.publish_all(events);
     }
 
     /// Publishes events that another instance published (never relayed back);

@@ -13,12 +13,22 @@
 //!   most [`LIST_ALL_MAX`] of them, and the totals alone beyond that. Other
 //!   per-vehicle figures come from the paged API.
 //!
+//! The book also keeps this instance's statistics that are committed with
+//! their rows but not yet in the store's daily table ([`Unflushed`]): the
+//! writer adds them at commit and writes them once a second (one
+//! statement per second instead of one per commit). A crash (SIGKILL) loses
+//! at most that second of statistics, never a row; the store's daily
+//! statistics then count slightly fewer readings than `telemetry_data`
+//! holds.
+//!
 //! Once a second [`broadcast`] publishes the unfiltered message (serialised
 //! once) on a `watch` channel; every WebSocket client task wakes on it and
 //! sends that text, or composes its own message when it has a filter.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
 use std::ops::Bound;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -46,9 +56,49 @@ struct Book {
     total: Counters,
 }
 
+/// Statistics and receipt times this instance committed that the store's
+/// `compression_stats` and `vehicles.last_seen` do not have yet.
+#[derive(Debug, Default)]
+pub struct Unflushed {
+    /// Per (VIN, UTC day of receipt).
+    pub stats: HashMap<(Arc<str>, i32), Counters>,
+    /// Latest receipt time (Unix ms) per VIN.
+    pub seen: HashMap<Arc<str>, i64>,
+}
+
+impl Unflushed {
+    pub fn is_empty(&self) -> bool {
+        self.stats.is_empty() && self.seen.is_empty()
+    }
+
+    fn merge(&mut self, o: Unflushed) {
+        for (k, c) in o.stats {
+            self.stats.entry(k).or_default().add(&c);
+        }
+        for (vin, t) in o.seen {
+            let e = self.seen.entry(vin).or_insert(t);
+            *e = (*e).max(t);
+        }
+    }
+
+    /// The counters per VIN, every day summed (what the book holds).
+    pub fn per_vehicle(&self) -> HashMap<&str, Counters> {
+        let mut m: HashMap<&str, Counters> = HashMap::with_capacity(self.stats.len());
+        for ((vin, _), c) in &self.stats {
+            m.entry(&**vin).or_default().add(c);
+        }
+        m
+    }
+}
+
 /// Lifetime statistics of all vehicles.
 pub struct StatsBook {
     book: Mutex<Book>,
+    unflushed: Mutex<Unflushed>,
+    /// Held while the unflushed statistics are written and while the book is
+    /// reloaded from the store, so a reload counts each delta exactly once:
+    /// either in the store's totals or in [`Unflushed`].
+    flush_gate: tokio::sync::Mutex<()>,
     /// Bumped on every change, so the broadcaster knows when to send.
     version: AtomicU64,
     /// The unfiltered `compression_stats` text of the last tick; a change
@@ -60,6 +110,8 @@ impl Default for StatsBook {
     fn default() -> Self {
         Self {
             book: Mutex::default(),
+            unflushed: Mutex::default(),
+            flush_gate: tokio::sync::Mutex::new(()),
             version: AtomicU64::new(0),
             tick: watch::Sender::new(Utf8Bytes::from_static("")),
         }
@@ -120,9 +172,53 @@ impl StatsBook {
         self.version.fetch_add(1, Ordering::Relaxed);
     }
 
+    fn unflushed(&self) -> MutexGuard<'_, Unflushed> {
+        self.unflushed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds this instance's committed counters (UTC day `day`, received at
+    /// `now` ms): to the book at once, to the store at the next [`Self::flush`].
+    pub fn committed(&self, deltas: &HashMap<Arc<str>, Counters>, day: i32, now: i64) {
+        self.add(deltas.iter().map(|(vin, c)| (&**vin, c)));
+        let mut u = self.unflushed();
+        for (vin, c) in deltas {
+            u.stats.entry((vin.clone(), day)).or_default().add(c);
+            u.seen.insert(vin.clone(), now);
+        }
+    }
+
+    /// Hands the unflushed statistics to `write` (one store transaction);
+    /// answers them once written, `None` when there was nothing to write. On
+    /// failure they are kept for the next call.
+    pub async fn flush<F, Fut, E>(&self, write: F) -> Result<Option<Unflushed>, E>
+    where
+        F: FnOnce(&Unflushed) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        let _gate = self.flush_gate.lock().await;
+        let taken = std::mem::take(&mut *self.unflushed());
+        if taken.is_empty() {
+            return Ok(None);
+        }
+        match write(&taken).await {
+            Ok(()) => Ok(Some(taken)),
+            Err(e) => {
+                self.unflushed().merge(taken);
+                Err(e)
+            }
+        }
+    }
+
     /// Replaces every total by the store's (after a bridge outage, when
-    /// other instances' deltas may have been missed).
-    pub fn reset(&self, totals: Vec<VehicleTotals>) {
+    /// other instances' deltas may have been missed) plus this instance's
+    /// unflushed statistics. No flush runs between the read and the
+    /// replacement.
+    pub async fn reload<E>(
+        &self,
+        totals: impl Future<Output = Result<Vec<VehicleTotals>, E>>,
+    ) -> Result<(), E> {
+        let _gate = self.flush_gate.lock().await;
+        let totals = totals.await?;
         let mut fresh = Book::default();
         for t in totals {
             fresh.total.add(&t.counters);
@@ -132,8 +228,16 @@ impl StatsBook {
                 .or_default()
                 .add(&t.counters);
         }
+        {
+            let u = self.unflushed();
+            for (vin, c) in u.per_vehicle() {
+                fresh.total.add(&c);
+                fresh.vehicles.entry(vin.into()).or_default().add(&c);
+            }
+        }
         *self.lock() = fresh;
         self.version.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn version(&self) -> u64 {
@@ -291,6 +395,51 @@ mod tests {
         assert_eq!(s.vehicles.keys().collect::<Vec<_>>(), [&vins[3]]);
         assert_eq!(s.vehicles[&vins[3]].readings, 1);
         assert_eq!(s.summary.total_readings, LIST_ALL_MAX as u64 + 5);
+    }
+
+    #[tokio::test]
+    async fn unflushed_statistics_are_written_once_and_kept_on_failure() {
+        let book = StatsBook::default();
+        let (a, b): (Arc<str>, Arc<str>) = (vin(1).into(), vin(2).into());
+        book.committed(&HashMap::from([(a.clone(), c(3))]), 20_000, 1_000);
+        book.committed(
+            &HashMap::from([(a.clone(), c(2)), (b.clone(), c(1))]),
+            20_001,
+            2_000,
+        );
+        assert_eq!(book.summary().total_readings, 6, "counted at commit");
+
+        let failed: Result<_, &str> = book.flush(|_| async { Err("store down") }).await;
+        assert!(failed.is_err());
+        let written = book
+            .flush(|u| {
+                let per_day: u64 = u.stats.values().map(|c| c.readings).sum();
+                assert_eq!(per_day, 6, "kept after the failure, not doubled");
+                async { Ok::<_, ()>(()) }
+            })
+            .await
+            .unwrap()
+            .expect("something to write");
+        assert_eq!(written.stats[&(a.clone(), 20_000)].readings, 3);
+        assert_eq!(written.stats[&(a.clone(), 20_001)].readings, 2);
+        assert_eq!(written.seen[&a], 2_000);
+        assert_eq!(written.seen[&b], 2_000);
+        assert!(
+            book.flush(|_| async { Ok::<_, ()>(()) })
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // A reload takes the store's totals plus what is not written yet.
+        book.committed(&HashMap::from([(b.clone(), c(4))]), 20_001, 3_000);
+        let stored = vec![VehicleTotals {
+            vin: vin(1),
+            counters: c(5),
+        }];
+        book.reload(async { Ok::<_, ()>(stored) }).await.unwrap();
+        assert_eq!(book.summary().total_readings, 9);
+        assert_eq!(book.page(None, 10).vehicles.len(), 2);
     }
 
     #[test]

@@ -3,9 +3,15 @@
 //! Request handlers [`WriterHandle::submit`] their decoded rows with a
 //! oneshot reply over a bounded channel (full = the handler waits: that is
 //! the back-pressure). The writer takes whatever is queued, up to a row cap,
-//! merges it into ONE [`WriteBatch`] (statistics summed per vehicle and day),
-//! commits, answers every waiter, and only then publishes the committed
-//! readings to the hub and advances the in-memory statistics.
+//! merges it into ONE [`WriteBatch`], commits, answers every waiter, and
+//! only then publishes the committed readings to the hub and advances the
+//! in-memory statistics.
+//!
+//! The daily statistics and the vehicles' `last_seen` are not written with
+//! every batch: the writer sums them in the [`StatsBook`] and writes them
+//! once a second in a transaction of their own, and once more when it stops.
+//! Per-commit upserts of the same few rows were most of a small commit's
+//! cost (BENCHMARKS.md, issue 16).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actors::health::{HealthHandle, Observation};
 use crate::actors::hub::{Hub, HubEvent};
-use crate::actors::stats::StatsBook;
+use crate::actors::stats::{StatsBook, Unflushed};
 use crate::metrics::Metrics;
 use crate::model::{Counters, SessionRecord, TelemetryRow, epoch_day, now_ms};
 use crate::store::{StatsDelta, Store, StoreError, WriteBatch};
@@ -30,6 +36,9 @@ pub struct WriteRequest {
     /// Messages to publish once committed (empty when nobody listens).
     pub events: Vec<HubEvent>,
 }
+
+/// How often the statistics and receipt times are written.
+const STATS_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
 type Reply = oneshot::Sender<Result<(), StoreError>>;
 
@@ -141,8 +150,11 @@ impl Writer {
         )
     }
 
-    /// Runs until `stop`, then commits what is still queued and returns.
+    /// Runs until `stop`, then commits what is still queued, writes the
+    /// statistics and returns.
     pub async fn run(mut self, stop: CancellationToken) {
+        let mut flush = tokio::time::interval(STATS_FLUSH);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
                 biased;
@@ -150,18 +162,38 @@ impl Writer {
                     Some(r) => r,
                     None => break,
                 },
+                _ = flush.tick() => {
+                    self.flush_stats().await;
+                    continue;
+                }
                 () = stop.cancelled() => break,
             };
             let batch = self.gather(first);
             self.commit(batch).await;
         }
-        // Flush: refuse new requests, commit what was accepted into the queue.
+        // Refuse new requests, commit what was accepted into the queue.
         self.rx.close();
         while let Some(first) = self.rx.recv().await {
             let batch = self.gather(first);
             self.commit(batch).await;
         }
+        self.flush_stats().await;
         tracing::debug!("The writer flushed its queue and stopped.");
+    }
+
+    /// Writes the statistics and receipt times committed since the last
+    /// flush; other instances learn the deltas once they are stored. A
+    /// failure keeps them for the next tick.
+    async fn flush_stats(&self) {
+        let store = &self.store;
+        let written = self.stats.flush(|u| store.commit(stats_batch(u))).await;
+        match written {
+            Ok(Some(u)) => self.hub.relay_stats(&u.per_vehicle()),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "The statistics could not be written; they are kept for the next attempt.");
+            }
+        }
     }
 
     /// Readings per wire form (seed, batch) and non-null fields per channel
@@ -223,7 +255,7 @@ impl Writer {
         sessions.retain(|s| seen.insert((s.vin.clone(), s.session_id)));
         sessions.reverse();
         wb.sessions = sessions;
-        let mut stats = summarise(&pending, &mut wb, now, day);
+        let mut stats = summarise(&pending, &mut wb, now);
 
         // Counted only if the commit succeeds; one pass over the rows, off the request path.
         let mut result;
@@ -292,7 +324,7 @@ impl Writer {
                 .retain(|r| !stale.contains(&(r.vin.clone(), r.session_id)));
             wb.sessions
                 .retain(|s| !stale.contains(&(s.vin.clone(), s.session_id)));
-            stats = summarise(&pending, &mut wb, now, day);
+            stats = summarise(&pending, &mut wb, now);
             if pending.is_empty() {
                 result = Ok(());
                 break;
@@ -312,9 +344,8 @@ impl Writer {
             let _ = p.reply.send(result.clone());
         }
         if result.is_ok() {
-            self.stats.add(stats.iter().map(|(vin, c)| (&**vin, c)));
-            self.hub
-                .publish_committed(events, stats.iter().map(|(vin, c)| (&**vin, c)));
+            self.stats.committed(&stats, day, now);
+            self.hub.publish_all(events);
             self.commits.send_modify(|n| *n += 1);
         }
     }
@@ -330,14 +361,9 @@ struct Pending {
     reply: Reply,
 }
 
-/// Sets the batch's vehicles and statistics from its requests; returns the
-/// statistics per vehicle (for the in-memory book).
-fn summarise(
-    pending: &[Pending],
-    wb: &mut WriteBatch,
-    now: i64,
-    day: i32,
-) -> HashMap<Arc<str>, Counters> {
+/// Sets the batch's vehicles from its requests (created when missing);
+/// returns the statistics per vehicle.
+fn summarise(pending: &[Pending], wb: &mut WriteBatch, now: i64) -> HashMap<Arc<str>, Counters> {
     let mut stats: HashMap<Arc<str>, Counters> = HashMap::new();
     wb.vehicles.clear();
     for p in pending {
@@ -347,13 +373,24 @@ fn summarise(
         });
         c.add(&p.counters);
     }
-    wb.stats = stats
-        .iter()
-        .map(|(vin, c)| StatsDelta {
-            vin: vin.clone(),
-            day,
-            counters: *c,
-        })
-        .collect();
     stats
+}
+
+/// The transaction of one statistics flush.
+fn stats_batch(u: &Unflushed) -> WriteBatch {
+    let seen: Vec<(Arc<str>, i64)> = u.seen.iter().map(|(v, t)| (v.clone(), *t)).collect();
+    WriteBatch {
+        vehicles: seen.clone(),
+        last_seen: seen,
+        stats: u
+            .stats
+            .iter()
+            .map(|((vin, day), c)| StatsDelta {
+                vin: vin.clone(),
+                day: *day,
+                counters: *c,
+            })
+            .collect(),
+        ..WriteBatch::default()
+    }
 }

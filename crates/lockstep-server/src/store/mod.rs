@@ -132,8 +132,16 @@ pub struct StatsDelta {
 /// Everything one transaction writes.
 #[derive(Debug, Clone, Default)]
 pub struct WriteBatch {
-    /// Distinct VINs with the receipt time (Unix ms) to record as seen.
+    /// Distinct VINs the batch names, created when missing with this
+    /// receipt time (Unix ms) as first and last seen. An existing vehicle's
+    /// `last_seen` is raised only through [`Self::last_seen`] (SQLite also
+    /// raises it from here; PostgreSQL does not, which keeps the vehicle
+    /// rows out of every commit).
     pub vehicles: Vec<(Arc<str>, i64)>,
+    /// Receipt times (Unix ms) to raise vehicles' `last_seen` to; a vehicle
+    /// the store does not know is left alone. The writer sends them once a
+    /// second with the statistics.
+    pub last_seen: Vec<(Arc<str>, i64)>,
     pub rows: Vec<TelemetryRow>,
     /// At most one per (vin, session).
     pub sessions: Vec<SessionRecord>,

@@ -382,9 +382,11 @@ impl PgStore {
         Ok(())
     }
 
-    /// One transaction. Small batches: BEGIN, then the vehicles upsert, the
-    /// telemetry insert and the sessions and statistics upserts pipelined
+    /// One transaction. Small batches: BEGIN, then the insert of missing
+    /// vehicles, the telemetry insert and the sessions upsert pipelined
     /// (sent together, answered in order), then COMMIT: three round trips.
+    /// The writer sends statistics and `last_seen` in a batch of their own
+    /// once a second (see [`WriteBatch::last_seen`]).
     /// Large batches load their rows with binary COPY (see [`SMALL_BATCH`]),
     /// straight into the table; if a row is already there, once more through
     /// the staging table (see [`CopyInto`]).
@@ -416,15 +418,25 @@ impl PgStore {
         let mut client = self.pool.get().await.map_err(StoreError::from)?;
         let tx = client.transaction().await.map_err(StoreError::from)?;
         // Commits of several servers on one database take turns, so that
-        // `telemetry_data.id` grows in commit order (see [`COMMIT_ORDER_LOCK`]).
-        tx.batch_execute(COMMIT_ORDER_LOCK)
-            .await
-            .map_err(StoreError::from)?;
+        // `telemetry_data.id` grows in commit order (see [`COMMIT_ORDER_LOCK`]);
+        // a commit without rows (statistics) need not wait.
+        if !b.rows.is_empty() {
+            tx.batch_execute(COMMIT_ORDER_LOCK)
+                .await
+                .map_err(StoreError::from)?;
+        }
         let small = b.rows.len() <= SMALL_BATCH && into == CopyInto::Table;
         // Prepared once per connection, then taken from its cache.
         let (vehicles_st, telemetry_st, sessions_st, stats_st, rollup_st) =
             futures_util::try_join!(
-                tx.prepare_cached(UPSERT_VEHICLES),
+                // A small commit only creates missing vehicles; touching
+                // `last_seen` on every commit would rewrite each vehicle's
+                // row every time (see [`WriteBatch::last_seen`]).
+                tx.prepare_cached(if small {
+                    INSERT_VEHICLES
+                } else {
+                    UPSERT_VEHICLES
+                }),
                 tx.prepare_cached(&self.sql.insert_telemetry),
                 tx.prepare_cached(UPSERT_SESSIONS),
                 tx.prepare_cached(UPSERT_STATS),
@@ -569,6 +581,13 @@ impl PgStore {
             .await
             .map_err(StoreError::from)?;
         }
+        if !b.last_seen.is_empty() {
+            let vins: Vec<&str> = b.last_seen.iter().map(|(v, _)| &**v).collect();
+            let seen: Vec<i64> = b.last_seen.iter().map(|(_, s)| *s).collect();
+            tx.execute(TOUCH_VEHICLES, &[&vins, &seen])
+                .await
+                .map_err(StoreError::from)?;
+        }
         tx.commit().await.map_err(StoreError::from)?;
         Ok(Copied::Stored)
     }
@@ -646,6 +665,15 @@ const SMALL_BATCH: usize = 256;
 const UPSERT_VEHICLES: &str = "INSERT INTO vehicles (vin, first_seen, last_seen) SELECT v, s, s FROM unnest($1::text[], $2::int8[]) AS t(v, s)
      ON CONFLICT (vin) DO UPDATE SET last_seen = GREATEST(vehicles.last_seen, EXCLUDED.last_seen)
      RETURNING id, vin";
+
+/// Creates the vehicles not stored yet; existing rows are not touched.
+const INSERT_VEHICLES: &str = "INSERT INTO vehicles (vin, first_seen, last_seen) SELECT v, s, s FROM unnest($1::text[], $2::int8[]) AS t(v, s)
+     ON CONFLICT (vin) DO NOTHING";
+
+/// Raises `last_seen` ([`WriteBatch::last_seen`]); rows already later are not rewritten.
+const TOUCH_VEHICLES: &str = "UPDATE vehicles v SET last_seen = t.s
+     FROM unnest($1::text[], $2::int8[]) AS t(vin, s)
+     WHERE v.vin = t.vin AND v.last_seen < t.s";
 
 /// The sessions' compare-and-set: ($6) the version each state was decoded
 /// against; a new row is stored as version 1, an existing one is replaced

@@ -445,6 +445,12 @@ fn commit(
         for (vin, n) in &b.resyncs {
             st.execute(params![&**vin, *n as i64])?;
         }
+        let mut st = tx.prepare_cached(
+            "UPDATE vehicles SET last_seen = ?2 WHERE vin = ?1 AND last_seen < ?2",
+        )?;
+        for (vin, seen) in &b.last_seen {
+            st.execute(params![&**vin, seen])?;
+        }
     }
     tx.commit().map(Ok)
 }

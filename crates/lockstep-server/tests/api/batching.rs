@@ -212,6 +212,7 @@ async fn concurrent_requests_share_commits(backend: Backend) {
         app.db.count("SELECT COUNT(*) FROM telemetry_data").await,
         400
     );
+    app.stats_written().await;
     assert_eq!(
         app.db.count("SELECT COUNT(*) FROM compression_stats").await,
         n as i64

@@ -30,6 +30,7 @@ async fn queries_read_vehicles_telemetry_buckets_and_stats(backend: Backend) {
     let app = spawn_app(backend).await;
     let v = vin(51);
     app.post_readings(&mut encoder(&v, 8), 0..30, T0).await;
+    app.stats_written().await;
     let q = format!(
         r#"{{
           vehicles(limit: 10) {{ vehicles {{ vin readings model }} nextCursor }}
@@ -114,6 +115,7 @@ async fn vehicle_detail_and_daily_stats_match_rest(backend: Backend) {
         app.post_batch(&batch(&mut enc, 35..40, T0)).await.status(),
         409
     );
+    app.stats_written().await;
     let q = format!(
         r#"{{
           vehicle(vin: "{v}") {{ vin model year firstSeenMs lastSeenMs readings sessions resyncs lastKeyframeMs }}

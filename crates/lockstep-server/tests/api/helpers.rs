@@ -227,6 +227,30 @@ impl TestApp {
         self.get_json("/status").await
     }
 
+    /// Waits until the store's daily statistics hold every reading the
+    /// server counted (`/status`): the writer stores statistics and
+    /// `last_seen` once a second, not with every commit. Panics after 10 s.
+    pub async fn stats_written(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let counted = self.status().await["compression_stats"]["total_readings"]
+                .as_i64()
+                .unwrap();
+            let stored = self
+                .db
+                .count("SELECT COALESCE(SUM(readings), 0) FROM compression_stats")
+                .await;
+            if stored == counted {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "statistics not written: {stored} stored, {counted} counted"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Shuts down and waits for `run` to return.
     pub async fn stop(mut self) -> Arc<TestDb> {
         self.shutdown.cancel();

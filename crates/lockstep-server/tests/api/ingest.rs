@@ -77,6 +77,7 @@ async fn seed_form_is_reconstructed_stored_and_deduplicated(backend: Backend) {
         );
         assert_eq!(row[7], None);
     }
+    app.stats_written().await;
     let stats = app.db.query("SELECT SUM(readings), SUM(fields_transmitted), SUM(fields_skipped) FROM compression_stats").await;
     assert_eq!(stats[0][0].as_deref(), Some("60"));
     assert_eq!(
@@ -193,6 +194,7 @@ async fn lockstep_form_is_stored_within_tolerance_and_deduplicated(backend: Back
         session as i64
     );
     assert_eq!(app.db.count("SELECT COUNT(*) FROM sessions").await, 1);
+    app.stats_written().await;
     assert_eq!(
         app.db
             .count("SELECT SUM(readings) FROM compression_stats")

@@ -91,6 +91,7 @@ async fn metrics_move_by_exactly_what_was_ingested() {
     assert_eq!(delta("lockstep_resyncs_total", &[("kind", "gap")]), 1.0);
     // Every non-null stored field, once: 40 readings × 7 signals + 4 seed values.
     assert_eq!(delta("lockstep_fields_total", &[]), 40.0 * 7.0 + 4.0);
+    app.stats_written().await;
     let stats = app
         .db
         .query("SELECT SUM(fields_transmitted) FROM compression_stats")

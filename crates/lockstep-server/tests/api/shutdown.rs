@@ -1,5 +1,5 @@
 //! Graceful shutdown: WebSocket clients get a Close frame, acknowledged
-//! readings are in the store, `run` returns in time.
+//! readings and their statistics are in the store, `run` returns in time.
 
 use std::time::Duration;
 
@@ -19,6 +19,10 @@ async fn shutdown_closes_websockets_and_keeps_acknowledged_readings(backend: Bac
         "history"
     );
     let mut enc = encoder(&vin(30), 9);
+    let sent_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     assert_eq!(
         app.post_batch(&batch(&mut enc, 0..100, 1_764_000_000_000))
             .await
@@ -43,4 +47,46 @@ async fn shutdown_closes_websockets_and_keeps_acknowledged_readings(backend: Bac
     .expect("a Close frame in time");
     assert_eq!(closed.map(u16::from), Some(1001));
     assert_eq!(db.count("SELECT COUNT(*) FROM telemetry_data").await, 100);
+    // Statistics and receipt times are written once a second, and once
+    // more when the writer stops: none are left in memory.
+    assert_eq!(
+        db.count("SELECT SUM(readings) FROM compression_stats")
+            .await,
+        100
+    );
+    let last_seen = db
+        .count(&format!(
+            "SELECT last_seen FROM vehicles WHERE vin = '{}'",
+            vin(30)
+        ))
+        .await;
+    assert!(last_seen >= sent_at, "last_seen {last_seen} < {sent_at}");
+}
+
+both_stores!(last_seen_and_statistics_follow_later_readings,);
+
+/// A vehicle's `last_seen` rises with later readings and its statistics
+/// add up, while the server runs (written once a second).
+async fn last_seen_and_statistics_follow_later_readings(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let v = vin(31);
+    let mut enc = encoder(&v, 4);
+    app.post_readings(&mut enc, 0..10, 1_764_000_000_000).await;
+    app.stats_written().await;
+    let seen = async || {
+        app.db
+            .count(&format!("SELECT last_seen FROM vehicles WHERE vin = '{v}'"))
+            .await
+    };
+    let first = seen().await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    app.post_readings(&mut enc, 10..25, 1_764_000_000_000).await;
+    app.stats_written().await;
+    assert!(seen().await > first, "last_seen did not rise");
+    assert_eq!(
+        app.db
+            .count("SELECT SUM(readings) FROM compression_stats")
+            .await,
+        25
+    );
 }

@@ -32,6 +32,7 @@ async fn vehicles_are_paged_described_and_patched(backend: Backend) {
         app.post_readings(&mut encoder(&vin(n), n.into()), 0..10, T0)
             .await;
     }
+    app.stats_written().await;
     let first = app.ok_json("/api/vehicles?limit=2").await;
     let vins: Vec<&str> = first["vehicles"]
         .as_array()
@@ -170,6 +171,7 @@ async fn statistics_per_day_and_for_the_fleet(backend: Backend) {
     let (a, b) = (vin(45), vin(46));
     app.post_readings(&mut encoder(&a, 1), 0..30, T0).await;
     app.post_readings(&mut encoder(&b, 2), 0..20, T0).await;
+    app.stats_written().await;
     let today = app
         .db
         .query("SELECT day FROM compression_stats LIMIT 1")
