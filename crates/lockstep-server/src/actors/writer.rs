@@ -37,6 +37,10 @@ pub struct WriteRequest {
     pub events: Vec<HubEvent>,
 }
 
+/// How long the writer waits at most for the requests a group commit
+/// expects (see [`Writer::wait_for_peers`]); the ack latency it can add.
+const GROUP_WAIT: std::time::Duration = std::time::Duration::from_micros(1500);
+
 /// How often the statistics and receipt times are written.
 const STATS_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -111,6 +115,8 @@ pub struct Writer {
     /// Other writers (server instances) commit to the same sessions: set at
     /// the first stale session seen, here or by ingest's version check.
     shared: Arc<AtomicBool>,
+    /// Requests in the last commit (see [`Self::wait_for_peers`]).
+    last_requests: usize,
 }
 
 impl Writer {
@@ -138,6 +144,7 @@ impl Writer {
             pending: pending.clone(),
             max_rows: max_rows.max(1),
             metrics,
+            last_requests: 1,
         };
         (
             w,
@@ -168,7 +175,8 @@ impl Writer {
                 }
                 () = stop.cancelled() => break,
             };
-            let batch = self.gather(first);
+            let mut batch = self.gather(first);
+            self.wait_for_peers(&mut batch).await;
             self.commit(batch).await;
         }
         // Refuse new requests, commit what was accepted into the queue.
@@ -213,6 +221,31 @@ impl Writer {
             }
         }
         (per_form, fields)
+    }
+
+    /// Group commit: when the last commit held more requests than are
+    /// queued now, the clients it answered are likely sending their next
+    /// ones; waits up to [`GROUP_WAIT`] for as many, so that a closed loop of
+    /// N clients commits N requests at a time instead of one or two. A lone
+    /// client (last commit of one request) never waits.
+    async fn wait_for_peers(&mut self, batch: &mut Vec<(WriteRequest, Reply)>) {
+        let expected = self.last_requests;
+        let mut rows: usize = batch.iter().map(|(r, _)| r.rows.len()).sum();
+        if batch.len() >= expected || rows >= self.max_rows {
+            self.last_requests = batch.len();
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + GROUP_WAIT;
+        while batch.len() < expected && rows < self.max_rows {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(r)) => {
+                    rows += r.0.rows.len();
+                    batch.push(r);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.last_requests = batch.len();
     }
 
     fn gather(&mut self, first: (WriteRequest, Reply)) -> Vec<(WriteRequest, Reply)> {
