@@ -297,7 +297,7 @@ impl App {
         ));
 
         let query = QueryService::new(store.clone(), signals.clone());
-        let state = AppState {
+        let state = AppState::new(crate::state::Handles {
             auth,
             origins: Arc::new(origins),
             limits,
@@ -319,7 +319,7 @@ impl App {
             started: Instant::now(),
             shutdown,
             tasks: TaskTracker::new(),
-        };
+        });
         let router = crate::http::router(state.clone(), cors);
         Ok(Self {
             listener,

@@ -23,9 +23,29 @@ use crate::services::query::QueryService;
 use crate::settings::Settings;
 use crate::store::Store;
 
-/// Shared by every handler; every field is a handle, cloning is cheap.
+/// Shared by every handler. Cloned for every extractor and middleware layer
+/// of every request, so it is one `Arc`: cloning the [`Handles`] themselves
+/// would be some thirty reference-count updates each time (they showed in
+/// the profile of the seed form, one reading per request).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Handles>);
+
+impl AppState {
+    pub fn new(handles: Handles) -> Self {
+        Self(Arc::new(handles))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        &self.0
+    }
+}
+
+/// Every service and actor handle the HTTP layer uses.
+pub struct Handles {
     pub settings: Arc<Settings>,
     /// The signal catalog the server decodes and stores with.
     pub catalog: Arc<Catalog>,
