@@ -70,7 +70,7 @@ echo "soak: $SOAK_S s at $RATE readings/s, $WS_CLIENTS subscribers (all vehicles
   --ws-latency-every 10 --request-timeout 10 --json "$D/soak.json" --label soak >"$D/soak.txt"
 kill "$SAMPLER" 2>/dev/null || true
 SAMPLER=
-[[ -n "${OUT:-}" ]] && cp "$D/soak.json" "$OUT/soak-${SOAK_S}s.json" && cp "$D/rss.txt" "$OUT/soak-${SOAK_S}s-rss.txt"
+[[ -n "${OUT:-}" ]] && mkdir -p "$OUT" && cp "$D/soak.json" "$OUT/soak-${SOAK_S}s.json" && cp "$D/rss.txt" "$OUT/soak-${SOAK_S}s-rss.txt"
 python3 - "$D/soak.json" "$D/rss.txt" "$SOAK_S" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1])); soak_s = float(sys.argv[3])
