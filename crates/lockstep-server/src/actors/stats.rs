@@ -189,13 +189,41 @@ impl StatsBook {
 
     /// Hands the unflushed statistics to `write` (one store transaction);
     /// answers them once written, `None` when there was nothing to write. On
-    /// failure they are kept for the next call.
+    /// failure they are kept for the next call. Waits for a [`Self::reload`]
+    /// in progress (the writer's last flush at shutdown).
     pub async fn flush<F, Fut, E>(&self, write: F) -> Result<Option<Unflushed>, E>
     where
         F: FnOnce(&Unflushed) -> Fut,
         Fut: Future<Output = Result<(), E>>,
     {
-        let _gate = self.flush_gate.lock().await;
+        let gate = self.flush_gate.lock().await;
+        self.flush_gated(gate, write).await
+    }
+
+    /// [`Self::flush`], unless a [`Self::reload`] is reading the store's
+    /// totals: then `None` at once and the statistics wait for the next
+    /// call. The writer flushes this way every second, so its commits never
+    /// queue behind a reload of the whole fleet.
+    pub async fn try_flush<F, Fut, E>(&self, write: F) -> Result<Option<Unflushed>, E>
+    where
+        F: FnOnce(&Unflushed) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        match self.flush_gate.try_lock() {
+            Ok(gate) => self.flush_gated(gate, write).await,
+            Err(_) => Ok(None),
+        }
+    }
+
+    async fn flush_gated<F, Fut, E>(
+        &self,
+        _gate: tokio::sync::MutexGuard<'_, ()>,
+        write: F,
+    ) -> Result<Option<Unflushed>, E>
+    where
+        F: FnOnce(&Unflushed) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
         let taken = std::mem::take(&mut *self.unflushed());
         if taken.is_empty() {
             return Ok(None);
@@ -440,6 +468,43 @@ mod tests {
         book.reload(async { Ok::<_, ()>(stored) }).await.unwrap();
         assert_eq!(book.summary().total_readings, 9);
         assert_eq!(book.page(None, 10).vehicles.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_periodic_flush_does_not_wait_for_a_reload() {
+        let book = Arc::new(StatsBook::default());
+        let a: Arc<str> = vin(1).into();
+        book.committed(&HashMap::from([(a.clone(), c(3))]), 20_000, 1_000);
+        let (release, totals) = tokio::sync::oneshot::channel::<Vec<VehicleTotals>>();
+        let reloading = tokio::spawn({
+            let book = book.clone();
+            async move {
+                book.reload(async { totals.await.map_err(|_| ()) })
+                    .await
+                    .unwrap()
+            }
+        });
+        // The reload now holds the gate, waiting for the store.
+        while book.flush_gate.try_lock().is_ok() {
+            tokio::task::yield_now().await;
+        }
+        let skipped = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            book.try_flush(|_| async { panic!("written during a reload") as Result<(), ()> }),
+        )
+        .await
+        .expect("try_flush waited for the reload")
+        .unwrap();
+        assert!(skipped.is_none(), "skipped, not waited for");
+        release.send(Vec::new()).unwrap();
+        reloading.await.unwrap();
+        assert_eq!(book.summary().total_readings, 3, "kept for the reload");
+        let written = book
+            .try_flush(|_| async { Ok::<_, ()>(()) })
+            .await
+            .unwrap()
+            .expect("written once the reload is done");
+        assert_eq!(written.stats[&(a, 20_000)].readings, 3);
     }
 
     #[test]

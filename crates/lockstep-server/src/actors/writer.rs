@@ -170,7 +170,7 @@ impl Writer {
                     None => break,
                 },
                 _ = flush.tick() => {
-                    self.flush_stats().await;
+                    self.flush_stats(false).await;
                     continue;
                 }
                 () = stop.cancelled() => break,
@@ -185,16 +185,22 @@ impl Writer {
             let batch = self.gather(first);
             self.commit(batch).await;
         }
-        self.flush_stats().await;
+        self.flush_stats(true).await;
         tracing::debug!("The writer flushed its queue and stopped.");
     }
 
     /// Writes the statistics and receipt times committed since the last
     /// flush; other instances learn the deltas once they are stored. A
-    /// failure keeps them for the next tick.
-    async fn flush_stats(&self) {
+    /// failure keeps them for the next tick. Only the `last` flush (at
+    /// shutdown) waits for a statistics reload in progress.
+    async fn flush_stats(&self, last: bool) {
         let store = &self.store;
-        let written = self.stats.flush(|u| store.commit(stats_batch(u))).await;
+        let write = |u: &Unflushed| store.commit(stats_batch(u));
+        let written = if last {
+            self.stats.flush(write).await
+        } else {
+            self.stats.try_flush(write).await
+        };
         match written {
             Ok(Some(u)) => self.hub.relay_stats(&u.per_vehicle()),
             Ok(None) => {}
