@@ -161,6 +161,23 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub vin_offset: u64,
 
+    /// Make the spawned servers require device credentials (`LOCKSTEP_DEVICE_AUTH=required`)
+    /// and send a fleet token for the bench's VINs (`token create --vin-prefix 5YJ3E1EA`,
+    /// made on the run's store) with every telemetry request: the cost of the check.
+    #[arg(long, conflicts_with = "url")]
+    pub device_auth: bool,
+
+    /// With --url: the device or fleet token sent as `Authorization: Bearer` with every
+    /// telemetry request (a server with `LOCKSTEP_DEVICE_AUTH=required` needs one).
+    #[arg(
+        long,
+        env = "LOCKSTEP_BENCH_DEVICE_TOKEN",
+        hide_env_values = true,
+        requires = "url"
+    )]
+    #[serde(skip)]
+    pub device_token: Option<String>,
+
     /// Extra environment for the spawned server (repeatable), e.g. LOCKSTEP_BATCH_ROWS=5000.
     #[arg(long = "server-env", value_name = "KEY=VALUE")]
     pub server_env: Vec<String>,

@@ -16,9 +16,12 @@ use rand::{Rng as _, SeedableRng as _};
 
 use crate::cli::Form;
 
+/// What every generated VIN starts with (the scope of the bench's fleet token).
+pub const VIN_PREFIX: &str = "5YJ3E1EA";
+
 /// The VIN of vehicle number `n` (17 valid characters).
 pub fn vin_of(n: u64) -> String {
-    format!("5YJ3E1EA{n:09}")
+    format!("{VIN_PREFIX}{n:09}")
 }
 
 /// A VIN no generated vehicle uses: idle WebSocket clients subscribe to it.

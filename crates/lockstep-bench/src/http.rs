@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::HeaderValue;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -58,6 +59,7 @@ pub struct Answer {
 pub struct Conn {
     sender: SendRequest<Full<Bytes>>,
     host: String,
+    authorization: Option<HeaderValue>,
 }
 
 impl Conn {
@@ -76,7 +78,17 @@ impl Conn {
         Ok(Self {
             sender,
             host: addr.to_string(),
+            authorization: None,
         })
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request from now on.
+    pub fn with_bearer(mut self, token: Option<&str>) -> Result<Self, HttpError> {
+        self.authorization = token
+            .map(|t| HeaderValue::from_str(&format!("Bearer {t}")))
+            .transpose()
+            .map_err(|_| HttpError::Connect("the token is not a valid header value".into()))?;
+        Ok(self)
     }
 
     /// Sends one request and reads the whole answer, within `timeout`.
@@ -116,6 +128,9 @@ impl Conn {
             .header(hyper::header::HOST, &self.host);
         if let Some(ct) = content_type {
             req = req.header(hyper::header::CONTENT_TYPE, ct);
+        }
+        if let Some(auth) = &self.authorization {
+            req = req.header(hyper::header::AUTHORIZATION, auth.clone());
         }
         let req = req
             .body(Full::new(body))

@@ -64,6 +64,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         + 256;
     let fd_limit = spawn::raise_fd_limit(needed);
 
+    let mut device_token = args.device_token.clone();
     let spawned = match &args.spawn {
         Some(p) => {
             let bin = match p {
@@ -81,6 +82,19 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             if let Err(e) = s.add_instances(args.instances - 1).await {
                 s.stop().await;
                 return Err(e);
+            }
+            if args.device_auth {
+                let token = match refuses_anonymous_telemetry(s.addr).await {
+                    Ok(()) => s.create_fleet_token(fleet::VIN_PREFIX).await,
+                    Err(e) => Err(e),
+                };
+                match token {
+                    Ok(t) => device_token = Some(t),
+                    Err(e) => {
+                        s.stop().await;
+                        return Err(e);
+                    }
+                }
             }
             Some(s)
         }
@@ -117,6 +131,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         url,
         fd_limit,
         binary: spawned.as_ref().map(|s| s.binary.clone()),
+        device_token,
     };
     let result = tokio::select! {
         r = measure(&args, &ctx) => r,
@@ -150,8 +165,34 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 
 /// The spawned servers' environment: the run's `--server-env`, and for a
 /// cluster its Redis with a prefix of its own (so runs never hear each other).
+/// With `--device-auth` the run measures the token check only if the server
+/// really makes it: a telemetry request without a token must get 401.
+async fn refuses_anonymous_telemetry(addr: SocketAddr) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(5);
+    let mut c = http::Conn::connect(addr, timeout).await?;
+    let a = c
+        .request(
+            "POST",
+            "/api/telemetry",
+            Some("application/x-protobuf"),
+            bytes::Bytes::new(),
+            timeout,
+        )
+        .await?;
+    if a.status != hyper::StatusCode::UNAUTHORIZED {
+        bail!(
+            "--device-auth: the server answered {} to telemetry without a token, not 401",
+            a.status
+        );
+    }
+    Ok(())
+}
+
 fn cluster_env(args: &Args) -> Vec<String> {
     let mut env = args.server_env.clone();
+    if args.device_auth {
+        env.push("LOCKSTEP_DEVICE_AUTH=required".to_owned());
+    }
     let redis = args
         .redis_url
         .clone()
@@ -178,6 +219,8 @@ struct Ctx {
     url: String,
     fd_limit: spawn::FdLimit,
     binary: Option<PathBuf>,
+    /// Sent with every telemetry request (`--device-auth`, `--device-token`).
+    device_token: Option<String>,
 }
 
 fn ratio(a: f64, b: f64) -> Option<f64> {
@@ -333,6 +376,7 @@ async fn measure(args: &Args, ctx: &Ctx) -> anyhow::Result<Report> {
         count: args.count,
         rate: args.rate,
         timeout,
+        device_token: ctx.device_token.clone(),
         hard_stop: start + run_for + Duration::from_secs(5),
     };
     let cpu0 = (cpu_sum(), procfs::self_cpu_seconds(), user_sys_sum());

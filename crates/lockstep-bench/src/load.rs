@@ -40,6 +40,8 @@ pub struct Plan {
     /// Offered readings/s over all workers; 0 = closed loop.
     pub rate: f64,
     pub timeout: Duration,
+    /// Device or fleet token for `Authorization: Bearer`, if the server wants one.
+    pub device_token: Option<String>,
     /// Nothing new starts after this, whatever the mode.
     pub hard_stop: Instant,
 }
@@ -243,7 +245,10 @@ async fn worker(
                 out.retries += 1;
             }
             if conn.is_none() {
-                match Conn::connect(plan.addrs[inst], plan.timeout).await {
+                let connected = Conn::connect(plan.addrs[inst], plan.timeout)
+                    .await
+                    .and_then(|c| c.with_bearer(plan.device_token.as_deref()));
+                match connected {
                     Ok(c) => *conn = Some(c),
                     Err(e) => {
                         out.err(e.kind());

@@ -218,6 +218,32 @@ impl Spawned {
         Ok(())
     }
 
+    /// Creates a fleet token for every VIN starting with `vin_prefix` on the run's
+    /// store (`lockstep-server token create`, as an operator would) and returns it.
+    pub async fn create_fleet_token(&self, vin_prefix: &str) -> anyhow::Result<String> {
+        let out = Command::new(&self.binary)
+            .args(["token", "create", "--vin-prefix", vin_prefix])
+            .args(["--label", "lockstep-bench"])
+            .current_dir(self.dir.path())
+            .env("DATABASE_URL", &self.database_url)
+            .env("LOCKSTEP_DATA_DIR", self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .with_context(|| format!("cannot run {} token create", self.binary.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match stdout.lines().last().map(str::trim) {
+            Some(token) if out.status.success() && token.starts_with("lst_") => {
+                Ok(token.to_owned())
+            }
+            _ => bail!(
+                "token create failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        }
+    }
+
     /// Every instance's address, the first one first.
     pub fn addrs(&self) -> Vec<SocketAddr> {
         std::iter::once(self.addr)

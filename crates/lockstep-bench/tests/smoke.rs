@@ -93,6 +93,10 @@ const NON_NULL: &[&str] = &[
 ];
 
 fn smoke(store: &str, form: &str) {
+    smoke_with(store, form, &[]);
+}
+
+fn smoke_with(store: &str, form: &str, extra: &[&str]) -> Value {
     let server = server_binary();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("report.json");
@@ -121,6 +125,7 @@ fn smoke(store: &str, form: &str) {
             "--idle-ws-clients",
             "20",
         ])
+        .args(extra)
         .args(["--label", &format!("smoke-{store}-{form}")])
         .arg("--json")
         .arg(&json)
@@ -176,6 +181,7 @@ fn smoke(store: &str, form: &str) {
         stdout.contains("readings/s"),
         "no human table on stdout:\n{stdout}"
     );
+    r
 }
 
 #[test]
@@ -196,4 +202,17 @@ fn postgres_seed_form() {
 #[test]
 fn postgres_lockstep_form() {
     smoke("postgres", "lockstep");
+}
+
+/// `--device-auth`: the server requires device credentials (the bench checks
+/// that a request without a token gets 401 before the load) and every reading
+/// is sent with the fleet token the bench created through `token create`.
+#[test]
+fn sqlite_seed_form_with_device_tokens() {
+    let r = smoke_with("sqlite", "seed", &["--device-auth"]);
+    assert_eq!(r["config"]["device_auth"], true);
+    assert!(
+        r["config"].get("device_token").is_none(),
+        "the token must not be written to the report"
+    );
 }
