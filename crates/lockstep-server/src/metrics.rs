@@ -4,8 +4,8 @@
 //! separately and a test can check exact deltas.
 //!
 //! Hot-path cost: handles are registered once ([`Metrics::new`]) and bumped
-//! with one atomic add per batch (never per reading); only labels whose
-//! values are open-ended (route × status) are looked up per request. Gauges
+//! with one atomic add per batch (never per reading); the route × status
+//! counter is registered on first use and then found in a small map. Gauges
 //! that mirror state the server already keeps (WebSocket clients, store
 //! health, logger) are read when `/metrics` is rendered, not maintained.
 //!
@@ -24,7 +24,8 @@
 //! sink, [`Metrics::sink`]), and `process_*` (resident memory, CPU seconds,
 //! open fds, start time).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use metrics::{Counter, Gauge, Histogram, Label, Recorder as _, with_local_recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
@@ -55,6 +56,10 @@ pub struct Metrics {
 struct Inner {
     recorder: PrometheusRecorder,
     h: Handles,
+    /// `lockstep_requests_total` handles by route pattern, then status: registered
+    /// on a route's first answer with that status, then bumped like the others.
+    /// Bounded: the routes are the router's patterns (and "unmatched").
+    requests: RwLock<HashMap<String, Vec<(u16, Counter)>>>,
 }
 
 /// Handles registered in the recorder once.
@@ -168,7 +173,11 @@ impl Metrics {
             }
         });
         Self {
-            inner: Arc::new(Inner { recorder, h }),
+            inner: Arc::new(Inner {
+                recorder,
+                h,
+                requests: RwLock::default(),
+            }),
         }
     }
 
@@ -214,6 +223,36 @@ impl Metrics {
 
     /// One answered HTTP request (`route`: the matched route pattern).
     pub fn request(&self, route: &str, status: u16) {
+        let cached = |m: &HashMap<String, Vec<(u16, Counter)>>| {
+            m.get(route)
+                .and_then(|v| v.iter().find(|(s, _)| *s == status))
+                .map(|(_, c)| c.clone())
+        };
+        let known = cached(
+            &self
+                .inner
+                .requests
+                .read()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let counter = known.unwrap_or_else(|| {
+            let mut m = self
+                .inner
+                .requests
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            cached(&m).unwrap_or_else(|| {
+                let c = self.register_request(route, status);
+                m.entry(route.to_owned())
+                    .or_default()
+                    .push((status, c.clone()));
+                c
+            })
+        });
+        counter.increment(1);
+    }
+
+    fn register_request(&self, route: &str, status: u16) -> Counter {
         let key = metrics::Key::from_parts(
             "lockstep_requests_total",
             vec![
@@ -222,10 +261,7 @@ impl Metrics {
             ],
         );
         let meta = metrics::Metadata::new(module_path!(), metrics::Level::INFO, None);
-        self.inner
-            .recorder
-            .register_counter(&key, &meta)
-            .increment(1);
+        self.inner.recorder.register_counter(&key, &meta)
     }
 
     /// The Prometheus text, with the gauges of `now` set first.
@@ -341,4 +377,43 @@ fn process_metrics() -> String {
          # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {start}\n"
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(text: &str, series: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn request_counters_are_kept_apart_by_route_and_status() {
+        let m = Metrics::new(&Signals::from_catalog(
+            &lockstep_codec::Catalog::default_v1(),
+        ));
+        for _ in 0..3 {
+            m.request("/api/telemetry", 200);
+        }
+        m.request("/api/telemetry", 401);
+        m.request("/api/vehicles", 200);
+        m.request("/api/telemetry", 200);
+        let text = m.render(&Snapshot {
+            ws_clients: 0,
+            ws_dropped: 0,
+            store_up: true,
+            logger_running: false,
+        });
+        let series = |route: &str, status: u16| {
+            count(
+                &text,
+                &format!("lockstep_requests_total{{route=\"{route}\",status=\"{status}\"}}"),
+            )
+        };
+        assert_eq!(series("/api/telemetry", 200), Some(4), "{text}");
+        assert_eq!(series("/api/telemetry", 401), Some(1), "{text}");
+        assert_eq!(series("/api/vehicles", 200), Some(1), "{text}");
+        assert_eq!(series("/api/vehicles", 401), None, "{text}");
+    }
 }
