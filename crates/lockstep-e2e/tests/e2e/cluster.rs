@@ -190,15 +190,28 @@ async fn observe_all(servers: &[Server]) -> Vec<Observer> {
 async fn assert_everyone_heard(db: &Db, vin: &str, observers: Vec<Observer>) {
     let stored = stream_keys(vin, &db.rows_of(vin).await);
     for (i, (o, task)) in observers.into_iter().enumerate() {
-        let heard = eventually(
-            Duration::from_secs(20),
-            "every instance's client hears every stored reading",
-            || async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let heard = loop {
+            let (heard, notices, closes) = {
                 let o = o.lock().unwrap();
-                (o.readings.len() >= stored.len()).then(|| o.readings.clone())
-            },
-        )
-        .await;
+                (o.readings.clone(), o.notices, o.closes)
+            };
+            if heard.len() >= stored.len() {
+                break heard;
+            }
+            // On a timeout, say what the client heard and what it was told.
+            if tokio::time::Instant::now() >= deadline {
+                let heard: std::collections::HashSet<_> = heard.into_iter().collect();
+                let missing: Vec<_> = stored.difference(&heard).take(5).collect();
+                panic!(
+                    "instance {i}'s client heard {} of {} stored readings in 20 s after the \
+                     replay ({notices} gap/lagged notices, {closes} closes); missing e.g. {missing:?}",
+                    heard.len(),
+                    stored.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
         // A moment for anything extra (a duplicate) to arrive too.
         tokio::time::sleep(Duration::from_millis(300)).await;
         task.abort();

@@ -11,11 +11,14 @@
 //!   numbers the messages it publishes; a receiver drops its own echoes and
 //!   any number it has seen, and tells its clients of a hole with a `gap`
 //!   message (`reason: dropped`, `missed`: how many).
-//! - **In order per vehicle.** Readings carry `(session_id, seq)`; the hub
-//!   delivers a vehicle's reading only if it comes after the last one
-//!   delivered. One arriving later than a later one (two instances committed
-//!   consecutive batches and the second was published first) is not
-//!   delivered, and clients get `gap` with `reason: late`.
+//! - **In commit order per vehicle.** Readings carry `(session_id, seq)` and
+//!   the session version their commit stored (one more per commit). The hub
+//!   holds a reading whose commit follows one it has not received (two
+//!   instances committed consecutive batches and the second came first) until
+//!   that one comes, at most [`hub::HOLD`]; then it delivers what it held and
+//!   clients get `gap` (`reason: dropped`, `missed: null`). A reading older
+//!   than one delivered is not delivered, and clients get `gap` with
+//!   `reason: late`.
 //! - **Redis down:** ingest and same-instance fan-out go on; `/status` says
 //!   `degraded`; clients get one `gap` (`reason: bridge_down`, `missed: null`);
 //!   the bridge reconnects with backoff (100 ms doubling to 2 s). Outgoing
@@ -29,7 +32,7 @@
 //!
 //! Frame on the wire (UTF-8): a header line `{"o":origin,"c":first,"k":"e"|"s"}`
 //! where `c` numbers the frame's first message in its origin's sequence,
-//! then for `e` one line of event header (`{"v":vin,"q":[session,seq],"op":bool,"log":bool}`)
+//! then for `e` one line of event header (`{"v":vin,"q":[session,seq],"w":commit,"op":bool,"log":bool}`)
 //! and one line of client JSON per event; for `s` one line of statistics
 //! deltas. Client JSON never holds a raw newline (serde escapes them).
 
@@ -43,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::actors::hub::{Hub, HubEvent, Level, Relay};
+use crate::actors::hub::{self, Hub, HubEvent, Level, Relay};
 use crate::actors::stats::StatsBook;
 use crate::model::Counters;
 use crate::protocol::GapReason;
@@ -126,6 +129,9 @@ struct EventHeader {
     v: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     q: Option<(u64, u64)>,
+    /// The session version the reading's commit stored (the hub's order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    w: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     op: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -243,6 +249,7 @@ impl BridgeHandle {
                         text: text.to_owned().into(),
                         operators_only: eh.op,
                         order: eh.q,
+                        commit: eh.w,
                         shared: false,
                         is_log: eh.log,
                     });
@@ -286,6 +293,7 @@ impl Relay for BridgeHandle {
                 let h = EventHeader {
                     v: ev.vin.as_deref().map(str::to_owned),
                     q: ev.order,
+                    w: ev.commit,
                     op: ev.operators_only,
                     log: ev.is_log,
                 };
@@ -397,8 +405,22 @@ impl Bridge {
             hub.clone(),
             stop.clone(),
         );
+        let holds = release_held(hub.clone(), stop.clone());
         let subscriber = subscribe(client, handle, hub, stats, store, stop);
-        tokio::join!(publisher, subscriber);
+        tokio::join!(publisher, subscriber, holds);
+    }
+}
+
+/// Delivers readings the hub held for an earlier commit that did not come
+/// within [`hub::HOLD`] (its instance died before publishing, or Redis lost it).
+async fn release_held(hub: Arc<Hub>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(hub::HOLD / 5);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => hub.release_held(),
+        }
     }
 }
 

@@ -15,14 +15,19 @@
 //! With several instances (`REDIS_URL`), a [`Relay`] (the Redis bridge) is
 //! attached: events marked `shared` are handed to it in publication order,
 //! and events from other instances come back through [`Hub::publish_remote`].
-//! Readings then pass a per-vehicle order check ([`Hub`]'s sequencer): a
-//! reading whose `(session, seq)` is not after the last one delivered for its
-//! vehicle is a duplicate or came late, is not delivered, and clients get a
-//! `gap` message for the late ones. Without a relay nothing of this runs.
+//! Readings then pass a per-vehicle order check ([`Hub`]'s sequencer). Each
+//! reading names the session version its commit stored, and a session's
+//! commits advance it by one, whichever instance made them: a reading whose
+//! commit follows one not seen yet (published by another instance and still
+//! on its way) is held until that one arrives, at most [`HOLD`]; one that is
+//! not after the last delivered is a duplicate or came late, is not
+//! delivered, and clients get a `gap` message for the late ones and for a
+//! commit that never came. Without a relay nothing of this runs.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use tokio::sync::{Notify, broadcast};
@@ -45,6 +50,9 @@ pub struct HubEvent {
     pub operators_only: bool,
     /// A reading's `(session_id, seq)`: its place in its vehicle's order.
     pub order: Option<(u64, u64)>,
+    /// The session version the reading's commit stored (one more per commit
+    /// of the session); `None` from an instance that does not say.
+    pub commit: Option<u64>,
     /// For every instance's clients (readings, logger output and status),
     /// not only this one's: handed to the [`Relay`] when one is attached.
     pub shared: bool,
@@ -60,15 +68,18 @@ impl HubEvent {
             text: msg.to_text().into(),
             operators_only: false,
             order: None,
+            commit: None,
             shared: false,
             is_log: false,
         }
     }
 
-    /// A committed reading of `vin` (shared with other instances).
-    pub fn reading(vin: Arc<str>, session_id: u64, seq: u64, msg: &ServerMsg) -> Self {
+    /// A committed reading of `vin` (shared with other instances); `commit`:
+    /// the session version its commit stored.
+    pub fn reading(vin: Arc<str>, session_id: u64, seq: u64, commit: u64, msg: &ServerMsg) -> Self {
         Self {
             order: Some((session_id, seq)),
+            commit: Some(commit),
             shared: true,
             ..Self::new(Some(vin), msg)
         }
@@ -97,41 +108,258 @@ pub trait Relay: Send + Sync {
 /// it the memory is cleared (a duplicate could then pass once).
 const SEQUENCER_VEHICLES: usize = 100_000;
 
-/// Per vehicle, the `(session_id, seq)` of the last reading delivered.
+/// How long readings wait for an earlier commit of their session that
+/// another instance published and this one has not received yet. After it
+/// they are delivered, clients are told of the hole (`gap`, `dropped`), and
+/// the missing commit, should it still come, is late.
+pub const HOLD: Duration = Duration::from_secs(1);
+
+/// Most readings held at once (all vehicles); past it a vehicle's held
+/// readings are delivered at once instead of waiting.
+const HELD_MAX: usize = 10_000;
+
+/// Where a vehicle's delivered stream stands.
+#[derive(Clone, Copy)]
+struct Position {
+    session: u64,
+    seq: u64,
+    commit: Option<u64>,
+}
+
+/// One vehicle's order: the last delivered reading, those waiting for an
+/// earlier commit, by (commit, seq), and the last commits given up waiting for.
+struct VehicleOrder {
+    last: Position,
+    held: BTreeMap<(u64, u64), HubEvent>,
+    skipped: VecDeque<u64>,
+}
+
+/// Commits given up waiting for that a vehicle remembers (to tell a late one from a copy).
+const SKIPPED_KEPT: usize = 16;
+
+/// What the sequencer decided for one reading.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Deliver,
+    /// Waits for an earlier commit.
+    Hold,
+    /// A copy of one delivered already.
+    Repeat,
+    /// Older than one delivered already.
+    Late,
+}
+
+impl Position {
+    fn of(ev: &HubEvent) -> Option<Self> {
+        let (session, seq) = ev.order?;
+        Some(Self {
+            session,
+            seq,
+            commit: ev.commit,
+        })
+    }
+}
+
+impl VehicleOrder {
+    fn new(last: Position) -> Self {
+        Self {
+            last,
+            held: BTreeMap::new(),
+            skipped: VecDeque::new(),
+        }
+    }
+
+    /// Whether `next` (same session) may follow the last delivered reading now.
+    fn verdict(&self, next: &Position) -> Verdict {
+        match (self.last.commit, next.commit) {
+            (Some(c), Some(n)) if n > c + 1 => Verdict::Hold,
+            (Some(c), Some(n)) if n == c + 1 => Verdict::Deliver,
+            (Some(c), Some(n)) if n < c => {
+                if self.skipped.contains(&n) {
+                    Verdict::Late
+                } else {
+                    Verdict::Repeat
+                }
+            }
+            // The same commit (or an instance that does not say): by seq.
+            _ if next.seq > self.last.seq => Verdict::Deliver,
+            _ if next.seq == self.last.seq => Verdict::Repeat,
+            (Some(_), Some(_)) => Verdict::Repeat,
+            _ => Verdict::Late,
+        }
+    }
+
+    /// Remembers the commits missing before the held readings, which are
+    /// about to be delivered without them.
+    fn skip_to_held(&mut self) {
+        let Some(mut expect) = self.last.commit.map(|c| c + 1) else {
+            return;
+        };
+        for &(c, _) in self.held.keys() {
+            // A vehicle's skipped commits are few; never walk a huge jump.
+            for missing in expect..c.min(expect + SKIPPED_KEPT as u64) {
+                if self.skipped.len() >= SKIPPED_KEPT {
+                    self.skipped.pop_front();
+                }
+                self.skipped.push_back(missing);
+            }
+            expect = expect.max(c + 1);
+        }
+    }
+}
+
+/// Readings the sequencer let through, in delivery order, and what it kept back.
+#[derive(Default)]
+struct Admitted {
+    events: Vec<HubEvent>,
+    repeats: u64,
+    late: u64,
+    /// Vehicles whose held readings were let through without the commit they waited for.
+    expired: u64,
+}
+
+/// Per vehicle, the `(session_id, seq, commit)` of the last reading delivered
+/// and the readings waiting for an earlier commit.
 #[derive(Default)]
 struct Sequencer {
-    last: HashMap<Arc<str>, (u64, u64)>,
+    vehicles: HashMap<Arc<str>, VehicleOrder>,
+    /// Vehicles with held readings, since when.
+    holding: HashMap<Arc<str>, Instant>,
+    held: usize,
 }
 
 impl Sequencer {
-    /// Whether `ev` may be delivered: `Ok(())`, or `Err(late)` — a duplicate
-    /// (`late` = false) or a reading older than one already delivered (true).
-    fn admit(&mut self, ev: &HubEvent) -> Result<(), bool> {
-        let (Some(vin), Some((session, seq))) = (&ev.vin, ev.order) else {
-            return Ok(());
-        };
-        match self.last.get_mut(&**vin) {
-            // A new session of the vehicle starts a new order.
-            Some(last) if last.0 == session => {
-                if seq > last.1 {
-                    last.1 = seq;
-                    Ok(())
-                } else {
-                    Err(seq < last.1)
-                }
-            }
-            Some(last) => {
-                *last = (session, seq);
-                Ok(())
-            }
-            None => {
-                if self.last.len() >= SEQUENCER_VEHICLES {
-                    self.last.clear();
-                }
-                self.last.insert(vin.clone(), (session, seq));
-                Ok(())
+    /// Passes `events` in order; readings come out in their vehicle's order.
+    /// The readings of one commit come in one call, so held ones that follow
+    /// are let through after the whole call, not after its first reading.
+    fn admit_all(&mut self, events: Vec<HubEvent>, now: Instant) -> Admitted {
+        let mut out = Admitted::default();
+        let mut moved: Vec<Arc<str>> = Vec::new();
+        for ev in events {
+            if let Some(vin) = self.admit(ev, now, &mut out)
+                && !moved.contains(&vin)
+            {
+                moved.push(vin);
             }
         }
+        for vin in &moved {
+            self.drain(vin, &mut out);
+        }
+        out
+    }
+
+    /// Returns the vehicle whose order moved on while it holds readings.
+    fn admit(&mut self, ev: HubEvent, now: Instant, out: &mut Admitted) -> Option<Arc<str>> {
+        let (Some(vin), Some(pos)) = (ev.vin.clone(), Position::of(&ev)) else {
+            out.events.push(ev);
+            return None;
+        };
+        let Some(v) = self.vehicles.get_mut(&*vin) else {
+            if self.vehicles.len() >= SEQUENCER_VEHICLES {
+                self.release_all(out);
+                self.vehicles.clear();
+            }
+            self.vehicles.insert(vin, VehicleOrder::new(pos));
+            out.events.push(ev);
+            return None;
+        };
+        if pos.session != v.last.session {
+            // A new session of the vehicle starts a new order.
+            let held = std::mem::take(&mut v.held);
+            self.held -= held.len();
+            self.holding.remove(&*vin);
+            out.events.extend(held.into_values());
+            *v = VehicleOrder::new(pos);
+            out.events.push(ev);
+            return None;
+        }
+        match v.verdict(&pos) {
+            Verdict::Deliver => {
+                v.last = pos;
+                out.events.push(ev);
+                return (!v.held.is_empty()).then_some(vin);
+            }
+            Verdict::Hold => {
+                let key = (pos.commit.unwrap_or_default(), pos.seq);
+                if v.held.insert(key, ev).is_none() {
+                    self.held += 1;
+                }
+                self.holding.entry(vin.clone()).or_insert(now);
+                if self.held > HELD_MAX {
+                    self.release(&vin, out);
+                }
+            }
+            Verdict::Repeat => out.repeats += 1,
+            Verdict::Late => out.late += 1,
+        }
+        None
+    }
+
+    /// Lets through the held readings of `vin` that now follow in order.
+    fn drain(&mut self, vin: &Arc<str>, out: &mut Admitted) {
+        let Some(v) = self.vehicles.get_mut(vin) else {
+            return;
+        };
+        while let Some(pos) = v.held.values().next().and_then(Position::of) {
+            let verdict = v.verdict(&pos);
+            if verdict == Verdict::Hold {
+                break;
+            }
+            let Some((_, ev)) = v.held.pop_first() else {
+                break;
+            };
+            self.held -= 1;
+            match verdict {
+                Verdict::Deliver => {
+                    v.last = pos;
+                    out.events.push(ev);
+                }
+                Verdict::Repeat => out.repeats += 1,
+                Verdict::Late | Verdict::Hold => out.late += 1,
+            }
+        }
+        if v.held.is_empty() {
+            self.holding.remove(vin);
+        }
+    }
+
+    /// Lets through every held reading of `vin`, in order, without waiting
+    /// longer for the commit before them.
+    fn release(&mut self, vin: &Arc<str>, out: &mut Admitted) {
+        self.holding.remove(vin);
+        let Some(v) = self.vehicles.get_mut(vin) else {
+            return;
+        };
+        v.skip_to_held();
+        let held = std::mem::take(&mut v.held);
+        if let Some(last) = held.values().next_back().and_then(Position::of) {
+            v.last = last;
+        }
+        self.held -= held.len();
+        out.expired += 1;
+        out.events.extend(held.into_values());
+    }
+
+    fn release_all(&mut self, out: &mut Admitted) {
+        let vins: Vec<Arc<str>> = self.holding.keys().cloned().collect();
+        for vin in vins {
+            self.release(&vin, out);
+        }
+    }
+
+    /// Lets through the readings held since `HOLD` before `now`.
+    fn release_expired(&mut self, now: Instant) -> Admitted {
+        let mut out = Admitted::default();
+        let due: Vec<Arc<str>> = self
+            .holding
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= HOLD)
+            .map(|(vin, _)| vin.clone())
+            .collect();
+        for vin in due {
+            self.release(&vin, &mut out);
+        }
+        out
     }
 }
 
@@ -522,33 +750,55 @@ impl Hub {
 
     /// With a relay: passes readings through the sequencer, then publishes.
     fn deliver_locked(&self, routes: &Routes, events: Vec<HubEvent>) {
-        let mut late = 0u64;
-        let mut skipped = 0u64;
-        let admitted: Vec<HubEvent> = {
-            let mut seq = self.sequencer.lock().unwrap_or_else(|p| p.into_inner());
-            events
-                .into_iter()
-                .filter(|ev| match seq.admit(ev) {
-                    Ok(()) => true,
-                    Err(was_late) => {
-                        skipped += 1;
-                        late += u64::from(was_late);
-                        false
-                    }
-                })
-                .collect()
-        };
+        let admitted = self
+            .sequencer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit_all(events, Instant::now());
+        self.publish_admitted(routes, admitted);
+    }
+
+    /// Delivers the readings held longer than [`HOLD`] for an earlier commit
+    /// that has not come (the bridge calls it a few times a second).
+    pub fn release_held(&self) {
+        let routes = self.routes();
+        let admitted = self
+            .sequencer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release_expired(Instant::now());
+        self.publish_admitted(&routes, admitted);
+    }
+
+    fn publish_admitted(&self, routes: &Routes, a: Admitted) {
+        let skipped = a.repeats + a.late;
         if skipped > 0 {
             self.out_of_order.fetch_add(skipped, Ordering::Relaxed);
         }
-        self.publish_locked(routes, admitted);
-        if late > 0 {
+        if a.expired > 0 {
+            tracing::debug!(
+                vehicles = a.expired,
+                "Readings were delivered without an earlier commit that did not arrive."
+            );
             self.publish_locked(
                 routes,
                 [HubEvent::new(
                     None,
                     &ServerMsg::Gap {
-                        missed: Some(late),
+                        missed: None,
+                        reason: GapReason::Dropped,
+                    },
+                )],
+            );
+        }
+        self.publish_locked(routes, a.events);
+        if a.late > 0 {
+            self.publish_locked(
+                routes,
+                [HubEvent::new(
+                    None,
+                    &ServerMsg::Gap {
+                        missed: Some(a.late),
                         reason: GapReason::Late,
                     },
                 )],
@@ -709,6 +959,8 @@ impl Hub {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::{Just, Strategy as _};
+
     use super::*;
 
     fn ev(vin: Option<&str>, text: &str) -> HubEvent {
@@ -717,6 +969,7 @@ mod tests {
             text: text.to_owned().into(),
             operators_only: false,
             order: None,
+            commit: None,
             shared: false,
             is_log: false,
         }
@@ -906,6 +1159,90 @@ mod tests {
         assert_eq!(hub.out_of_order(), 2);
         // Only local events went to the relay, each once.
         assert_eq!(*relay.0.lock().unwrap(), ["A1", "A2", "A1"]);
+    }
+
+    /// A reading of `vin`'s session 1 stored by commit `commit` (one per commit).
+    fn committed(vin: &str, commit: u64) -> HubEvent {
+        HubEvent {
+            commit: Some(commit),
+            ..reading(vin, 1, commit * 10)
+        }
+    }
+
+    fn texts(events: &[HubEvent]) -> Vec<&str> {
+        events.iter().map(|e| e.text.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_commit_published_after_the_next_one_is_waited_for() {
+        let hub = Arc::new(Hub::new(16));
+        hub.attach_relay(Arc::new(Recorder(Mutex::default())));
+        let mut all = hub.subscribe();
+        hub.publish_all([committed("A", 1)]);
+        // Commit 3 (made here) before commit 2 (made on another instance, still on its way).
+        hub.publish_all([committed("A", 3), committed("B", 1)]);
+        hub.publish_remote(vec![committed("A", 2), committed("A", 2)]);
+        assert_eq!(take(&mut all).await, ["A10", "B10", "A20", "A30"]);
+        assert_eq!(hub.out_of_order(), 1, "the repeated copy");
+    }
+
+    #[test]
+    fn held_readings_go_out_after_the_hold_and_the_missing_commit_is_late() {
+        let t0 = Instant::now();
+        let mut seq = Sequencer::default();
+        let a = seq.admit_all(vec![committed("A", 1), committed("A", 3)], t0);
+        assert_eq!(texts(&a.events), ["A10"]);
+        assert!(
+            seq.release_expired(t0 + HOLD / 2).events.is_empty(),
+            "still waiting for commit 2"
+        );
+        let a = seq.release_expired(t0 + HOLD);
+        assert_eq!((texts(&a.events), a.expired), (vec!["A30"], 1));
+        let a = seq.admit_all(vec![committed("A", 2), committed("A", 4)], t0 + HOLD);
+        assert_eq!((texts(&a.events), a.late), (vec!["A40"], 1));
+        assert_eq!(seq.held, 0);
+    }
+
+    #[test]
+    fn the_readings_of_one_commit_go_out_together_in_seq_order() {
+        let at = |commit: u64, seq: u64| HubEvent {
+            commit: Some(commit),
+            ..reading("A", 1, seq)
+        };
+        let mut s = Sequencer::default();
+        let a = s.admit_all(
+            vec![at(1, 1), at(3, 5), at(3, 6), at(2, 3), at(2, 4), at(4, 7)],
+            Instant::now(),
+        );
+        assert_eq!(texts(&a.events), ["A1", "A3", "A4", "A5", "A6", "A7"]);
+        assert_eq!((a.repeats, a.late, s.held), (0, 0, 0));
+    }
+
+    proptest::proptest! {
+        /// Commits of one session handed over in any order, some of them
+        /// twice, each at most `HOLD` late, come out once each and in commit order.
+        #[test]
+        fn any_arrival_order_within_the_hold_is_delivered_in_commit_order(
+            order in Just((1..=40u64).collect::<Vec<_>>()).prop_shuffle(),
+            copies in proptest::collection::vec(0..40usize, 0..10),
+        ) {
+            let t0 = Instant::now();
+            let mut s = Sequencer::default();
+            // The first commit opens the vehicle's order (a client sees the stream from there).
+            let mut out = texts(&s.admit_all(vec![committed("A", 0)], t0).events)
+                .into_iter().map(str::to_owned).collect::<Vec<_>>();
+            let mut arrivals: Vec<u64> = order.clone();
+            for c in &copies {
+                arrivals.insert(*c % arrivals.len(), order[*c % order.len()]);
+            }
+            for c in arrivals {
+                let a = s.admit_all(vec![committed("A", c)], t0);
+                out.extend(a.events.iter().map(|e| e.text.as_str().to_owned()));
+            }
+            let want: Vec<String> = (0..=40u64).map(|c| format!("A{}", c * 10)).collect();
+            proptest::prop_assert_eq!(out, want);
+            proptest::prop_assert_eq!(s.held, 0);
+        }
     }
 
     #[tokio::test]

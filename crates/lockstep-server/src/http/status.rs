@@ -34,8 +34,9 @@ pub struct StatusJson {
     /// With `REDIS_URL`: the bridge to the other instances (`null` without).
     /// Its being down makes `status` `degraded` (ingest goes on).
     pub cluster: Option<crate::actors::bridge::ClusterStatusJson>,
-    /// Readings not delivered to this instance's clients because a copy or a
-    /// later reading of the same vehicle session came first (cluster only).
+    /// Readings not delivered to this instance's clients because they were a
+    /// copy, or an earlier commit of their vehicle session that came after the
+    /// one-second hold (cluster only).
     pub ws_out_of_order: u64,
 }
 

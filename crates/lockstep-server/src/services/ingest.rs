@@ -463,7 +463,7 @@ impl Inner {
             keyframe: false,
         };
         let events = if self.hub.has_clients() {
-            vec![self.event(&row)]
+            vec![self.event(&row, version + 1)]
         } else {
             Vec::new()
         };
@@ -653,7 +653,7 @@ impl Inner {
                     keyframe: r.keyframe,
                 };
                 if with_events {
-                    events.push(self.event(&row));
+                    events.push(self.event(&row, version + 1));
                 }
                 row
             })
@@ -684,12 +684,13 @@ impl Inner {
         }
     }
 
-    fn event(&self, row: &TelemetryRow) -> HubEvent {
+    /// The live message of `row`, which the commit storing session version `commit` holds.
+    fn event(&self, row: &TelemetryRow, commit: u64) -> HubEvent {
         let msg = ServerMsg::Telemetry(ReadingJson {
             row: row.clone(),
             signals: self.signals.clone(),
         });
-        HubEvent::reading(row.vin.clone(), row.session_id, row.seq, &msg)
+        HubEvent::reading(row.vin.clone(), row.session_id, row.seq, commit, &msg)
     }
 
     /// Commits through the writer. `Stale`: another server instance advanced
