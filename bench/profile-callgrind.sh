@@ -9,7 +9,8 @@
 #   WS=100 bench/profile-callgrind.sh            # with 100 WebSocket subscribers
 #   AUTH=1 bench/profile-callgrind.sh            # device tokens required, a fleet token sent
 # Environment: FORM (seed|lockstep), STORE (postgres|sqlite), N (readings), V, C, BATCH, WS, AUTH,
-#              OUT (target/profile), BUILD=0 to skip the release build.
+#              OUT (target/profile), BUILD=0 to skip the release build,
+#              BIN (directory of the lockstep-server and lockstep-bench to run; target/release).
 set -euo pipefail
 ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 cd "$ROOT"
@@ -19,6 +20,7 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)   # the server runs in its own directory
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)" >&2; exit 1; }
 if [[ "${BUILD:-1}" != 0 ]]; then cargo build --release -p lockstep-server -p lockstep-bench; fi
+BIN=${BIN:-$ROOT/target/release}
 AUTH=${AUTH:-0}
 NAME="$FORM-$STORE-n$N-ws$WS"; [[ "$AUTH" != 0 ]] && NAME="$NAME-auth"
 RUN=$(mktemp -d)
@@ -41,7 +43,7 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 DEVICE_AUTH=off; [[ "$AUTH" != 0 ]] && DEVICE_AUTH=required
 (cd "$RUN" && exec env PORT="$PORT" LOCKSTEP_HOST=127.0.0.1 DATABASE_URL="$URL" LOCKSTEP_DATA_DIR="$RUN" RUST_LOG=warn \
   LOCKSTEP_DEVICE_AUTH="$DEVICE_AUTH" \
-  valgrind --tool=callgrind --callgrind-out-file="$OUT/$NAME.callgrind" "$ROOT/target/release/lockstep-server") \
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/$NAME.callgrind" "$BIN/lockstep-server") \
   > "$OUT/$NAME.log" 2>&1 &
 SPID=$!
 for _ in $(seq 1 300); do curl -sf "http://127.0.0.1:$PORT/status" >/dev/null && break; sleep 0.2; done
@@ -49,10 +51,10 @@ WSARGS=(); [[ "$WS" != 0 ]] && WSARGS=(--ws-clients "$WS")
 if [[ "$AUTH" != 0 ]]; then
   # The bench's VINs all start with 5YJ3E1EA: one fleet token, made as an operator would.
   LOCKSTEP_BENCH_DEVICE_TOKEN=$(cd "$RUN" && DATABASE_URL="$URL" LOCKSTEP_DATA_DIR="$RUN" \
-    "$ROOT/target/release/lockstep-server" token create --vin-prefix 5YJ3E1EA --label profile | tail -n1)
+    "$BIN/lockstep-server" token create --vin-prefix 5YJ3E1EA --label profile | tail -n1)
   export LOCKSTEP_BENCH_DEVICE_TOKEN
 fi
-"$ROOT/target/release/lockstep-bench" --url "http://127.0.0.1:$PORT" --server-pid "$SPID" --database-url "$URL" \
+"$BIN/lockstep-bench" --url "http://127.0.0.1:$PORT" --server-pid "$SPID" --database-url "$URL" \
   --form "$FORM" --batch "$BATCH" --vehicles "$V" --connections "$C" --count "$N" --request-timeout 60 --no-raw-limit \
   "${WSARGS[@]}" --label "callgrind-$NAME" --json "$OUT/$NAME.json" | tee "$OUT/$NAME.txt"
 kill -TERM "$SPID"; wait "$SPID" 2>/dev/null || true; SPID=""
