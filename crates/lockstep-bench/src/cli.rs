@@ -72,7 +72,9 @@ pub struct Args {
 
     /// Redis for the spawned servers (`REDIS_URL`, with a prefix unique to the run).
     /// Default with --instances > 1: redis://127.0.0.1:6379; with one instance, none
-    /// unless given (give it to measure one instance in cluster mode).
+    /// unless given (give it to measure one instance in cluster mode). `none`: no Redis
+    /// even with several instances (independent servers on one database: a control
+    /// for what the bridge costs; keep each vehicle on one instance, --spread connection).
     #[arg(long)]
     pub redis_url: Option<String>,
 

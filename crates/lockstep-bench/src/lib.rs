@@ -53,6 +53,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             "--instances > 1 needs --spawn and --store postgres (the instances share one database)"
         );
     }
+    if args.redis_url.as_deref() == Some("none")
+        && args.instances > 1
+        && args.spread == cli::Spread::Request
+    {
+        bail!(
+            "--redis-url none starts independent servers: each vehicle must stay on one (--spread connection)"
+        );
+    }
     if args.ws_url.is_some() && args.instances > 1 {
         bail!(
             "--ws-url drives a cluster started elsewhere; with --instances the subscribers are dealt round the instances"
@@ -196,7 +204,8 @@ fn cluster_env(args: &Args) -> Vec<String> {
     let redis = args
         .redis_url
         .clone()
-        .or_else(|| (args.instances > 1).then(|| "redis://127.0.0.1:6379".to_owned()));
+        .or_else(|| (args.instances > 1).then(|| "redis://127.0.0.1:6379".to_owned()))
+        .filter(|r| r != "none");
     if let Some(r) = redis {
         env.push(format!("REDIS_URL={r}"));
         env.push(format!(

@@ -16,9 +16,34 @@ use crate::helpers::*;
 const WAIT: Duration = Duration::from_secs(20);
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
 
-/// A prefix no other test (or run) uses.
-fn prefix() -> String {
-    format!("lockstep-test-{:016x}", rand::random::<u64>())
+/// A Redis key prefix no other test (or run) uses; what the servers left
+/// under it on the shared Redis (the logger's status) is deleted when the test ends.
+struct Prefix(String);
+
+impl std::ops::Deref for Prefix {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        let Ok(mut c) = redis::Client::open(SHARED_REDIS).and_then(|c| c.get_connection()) else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.0))
+            .query(&mut c)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&keys).query(&mut c);
+        }
+    }
+}
+
+fn prefix() -> Prefix {
+    Prefix(format!("lockstep-test-{:016x}", rand::random::<u64>()))
 }
 
 async fn instance(db: &Arc<TestDb>, redis: &str, prefix: &str, extra: &[&str]) -> TestApp {
@@ -372,7 +397,7 @@ async fn a_killed_holder_loses_the_logger_to_another_instance() {
         .args(["--database-url", &db.url(), "--enable-supabase", "false"])
         .arg("--data-dir")
         .arg(data.path())
-        .args(["--redis-url", SHARED_REDIS, "--redis-prefix", &p])
+        .args(["--redis-url", SHARED_REDIS, "--redis-prefix", &*p])
         .arg("--edge-bin")
         .arg(&bin)
         .args(lease)
