@@ -132,6 +132,9 @@ struct VehicleOrder {
     last: Position,
     held: BTreeMap<(u64, u64), HubEvent>,
     skipped: VecDeque<u64>,
+    /// The commit of the first reading of the session seen here: nothing
+    /// before it was delivered, so an earlier one is late, not a copy.
+    first: Option<u64>,
 }
 
 /// Commits given up waiting for that a vehicle remembers (to tell a late one from a copy).
@@ -166,6 +169,7 @@ impl VehicleOrder {
             last,
             held: BTreeMap::new(),
             skipped: VecDeque::new(),
+            first: last.commit,
         }
     }
 
@@ -175,7 +179,7 @@ impl VehicleOrder {
             (Some(c), Some(n)) if n > c + 1 => Verdict::Hold,
             (Some(c), Some(n)) if n == c + 1 => Verdict::Deliver,
             (Some(c), Some(n)) if n < c => {
-                if self.skipped.contains(&n) {
+                if self.skipped.contains(&n) || self.first.is_some_and(|f| n < f) {
                     Verdict::Late
                 } else {
                     Verdict::Repeat
@@ -1201,6 +1205,15 @@ mod tests {
         let a = seq.admit_all(vec![committed("A", 2), committed("A", 4)], t0 + HOLD);
         assert_eq!((texts(&a.events), a.late), (vec!["A40"], 1));
         assert_eq!(seq.held, 0);
+    }
+
+    #[test]
+    fn a_commit_before_the_first_one_seen_is_late_not_a_copy() {
+        let mut s = Sequencer::default();
+        let a = s.admit_all(vec![committed("A", 5), committed("A", 4)], Instant::now());
+        assert_eq!((texts(&a.events), a.late, a.repeats), (vec!["A50"], 1, 0));
+        let a = s.admit_all(vec![committed("A", 5)], Instant::now());
+        assert_eq!((a.events.len(), a.late, a.repeats), (0, 0, 1));
     }
 
     #[test]
