@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 use crate::model::Signals;
 use crate::serve::{self, ListenConfig, ListenStats};
 use crate::services::ingest::{Bounds, IngestService};
+use crate::services::live::LiveHistory;
 use crate::services::query::QueryService;
 use crate::settings::{Settings, StoreConfig, redact_url};
 use crate::state::AppState;
@@ -297,7 +298,14 @@ impl App {
         ));
 
         let query = QueryService::new(store.clone(), signals.clone());
+        let live_history = LiveHistory::new(
+            store.clone(),
+            hub.clone(),
+            signals.clone(),
+            settings.history,
+        );
         let state = AppState::new(crate::state::Handles {
+            live_history,
             auth,
             origins: Arc::new(origins),
             limits,

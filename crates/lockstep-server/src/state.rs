@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::model::Signals;
 use crate::services::ingest::IngestService;
 use crate::services::limits::Limits;
+use crate::services::live::LiveHistory;
 use crate::services::query::QueryService;
 use crate::settings::Settings;
 use crate::store::Store;
@@ -57,6 +58,8 @@ pub struct Handles {
     pub ingest: IngestService,
     /// Reads: history, vehicles, statistics.
     pub query: QueryService,
+    /// The history new WebSocket clients get first.
+    pub live_history: LiveHistory,
     /// For `/status` (`pending_batch`).
     pub writer: WriterHandle,
     pub hub: Arc<Hub>,

@@ -386,6 +386,8 @@ pub struct Hub {
     sequencer: Mutex<Sequencer>,
     /// Readings not delivered because they repeated or came late (relay only).
     out_of_order: AtomicU64,
+    /// Changes to the stored readings seen here (see [`Self::generation`]).
+    generation: AtomicU64,
 }
 
 /// The clients with a VIN filter.
@@ -662,7 +664,23 @@ impl Hub {
             relay: OnceLock::new(),
             sequencer: Mutex::default(),
             out_of_order: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// Grows with every commit here ([`Self::note_stored`]) and every
+    /// reading published (another instance's included), before its
+    /// acknowledgement or publication. A client that subscribed and then
+    /// read `g` misses nothing from a store read begun at generation `g` or
+    /// later (the WebSocket history cache, `services::live`).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// A commit here stored readings: called before they are acknowledged
+    /// or published.
+    pub fn note_stored(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Attaches the bridge to other instances; from now on shared events go
@@ -815,6 +833,9 @@ impl Hub {
     fn publish_locked(&self, routes: &Routes, events: impl IntoIterator<Item = HubEvent>) {
         let mut dropped = 0u64;
         for ev in events {
+            if ev.order.is_some() {
+                self.generation.fetch_add(1, Ordering::SeqCst);
+            }
             match &ev.vin {
                 None => routes
                     .filtered

@@ -377,6 +377,11 @@ impl Writer {
                 self.health.report(Observation::Failed(e.clone())).await;
             }
         }
+        if result.is_ok() {
+            // Before the acknowledgements: a client that connects once its
+            // reading is acknowledged must find it in its history.
+            self.hub.note_stored();
+        }
         let mut events = Vec::new();
         for p in pending {
             events.extend(p.events);

@@ -1,5 +1,6 @@
-//! `GET /ws`: one task per client. It subscribes to the hub before reading
-//! history (so nothing committed in between is missed), sends `history`,
+//! `GET /ws`: one task per client. It subscribes to the hub before taking
+//! the history (so nothing committed in between is missed; the history is
+//! read once per commit for every client, `services::live`), sends `history`,
 //! the current `compression_stats` and the recent `log` lines (the hub's
 //! backlog), then forwards hub messages that pass the client's
 //! VIN filter, and a `compression_stats` on every statistics tick (the
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use crate::actors::logger::{Started, Stopped};
 use crate::auth::Principal;
 use crate::http::extract::Operator;
-use crate::protocol::{ClientMsg, Level, ReadingJson, ServerMsg};
+use crate::protocol::{ClientMsg, Level, ServerMsg};
 use crate::services::limits::WsFull;
 use crate::state::AppState;
 
@@ -52,20 +53,21 @@ const READ_BUFFER: usize = 2 * 1024;
 /// goes out in several writes. The buffer peaks at this plus one message.
 const WRITE_BUFFER: usize = 4 * 1024;
 
-/// Largest `history` message, bytes: the history goes out in chunks, so it
-/// does not leave a whole-history-sized write buffer with every client
-/// (47.5 KiB per client after a 100-reading history in round 1).
-const HISTORY_CHUNK: usize = 3 * 1024;
-
 /// A `log` message for this client only.
 fn reply(level: Level, source: &str, message: &str) -> String {
     ServerMsg::log(level, source, message).to_text()
 }
 
-/// From the reader task to the writer loop.
+/// From the reader task to the writer loop. Kept small: the channel
+/// allocates a block of 32 of them per client (boxing the filter took a
+/// client's channel from 1.8 KiB to under 1 KiB).
 enum Ctl {
-    Filter(HashSet<String>),
-    Send(String),
+    #[expect(
+        clippy::box_collection,
+        reason = "the set is rare; its 48 bytes would size every slot"
+    )]
+    Filter(Box<HashSet<String>>),
+    Send(Box<str>),
     /// Close with this code and reason.
     Close(u16, &'static str),
 }
@@ -140,17 +142,34 @@ type Sink = SplitSink<WebSocket, Message>;
 /// queued for it; the rest of its queue stays in the hub, bounded as before).
 const BURST: usize = 128;
 
-/// Sends the burst (feed each, flush once) unless shutdown comes first or
+/// When [`send_burst`] writes to the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// After the last message: one write per burst of small messages.
+    Once,
+    /// After every message, for the first burst (history chunks of up to
+    /// [`crate::services::live::HISTORY_CHUNK`]): a chunk added to a write
+    /// buffer still holding most of the previous one would double the
+    /// buffer's capacity, which it keeps for the connection's life (about
+    /// 8 KiB per client instead of 3).
+    Each,
+}
+
+/// Sends the burst (feed each, flush once or after each) unless shutdown comes first or
 /// it takes longer than `limit`. Leaves `burst` empty.
 async fn send_burst(
     sink: &mut Sink,
     burst: &mut Vec<Utf8Bytes>,
     cancel: &CancellationToken,
     limit: Duration,
+    flush: Flush,
 ) -> Sent {
     let write = async {
         for text in burst.drain(..) {
             sink.feed(Message::Text(text)).await?;
+            if flush == Flush::Each {
+                sink.flush().await?;
+            }
         }
         sink.flush().await
     };
@@ -192,34 +211,21 @@ async fn client(
     let (mut sink, stream) = socket.split();
     tracing::debug!("WebSocket client connected.");
 
-    let history = match app.store.recent(app.settings.history).await {
-        Ok(rows) => rows,
-        Err(e) => {
-            tracing::warn!(error = %e, "History unavailable for a new WebSocket client.");
-            Vec::new()
-        }
-    };
-    let history: Vec<ReadingJson> = history
-        .into_iter()
-        .map(|row| ReadingJson {
-            row,
-            signals: app.signals.clone(),
-        })
-        .collect();
+    // Subscribed first, so that every reading is in the history or comes live.
+    let history = app.live_history.chunks(app.hub.generation()).await;
     // The current statistics at once, rather than at the next change; then
     // the recent log lines, so a reloaded page shows what happened before.
     // Ticks from here on: the statistics sent now count as seen.
     let mut ticks = app.stats.ticks();
-    let mut first: Vec<Utf8Bytes> = ServerMsg::history_chunks(&history, HISTORY_CHUNK)
-        .into_iter()
-        .map(Utf8Bytes::from)
-        .collect();
+    let mut first: Vec<Utf8Bytes> = history.iter().cloned().collect();
     drop(history);
     first.push(app.stats.to_msg(events.vins()).to_text().into());
     first.extend(logs);
     app.metrics.ws_messages(first.len());
     let limit = app.settings.ws_send_timeout();
-    match send_burst(&mut sink, &mut first, &cancel, limit).await {
+    let sent = send_burst(&mut sink, &mut first, &cancel, limit, Flush::Each).await;
+    drop(first); // not kept for the connection's life
+    match sent {
         Sent::Ok => {}
         Sent::Gone => return close(sink, SHUTTING_DOWN).await,
         Sent::Stuck => return close(sink, TOO_SLOW).await,
@@ -244,8 +250,8 @@ async fn client(
             () = cancel.cancelled() => Step::Stop,
             ctl = ctl_rx.recv() => match ctl {
                 None => Step::Stop, // the client went away
-                Some(Ctl::Filter(f)) => Step::Filter(f),
-                Some(Ctl::Send(text)) => Step::Text(text),
+                Some(Ctl::Filter(f)) => Step::Filter(*f),
+                Some(Ctl::Send(text)) => Step::Text(text.into()),
                 Some(Ctl::Close(code, reason)) => Step::Close(code, reason),
             },
             open = events.recv(&mut burst, BURST) => if open { Step::Send } else { Step::Closed },
@@ -287,7 +293,7 @@ async fn client(
         };
         app.metrics.ws_messages(burst.len());
         if !burst.is_empty() {
-            match send_burst(&mut sink, &mut burst, &cancel, limit).await {
+            match send_burst(&mut sink, &mut burst, &cancel, limit, Flush::Once).await {
                 Sent::Ok => {}
                 Sent::Gone => break,
                 Sent::Stuck => {
@@ -351,7 +357,7 @@ async fn read_loop(
             )),
             Ok(ClientMsg::Subscribe { vins }) => match subscription(vins.unwrap_or_default()) {
                 Ok(set) => {
-                    if ctl.send(Ctl::Filter(set)).await.is_err() {
+                    if ctl.send(Ctl::Filter(Box::new(set))).await.is_err() {
                         return;
                     }
                     None
@@ -390,7 +396,7 @@ async fn read_loop(
             }),
         };
         if let Some(r) = reply
-            && ctl.send(Ctl::Send(r)).await.is_err()
+            && ctl.send(Ctl::Send(r.into())).await.is_err()
         {
             return;
         }

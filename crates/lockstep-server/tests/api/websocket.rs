@@ -13,6 +13,7 @@ use crate::helpers::*;
 both_stores!(
     history_then_live_telemetry_and_stats,
     a_full_history_arrives_in_small_chunks,
+    every_new_client_history_holds_every_acknowledged_reading,
     subscribe_filters_by_vin,
     a_client_that_never_reads_stalls_neither_ingest_nor_others,
 );
@@ -387,4 +388,63 @@ async fn stuck_client(port: u16) -> tokio_tungstenite::WebSocketStream<tokio::ne
         .await
         .unwrap();
     ws
+}
+
+/// The `seq`s of the `history` messages a new client gets first.
+async fn history_seqs(ws: &mut Ws) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    loop {
+        let m = ws.next_json(WAIT).await;
+        if m["type"] != "history" {
+            return seqs;
+        }
+        seqs.extend(
+            m["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["seq"].as_u64().unwrap()),
+        );
+    }
+}
+
+/// The history is read once and shared by the clients that connect until
+/// the next commit; a client connecting right after an acknowledgement still
+/// finds that reading in it, and clients connecting together all do. The
+/// readings are sent while no client is connected, so no live copy of them
+/// is published: only the commit itself can renew the shared history.
+async fn every_new_client_history_holds_every_acknowledged_reading(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let v = vin(7);
+    let mut enc = encoder(&v, 0x7);
+    assert_eq!(
+        app.post_batch(&batch(&mut enc, 0..5, T0)).await.status(),
+        200
+    );
+    let mut first = app.ws().await;
+    assert_eq!(history_seqs(&mut first).await, (0..5).collect::<Vec<u64>>());
+    let mut clients = vec![first];
+    for n in 5..8 {
+        for mut ws in clients.drain(..) {
+            ws.stream.close(None).await.unwrap();
+        }
+        eventually(WAIT, "no client connected", || async {
+            (app.status().await["ws_clients"] == 0).then_some(())
+        })
+        .await;
+        assert_eq!(
+            app.post_batch(&batch(&mut enc, n..n + 1, T0))
+                .await
+                .status(),
+            200
+        );
+        clients = futures_util::future::join_all((0..4).map(|_| app.ws())).await;
+        for ws in &mut clients {
+            assert_eq!(
+                history_seqs(ws).await,
+                (0..=n as u64).collect::<Vec<u64>>(),
+                "a client connecting after reading {n} was acknowledged"
+            );
+        }
+    }
 }
