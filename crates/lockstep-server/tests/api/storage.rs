@@ -313,6 +313,16 @@ async fn partitioning_migration_keeps_every_row() {
         Some("p"),
         "partitioned"
     );
+    assert_eq!(
+        db.count(
+            "SELECT COUNT(*) FROM pg_constraint WHERE contype = 'f' AND conrelid IN (
+                 SELECT 'telemetry_data'::regclass
+                 UNION ALL SELECT inhrelid FROM pg_inherits WHERE inhparent = 'telemetry_data'::regclass)"
+        )
+        .await,
+        0,
+        "no per-row foreign key check on readings"
+    );
     // Rows live in their day's partition, none in the default one.
     let spread = db
         .query(
