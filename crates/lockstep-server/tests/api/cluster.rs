@@ -306,16 +306,25 @@ async fn one_logger_for_the_cluster() {
         assert_eq!(st["running"], true);
         assert_eq!(app.status().await["logger"]["pid"].as_u64(), Some(pid));
     }
-    // b's client gets a's logger status and the child's output (operators: loopback).
-    ws_b.until(WAIT, "logger", |m| m["data"]["pid"].as_u64() == Some(pid))
-        .await;
-    ws_b.until(WAIT, "log", |m| {
-        m["data"]["source"] == "logger"
+    // b's client gets a's logger status and the child's output (operators:
+    // loopback), in either order: b may learn the status from the lease after
+    // the child's first line came through the bridge.
+    let (mut status, mut output) = (false, false);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !(status && output) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        assert!(
+            !left.is_zero(),
+            "within {WAIT:?}: logger status {status}, its output {output}"
+        );
+        let m = ws_b.next_json(left).await;
+        status |= m["type"] == "logger" && m["data"]["pid"].as_u64() == Some(pid);
+        output |= m["type"] == "log"
+            && m["data"]["source"] == "logger"
             && m["data"]["message"]
                 .as_str()
-                .is_some_and(|t| t.starts_with("edge starting"))
-    })
-    .await;
+                .is_some_and(|t| t.starts_with("edge starting"));
+    }
 
     // Stopped from the other instance.
     let (code, body) = post(&b, "/logger/stop", None).await;
