@@ -668,9 +668,9 @@ impl Hub {
         }
     }
 
-    /// Grows with every commit here ([`Self::note_stored`]) and every
-    /// reading published (another instance's included), before its
-    /// acknowledgement or publication. A client that subscribed and then
+    /// Grows with every commit here ([`Self::note_stored`]) and every batch
+    /// of readings another instance published, before its acknowledgement
+    /// or publication. A client that subscribed and then
     /// read `g` misses nothing from a store read begun at generation `g` or
     /// later (the WebSocket history cache, `services::live`).
     pub fn generation(&self) -> u64 {
@@ -712,6 +712,11 @@ impl Hub {
     /// Publishes events that another instance published (never relayed back);
     /// `log` lines join the backlog.
     pub fn publish_remote(&self, events: Vec<HubEvent>) {
+        // Stored by another instance: before anyone here can see it, so a
+        // client that connects after it was delivered reads a newer history.
+        if events.iter().any(|ev| ev.order.is_some()) {
+            self.note_stored();
+        }
         let routes = self.routes();
         for ev in events.iter().filter(|ev| ev.is_log) {
             self.keep_log(ev);
@@ -833,9 +838,6 @@ impl Hub {
     fn publish_locked(&self, routes: &Routes, events: impl IntoIterator<Item = HubEvent>) {
         let mut dropped = 0u64;
         for ev in events {
-            if ev.order.is_some() {
-                self.generation.fetch_add(1, Ordering::SeqCst);
-            }
             match &ev.vin {
                 None => routes
                     .filtered

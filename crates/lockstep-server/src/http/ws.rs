@@ -147,15 +147,16 @@ const BURST: usize = 128;
 enum Flush {
     /// After the last message: one write per burst of small messages.
     Once,
-    /// After every message, for the first burst (history chunks of up to
-    /// [`crate::services::live::HISTORY_CHUNK`]): a chunk added to a write
-    /// buffer still holding most of the previous one would double the
-    /// buffer's capacity, which it keeps for the connection's life (about
-    /// 8 KiB per client instead of 3).
-    Each,
+    /// After each of the first `n` messages (the history chunks of up to
+    /// [`crate::services::live::HISTORY_CHUNK`]), then once: a chunk added
+    /// to a write buffer still holding most of the previous one would double
+    /// the buffer's capacity, which it keeps for the connection's life (about
+    /// 8 KiB per client instead of 3). Small messages after them share one
+    /// write.
+    EachOf(usize),
 }
 
-/// Sends the burst (feed each, flush once or after each) unless shutdown comes first or
+/// Sends the burst (feed each, flush as `flush` says) unless shutdown comes first or
 /// it takes longer than `limit`. Leaves `burst` empty.
 async fn send_burst(
     sink: &mut Sink,
@@ -165,9 +166,9 @@ async fn send_burst(
     flush: Flush,
 ) -> Sent {
     let write = async {
-        for text in burst.drain(..) {
+        for (i, text) in burst.drain(..).enumerate() {
             sink.feed(Message::Text(text)).await?;
-            if flush == Flush::Each {
+            if matches!(flush, Flush::EachOf(n) if i < n) {
                 sink.flush().await?;
             }
         }
@@ -218,12 +219,13 @@ async fn client(
     // Ticks from here on: the statistics sent now count as seen.
     let mut ticks = app.stats.ticks();
     let mut first: Vec<Utf8Bytes> = history.iter().cloned().collect();
+    let chunks = first.len();
     drop(history);
     first.push(app.stats.to_msg(events.vins()).to_text().into());
     first.extend(logs);
     app.metrics.ws_messages(first.len());
     let limit = app.settings.ws_send_timeout();
-    let sent = send_burst(&mut sink, &mut first, &cancel, limit, Flush::Each).await;
+    let sent = send_burst(&mut sink, &mut first, &cancel, limit, Flush::EachOf(chunks)).await;
     drop(first); // not kept for the connection's life
     match sent {
         Sent::Ok => {}
