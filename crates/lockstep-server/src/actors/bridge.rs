@@ -36,14 +36,11 @@
 //! and one line of client JSON per event; for `s` one line of statistics
 //! deltas. Client JSON never holds a raw newline (serde escapes them).
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
-use bytes::Bytes;
 use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -117,10 +114,9 @@ pub struct ClusterStatusJson {
 }
 
 #[derive(Serialize, Deserialize)]
-struct FrameHeader<'a> {
+struct FrameHeader {
     /// Origin.
-    #[serde(borrow)]
-    o: Cow<'a, str>,
+    o: String,
     /// Number of the frame's first message.
     c: u64,
     /// `e` = events, `s` = statistics.
@@ -128,9 +124,9 @@ struct FrameHeader<'a> {
 }
 
 #[derive(Serialize, Deserialize)]
-struct EventHeader<'a> {
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
-    v: Option<Cow<'a, str>>,
+struct EventHeader {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    v: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     q: Option<(u64, u64)>,
     /// The session version the reading's commit stored (the hub's order).
@@ -183,7 +179,7 @@ impl BridgeHandle {
 
     fn header(&self, first: u64, kind: char) -> Vec<u8> {
         let mut out = serde_json::to_vec(&FrameHeader {
-            o: Cow::Borrowed(&self.origin),
+            o: self.origin.clone(),
             c: first,
             k: kind,
         })
@@ -195,12 +191,11 @@ impl BridgeHandle {
     /// Handles one frame from Redis: own echoes and repeats are ignored, holes
     /// become a `gap`, events go to the hub, statistics to the book.
     fn receive(&self, frame: &[u8], hub: &Hub, stats: &StatsBook) {
-        let mut lines = lines(frame);
+        let mut lines = frame.split(|b| *b == b'\n');
         let Some(Ok(h)) = lines.next().map(serde_json::from_slice::<FrameHeader>) else {
             tracing::warn!("A malformed frame on the Redis channel was ignored.");
             return;
         };
-        // Most frames an instance receives at one instance's load are its own.
         if h.o == self.origin {
             return;
         }
@@ -211,11 +206,11 @@ impl BridgeHandle {
         };
         let missed = {
             let mut origins = self.origins.lock().unwrap_or_else(|p| p.into_inner());
-            if origins.len() >= MAX_ORIGINS && !origins.contains_key(&*h.o) {
+            if origins.len() >= MAX_ORIGINS && !origins.contains_key(&h.o) {
                 origins.clear();
             }
             let end = h.c + count;
-            match origins.get_mut(&*h.o) {
+            match origins.get_mut(&h.o) {
                 // Seen already.
                 Some(last) if h.c < *last => return,
                 Some(last) => {
@@ -224,7 +219,7 @@ impl BridgeHandle {
                     missed
                 }
                 None => {
-                    origins.insert(h.o.to_string(), end);
+                    origins.insert(h.o.clone(), end);
                     0
                 }
             }
@@ -241,21 +236,17 @@ impl BridgeHandle {
         }
         match h.k {
             'e' => {
-                // One copy of the frame; every client text is a slice of it.
-                let owned = Bytes::copy_from_slice(frame);
                 let mut events = Vec::with_capacity(body.len() / 2);
                 for pair in body.chunks_exact(2) {
-                    let start = pair[1].as_ptr() as usize - frame.as_ptr() as usize;
-                    let text = owned.slice(start..start + pair[1].len());
                     let (Ok(eh), Ok(text)) = (
                         serde_json::from_slice::<EventHeader>(pair[0]),
-                        Utf8Bytes::try_from(text),
+                        std::str::from_utf8(pair[1]),
                     ) else {
                         continue;
                     };
                     events.push(HubEvent {
-                        vin: eh.v.map(|v| Arc::from(&*v)),
-                        text,
+                        vin: eh.v.map(Into::into),
+                        text: text.to_owned().into(),
                         operators_only: eh.op,
                         order: eh.q,
                         commit: eh.w,
@@ -300,14 +291,13 @@ impl Relay for BridgeHandle {
             let mut out = self.header(first, 'e');
             for ev in events {
                 let h = EventHeader {
-                    v: ev.vin.as_deref().map(Cow::Borrowed),
+                    v: ev.vin.as_deref().map(str::to_owned),
                     q: ev.order,
                     w: ev.commit,
                     op: ev.operators_only,
                     log: ev.is_log,
                 };
-                // Infallible into a Vec (plain fields, string keys).
-                let _ = serde_json::to_writer(&mut out, &h);
+                out.extend(serde_json::to_vec(&h).unwrap_or_default());
                 out.push(b'\n');
                 out.extend(ev.text.as_str().as_bytes());
                 out.push(b'\n');
@@ -432,17 +422,6 @@ async fn release_held(hub: Arc<Hub>, stop: CancellationToken) {
             _ = tick.tick() => hub.release_held(),
         }
     }
-}
-
-/// The frame's lines (a vectorised search: frames are mostly client JSON).
-fn lines(frame: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut start = 0;
-    let ends = memchr::memchr_iter(b'\n', frame).chain(std::iter::once(frame.len()));
-    ends.map(move |end| {
-        let line = &frame[start..end];
-        start = end + 1;
-        line
-    })
 }
 
 fn rand_u64() -> u64 {
@@ -651,107 +630,6 @@ async fn subscribe(
         set_up(&handle, &handle.subscriber_up, false, &hub);
         if !pause(&mut backoff, &stop).await {
             return;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::Signals;
-    use crate::settings::StoreConfig;
-    use proptest::prelude::*;
-
-    async fn bridge(dir: &std::path::Path, hub: Arc<Hub>) -> Bridge {
-        let signals = Signals::from_catalog(&lockstep_codec::Catalog::default_v1());
-        let db = dir.join(format!("{:x}.db", rand_u64()));
-        let store = crate::store::open(&StoreConfig::Sqlite(db), 1, &signals)
-            .await
-            .unwrap();
-        let config = BridgeConfig {
-            url: "redis://127.0.0.1:1".into(),
-            prefix: "test".into(),
-            queue: 16,
-        };
-        let stats = Arc::new(StatsBook::load(Vec::new()));
-        Bridge::new(config, hub, stats, store).unwrap().0
-    }
-
-    fn reading(vin: &str, seq: u64, commit: u64, text: &str) -> HubEvent {
-        HubEvent {
-            vin: Some(vin.into()),
-            text: text.to_owned().into(),
-            operators_only: false,
-            order: Some((7, seq)),
-            commit: Some(commit),
-            shared: true,
-            is_log: false,
-        }
-    }
-
-    /// Everything queued for clients of `hub` now.
-    async fn delivered(sub: &mut hub::Subscription) -> Vec<String> {
-        let mut out = Vec::new();
-        while let Ok(true) =
-            tokio::time::timeout(Duration::from_millis(50), sub.recv(&mut out, 64)).await
-        {}
-        out.iter().map(|t| t.as_str().to_owned()).collect()
-    }
-
-    #[tokio::test]
-    async fn frames_reach_other_instances_once_and_holes_are_told() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut a = bridge(dir.path(), Arc::new(Hub::new(64))).await;
-        let b_hub = Arc::new(Hub::new(64));
-        let b = bridge(dir.path(), b_hub.clone()).await;
-        let mut sub = b_hub.subscribe();
-        let texts = [r#"{"n":"a\nb"}"#, r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#];
-        let evs: Vec<HubEvent> = (0u64..4)
-            .map(|i| reading("5YJ3E1EA7KF000001", i, i.max(1), texts[i as usize]))
-            .collect();
-        a.handle.events(&[&evs[0], &evs[1]]);
-        a.handle.events(&[&evs[2]]);
-        a.handle.events(&[&evs[3]]);
-        let frames: Vec<Vec<u8>> = std::iter::from_fn(|| a.rx.try_recv().ok()).collect();
-        assert_eq!(frames.len(), 3);
-
-        // Its own echo: nothing for its clients, nothing counted.
-        let a_sub_hub = Arc::new(Hub::new(64));
-        let echo = bridge(dir.path(), a_sub_hub.clone()).await;
-        let own = BridgeHandle {
-            origin: a.handle.origin.clone(),
-            ..Arc::try_unwrap(echo.handle).ok().unwrap()
-        };
-        let mut a_sub = a_sub_hub.subscribe();
-        own.receive(&frames[0], &a_sub_hub, &b.stats);
-        assert!(delivered(&mut a_sub).await.is_empty());
-        assert_eq!(own.status().frames_received, 0);
-
-        // Another instance: every text as sent, a repeat ignored.
-        b.handle.receive(&frames[0], &b_hub, &b.stats);
-        b.handle.receive(&frames[0], &b_hub, &b.stats);
-        assert_eq!(delivered(&mut sub).await, texts[..2]);
-        // The second frame (commit 2) lost on the way: clients hear of the
-        // hole at once; the third (commit 3) waits for it, then comes.
-        b.handle.receive(&frames[2], &b_hub, &b.stats);
-        let got = delivered(&mut sub).await;
-        assert_eq!(b.handle.status().messages_missed, 1);
-        assert_eq!(b.handle.status().frames_received, 2);
-        assert!(got.iter().any(|t| t.contains(r#""missed":1"#)), "{got:?}");
-        assert!(!got.contains(&texts[3].to_owned()), "held: {got:?}");
-        tokio::time::sleep(hub::HOLD).await;
-        b_hub.release_held();
-        assert!(delivered(&mut sub).await.contains(&texts[3].to_owned()));
-    }
-
-    proptest! {
-        #[test]
-        fn lines_split_as_the_frame_was_joined(
-            frame in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'a'), any::<u8>()], 0..64)
-        ) {
-            let ours: Vec<&[u8]> = lines(&frame).collect();
-            let std: Vec<&[u8]> = frame.split(|b| *b == b'\n').collect();
-            prop_assert_eq!(ours, std);
         }
     }
 }
