@@ -43,6 +43,7 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 DEVICE_AUTH=off; [[ "$AUTH" != 0 ]] && DEVICE_AUTH=required
 (cd "$RUN" && exec env PORT="$PORT" LOCKSTEP_HOST=127.0.0.1 DATABASE_URL="$URL" LOCKSTEP_DATA_DIR="$RUN" RUST_LOG=warn \
   LOCKSTEP_DEVICE_AUTH="$DEVICE_AUTH" \
+  LOCKSTEP_IP_REQUESTS_PER_S=0 LOCKSTEP_DEVICE_REQUESTS_PER_S=0 LOCKSTEP_DEVICE_READINGS_PER_S=0 \
   valgrind --tool=callgrind --callgrind-out-file="$OUT/$NAME.callgrind" "$BIN/lockstep-server") \
   > "$OUT/$NAME.log" 2>&1 &
 SPID=$!

@@ -1,9 +1,8 @@
-//! `GET /metrics` (Prometheus text) and the layer that counts every answered
-//! request by matched route and status.
+//! `GET /metrics` (Prometheus text) and the count of every answered request
+//! by matched route and status.
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::State;
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::metrics::Snapshot;
@@ -30,15 +29,9 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
 }
 
 /// Counts the answer under the route pattern (`/api/vehicles/{vin}`), never
-/// the concrete path, so the label stays low-cardinality.
-pub async fn count_requests(
-    State(app): State<AppState>,
-    matched: Option<MatchedPath>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let resp = next.run(req).await;
-    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
-    app.metrics.request(route, resp.status().as_u16());
-    resp
+/// the concrete path, so the label stays low-cardinality (called for every
+/// routed request by the router's per-request middleware).
+pub fn count_requests(app: &AppState, route: Option<&str>, resp: &Response) {
+    app.metrics
+        .request(route.unwrap_or("unmatched"), resp.status().as_u16());
 }

@@ -20,6 +20,7 @@
 //! `/docs`; public); [`policy_table`] lists their paths too.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
@@ -28,6 +29,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state, map_response_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, patch, post};
+use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 
@@ -154,37 +156,69 @@ pub fn router(state: AppState, cors: Option<Vec<String>>) -> Router {
     app = app
         .merge(guarded(graphql::router(&state), Policy::Read))
         .merge(guarded(openapi::router(&state.signals), Policy::Public));
-    app.route_layer(from_fn_with_state(listed, unlisted))
-        .route_layer(from_fn_with_state(state.clone(), auth_failure_budget))
-        .route_layer(from_fn_with_state(state.clone(), metrics::count_requests))
+    let routed = app
+        .route_layer(from_fn_with_state(
+            Checks {
+                app: state.clone(),
+                listed,
+            },
+            per_request,
+        ))
         .fallback(status::not_found)
+        .with_state(state.clone());
+    // The layers for every request wrap the routed router once, as one
+    // service: `Router::layer` would wrap each route in a boxed service of
+    // its own per layer, and axum clones and drops a route's whole chain of
+    // boxes for every request (BENCHMARKS.md, "the HTTP stack").
+    let outer = ServiceBuilder::new()
+        // One span per request (debug level: enable with RUST_LOG=tower_http=debug).
+        .layer(TraceLayer::new_for_http())
+        .layer(cors)
+        .layer(map_response_with_state(state, set_retry_after))
+        // Ingest reads its body itself (413 as JSON); this bounds every other extractor.
+        .layer(DefaultBodyLimit::max(body_limit))
         // The names of a client certificate become a device identity here,
         // before any guard authenticates.
         .layer(axum::middleware::map_request(peer_identity))
-        // Ingest reads its body itself (413 as JSON); this bounds every other extractor.
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(map_response_with_state(state.clone(), set_retry_after))
-        .layer(cors)
-        // One span per request (debug level: enable with RUST_LOG=tower_http=debug).
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .service(routed);
+    Router::new().fallback_service(outer)
+}
+
+/// The state of [`per_request`].
+#[derive(Clone)]
+struct Checks {
+    app: AppState,
+    /// Every path of [`policy_table`].
+    listed: Arc<HashSet<String>>,
+}
+
+/// What every routed request passes through, outermost first: the request
+/// counter ([`metrics::count_requests`]), the failed-authentication budget
+/// ([`auth_failure_budget`]) and the refusal of paths without a policy
+/// ([`unlisted`]). One middleware rather than three, because each layer
+/// costs a boxed clone and a boxed future per request.
+async fn per_request(
+    State(checks): State<Checks>,
+    matched: Option<MatchedPath>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = matched.as_ref().map(MatchedPath::as_str);
+    let resp = auth_failure_budget(&checks.app, route, req, |req| async {
+        match route {
+            Some(p) if checks.listed.contains(p) => next.run(req).await,
+            _ => unlisted(&req, route),
+        }
+    })
+    .await;
+    metrics::count_requests(&checks.app, route, &resp);
+    resp
 }
 
 /// Refuses a path that is not in [`policy_table`] (registered outside the
 /// groups): no route is served without a policy. (A listed path called with
 /// another method passes: the method router answers 405.)
-async fn unlisted(
-    State(listed): State<Arc<HashSet<String>>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let path = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    if path.as_deref().is_some_and(|p| listed.contains(p)) {
-        return next.run(req).await;
-    }
+fn unlisted(req: &Request, path: Option<&str>) -> Response {
     tracing::error!(method = %req.method(), ?path, "A route without an access policy was called; add it to a group in http::groups.");
     (
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -302,18 +336,22 @@ async fn peer_identity(mut req: Request) -> Request {
 /// answered 429, and so is every later request of that address that presents
 /// a credential (a bearer token, a login) until the budget has refilled,
 /// before the credential is checked. Other addresses are not affected.
-async fn auth_failure_budget(
-    State(app): State<AppState>,
-    matched: Option<MatchedPath>,
+async fn auth_failure_budget<F, Fut>(
+    app: &AppState,
+    route: Option<&str>,
     req: Request,
-    next: Next,
-) -> Response {
+    run: F,
+) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let Some(ip) = req
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip().to_canonical())
     else {
-        return next.run(req).await;
+        return run(req).await;
     };
     let refused = |s: u32| {
         error::ApiError::TooManyRequests {
@@ -324,12 +362,11 @@ async fn auth_failure_budget(
         }
         .into_response()
     };
-    let presents = req.headers().contains_key(header::AUTHORIZATION)
-        || matched.as_ref().is_some_and(|m| m.as_str() == "/api/login");
+    let presents = req.headers().contains_key(header::AUTHORIZATION) || route == Some("/api/login");
     if presents && let Err(RetryAfter(s)) = app.limits.auth_blocked(ip) {
         return refused(s);
     }
-    let resp = next.run(req).await;
+    let resp = run(req).await;
     if resp.extensions().get::<CredentialRefused>().is_some()
         && let Err(RetryAfter(s)) = app.limits.auth_failed(ip)
     {

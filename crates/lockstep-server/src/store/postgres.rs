@@ -424,15 +424,17 @@ impl PgStore {
     async fn commit_with(&self, b: &WriteBatch, into: CopyInto) -> Result<Copied, StoreError> {
         let mut client = self.pool.get().await.map_err(StoreError::from)?;
         let tx = client.transaction().await.map_err(StoreError::from)?;
+        let small = b.rows.len() <= SMALL_BATCH && into == CopyInto::Table;
         // Commits of several servers on one database take turns, so that
         // `telemetry_data.id` grows in commit order (see [`COMMIT_ORDER_LOCK`]);
-        // a commit without rows (statistics) need not wait.
-        if !b.rows.is_empty() {
-            tx.batch_execute(COMMIT_ORDER_LOCK)
+        // a commit without rows (statistics) need not wait. A small commit
+        // sends the lock at the head of its pipeline instead (one round trip fewer).
+        let with_rows = !b.rows.is_empty();
+        if !small {
+            take_order_lock(&tx, with_rows)
                 .await
                 .map_err(StoreError::from)?;
         }
-        let small = b.rows.len() <= SMALL_BATCH && into == CopyInto::Table;
         // Prepared once per connection, then taken from its cache.
         let (vehicles_st, telemetry_st, sessions_st, stats_st, rollup_st) =
             futures_util::try_join!(
@@ -509,7 +511,9 @@ impl PgStore {
             // Sent in the same pipeline: if a row turns out to be stored
             // already, the transaction is rolled back and redone.
             let minutes = rollup::aggregate(&b.rows, channels);
-            let (_, inserted, n, _, _) = futures_util::try_join!(
+            // The lock first: PostgreSQL runs a pipeline in the order it was sent.
+            let (_, _, inserted, n, _, _) = futures_util::try_join!(
+                take_order_lock(&tx, with_rows),
                 tx.execute(&vehicles_st, &vehicle_params),
                 insert_rows,
                 upsert_sessions,
@@ -617,6 +621,17 @@ impl PgStore {
             .first()
             .map(|r| r.get(0)))
     }
+}
+
+/// [`COMMIT_ORDER_LOCK`], for a commit that writes rows.
+async fn take_order_lock(
+    tx: &deadpool_postgres::Transaction<'_>,
+    with_rows: bool,
+) -> Result<(), tokio_postgres::Error> {
+    if with_rows {
+        tx.batch_execute(COMMIT_ORDER_LOCK).await?;
+    }
+    Ok(())
 }
 
 /// The rollup of a commit's rows: one statement ([`rollup::pg_upsert`]).
