@@ -13,8 +13,16 @@ fn main() -> std::process::ExitCode {
     if args.nth(1).is_some_and(|a| a == "edge") {
         return lockstep_edge::cli::run(std::iter::once("lockstep-server edge".into()).chain(args));
     }
-    match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt.block_on(serve()),
+    // .env first: real environment variables win over it.
+    let dotenv = dotenvy::dotenv();
+    let settings = Settings::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = settings.runtime_threads() {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime.enable_all().build();
+    match runtime {
+        Ok(rt) => rt.block_on(serve(settings, dotenv)),
         Err(e) => {
             eprintln!("lockstep-server: cannot start the async runtime: {e}");
             std::process::ExitCode::FAILURE
@@ -22,10 +30,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn serve() -> std::process::ExitCode {
-    // .env first: real environment variables win over it.
-    let dotenv = dotenvy::dotenv();
-    let mut settings = Settings::parse();
+async fn serve(
+    mut settings: Settings,
+    dotenv: Result<std::path::PathBuf, dotenvy::Error>,
+) -> std::process::ExitCode {
     if let Some(command) = settings.command.take() {
         return token_command(command, &settings).await;
     }
