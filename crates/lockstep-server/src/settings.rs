@@ -528,7 +528,8 @@ pub struct Settings {
     /// Threads of the async runtime; 0 = one per core. On a small host
     /// shared with the database, one thread spent 17–26 % less CPU per
     /// delivered WebSocket message but committed up to 26 % fewer readings
-    /// per second in the batch form (BENCHMARKS.md, "runtime threads").
+    /// per second in the batch form (41 % in one round with three instances;
+    /// BENCHMARKS.md, "runtime threads").
     #[arg(
         help_heading = "Operations",
         long,

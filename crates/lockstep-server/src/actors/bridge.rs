@@ -633,3 +633,92 @@ async fn subscribe(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Signals;
+    use crate::settings::StoreConfig;
+
+    async fn bridge(dir: &std::path::Path, hub: Arc<Hub>) -> Bridge {
+        let signals = Signals::from_catalog(&lockstep_codec::Catalog::default_v1());
+        let db = dir.join(format!("{:x}.db", rand_u64()));
+        let store = crate::store::open(&StoreConfig::Sqlite(db), 1, &signals)
+            .await
+            .unwrap();
+        let config = BridgeConfig {
+            url: "redis://127.0.0.1:1".into(),
+            prefix: "test".into(),
+            queue: 16,
+        };
+        let stats = Arc::new(StatsBook::load(Vec::new()));
+        Bridge::new(config, hub, stats, store).unwrap().0
+    }
+
+    fn reading(vin: &str, seq: u64, commit: u64, text: &str) -> HubEvent {
+        HubEvent {
+            vin: Some(vin.into()),
+            text: text.to_owned().into(),
+            operators_only: false,
+            order: Some((7, seq)),
+            commit: Some(commit),
+            shared: true,
+            is_log: false,
+        }
+    }
+
+    /// Everything queued for clients of `hub` now.
+    async fn delivered(sub: &mut hub::Subscription) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(true) =
+            tokio::time::timeout(Duration::from_millis(50), sub.recv(&mut out, 64)).await
+        {}
+        out.iter().map(|t| t.as_str().to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn frames_reach_other_instances_once_and_holes_are_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = bridge(dir.path(), Arc::new(Hub::new(64))).await;
+        let b_hub = Arc::new(Hub::new(64));
+        let b = bridge(dir.path(), b_hub.clone()).await;
+        let mut sub = b_hub.subscribe();
+        let texts = [r#"{"n":"a\nb"}"#, r#"{"n":1}"#, r#"{"n":2}"#, r#"{"n":3}"#];
+        let evs: Vec<HubEvent> = (0u64..4)
+            .map(|i| reading("5YJ3E1EA7KF000001", i, i.max(1), texts[i as usize]))
+            .collect();
+        a.handle.events(&[&evs[0], &evs[1]]);
+        a.handle.events(&[&evs[2]]);
+        a.handle.events(&[&evs[3]]);
+        let frames: Vec<Vec<u8>> = std::iter::from_fn(|| a.rx.try_recv().ok()).collect();
+        assert_eq!(frames.len(), 3);
+
+        // Its own echo: nothing for its clients, nothing counted.
+        let a_sub_hub = Arc::new(Hub::new(64));
+        let echo = bridge(dir.path(), a_sub_hub.clone()).await;
+        let own = BridgeHandle {
+            origin: a.handle.origin.clone(),
+            ..Arc::try_unwrap(echo.handle).ok().unwrap()
+        };
+        let mut a_sub = a_sub_hub.subscribe();
+        own.receive(&frames[0], &a_sub_hub, &b.stats);
+        assert!(delivered(&mut a_sub).await.is_empty());
+        assert_eq!(own.status().frames_received, 0);
+
+        // Another instance: every text as sent, a repeat ignored.
+        b.handle.receive(&frames[0], &b_hub, &b.stats);
+        b.handle.receive(&frames[0], &b_hub, &b.stats);
+        assert_eq!(delivered(&mut sub).await, texts[..2]);
+        // The second frame (commit 2) lost on the way: clients hear of the
+        // hole at once; the third (commit 3) waits for it, then comes.
+        b.handle.receive(&frames[2], &b_hub, &b.stats);
+        let got = delivered(&mut sub).await;
+        assert_eq!(b.handle.status().messages_missed, 1);
+        assert_eq!(b.handle.status().frames_received, 2);
+        assert!(got.iter().any(|t| t.contains(r#""missed":1"#)), "{got:?}");
+        assert!(!got.contains(&texts[3].to_owned()), "held: {got:?}");
+        tokio::time::sleep(hub::HOLD).await;
+        b_hub.release_held();
+        assert!(delivered(&mut sub).await.contains(&texts[3].to_owned()));
+    }
+}

@@ -511,7 +511,9 @@ impl PgStore {
             // Sent in the same pipeline: if a row turns out to be stored
             // already, the transaction is rolled back and redone.
             let minutes = rollup::aggregate(&b.rows, channels);
-            // The lock first: PostgreSQL runs a pipeline in the order it was sent.
+            // The lock first: tokio-postgres sends a request when its future is
+            // first polled, `try_join!` polls in argument order, and PostgreSQL
+            // runs a pipeline in the order it arrives.
             let (_, _, inserted, n, _, _) = futures_util::try_join!(
                 take_order_lock(&tx, with_rows),
                 tx.execute(&vehicles_st, &vehicle_params),
