@@ -9,7 +9,8 @@
 #
 #   bench/ws-history-memory.sh               # 1,000 clients
 #   CLIENTS=2000 bench/ws-history-memory.sh
-# Environment: CLIENTS (1000), READINGS (2000), BUILD=0 to skip the release build, OUT (a JSON file to keep).
+# Environment: CLIENTS (1000), READINGS (2000), BUILD=0 to skip the release build, OUT (a JSON file to keep),
+#              BIN (directory of lockstep-server and lockstep-bench; target/release).
 set -euo pipefail
 ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 cd "$ROOT"
@@ -18,8 +19,9 @@ READINGS=${READINGS:-2000}
 if [[ "${BUILD:-1}" != 0 ]]; then
   cargo build --release -p lockstep-server -p lockstep-bench
 fi
-SERVER="$ROOT/target/release/lockstep-server"
-BENCH="$ROOT/target/release/lockstep-bench"
+BIN=${BIN:-$ROOT/target/release}
+SERVER="$BIN/lockstep-server"
+BENCH="$BIN/lockstep-bench"
 D=$(mktemp -d)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ulimit -n "$(ulimit -Hn)" || true
