@@ -424,8 +424,8 @@ impl PgStore {
         Ok(())
     }
 
-    /// One transaction. Small batches: BEGIN, then the insert of missing
-    /// vehicles, the telemetry insert and the sessions upsert pipelined
+    /// One transaction. Small batches: BEGIN, then the insert of vehicles
+    /// not known to exist ([`KnownVins`]), the telemetry insert and the sessions upsert pipelined
     /// (sent together, answered in order), then COMMIT: three round trips.
     /// The writer sends statistics and `last_seen` in a batch of their own
     /// once a second (see [`WriteBatch::last_seen`]).
