@@ -1674,9 +1674,6 @@ mod tests {
         }
     }
 
-    /// A large batch normally goes straight into the table by COPY; one that
-    /// holds a row already stored (a retried commit) must fall back to the
-    /// staging path and store every other row once, leaving the stored row as it was.
     /// Runs `test` on a store in a database of its own, dropped afterwards.
     async fn with_store<F, Fut>(test: F)
     where
@@ -1713,6 +1710,9 @@ mod tests {
         }
     }
 
+    /// A large batch normally goes straight into the table by COPY; one that
+    /// holds a row already stored (a retried commit) must fall back to the
+    /// staging path and store every other row once, leaving the stored row as it was.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn large_batch_with_a_stored_row_is_stored_exactly_once() {
         with_store(|store| async move {
