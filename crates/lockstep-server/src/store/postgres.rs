@@ -250,11 +250,7 @@ impl KnownVins {
     /// `vehicles` without the ones known to exist.
     fn unknown<'a>(&self, vehicles: &'a [(Arc<str>, i64)]) -> (Vec<&'a str>, Vec<i64>) {
         let known = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        vehicles
-            .iter()
-            .filter(|(v, _)| !known.contains(v))
-            .map(|(v, s)| (&**v, *s))
-            .unzip()
+        vehicle_columns(vehicles.iter().filter(|(v, _)| !known.contains(v)))
     }
 
     /// After a commit: `vehicles` exist.
@@ -265,6 +261,14 @@ impl KnownVins {
         }
         known.extend(vehicles.iter().map(|(v, _)| v.clone()));
     }
+}
+
+/// The VIN and time (Unix ms) columns of `(vin, time)` pairs, as the
+/// vehicles statements take them.
+fn vehicle_columns<'a>(
+    vehicles: impl Iterator<Item = &'a (Arc<str>, i64)>,
+) -> (Vec<&'a str>, Vec<i64>) {
+    vehicles.map(|(v, t)| (&**v, *t)).unzip()
 }
 
 /// Keeps the planner's view of `vehicles` current as the fleet grows.
@@ -442,7 +446,7 @@ impl PgStore {
             Copied::Duplicate => {
                 tracing::warn!(
                     rows = b.rows.len(),
-                    "a row of the batch is already stored; redoing the batch through the staging table"
+                    "a row of the batch is already stored (or its vehicle is gone); redoing the batch through the staging table"
                 );
                 match self.commit_with(&b, CopyInto::Staging).await? {
                     Copied::Stored | Copied::Only(_) => Ok(()),
@@ -489,8 +493,6 @@ impl PgStore {
             .map_err(StoreError::from)?;
         let channels = self.sql.channels;
 
-        let vins: Vec<&str> = b.vehicles.iter().map(|(v, _)| &**v).collect();
-        let seen: Vec<i64> = b.vehicles.iter().map(|(_, s)| *s).collect();
         let sessions = SessionColumns::new(b);
         let stats = StatsColumns::new(b);
         let now = crate::model::now_ms();
@@ -545,7 +547,7 @@ impl PgStore {
             // Only vehicles not known to exist; a commit without rows (whose
             // count would not notice a deleted vehicle) creates all of them.
             let (new_vins, new_seen) = if b.rows.is_empty() {
-                (vins.clone(), seen.clone())
+                vehicle_columns(b.vehicles.iter())
             } else {
                 self.known.unknown(&b.vehicles)
             };
@@ -576,6 +578,7 @@ impl PgStore {
             }
             n
         } else {
+            let (vins, seen) = vehicle_columns(b.vehicles.iter());
             let ids: HashMap<String, i64> = tx
                 .query(&vehicles_st, &[&vins, &seen])
                 .await
@@ -642,8 +645,7 @@ impl PgStore {
             .map_err(StoreError::from)?;
         }
         if !b.last_seen.is_empty() {
-            let vins: Vec<&str> = b.last_seen.iter().map(|(v, _)| &**v).collect();
-            let seen: Vec<i64> = b.last_seen.iter().map(|(_, s)| *s).collect();
+            let (vins, seen) = vehicle_columns(b.last_seen.iter());
             tx.execute(TOUCH_VEHICLES, &[&vins, &seen])
                 .await
                 .map_err(StoreError::from)?;
@@ -1785,6 +1787,46 @@ mod tests {
             assert_eq!(n, 601, "rollup count after the small batch");
             // The connections are usable after the rollback.
             store.ping().await.expect("ping");
+        })
+        .await;
+    }
+
+    /// A VIN is known (its vehicle not created again) only once a commit
+    /// holding it has succeeded: not before, not after a rolled-back one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vehicle_is_known_only_after_its_commit() {
+        with_store(|store| async move {
+            let (a, b): (Arc<str>, Arc<str>) =
+                ("5YJ3E1EA000000003".into(), "5YJ3E1EA000000004".into());
+            let known = |vin: &Arc<str>| store.known.unknown(&[(vin.clone(), 0)]).0.is_empty();
+            let session = |vin: &Arc<str>, version| crate::model::SessionRecord {
+                vin: vin.clone(),
+                session_id: 7,
+                next_seq: 3,
+                state: vec![1],
+                version,
+            };
+            let with_sessions = |vin: &Arc<str>, sessions| WriteBatch {
+                sessions,
+                ..batch(vin, 0..3, 0.0)
+            };
+            assert!(!known(&a));
+            store
+                .commit_batch(with_sessions(&a, vec![session(&a, 0)]))
+                .await
+                .expect("first commit of a");
+            assert!(known(&a));
+            // a's session is at version 1 now: this commit's compare-and-set fails.
+            let mut both = with_sessions(&b, vec![session(&a, 0), session(&b, 0)]);
+            both.vehicles.push((a.clone(), 1_700_000_000_000));
+            let stale = store.commit_batch(both).await;
+            assert!(matches!(stale, Err(StoreError::Stale(_))), "{stale:?}");
+            assert!(!known(&b), "b's vehicle was rolled back");
+            store
+                .commit_batch(with_sessions(&b, vec![session(&b, 0)]))
+                .await
+                .expect("commit of b");
+            assert!(known(&b));
         })
         .await;
     }
