@@ -7,7 +7,9 @@
 #
 #   bench/ws-subscribers-split.sh
 # Environment: CLIENTS, RATE, D, STORE (postgres | sqlite), BUILD=0 to skip the release build,
-# PG (postgres://postgres@127.0.0.1:5432), OUT (dir for the JSON).
+# PG (postgres://postgres@127.0.0.1:5432), OUT (dir for the JSON), BIN (directory of
+# lockstep-server and lockstep-bench; target/release), SERVER_ENV (extra VAR=value words for
+# the server, e.g. LOCKSTEP_WS_LINGER_MS=0).
 set -euo pipefail
 ROOT=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 cd "$ROOT"
@@ -19,8 +21,9 @@ STORE=${STORE:-postgres}
 if [[ "${BUILD:-1}" != 0 ]]; then
   cargo build --release -p lockstep-server -p lockstep-bench
 fi
-SERVER="$ROOT/target/release/lockstep-server"
-BENCH="$ROOT/target/release/lockstep-bench"
+BIN=${BIN:-$ROOT/target/release}
+SERVER="$BIN/lockstep-server"
+BENCH="$BIN/lockstep-bench"
 T=$(mktemp -d)
 DB="lockstep_wssplit_$$_$(date +%s)"
 if [[ "$STORE" == sqlite ]]; then
@@ -33,7 +36,7 @@ PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 ulimit -n "$(ulimit -Hn)" || true
 (cd "$T" && PORT=$PORT LOCKSTEP_HOST=127.0.0.1 LOCKSTEP_DATA_DIR=$T DATABASE_URL=$URL \
   LOCKSTEP_WS_PER_IP=$((CLIENTS + 100)) LOCKSTEP_IP_REQUESTS_PER_S=100000 LOCKSTEP_DEVICE_REQUESTS_PER_S=100000 LOCKSTEP_DEVICE_READINGS_PER_S=10000000 RUST_LOG=warn \
-  exec "$SERVER" >"$T/server.log" 2>&1) &
+  exec env ${SERVER_ENV:-} "$SERVER" >"$T/server.log" 2>&1) &
 PID=$!
 SUBS=
 cleanup() {
@@ -49,6 +52,8 @@ for _ in $(seq 200); do
   sleep 0.1
 done
 echo "server pid $PID; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+rss() { awk '/^VmRSS/ {print $2}' "/proc/$PID/status"; }
+RSS_IDLE=$(rss)
 mkfifo "$T/subs.out"
 "$BENCH" subscribers --url "http://127.0.0.1:$PORT" --clients "$CLIENTS" --latency-every 10 \
   --duration "$D" >"$T/subs.out" &
@@ -57,16 +62,19 @@ exec 3<"$T/subs.out"
 read -r line <&3
 [[ "$line" == ready ]] || { echo "subscribers did not start: $line"; exit 1; }
 sleep 0.5
+RSS_CONNECTED=$(rss)
 "$BENCH" --url "http://127.0.0.1:$PORT" --server-pid "$PID" --database-url "$URL" --form seed \
   --vehicles 10 --connections 10 --rate "$RATE" --duration "$D" --no-raw-limit \
   --json "$T/load.json" --label ws-split >/dev/null
+RSS_STREAMED=$(rss)
 read -r subs_json <&3
 wait "$SUBS"; SUBS=
 echo "$subs_json" >"$T/subs.json"
 [[ -n "${OUT:-}" ]] && cp "$T/load.json" "$OUT/ws-split-$STORE-load.json" && cp "$T/subs.json" "$OUT/ws-split-$STORE-subscribers.json"
-python3 - "$T/load.json" "$T/subs.json" <<'EOF'
+python3 - "$T/load.json" "$T/subs.json" "$RSS_IDLE" "$RSS_CONNECTED" "$RSS_STREAMED" <<'EOF'
 import json, sys
 l = json.load(open(sys.argv[1])); s = json.load(open(sys.argv[2]))
+idle, connected, streamed = (int(v) for v in sys.argv[3:6])
 load, p = l["load"], l["server_proc"]
 acked = load["readings_acked"]
 expected = acked * s["clients"]
@@ -80,5 +88,8 @@ cpu = p["cpu_s"] or 0
 print(f"server CPU {cpu:.2f} s ({p['cpu_pct_of_core']:.1f} % of a core; kernel {p['sys_s']:.2f} s), "
       f"{1e6*cpu/max(s['telemetry'],1):.2f} µs per message delivered; "
       f"subscribers' process CPU {s['cpu_s']:.2f} s; load generator CPU {l['bench_proc']['cpu_s']:.2f} s")
+n = max(s['connected'], 1)
+print(f"server RSS {idle/1024:.1f} MiB before the subscribers, {connected/1024:.1f} MiB with them connected "
+      f"({(connected-idle)/n:.1f} KiB each), {streamed/1024:.1f} MiB after the load ({(streamed-idle)/n:.1f} KiB each)")
 print(f"load average {l['machine']['loadavg_start']} -> {l['machine']['loadavg_end']}")
 EOF

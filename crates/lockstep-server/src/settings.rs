@@ -506,6 +506,18 @@ pub struct Settings {
     )]
     pub ws_send_timeout_s: u64,
 
+    /// Milliseconds a WebSocket client's writes are kept apart while messages
+    /// stream to it: what arrives in between goes out in the next write. A
+    /// message after a quiet spell goes at once; 0 = one write per wake-up
+    /// (at most 1000).
+    #[arg(
+        help_heading = "WebSocket",
+        long,
+        env = "LOCKSTEP_WS_LINGER_MS",
+        default_value_t = 20
+    )]
+    pub ws_linger_ms: u64,
+
     /// Vehicles whose decoding state is kept in memory; beyond it the least
     /// recently used is evicted (and reloaded from the store if it returns).
     #[arg(
@@ -735,6 +747,10 @@ impl Settings {
 
     pub fn ws_send_timeout(&self) -> Duration {
         Duration::from_secs(self.ws_send_timeout_s.max(1))
+    }
+
+    pub fn ws_linger(&self) -> Duration {
+        Duration::from_millis(self.ws_linger_ms.min(1000))
     }
 
     pub fn store_timeout(&self) -> Duration {

@@ -26,6 +26,7 @@ use axum::response::{IntoResponse as _, Response};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::actors::logger::{Started, Stopped};
@@ -245,9 +246,16 @@ async fn client(
     let mut burst: Vec<Utf8Bytes> = Vec::new();
     let mut why = SHUTTING_DOWN;
     let mut ticks_open = true;
+    let linger = app.settings.ws_linger();
+    let mut next_write = Instant::now();
     loop {
         // Whatever is already queued goes out with the first message: one
         // write (and one wake-up of the client) per burst, not per message.
+        // While readings stream in, the bursts are kept `linger` apart, so
+        // at a thousand readings a second a client costs a write per 20 ms
+        // rather than per reading (the wake-ups and syscalls were most of
+        // the fan-out's CPU); after a quiet spell the first one goes at once.
+        let paced = Instant::now() >= next_write;
         let step = tokio::select! {
             () = cancel.cancelled() => Step::Stop,
             ctl = ctl_rx.recv() => match ctl {
@@ -256,7 +264,8 @@ async fn client(
                 Some(Ctl::Send(text)) => Step::Text(text.into()),
                 Some(Ctl::Close(code, reason)) => Step::Close(code, reason),
             },
-            open = events.recv(&mut burst, BURST) => if open { Step::Send } else { Step::Closed },
+            open = events.recv(&mut burst, BURST), if paced => if open { Step::Send } else { Step::Closed },
+            () = tokio::time::sleep_until(next_write), if !paced => Step::Send,
             tick = ticks.changed(), if ticks_open => match tick {
                 Ok(()) => Step::Stats,
                 Err(_) => {
@@ -295,8 +304,14 @@ async fn client(
         };
         app.metrics.ws_messages(burst.len());
         if !burst.is_empty() {
+            // A full burst means more is queued: no pause before the next.
+            let pause = if burst.len() >= BURST {
+                Duration::ZERO
+            } else {
+                linger
+            };
             match send_burst(&mut sink, &mut burst, &cancel, limit, Flush::Once).await {
-                Sent::Ok => {}
+                Sent::Ok => next_write = Instant::now() + pause,
                 Sent::Gone => break,
                 Sent::Stuck => {
                     tracing::info!("Disconnecting a WebSocket client that does not read.");

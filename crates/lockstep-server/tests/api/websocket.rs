@@ -350,6 +350,60 @@ async fn a_client_that_stops_reading_is_disconnected() {
     assert!(ended.is_ok(), "the server closed the connection");
 }
 
+/// While readings stream in, a client's writes are kept `--ws-linger-ms`
+/// apart: readings committed one by one right after a write wait for the
+/// next one, and arrive there in order, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_readings_wait_for_the_next_paced_write() {
+    let db = std::sync::Arc::new(TestDb::new(Backend::Sqlite).await);
+    let linger = Duration::from_millis(1000);
+    let app = spawn_app_with(
+        db,
+        &[
+            "--ws-linger-ms",
+            "1000",
+            "--device-requests-per-s",
+            "0",
+            "--ip-requests-per-s",
+            "0",
+        ],
+    )
+    .await;
+    let mut ws = app.ws().await;
+    barrier(&mut ws).await;
+    let mut enc = encoder(&vin(22), 7);
+    assert_eq!(
+        app.post_batch(&batch(&mut enc, 0..1, T0)).await.status(),
+        200
+    );
+    let first = ws.until(WAIT, "telemetry", |_| true).await;
+    let written = Instant::now();
+    assert_eq!(first["data"]["seq"], 0);
+    // Three commits, each published on its own, inside the pause.
+    for s in 1..4 {
+        assert_eq!(
+            app.post_batch(&batch(&mut enc, s..s + 1, T0))
+                .await
+                .status(),
+            200
+        );
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        let m = ws.until(WAIT, "telemetry", |_| true).await;
+        if seqs.is_empty() {
+            // Half the pause: the first write's own delivery may have been late.
+            assert!(
+                written.elapsed() >= linger / 2,
+                "written {:?} after the previous one",
+                written.elapsed()
+            );
+        }
+        seqs.push(m["data"]["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs, [1, 2, 3]);
+}
+
 /// A client message over 64 KiB is answered with close code 1009, not 1001.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_client_message_is_closed_with_1009() {
