@@ -252,8 +252,8 @@ async fn client(
         // Whatever is already queued goes out with the first message: one
         // write (and one wake-up of the client) per burst, not per message.
         // While readings stream in, the bursts are kept `linger` apart, so
-        // at a thousand readings a second a client costs a write per 20 ms
-        // rather than per reading (the wake-ups and syscalls were most of
+        // at a thousand readings a second a client gets a burst per 20 ms
+        // rather than a write per reading (the socket writes were most of
         // the fan-out's CPU); after a quiet spell the first one goes at once.
         let paced = Instant::now() >= next_write;
         let step = tokio::select! {
