@@ -293,8 +293,8 @@ fn sub_ms_us() -> u32 {
 
 /// The text after `quoted_key` (e.g. `"type"`) and its colon, JSON whitespace allowed.
 fn after_key<'a>(s: &'a str, quoted_key: &str) -> Option<&'a str> {
-    // `str::find` builds a two-way searcher per call, which was the largest
-    // share of the subscribers' process at a million messages a second.
+    // `str::find` builds a two-way searcher per call: the largest entry in
+    // the subscribers' profile at ~600,000 messages a second.
     let at = memchr::memmem::find(s.as_bytes(), quoted_key.as_bytes())?;
     let rest = &s[at + quoted_key.len()..];
     rest.trim_start().strip_prefix(':').map(str::trim_start)
